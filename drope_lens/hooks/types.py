@@ -1,0 +1,13 @@
+"""Type aliases for TransformerLens hook functions."""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Tuple, Union
+
+import torch
+from transformer_lens.hook_points import HookPoint
+
+#: ``fn(activation, hook) -> replacement or None``, as TransformerLens expects.
+HookFn = Callable[[torch.Tensor, HookPoint], Optional[torch.Tensor]]
+#: A hook-point name (or a name predicate) paired with its function.
+FwdHooks = List[Tuple[Union[str, Callable[[str], bool]], HookFn]]

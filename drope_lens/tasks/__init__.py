@@ -1,0 +1,1 @@
+"""drope_lens.tasks"""
