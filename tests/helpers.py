@@ -128,3 +128,118 @@ def save_drope_checkpoint(hf_model, tokenizer, path: Path, **drope_fields) -> Pa
     cfg.update(drope_fields)
     (path / "config.json").write_text(json.dumps(cfg))
     return path
+
+
+def analytic_sink_model(tokenizer, bos_logits, *, bos_scale: float = 3.0):
+    """A NoPE HookedTransformer whose attention to position 0 is known in closed form.
+
+    ``bos_logits[layer][head] = b``: every query's score for the BOS key is ``b`` and for any other
+    key 0, so ``A[q, 0] = e^b / (e^b + q)``. The residual stream stays the embedding in every layer
+    (W_O = 0, MLP out = 0): BOS = ``bos_scale · e_0``, every other token = ``e_1``.
+    Returns ``(model, bos_id)``.
+    """
+    from drope_lens.loading import hooked_from_hf
+
+    model = hooked_from_hf(tiny_llama(), tokenizer, position_encoding="nope")
+    cfg = model.cfg
+    bos = tokenizer.bos_token_id
+    # RMSNorm maps a·e_i to a / sqrt(a²/d + eps) · e_i
+    s_other = 1.0 / (1.0 / cfg.d_model + cfg.eps) ** 0.5
+    s_bos = bos_scale / (bos_scale**2 / cfg.d_model + cfg.eps) ** 0.5
+    group = cfg.n_heads // cfg.n_key_value_heads
+    with torch.no_grad():
+        model.W_E.zero_()
+        model.W_E[:, 1] = 1.0
+        model.W_E[bos, 1] = 0.0
+        model.W_E[bos, 0] = bos_scale
+        for layer, logits in enumerate(bos_logits):
+            attn = model.blocks[layer].attn
+            attn.W_Q.zero_()
+            attn._W_K.zero_()
+            attn.W_O.zero_()
+            model.blocks[layer].mlp.W_out.zero_()
+            for g in range(cfg.n_key_value_heads):
+                attn._W_K[g, 0, 0] = 1.0
+            for h, b in enumerate(logits):
+                c = b * cfg.attn_scale / (s_other * s_bos)
+                attn.W_Q[h, 0, 0] = c
+                attn.W_Q[h, 1, 0] = c
+            assert len(logits) == cfg.n_heads and group >= 1
+    return model, bos
+
+
+# --- massive-values helpers (test_channels / test_massive / test_disruption) -------------------
+TINY_TEXTS = (
+    "the cat saw a dog in the city and the dog ran to the river",
+    "one two three four five six seven eight nine ten one two three four",
+    "paris is in france . rome is in italy . tokyo is in japan",
+    "the old man said that he would go to the sea with a small red car",
+    "i think you know the answer to the question , but can you say it ?",
+)
+
+
+def plant_channels(model, plants, scale: float = 40.0):
+    """Scale the projection columns of the given ``{tensor: [(layer, head, dim), ...]}`` channels.
+
+    Q uses ``W_Q[head]``; K and V use the KV-head weights ``_W_K`` / ``_W_V`` when the model has GQA.
+    The planted channels' activations become ``scale`` times larger at every token.
+    """
+    with torch.no_grad():
+        for tensor, channels in plants.items():
+            for layer, head, dim in channels:
+                attn = model.blocks[layer].attn
+                name = {"q": "W_Q", "k": "_W_K", "v": "_W_V"}[tensor]
+                weight = getattr(attn, name) if hasattr(attn, name) else getattr(attn, name.lstrip("_"))
+                weight[head, :, dim] *= scale
+    return model
+
+
+EMBEDDED_TEXTS = (
+    "Paris is the capital of France. It has many museums and a famous iron tower.",
+    "The river flows past the old mill.",
+    "def add(a, b):\n    return a + b  # a tiny function with a comment",
+)
+
+
+@functools.lru_cache(maxsize=4)
+def embedded_phase_case(model, hf):
+    """Shared by the slow phase tests: TL profiles of EMBEDDED_TEXTS (one padded batch) and HF
+    references per unpadded text (fp32 eager attentions, hidden states, raw last residual)."""
+    from drope_lens.analysis.phase import phase_profile
+    from drope_lens.loading import encode
+
+    batch = encode(model.tokenizer, list(EMBEDDED_TEXTS))
+    resid = phase_profile(model, batch, batch_size=len(batch))
+    final = phase_profile(model, batch, batch_size=len(batch), last_layer="final_norm")
+    refs = []
+    for i, n in enumerate(batch.lengths.tolist()):
+        grabbed = {}
+
+        def grab(module, args, out):
+            grabbed["last"] = out[0] if isinstance(out, tuple) else out
+
+        handle = hf.model.layers[-1].register_forward_hook(grab)
+        try:
+            with torch.no_grad():
+                out = hf(batch.tokens[i : i + 1, :n], output_attentions=True, output_hidden_states=True)
+        finally:
+            handle.remove()
+        hidden = [h[0].double() for h in out.hidden_states]
+        refs.append({
+            "attentions": [a[0].double() for a in out.attentions],  # [head, q, k] per layer
+            "hidden": hidden,  # [0] embeddings, [l+1] after block l, [-1] final norm output
+            "last_raw": grabbed["last"].reshape(hidden[-1].shape).double(),
+        })
+    return batch, resid, final, refs
+
+
+def hf_nope_twin(hf):
+    """Cached HF NoPE reference (identity rotary) of ``hf`` (a deep copy; ``hf`` is untouched)."""
+    return _hf_nope_twin(hf)
+
+
+@functools.lru_cache(maxsize=2)
+def _hf_nope_twin(hf):
+    import copy
+
+    return hf_nope_reference(copy.deepcopy(hf))

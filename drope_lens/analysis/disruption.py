@@ -1,0 +1,261 @@
+"""Zeroing massive Q/K channels vs random channels (the study's Exp 2), and the RoPE/DroPE comparison.
+
+Protocol (:func:`run_disruption`):
+
+1. Identify massive channels on ``identify_texts`` with :func:`~drope_lens.analysis.massive.detect_massive`
+   and aggregate them over texts (default ``"mean_norm"``: threshold the text-mean of M, the study's
+   rule), separately for Q and K (pre-RoPE by default; ``rotary="post"`` for Jin's tensors).
+2. Perplexity on ``eval_texts``: baseline, massive channels zeroed (at every position, BOS included),
+   and for each of ``n_seeds`` seeds a random control with the same count per layer and tensor,
+   drawn from the non-massive channels (:func:`~drope_lens.hooks.channels.random_control`).
+3. Statistics (:mod:`drope_lens.analysis.stats`): percentage increases, ``M - R = mean(massive%) -
+   mean(random%)``, paired t-test massive vs random over seeds (degenerate by design: massive% is the
+   same number for every seed), Cohen's d = mean(diff)/std(diff) with ddof 0 (study) and 1, seeded
+   bootstrap CIs of the random mean and of M - R.
+
+Deviations from the study, all switchable: evaluation texts are disjoint from identification texts
+by default (``eval_on_identify=True`` reproduces the study's reuse of the same texts); the random
+control excludes massive channels (``exclude_massive=False`` reproduces the overlap); random draws
+use a seeded ``torch.Generator`` per seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from drope_lens.analysis import stats
+from drope_lens.analysis.massive import AGGREGATES, detect_massive
+from drope_lens.analysis.perplexity import model_label, perplexity
+from drope_lens.hooks.channels import check_choice, random_control, zero_channel_hooks
+
+
+@dataclass
+class DisruptionResult:
+    """Everything :func:`run_disruption` measured for one model."""
+
+    model: str
+    position_encoding: str
+    settings: dict
+    massive_counts: dict[str, list[int]]  # per layer, per tensor
+    base_ppl: float
+    massive_ppl: float
+    seeds: list[int]
+    random_ppls: list[float]
+    n_eval_texts: int
+    n_eval_targets: int
+    random_overlap: list[int] = field(default_factory=list)  # channels shared with the massive set
+
+    # -- derived statistics ---------------------------------------------------------------------
+    @property
+    def massive_pct(self) -> float:
+        return float(stats.percent_increase(self.massive_ppl, self.base_ppl))
+
+    @property
+    def massive_pcts(self) -> np.ndarray:
+        """massive% repeated once per seed (constant: zeroing the massive set is deterministic)."""
+        return np.full(len(self.seeds), self.massive_pct)
+
+    @property
+    def random_pcts(self) -> np.ndarray:
+        return stats.percent_increase(self.random_ppls, self.base_ppl)
+
+    @property
+    def diffs(self) -> np.ndarray:
+        return self.massive_pcts - self.random_pcts
+
+    @property
+    def random_mean(self) -> float:
+        return float(np.mean(self.random_pcts))
+
+    @property
+    def random_std(self) -> float:
+        """Population std (ddof=0) of random% over seeds, like the study."""
+        return float(np.std(self.random_pcts))
+
+    @property
+    def m_minus_r(self) -> float:
+        return self.massive_pct - self.random_mean
+
+    @property
+    def n_massive(self) -> int:
+        return int(sum(sum(c) for c in self.massive_counts.values()))
+
+    def paired(self) -> dict:
+        return stats.paired_test(self.massive_pcts, self.random_pcts)
+
+    def cohens_d(self, ddof: int = 0) -> float:
+        return stats.cohens_d(self.diffs, ddof=ddof)
+
+    def ci_random_mean(self) -> tuple[float, float]:
+        s = self.settings
+        return stats.bootstrap_ci(self.random_pcts, confidence=s["confidence"],
+                                  n_resamples=s["n_resamples"], seed=s["bootstrap_seed"])
+
+    def ci_m_minus_r(self) -> tuple[float, float]:
+        s = self.settings
+        return stats.bootstrap_ci(self.diffs, confidence=s["confidence"],
+                                  n_resamples=s["n_resamples"], seed=s["bootstrap_seed"])
+
+    # -- export -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        paired = self.paired()
+        return {
+            "model": self.model, "position_encoding": self.position_encoding, "settings": self.settings,
+            "n_massive": self.n_massive, "massive_counts_per_layer": self.massive_counts,
+            "n_eval_texts": self.n_eval_texts, "n_eval_targets": self.n_eval_targets,
+            "base_ppl": self.base_ppl, "massive_ppl": self.massive_ppl, "random_ppls": self.random_ppls,
+            "seeds": self.seeds, "random_overlap_with_massive": self.random_overlap,
+            "massive_pct": self.massive_pct, "random_pcts": self.random_pcts.tolist(),
+            "random_mean_pct": self.random_mean, "random_std_pct": self.random_std,
+            "m_minus_r": self.m_minus_r,
+            "paired_t": paired["t"], "paired_p": paired["p"], "paired_df": paired["df"],
+            "cohens_d_ddof0": self.cohens_d(0), "cohens_d_ddof1": self.cohens_d(1),
+            "ci_random_mean_pct": list(self.ci_random_mean()), "ci_m_minus_r": list(self.ci_m_minus_r()),
+            "notes": ("massive% is constant over seeds (deterministic zeroing), so the paired t-test "
+                      "is a one-sample test of M - random_s; Cohen's d = mean(diff)/std(diff) with "
+                      "ddof 0 (study) and 1."),
+        }
+
+    def to_dataframe(self):
+        """One row per seed: random PPL and %, massive %, their difference."""
+        import pandas as pd
+
+        return pd.DataFrame({
+            "model": self.model, "seed": self.seeds, "base_ppl": self.base_ppl,
+            "massive_ppl": self.massive_ppl, "random_ppl": self.random_ppls,
+            "massive_pct": self.massive_pcts, "random_pct": self.random_pcts, "diff": self.diffs,
+        })
+
+    def summary(self) -> str:
+        p = self.paired()
+        lo, hi = self.ci_m_minus_r()
+        return (f"{self.model}: {self.n_massive} massive Q/K channels; PPL {self.base_ppl:.3f} -> "
+                f"{self.massive_ppl:.3f} zeroed ({self.massive_pct:+.1f}%), random "
+                f"{self.random_mean:+.2f} ± {self.random_std:.2f}% over {len(self.seeds)} seeds; "
+                f"M-R = {self.m_minus_r:.1f} (CI {lo:.1f}..{hi:.1f}), paired t = {p['t']:.3g}, "
+                f"p = {p['p']:.3g}, d = {self.cohens_d(0):.3g}")
+
+
+@dataclass
+class DisruptionComparison:
+    """RoPE vs DroPE/NoPE: how much more the RoPE model relies on its massive channels."""
+
+    rope: DisruptionResult
+    drope: DisruptionResult
+    equal_var: bool = True
+
+    @property
+    def ratio(self) -> float:
+        """``rope M-R / drope M-R`` (the study's "82x")."""
+        return self.rope.m_minus_r / self.drope.m_minus_r if self.drope.m_minus_r != 0 else float("nan")
+
+    def independent(self) -> dict:
+        """``ttest_ind(rope diffs, drope diffs)`` (Student by default, like the study)."""
+        return stats.independent_test(self.rope.diffs, self.drope.diffs, equal_var=self.equal_var)
+
+    def to_dict(self) -> dict:
+        ind = self.independent()
+        return {"rope": self.rope.to_dict(), "drope": self.drope.to_dict(), "ratio_m_minus_r": self.ratio,
+                "independent_t": ind["t"], "independent_p": ind["p"], "equal_var": self.equal_var}
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        rows = []
+        for role, r in (("rope", self.rope), ("drope", self.drope)):
+            rows.append({"role": role, "model": r.model, "n_massive": r.n_massive, "base_ppl": r.base_ppl,
+                         "massive_ppl": r.massive_ppl, "massive_pct": r.massive_pct,
+                         "random_mean_pct": r.random_mean, "random_std_pct": r.random_std,
+                         "m_minus_r": r.m_minus_r, "paired_t": r.paired()["t"], "paired_p": r.paired()["p"],
+                         "cohens_d": r.cohens_d(0)})
+        return pd.DataFrame(rows)
+
+    def summary(self) -> str:
+        ind = self.independent()
+        return (f"{self.rope.summary()}\n{self.drope.summary()}\nM-R ratio RoPE/DroPE = {self.ratio:.2f}; "
+                f"independent t = {ind['t']:.3g}, p = {ind['p']:.3g}")
+
+
+def run_disruption(
+    model,
+    *,
+    identify_texts: Optional[Sequence[str]] = None,
+    eval_texts: Optional[Sequence[str]] = None,
+    n_seeds: int = 10,
+    first_seed: int = 42,
+    threshold: float = 5.0,
+    scope: str = "layer",
+    rotary: str = "pre",
+    tensors: Sequence[str] = ("q", "k"),
+    aggregate: str = "mean_norm",
+    eval_on_identify: bool = False,
+    exclude_massive: bool = True,
+    batch_size: int = 8,
+    max_length: Optional[int] = 512,
+    confidence: float = 0.95,
+    n_resamples: int = 9999,
+    bootstrap_seed: int = 0,
+    progress: bool = False,
+) -> DisruptionResult:
+    """Zero massive Q/K channels vs ``n_seeds`` random controls and measure perplexity.
+
+    Defaults: identify on the built-in ``"identify"`` split, evaluate on the disjoint built-in
+    ``"eval"`` split (:func:`drope_lens.data.texts.builtin_split`); seeds ``first_seed ..
+    first_seed + n_seeds - 1`` (the study: 42..51). ``eval_on_identify=True`` evaluates on the
+    identification texts, as the study did. See the module docstring for the statistics.
+    """
+    from tqdm.auto import tqdm
+
+    from drope_lens.data.texts import builtin_split
+
+    check_choice("aggregate", aggregate, AGGREGATES)
+    if n_seeds < 2:
+        raise ValueError(f"n_seeds must be >= 2 for the t-test and the bootstrap, got {n_seeds}")
+    split = builtin_split()
+    identify_texts = list(identify_texts) if identify_texts is not None else split["identify"]
+    if eval_on_identify:
+        if eval_texts is not None:
+            raise ValueError("Pass either eval_texts or eval_on_identify=True, not both.")
+        eval_texts = identify_texts
+    eval_texts = list(eval_texts) if eval_texts is not None else split["eval"]
+
+    found = detect_massive(model, identify_texts, threshold=threshold, scope=scope, rotary=rotary,
+                           tensors=tensors, batch_size=batch_size, max_length=max_length, top=0)
+    massive = found.selection(aggregate)
+    if massive.total() == 0:
+        raise ValueError(
+            f"No massive channels at threshold {threshold} ({aggregate}); nothing to zero. "
+            "Lower the threshold or use other identification texts."
+        )
+    seeds = list(range(first_seed, first_seed + n_seeds))
+    ppl_kw = dict(batch_size=batch_size, max_length=max_length)
+    base = perplexity(model, eval_texts, **ppl_kw)
+    zeroed = perplexity(model, eval_texts, fwd_hooks=zero_channel_hooks(massive), **ppl_kw)
+    random_ppls, overlap = [], []
+    for seed in tqdm(seeds, desc=f"random controls ({model_label(model)})", disable=not progress, leave=False):
+        control = random_control(massive, seed=seed, exclude_selected=exclude_massive)
+        overlap.append(control.overlap(massive))
+        random_ppls.append(perplexity(model, eval_texts, fwd_hooks=zero_channel_hooks(control), **ppl_kw).ppl)
+    settings = dict(threshold=threshold, scope=scope, rotary=rotary, tensors=list(tensors),
+                    aggregate=aggregate, eval_on_identify=eval_on_identify,
+                    exclude_massive=exclude_massive, max_length=max_length,
+                    n_identify_texts=len(identify_texts), first_seed=first_seed,
+                    confidence=confidence, n_resamples=n_resamples, bootstrap_seed=bootstrap_seed)
+    return DisruptionResult(
+        model=model_label(model), position_encoding=getattr(model.cfg, "position_encoding", "rope"),
+        settings=settings, massive_counts=massive.counts(), base_ppl=base.ppl, massive_ppl=zeroed.ppl,
+        seeds=seeds, random_ppls=random_ppls, n_eval_texts=len(eval_texts),
+        n_eval_targets=base.n_targets, random_overlap=overlap,
+    )
+
+
+def compare_disruption(
+    rope_result: DisruptionResult, drope_result: DisruptionResult, *, equal_var: bool = True
+) -> DisruptionComparison:
+    """Compare the RoPE model's disruption with its DroPE/NoPE twin's (ratio of M-R, t-test of diffs)."""
+    if len(rope_result.seeds) < 2 or len(drope_result.seeds) < 2:
+        raise ValueError("Both results need >= 2 seeds.")
+    return DisruptionComparison(rope_result, drope_result, equal_var=equal_var)

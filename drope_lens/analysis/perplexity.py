@@ -1,0 +1,144 @@
+"""Batched, padding-aware perplexity.
+
+``ppl = exp(sum of target NLLs / number of targets)`` over all texts: every real token after the
+first is a target (BOS, at position 0, is input only), so each text weighs by its ``T - 1``
+predicted tokens (the study's PPL-A; its Exp-4 PPL-B weighted by ``T``). Batches are right-padded;
+pads are never targets and real tokens never see them, so the batched value equals the unbatched
+one. Logits are checked for NaN/inf on real positions (:class:`~drope_lens.errors.NonFiniteError`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+
+from drope_lens.hooks.channels import real_token_mask
+from drope_lens.hooks.types import FwdHooks
+from drope_lens.loading.numerics import check_logits_finite
+from drope_lens.loading.tokens import TokenBatch, as_batch
+
+
+def model_label(model) -> str:
+    describe = getattr(model.cfg, "describe", None)
+    return describe() if callable(describe) else str(model.cfg.model_name)
+
+
+def to_batch(model, inputs, *, max_length: Optional[int] = None) -> TokenBatch:
+    """Texts, a TokenBatch or an id tensor -> a right-padded :class:`TokenBatch`."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if isinstance(inputs, TokenBatch):
+        batch = inputs
+        if max_length is not None and batch.tokens.shape[1] > max_length:
+            batch = TokenBatch(batch.tokens[:, :max_length], batch.lengths.clamp(max=max_length))
+        return batch
+    if isinstance(inputs, torch.Tensor):
+        return as_batch(model, inputs[..., :max_length] if max_length else inputs)
+    return as_batch(model, list(inputs), max_length=max_length)
+
+
+def forward_batch(model, batch: TokenBatch, *, return_type: Optional[str] = "logits"):
+    """One forward pass on a right-padded batch, with its real-token mask declared to hooks.
+
+    An attention mask is passed only when the tokenizer pads on the left (TransformerLens would
+    otherwise infer one from pad ids); for right padding causal attention already hides the pads.
+    """
+    device = model.cfg.device
+    tokens = batch.tokens.to(device)
+    mask = batch.mask.to(device)
+    kwargs = {}
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None and getattr(tok, "padding_side", "right") == "left":
+        kwargs["attention_mask"] = mask.long()
+    with real_token_mask(mask):
+        return model(tokens, return_type=return_type, **kwargs)
+
+
+@dataclass
+class PerplexityResult:
+    """Perplexity over a set of texts, with the per-text pieces it is made of."""
+
+    ppl: float
+    nll_sum: float
+    n_targets: int
+    per_text_nll: list[float]  # summed NLL (nats) of each text's targets, input order
+    per_text_targets: list[int]  # T - 1 per text
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll_sum / self.n_targets
+
+    @property
+    def per_text_ppl(self) -> list[float]:
+        return [math.exp(n / c) if c else float("nan") for n, c in zip(self.per_text_nll, self.per_text_targets)]
+
+    def to_dict(self) -> dict:
+        return {
+            "ppl": self.ppl, "nll_sum": self.nll_sum, "n_targets": self.n_targets,
+            "mean_nll": self.mean_nll, "per_text_nll": self.per_text_nll,
+            "per_text_targets": self.per_text_targets, "per_text_ppl": self.per_text_ppl,
+        }
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame({"text": range(len(self.per_text_nll)), "nll_sum": self.per_text_nll,
+                             "targets": self.per_text_targets, "ppl": self.per_text_ppl})
+
+
+def target_nll(
+    logits: Float[torch.Tensor, "batch pos vocab"], batch: TokenBatch
+) -> tuple[Float[torch.Tensor, "batch"], Int[torch.Tensor, "batch"]]:
+    """Summed next-token NLL (float64) and target count per row; pads and BOS are never targets."""
+    tokens = batch.tokens.to(logits.device)
+    mask = batch.mask.to(logits.device)
+    check_logits_finite(logits[mask], "logits (real positions)")
+    targets = mask[:, 1:]
+    nll = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none"
+    ).view(targets.shape)
+    nll = torch.where(targets, nll, torch.zeros_like(nll))
+    return nll.double().sum(1).cpu(), targets.sum(1).cpu()
+
+
+@torch.no_grad()
+def perplexity(
+    model,
+    inputs: Union[Sequence[str], TokenBatch, torch.Tensor],
+    *,
+    fwd_hooks: FwdHooks = (),
+    batch_size: int = 8,
+    max_length: Optional[int] = None,
+    progress: bool = False,
+) -> PerplexityResult:
+    """Perplexity of ``model`` on ``inputs`` (texts, a TokenBatch, or an unpadded id tensor).
+
+    ``fwd_hooks`` are applied with ``model.hooks(...)`` around each batch and always removed, also
+    on errors. ``max_length`` truncates each text (BOS included).
+    """
+    batch = to_batch(model, inputs, max_length=max_length)
+    if int(batch.lengths.min()) < 2:
+        raise ValueError("Every text needs at least 2 tokens (BOS + one target) for perplexity.")
+    n = len(batch)
+    nll = torch.zeros(n, dtype=torch.float64)
+    count = torch.zeros(n, dtype=torch.long)
+    from tqdm.auto import tqdm
+
+    parts = list(batch.batches(batch_size))
+    for idx, sub in tqdm(parts, desc="perplexity", disable=not progress, leave=False):
+        with model.hooks(fwd_hooks=list(fwd_hooks)):
+            logits = forward_batch(model, sub)
+        s, c = target_nll(logits, sub)
+        nll[idx] = s
+        count[idx] = c
+        del logits
+    total, targets = float(nll.sum()), int(count.sum())
+    return PerplexityResult(
+        ppl=math.exp(total / targets), nll_sum=total, n_targets=targets,
+        per_text_nll=nll.tolist(), per_text_targets=count.tolist(),
+    )
