@@ -1,0 +1,256 @@
+"""report.md: the study's tables for the pair analysed, each with a one-line reading."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Optional, Sequence
+
+ROLES = ("rope", "drope")
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "NaN"
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+            return f"{x:.{digits}g}"
+        return f"{x:,.{digits}f}".rstrip("0").rstrip(".") if "." in f"{x:.{digits}f}" else f"{x:,}"
+    if isinstance(x, (list, tuple)):
+        return ", ".join(_f(v, digits) for v in x)
+    return str(x)
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(c if isinstance(c, str) else _f(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def _pct_change(a: float, b: float) -> Optional[float]:
+    return None if not a else (b - a) / a * 100
+
+
+def render_report(results: dict) -> str:
+    pair = results["pair"]
+    prov = results["provenance"]
+    exp = results["experiments"]
+    out = [
+        "# drope_lens report",
+        "",
+        f"* **RoPE model:** {pair['rope']}",
+        f"* **DroPE/NoPE model:** {pair['drope']}",
+        f"* created {prov['created']}; drope_lens {prov['packages'].get('drope_lens')}, torch "
+        f"{prov['packages'].get('torch')}, transformer-lens {prov['packages'].get('transformer-lens')}; "
+        f"dtype {prov['models']['rope']['dtype']} on {prov['models']['rope']['device']}; "
+        f"attention scores in fp32; options `{_options_line(prov['options'])}`",
+        "",
+        "drope_lens computes the corrected quantities by default (real post-RoPE attention, no "
+        "padding rows, BOS-only ablation under KV cache, one accuracy denominator). Every study "
+        "quirk is an explicit option; see the README's *Differences from the study*.",
+        "",
+        "Step timings: " + ", ".join(f"{s} {v['seconds']:.1f} s ({v['status']})"
+                                     for s, v in results["steps"].items()),
+    ]
+    for section in (_massive, _disruption, _phase, _tasks, _study, _files):
+        text = section(results, exp)
+        if text:
+            out += ["", text]
+    return "\n".join(out) + "\n"
+
+
+def _options_line(opts: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in opts.items() if k != "steps")
+
+
+# ---------------------------------------------------------------------------------------------
+def _massive(results: dict, exp: dict) -> str:
+    m = exp.get("massive")
+    if not m:
+        return ""
+    t_names = list(m["rope"]["tensors"])
+    rows = []
+    for t in t_names:
+        a, b = m["rope"]["tensors"][t], m["drope"]["tensors"][t]
+        rows.append([t.upper(), f"{a['total_mean']:.1f} ± {a['total_std']:.1f}",
+                     f"{b['total_mean']:.1f} ± {b['total_std']:.1f}",
+                     _f(_pct_change(a["total_mean"], b["total_mean"]), 1) + " %"])
+    q_a, q_b = m["rope"]["tensors"]["q"]["total_mean"], m["drope"]["tensors"]["q"]["total_mean"]
+    layer_rows = []
+    n_layers = m["rope"]["n_layers"]
+    for layer in range(n_layers):
+        layer_rows.append([layer] + [m[r]["tensors"][t]["per_layer_mean"][layer]
+                                     for t in ("q", "k") for r in ROLES])
+    band_lines = []
+    for t in ("q", "k"):
+        bc = m["rope"]["tensors"][t].get("band_counts")
+        if bc:
+            band_lines.append(f"{t.upper()}: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(bc.items())))
+    peak = max(range(n_layers), key=lambda l: m["drope"]["tensors"]["q"]["per_layer_mean"][l]
+               - m["rope"]["tensors"]["q"]["per_layer_mean"][l])
+    return "\n".join([
+        "## 1. Massive values in Q/K/V",
+        "",
+        f"λ = {m['rope']['threshold']}, scope `{m['rope']['scope']}`, {m['rope']['rotary']}-RoPE "
+        f"projections, {m['n_texts']} built-in texts; count = (head, dim) channels per layer with "
+        "token-L2 norm > λ × layer mean, summed over layers; mean ± population std over texts.",
+        "",
+        _table(["tensor", "RoPE", "DroPE/NoPE", "change"], rows),
+        "",
+        f"*Reading:* the NoPE/DroPE model has {_f(_pct_change(q_a, q_b), 1)} % massive Q channels "
+        f"relative to RoPE; the layer where it exceeds RoPE most is layer {peak}.",
+        "",
+        "Per-layer mean counts:",
+        "",
+        _table(["layer", "Q RoPE", "Q DroPE", "K RoPE", "K DroPE"], layer_rows),
+        "",
+        ("RoPE model, massive channels per text by rotary band: " + "; ".join(band_lines))
+        if band_lines else "",
+    ])
+
+
+def _disruption(results: dict, exp: dict) -> str:
+    d = exp.get("disruption")
+    if not d:
+        return ""
+    rows = []
+    for r in ROLES:
+        x = d[r]
+        rows.append([r, x["n_massive"], x["base_ppl"], x["massive_ppl"],
+                     f"{x['massive_pct']:.1f}", f"{x['random_mean_pct']:.2f} ± {x['random_std_pct']:.2f}",
+                     f"{x['m_minus_r']:.1f} [{x['ci_m_minus_r'][0]:.1f}, {x['ci_m_minus_r'][1]:.1f}]",
+                     f"{x['paired_p']:.3g}", f"{x['cohens_d_ddof0']:.3g}"])
+    s = d["rope"]["settings"]
+    return "\n".join([
+        "## 2. Disruption: zeroing massive Q/K channels vs random controls",
+        "",
+        f"Massive channels found on {s['n_identify_texts']} identification texts; perplexity on "
+        f"{d['rope']['n_eval_texts']} {'identification' if s['eval_on_identify'] else 'held-out'} texts; "
+        f"{len(d['rope']['seeds'])} random controls with the same count per layer and tensor, "
+        f"{'excluding' if s['exclude_massive'] else 'not excluding'} massive channels. Paired t-test "
+        "over seeds (massive % is constant: a one-sample test), Cohen's d = mean/std of the "
+        "differences (ddof 0, as the study), bootstrap 95 % CI of M−R.",
+        "",
+        _table(["model", "massive ch.", "base PPL", "massive PPL", "massive %", "random % (mean ± std)",
+                "M−R [95 % CI]", "paired p", "d"], rows),
+        "",
+        f"*Reading:* the RoPE model's M−R is {_f(d['ratio_m_minus_r'], 3)}× the NoPE/DroPE model's "
+        f"(independent t-test p = {d['independent_p']:.3g}).",
+    ])
+
+
+def _phase(results: dict, exp: dict) -> str:
+    p = exp.get("phase")
+    if not p:
+        return ""
+    sm = {r: p[r]["baseline"]["summary"] for r in ROLES}
+    summary_rows = [
+        ["mean sink rate (τ = 0.3)", sm["rope"]["mean_sink_rate"], sm["drope"]["mean_sink_rate"]],
+        ["Gu et al. Sink^ε (ε = 0.3)", sm["rope"]["gu_sink"], sm["drope"]["gu_sink"]],
+        ["BOS spike layer, arg-max of ratio (code; used for ablation)",
+         sm["rope"]["spike_layer_argmax"], sm["drope"]["spike_layer_argmax"]],
+        ["BOS spike layer, first ratio > 2 (prose)",
+         sm["rope"]["spike_layer_first_above"], sm["drope"]["spike_layer_first_above"]],
+        ["peak BOS norm (layer)", f"{sm['rope']['peak_bos_norm']:.1f} ({sm['rope']['peak_bos_layer']})",
+         f"{sm['drope']['peak_bos_norm']:.1f} ({sm['drope']['peak_bos_layer']})"],
+        ["min entropy σ² unnormalised (layer)",
+         f"{sm['rope']['min_entropy_sq']:.4f} ({sm['rope']['min_entropy_sq_layer']})",
+         f"{sm['drope']['min_entropy_sq']:.4f} ({sm['drope']['min_entropy_sq_layer']})"],
+        ["min entropy σ normalised (layer)",
+         f"{sm['rope']['min_entropy_norm']:.4f} ({sm['rope']['min_entropy_norm_layer']})",
+         f"{sm['drope']['min_entropy_norm']:.4f} ({sm['drope']['min_entropy_norm_layer']})"],
+    ]
+    lay = {r: p[r]["baseline"]["layers"] for r in ROLES}
+    n_layers = len(lay["rope"]["sink_rate"])
+    layer_rows = [[l] + [lay[r][k][l] for k in ("sink_rate", "bos_ratio", "entropy_sq") for r in ROLES]
+                  for l in range(n_layers)]
+    conds = list(p["rope"]["conditions"])
+    ppl_rows = []
+    for c in conds:
+        row = [c]
+        for r in ROLES:
+            cur = (p[r]["conditions"][c].get("ppl") or {}).get("ppl")
+            base = (p[r]["conditions"]["baseline"].get("ppl") or {}).get("ppl")
+            row += [cur, (cur / base) if cur and base else None]
+        ppl_rows.append(row)
+    opts = p["rope"]["baseline"]["options"]
+    return "\n".join([
+        "## 3. Phase metrics (native fp32 attention) and BOS-MLP ablation",
+        "",
+        f"{p['n_texts']} built-in texts, unpadded rows only; attention `{opts['attention']}` "
+        f"(real post-RoPE patterns), BOS query row {'included' if opts['include_bos_row'] else 'excluded'}, "
+        f"last layer `{opts['last_layer']}`. BOS-MLP ablation zeroes the MLP output at absolute "
+        f"position 0 of layer {p['rope']['bos_layer']} (RoPE) / {p['drope']['bos_layer']} (DroPE/NoPE).",
+        "",
+        _table(["metric", "RoPE", "DroPE/NoPE"], summary_rows),
+        "",
+        "Perplexity under each condition (ratio to baseline):",
+        "",
+        _table(["condition", "RoPE PPL", "× base", "DroPE PPL", "× base"], ppl_rows),
+        "",
+        f"*Reading:* BOS-MLP ablation multiplies RoPE perplexity by "
+        f"{_f(ppl_rows[conds.index('bos_mlp')][2] if 'bos_mlp' in conds else None, 3)} and "
+        f"NoPE/DroPE perplexity by {_f(ppl_rows[conds.index('bos_mlp')][4] if 'bos_mlp' in conds else None, 3)}; "
+        f"mean sink rates are {_f(sm['rope']['mean_sink_rate'])} vs {_f(sm['drope']['mean_sink_rate'])}.",
+        "",
+        "Per layer:",
+        "",
+        _table(["layer", "sink RoPE", "sink DroPE", "BOS ratio RoPE", "BOS ratio DroPE",
+                "H(σ²) RoPE", "H(σ²) DroPE"], layer_rows),
+    ])
+
+
+def _tasks(results: dict, exp: dict) -> str:
+    t = exp.get("tasks")
+    if not t:
+        return ""
+    rows = []
+    for r in ROLES:
+        for task, conds in t[r]["accuracy"].items():
+            for cond, c in conds.items():
+                rows.append([r, task, cond, f"{c['accuracy']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]",
+                             c.get("n"), c.get("degradation_pct")])
+    cat_rows = []
+    for r in ROLES:
+        for cond, c in (t[r].get("categories") or {}).items():
+            cat_rows.append([r, cond, c.get("parametric_degradation_pct"),
+                             c.get("contextual_degradation_pct"), c.get("ctx_param_ratio")])
+    return "\n".join([
+        "## 4. Parametric vs contextual knowledge under each intervention",
+        "",
+        f"Scoring `{t['rope'].get('scoring')}`; accuracy with Wilson 95 % CI; degradation = "
+        "(baseline − condition) / baseline × 100.",
+        "",
+        _table(["model", "task", "condition", "accuracy [95 % CI]", "n", "degradation %"], rows),
+        "",
+        _table(["model", "condition", "parametric degr. %", "contextual degr. %", "ctx/param"], cat_rows)
+        if cat_rows else "",
+    ])
+
+
+def _study(results: dict, exp: dict) -> str:
+    study = results.get("study")
+    if not study:
+        return ("## 5. The study's published numbers\n\nThis pair is not the study's "
+                "(meta-llama/Llama-2-7b-hf vs SakanaAI/Llama-2-7b-hf-DroPE), so the study's numbers "
+                "are not shown beside ours; they are in `drope_lens/report/study_numbers.json`.")
+    rows = [[e["label"], _f(e.get("rope", e.get("value"))), _f(e.get("drope")), e["status"],
+             e.get("note", "")] for e in study["entries"]]
+    return "\n".join(["## 5. The study's published numbers (for comparison)", "",
+                      _table(["quantity", "RoPE", "DroPE", "provenance", "note"], rows)])
+
+
+def _files(results: dict, exp: dict) -> str:
+    f = results["files"]
+    lines = ["## Files", "", "* `results.json` — every number above, with provenance"]
+    lines += [f"* `{p}`" for p in f.get("figures", [])]
+    lines += [f"* `{p}` (opens offline)" for p in f.get("views", [])]
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""``drope-lens report``: every experiment on a RoPE/DroPE pair, saved step by step.
+
+Each step's result is written atomically to ``<out>/parts/<step>.json`` as soon as it finishes,
+with a fingerprint of its options. A rerun with the same options skips finished steps, so an
+interrupted report resumes where it stopped. ``results.json``, ``report.md``, ``figures/`` and
+``views/`` are (re)built from the parts at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from drope_lens.report.store import PartStore
+
+STEPS = ("massive", "disruption", "phase", "tasks")
+
+
+@dataclass
+class ReportOptions:
+    """What the report runs. ``quick`` shrinks every experiment (for smoke runs and CI)."""
+
+    quick: bool = False
+    seed: int = 0
+    threshold: float = 5.0
+    n_seeds: int = 10
+    max_length: int = 512
+    batch_size: int = 8
+    task_n: Optional[int] = None
+    passkey_lengths: Sequence[int] = (256, 512)
+    steps: Sequence[str] = STEPS
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.steps if s not in STEPS]
+        if unknown:
+            raise ValueError(f"Unknown report steps {unknown}; choose from {list(STEPS)}.")
+        if self.threshold <= 0:
+            raise ValueError(f"threshold must be > 0, got {self.threshold}")
+        if self.quick:
+            self.n_seeds = min(self.n_seeds, 3)
+            self.max_length = min(self.max_length, 256)
+            self.passkey_lengths = tuple(p for p in self.passkey_lengths if p <= 256) or (256,)
+
+    def step_options(self, step: str) -> dict:
+        common = {"quick": self.quick, "seed": self.seed, "max_length": self.max_length,
+                  "batch_size": self.batch_size}
+        specific = {
+            "massive": {"threshold": self.threshold},
+            "disruption": {"threshold": self.threshold, "n_seeds": self.n_seeds},
+            "phase": {},
+            "tasks": {"task_n": self.task_n, "passkey_lengths": list(self.passkey_lengths)},
+        }[step]
+        return {**common, **specific}
+
+    def to_dict(self) -> dict:
+        return {"quick": self.quick, "seed": self.seed, "threshold": self.threshold,
+                "n_seeds": self.n_seeds, "max_length": self.max_length, "batch_size": self.batch_size,
+                "task_n": self.task_n, "passkey_lengths": list(self.passkey_lengths),
+                "steps": list(self.steps)}
+
+
+@dataclass
+class StepOutcome:
+    step: str
+    status: str  # "ran", "resumed", "skipped"
+    seconds: float
+    result: Optional[dict] = field(default=None, repr=False)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_report(pair, out_dir, options: Optional[ReportOptions] = None, *,
+               progress: bool = True) -> dict:
+    """Run (or resume) every step on ``pair`` and write the results folder. Returns results.json's dict."""
+    from drope_lens.report import steps as step_impl
+    from drope_lens.report.build import build_outputs
+
+    options = options or ReportOptions()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = PartStore(out)
+    outcomes: dict[str, StepOutcome] = {}
+    context: dict = {}
+    for step in STEPS:
+        if step not in options.steps:
+            outcomes[step] = StepOutcome(step, "skipped", 0.0)
+            continue
+        opts = step_options = options.step_options(step)
+        saved = store.load(step, opts)
+        if saved is not None:
+            _say(f"[{step}] already done, reusing {store.path(step)}")
+            outcomes[step] = StepOutcome(step, "resumed", store.seconds(step) or 0.0, saved)
+            context[step] = saved
+            continue
+        _say(f"[{step}] running ...")
+        fn: Callable = getattr(step_impl, f"run_{step}")
+        t0 = time.perf_counter()
+        result = fn(pair, options, context, progress=progress)
+        seconds = time.perf_counter() - t0
+        store.save(step, step_options, result, seconds)
+        _say(f"[{step}] done in {seconds:.1f} s")
+        outcomes[step] = StepOutcome(step, "ran", seconds, result)
+        context[step] = result
+    return build_outputs(pair, out, options, outcomes)
