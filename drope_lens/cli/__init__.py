@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from drope_lens.errors import DropeLensError
 
 #: Subcommand modules, each exposing ``add_parser(subparsers)``.
-SUBCOMMANDS = ["summary", "massive", "report"]
+SUBCOMMANDS = ["summary", "massive", "phase", "report"]
 
 DESCRIPTION = """\
 Compare a RoPE language model with its DroPE / NoPE twin inside TransformerLens.

@@ -1,0 +1,103 @@
+"""BOS-MLP ablation: zero (or mean-replace) one layer's MLP output at absolute position 0 only.
+
+The study's hook (``out[:, 0] = 0`` on ``layers[spike].mlp``) hit index 0 of *every* forward call, so
+during KV-cache generation it also ablated each newly generated token (bug B3). Here a
+:class:`~drope_lens.hooks.positions.PositionTracker` tells the hook whether index 0 of the current
+pass is absolute position 0; on decode steps nothing is touched. ``study_compatible=True`` restores
+the study's behaviour for comparison.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from jaxtyping import Float
+from transformer_lens import HookedTransformer
+
+from drope_lens.hooks.positions import PositionTracker
+from drope_lens.hooks.types import FwdHooks
+
+BOS_MODES = ("zero", "mean")
+
+
+def check_layer(model: Optional[HookedTransformer], layer: int) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ValueError(f"layer must be an int, got {layer!r}")
+    n_layers = model.cfg.n_layers if model is not None else None
+    if layer < 0 or (n_layers is not None and layer >= n_layers):
+        limit = f"0…{n_layers - 1}" if n_layers is not None else ">= 0"
+        raise ValueError(f"layer {layer} is out of range ({limit}).")
+    return layer
+
+
+def bos_mlp_ablation_hooks(
+    layer: int,
+    *,
+    mode: str = "zero",
+    mean_vector: Optional[Float[torch.Tensor, "d_model"]] = None,
+    study_compatible: bool = False,
+    model: Optional[HookedTransformer] = None,
+) -> FwdHooks:
+    """Hooks ablating ``blocks.{layer}.hook_mlp_out`` at absolute position 0.
+
+    Args:
+        mode: ``"zero"`` sets the BOS MLP output to 0; ``"mean"`` replaces it by ``mean_vector``
+            (e.g. from :func:`mlp_out_mean`) or, without one, by the mean MLP output over positions
+            1… of the same row of the current pass — which includes right-padding, so pass a
+            vector for padded batches.
+        study_compatible: ablate index 0 of every forward call, decode steps included (bug B3).
+        model: if given, ``layer`` is range-checked against it.
+    """
+    check_layer(model, layer)
+    if mode not in BOS_MODES:
+        raise ValueError(f"Unknown mode {mode!r}; choose one of {BOS_MODES}.")
+    if mean_vector is not None and mode != "mean":
+        raise ValueError("mean_vector is only used with mode='mean'.")
+    tracker = PositionTracker()
+
+    def ablate(out: torch.Tensor, hook) -> Optional[torch.Tensor]:
+        if not study_compatible and tracker.offset != 0:
+            return None  # decode step: index 0 is a generated token, not BOS
+        out = out.clone()
+        if mode == "zero":
+            out[:, 0] = 0
+        elif mean_vector is not None:
+            out[:, 0] = mean_vector.to(device=out.device, dtype=out.dtype)
+        else:
+            if out.shape[1] < 2:
+                raise ValueError("mode='mean' without mean_vector needs more than one position per pass.")
+            out[:, 0] = out[:, 1:].float().mean(1).to(out.dtype)
+        return out
+
+    hooks: FwdHooks = [] if study_compatible else tracker.hooks()
+    return hooks + [(f"blocks.{layer}.hook_mlp_out", ablate)]
+
+
+@torch.no_grad()
+def mlp_out_mean(
+    model: HookedTransformer, inputs, layer: int, *, batch_size: int = 8, max_length: Optional[int] = None
+) -> Float[torch.Tensor, "d_model"]:
+    """Mean of ``blocks.{layer}.hook_mlp_out`` over the real non-BOS tokens of ``inputs`` (float32)."""
+    from drope_lens.loading.tokens import as_batch
+
+    check_layer(model, layer)
+    batch = as_batch(model, inputs, max_length=max_length)
+    total = torch.zeros(model.cfg.d_model, dtype=torch.float64)
+    count = 0
+    store: dict[str, torch.Tensor] = {}
+
+    def grab(out: torch.Tensor, hook) -> None:
+        store["out"] = out.detach()
+
+    name = f"blocks.{layer}.hook_mlp_out"
+    for _, sub in batch.batches(batch_size):
+        sub = sub.to(model.cfg.device)
+        model.run_with_hooks(sub.tokens, return_type=None, stop_at_layer=layer + 1, fwd_hooks=[(name, grab)])
+        keep = sub.mask.clone()
+        keep[:, 0] = False
+        total += store["out"][keep].double().sum(0).cpu()
+        count += int(keep.sum())
+    if count == 0:
+        raise ValueError("No non-BOS tokens to average over.")
+    return (total / count).float()
