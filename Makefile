@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 report: setup
-	$(VENV)/bin/drope-lens summary $(ARGS)
+	$(VENV)/bin/drope-lens report $(ARGS)
 
 quick-report: setup
 	$(VENV)/bin/drope-lens report --quick $(ARGS)

@@ -104,9 +104,11 @@ def write_figures(pair, fig_dir: Path, exp: dict) -> list[str]:
             save(F.plot_interventions(conds, ylabel="BOS ratio", log=True), "interventions_bos_ratio.png")
     t = exp.get("tasks")
     if t:
-        acc = {lab[r]: {task: {cond: (c["accuracy"], c["ci_low"], c["ci_high"])
-                               for cond, c in conds_.items()}
-                        for task, conds_ in t[r]["accuracy"].items()} for r in lab}
+        acc = {}
+        for r in lab:
+            for sc in t[r]["scores"]:
+                acc.setdefault(lab[r], {}).setdefault(sc["task"], {})[sc["condition"]] = (
+                    sc["accuracy"], sc["ci_low"], sc["ci_high"])
         save(F.plot_task_degradation(acc), "task_accuracy.png")
     return written
 

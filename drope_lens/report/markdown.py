@@ -214,25 +214,36 @@ def _tasks(results: dict, exp: dict) -> str:
         return ""
     rows = []
     for r in ROLES:
-        for task, conds in t[r]["accuracy"].items():
-            for cond, c in conds.items():
-                rows.append([r, task, cond, f"{c['accuracy']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]",
-                             c.get("n"), c.get("degradation_pct")])
+        for sc in t[r]["scores"]:
+            deg = t[r]["degradation"].get(f"{sc['task']}/{sc['condition']}")
+            rows.append([r, sc["task"], sc["category"], sc["condition"],
+                         f"{sc['accuracy']:.3f} [{sc['ci_low']:.3f}, {sc['ci_high']:.3f}]", sc["n"],
+                         None if sc["condition"] == "baseline" else deg])
     cat_rows = []
     for r in ROLES:
-        for cond, c in (t[r].get("categories") or {}).items():
-            cat_rows.append([r, cond, c.get("parametric_degradation_pct"),
-                             c.get("contextual_degradation_pct"), c.get("ctx_param_ratio")])
+        for cond, c in t[r]["summary"].items():
+            if cond == "baseline":
+                continue
+            cat_rows.append([r, cond, c.get("parametric_degradation"), c.get("contextual_degradation"),
+                             c.get("ratio")])
+    base = {r: t[r]["summary"].get("baseline", {}) for r in ROLES}
     return "\n".join([
         "## 4. Parametric vs contextual knowledge under each intervention",
         "",
-        f"Scoring `{t['rope'].get('scoring')}`; accuracy with Wilson 95 % CI; degradation = "
-        "(baseline − condition) / baseline × 100.",
+        f"Scoring `{t['rope']['scoring']}` (log-probability of the answer options; passkey by greedy "
+        "generation with KV cache and exact match); accuracy with Wilson 95 % CI; degradation = "
+        "(baseline − condition) / baseline × 100. Interventions act on the prompt only.",
         "",
-        _table(["model", "task", "condition", "accuracy [95 % CI]", "n", "degradation %"], rows),
+        _table(["model", "task", "category", "condition", "accuracy [95 % CI]", "n", "degradation %"], rows),
         "",
-        _table(["model", "condition", "parametric degr. %", "contextual degr. %", "ctx/param"], cat_rows)
-        if cat_rows else "",
+        "Category averages of degradation (%):",
+        "",
+        _table(["model", "condition", "parametric", "contextual", "ctx/param"], cat_rows),
+        "",
+        f"*Reading:* baseline parametric / contextual accuracy is "
+        f"{_f(base['rope'].get('parametric_accuracy'))} / {_f(base['rope'].get('contextual_accuracy'))} "
+        f"for RoPE and {_f(base['drope'].get('parametric_accuracy'))} / "
+        f"{_f(base['drope'].get('contextual_accuracy'))} for NoPE/DroPE.",
     ])
 
 

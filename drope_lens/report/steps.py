@@ -77,6 +77,6 @@ def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
         if options.task_n is not None:
             kwargs["n"] = options.task_n
         elif options.quick:
-            kwargs["n"] = 40
+            kwargs["n"] = {"cities": 40, "sports": 40, "sentiment": 40, "passkey": 8}
         results[role] = run_tasks(model, **kwargs)
     return _plain(compare_tasks(results["rope"], results["drope"]).to_dict())

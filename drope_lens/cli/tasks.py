@@ -1,0 +1,97 @@
+"""``drope-lens tasks``: parametric vs contextual knowledge tasks under each condition, for a pair."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args
+
+HELP = "knowledge tasks (cities, sports, sentiment, passkey) under baseline / qk / bos_mlp / combined"
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _ints(value: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(value)]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from exc
+
+
+def add_parser(sub) -> None:
+    from drope_lens.tasks.conditions import CONDITIONS
+    from drope_lens.tasks.runner import SCORING, TASKS
+
+    p = sub.add_parser("tasks", help=HELP, description=HELP + ".")
+    add_model_args(p)
+    add_output_args(p)
+    p.add_argument("--tasks", type=_csv, default=list(TASKS), help=f"comma-separated, from {','.join(TASKS)}")
+    p.add_argument("--conditions", type=_csv, default=list(CONDITIONS),
+                   help=f"comma-separated, from {','.join(CONDITIONS)}")
+    p.add_argument("--n", type=int, help="items per task (passkey: per length); default "
+                   "cities 200, sports 100, sentiment 100, passkey 20")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scoring", choices=SCORING, default="logprob",
+                   help="logprob: compare answer log-probs (passkey: greedy + exact match); "
+                   "study: 20-token greedy generation + the study's parsing, one denominator")
+    p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    p.add_argument("--bos-layer", type=_ints, metavar="L[,L_DROPE]",
+                   help="BOS-MLP ablation layer for both models, or one per model; "
+                   "default: each model's BOS spike layer on the built-in texts")
+    p.add_argument("--passkey-lengths", type=_ints, default=[256, 512], metavar="N,N")
+    p.add_argument("--passkey-depth", type=float, default=0.5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-items", action="store_true", help="leave per-item predictions out of the JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from drope_lens.tasks.runner import run_pair_tasks
+
+    layers = args.bos_layer
+    if layers is not None and len(layers) not in (1, 2):
+        raise ValueError("--bos-layer takes one layer or two (rope,drope).")
+    bos = None if layers is None else (layers[0] if len(layers) == 1
+                                       else {"rope": layers[0], "drope": layers[1]})
+    t0 = time.perf_counter()
+    pair = load_pair_from_args(args)
+    cmp = run_pair_tasks(pair, tasks=args.tasks, conditions=args.conditions, n=args.n,
+                         seed=args.seed, scoring=args.scoring, chat=args.chat, bos_layer=bos,
+                         passkey_lengths=args.passkey_lengths, passkey_depth=args.passkey_depth,
+                         batch_size=args.batch_size, progress=True)
+    _print(cmp)
+    print(f"\nwall time {time.perf_counter() - t0:.1f} s (models: "
+          f"{cmp.rope.wall_seconds:.1f} s + {cmp.drope.wall_seconds:.1f} s)")
+    out = cmp.to_dict(include_items=not args.no_items)
+    out["wall_seconds"] = time.perf_counter() - t0
+    emit_json(args, out)
+    return 0
+
+
+def _fmt(x: float, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "  n/a"
+    return f"{x:6.1f}" if pct else f"{x:5.2f}"
+
+
+def _print(cmp) -> None:
+    for role, res in cmp.items():
+        print(f"\n[{role}] {res.model}  (scoring: {res.scoring}{', chat' if res.chat else ''})")
+        print(f"  {'task':<10} {'condition':<9} {'acc':>5} {'95% CI':>13} {'degr%':>6} "
+              f"{'margin':>6} {'parsed':>6}")
+        for s in res.scores:
+            deg = res.degradation(s.task, s.condition) if "baseline" in res.conditions else math.nan
+            print(f"  {s.task:<10} {s.condition:<9} {_fmt(s.accuracy)} "
+                  f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] {_fmt(deg, True)} "
+                  f"{_fmt(s.mean_margin)} {_fmt(s.parse_rate)}")
+        for cond, summ in res.summary().items():
+            if cond == "baseline":
+                continue
+            print(f"  {cond:<9} degradation: parametric {_fmt(summ['parametric_degradation'], True)}%, "
+                  f"contextual {_fmt(summ['contextual_degradation'], True)}%, ratio {_fmt(summ['ratio'])}")
+    sys.stdout.flush()

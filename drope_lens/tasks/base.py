@@ -1,0 +1,130 @@
+"""Task items and datasets shared by every knowledge task.
+
+A :class:`TaskDataset` is a list of :class:`TaskItem` plus how to score it: ``kind="choice"``
+(compare the log-probabilities of ``options``; ``item.answer`` is one of them) or
+``kind="passkey"`` (generate and match ``item.answer``, a digit string). ``item.text`` is the
+plain prompt, exactly as a base model sees it; the runner may wrap it in a chat template.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence
+
+CATEGORIES = {"cities": "parametric", "sports": "parametric", "sentiment": "contextual",
+              "passkey": "contextual"}
+
+YES_NO_PROMPT = "Answer with only 'Yes' or 'No'.\n\nQuestion: {question}\nAnswer:"
+
+
+@dataclass
+class TaskItem:
+    """One prompt and its correct answer (an option word, or the passkey digits)."""
+
+    text: str
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TaskDataset:
+    """A named, categorised list of items with its scoring kind and answer options."""
+
+    name: str
+    category: str
+    kind: str
+    items: list[TaskItem]
+    options: tuple[str, ...] = ()
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.category not in ("parametric", "contextual"):
+            raise ValueError(f"category must be 'parametric' or 'contextual', got {self.category!r}")
+        if self.kind not in ("choice", "passkey"):
+            raise ValueError(f"kind must be 'choice' or 'passkey', got {self.kind!r}")
+        if self.kind == "choice":
+            if len(self.options) < 2:
+                raise ValueError(f"Task {self.name!r}: a choice task needs >= 2 options.")
+            bad = [it.answer for it in self.items if it.answer not in self.options]
+            if bad:
+                raise ValueError(f"Task {self.name!r}: answers {sorted(set(bad))[:5]} are not in "
+                                 f"the options {self.options}.")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def label_counts(self) -> dict[str, int]:
+        """How many items have each answer (choice tasks) or each prompt length (passkey)."""
+        if self.kind == "passkey":
+            return dict(Counter(str(it.meta.get("length")) for it in self.items))
+        return {opt: sum(it.answer == opt for it in self.items) for opt in self.options}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "category": self.category, "kind": self.kind,
+                "options": list(self.options), "source": self.source,
+                "label_counts": self.label_counts(), "items": [it.to_dict() for it in self.items]}
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        rows = [{"text": it.text, "answer": it.answer, **it.meta} for it in self.items]
+        return pd.DataFrame(rows)
+
+
+def check_n(n: Optional[int], available: int, what: str) -> int:
+    """``n`` (default: everything) checked against what the source holds."""
+    if n is None:
+        return available
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if n > available:
+        raise ValueError(f"n={n} is more than the {available} items {what} can provide.")
+    return n
+
+
+def sample_balanced(items: Sequence[TaskItem], n: Optional[int], seed: int, *, what: str,
+                    options: Sequence[str]) -> list[TaskItem]:
+    """``n`` items with the answers as balanced as possible (counts differ by at most 1), shuffled.
+
+    Deterministic in ``seed`` (``random.Random(seed)``; the global RNG is never touched). The
+    first ``n mod k`` options get the extra item when ``n`` is not a multiple of ``k = len(options)``.
+    """
+    by_answer = {opt: [it for it in items if it.answer == opt] for opt in options}
+    n = check_n(n, len(items), what)
+    k = len(options)
+    want = {opt: n // k + (1 if i < n % k else 0) for i, opt in enumerate(options)}
+    for opt in options:
+        if want[opt] > len(by_answer[opt]):
+            raise ValueError(f"n={n} needs {want[opt]} '{opt}' items but {what} has only "
+                             f"{len(by_answer[opt])}; the largest balanced n is "
+                             f"{k * min(len(v) for v in by_answer.values())}.")
+    rng = random.Random(seed)
+    out: list[TaskItem] = []
+    for opt in options:
+        out.extend(rng.sample(by_answer[opt], want[opt]))
+    rng.shuffle(out)
+    return out
+
+
+def convert_to_question(statement: str) -> str:
+    """The study's statement → question rule: "The city of X is in Y." → "Is the city of X in Y?"."""
+    s = statement.strip()
+    words = s.split(" ")
+    if "is" not in words:
+        raise ValueError(f"Cannot turn {statement!r} into a question: no standalone 'is'.")
+    words.remove("is")
+    body = " ".join(words)
+    body = body[:1].lower() + body[1:]
+    if body.endswith("."):
+        body = body[:-1] + "?"
+    return "Is " + body
+
+
+def indefinite(noun: str) -> str:
+    """``"a tennis"`` / ``"an ice hockey"``."""
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun

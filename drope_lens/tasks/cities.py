@@ -1,0 +1,178 @@
+"""Cities (parametric): "Is the city of X in Y?" from GeoNames, or from Jin et al.'s ``cities.csv``.
+
+GeoNames data (CC BY 4.0, geonames.org) is read at run time from the files shipped inside the
+``geotext`` package (``cities15000.txt``, ``countryInfo.txt``); nothing is copied into drope_lens.
+
+Construction (:func:`load_cities`): the well-known pool is the most populous cities whose ASCII
+name is unambiguous (every namesake in the file has < 10% of its population), is not a country name and does not contain its own country's name,
+at most ``per_country`` per country and only from sovereign-country codes. ``n`` distinct cities
+are drawn with ``random.Random(seed)``; half of them (rounded up) give their true statement, the
+other half a false one with a country drawn from the other pool countries. Each city appears once,
+so a true and a false version of the same city never both appear.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+from drope_lens.tasks.base import (
+    YES_NO_PROMPT, TaskDataset, TaskItem, check_n, convert_to_question, sample_balanced,
+)
+
+OPTIONS = ("Yes", "No")
+#: Territories and codes that are not (or no longer) countries, or whose status is contested.
+EXCLUDED_CODES = frozenset({"HK", "MO", "PR", "PS", "XK", "CS", "AN", "EH", "GU", "VI", "RE", "GP",
+                            "MQ", "GF", "YT", "NC", "PF"})
+#: Country names read with a definite article.
+WITH_THE = frozenset({"United States", "United Kingdom", "Netherlands", "Philippines",
+                      "Democratic Republic of the Congo", "Republic of the Congo",
+                      "United Arab Emirates", "Czech Republic", "Dominican Republic",
+                      "Central African Republic", "Bahamas", "Gambia", "Ivory Coast"})
+GEOTEXT_HINT = "pip install geotext==0.4.0"
+
+
+@dataclass(frozen=True)
+class City:
+    name: str
+    country_code: str
+    country: str
+    population: int
+
+
+def geonames_dir() -> Path:
+    """Folder holding geotext's GeoNames files (found without importing geotext)."""
+    spec = importlib.util.find_spec("geotext")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"The cities task reads GeoNames data shipped in the geotext package: {GEOTEXT_HINT} "
+            "(or use load_cities_csv with your own file).")
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    for name in ("cities15000.txt", "countryInfo.txt"):
+        if not (data / name).is_file():
+            raise FileNotFoundError(f"{data / name} is missing; reinstall geotext ({GEOTEXT_HINT}).")
+    return data
+
+
+def read_countries(path: Path) -> dict[str, str]:
+    """ISO-2 code → country name from GeoNames ``countryInfo.txt``."""
+    out: dict[str, str] = {}
+    with open(path, encoding="utf-8-sig") as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) > 4 and cols[4].strip():
+                out[cols[0]] = cols[4].strip()
+    return out
+
+
+def _is_plain(name: str) -> bool:
+    return all(c.isascii() and (c.isalpha() or c in " -'") for c in name) and name[:1].isupper()
+
+
+def _dominant(pop: int, same_name: list[int]) -> bool:
+    """The most populous city of its name, with every namesake under 10% of its population."""
+    others = sorted(same_name, reverse=True)
+    return others[0] == pop and (len(others) == 1 or others[1] < 0.1 * pop)
+
+
+def city_pool(*, pool_size: int = 500, per_country: int = 20,
+              data_dir: Optional[Path] = None) -> list[City]:
+    """The well-known city pool, most populous first (see the module docstring)."""
+    data = Path(data_dir) if data_dir is not None else geonames_dir()
+    countries = read_countries(data / "countryInfo.txt")
+    country_names = {c.lower() for c in countries.values()}
+    rows = []
+    by_name: dict[str, list[int]] = {}
+    with open(data / "cities15000.txt", encoding="utf-8") as f:
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) < 15:
+                continue
+            name, ascii_name, code, pop = cols[1], cols[2], cols[8], cols[14]
+            by_name.setdefault(ascii_name.lower(), []).append(int(pop or 0))
+            rows.append((name, ascii_name, code, int(pop or 0)))
+    rows.sort(key=lambda r: (-r[3], r[1]))
+    pool: list[City] = []
+    per: dict[str, int] = {}
+    for name, ascii_name, code, pop in rows:
+        country = countries.get(code)
+        if (country is None or code in EXCLUDED_CODES or name != ascii_name or not _is_plain(name)
+                or not _dominant(pop, by_name[name.lower()]) or name.startswith("City of")
+                or name.lower() in country_names
+                or country.lower() in name.lower() or per.get(code, 0) >= per_country):
+            continue
+        per[code] = per.get(code, 0) + 1
+        pool.append(City(name, code, country, pop))
+        if len(pool) == pool_size:
+            break
+    return pool
+
+
+def _country_phrase(country: str) -> str:
+    return f"the {country}" if country in WITH_THE else country
+
+
+def city_item(city: str, country: str, correct_country: str) -> TaskItem:
+    statement = f"The city of {city} is in {_country_phrase(country)}."
+    question = convert_to_question(statement)
+    return TaskItem(
+        text=YES_NO_PROMPT.format(question=question),
+        answer="Yes" if country == correct_country else "No",
+        meta={"statement": statement, "question": question, "city": city, "country": country,
+              "correct_country": correct_country},
+    )
+
+
+def load_cities(n: Optional[int] = 200, seed: int = 0, *, pool_size: int = 500,
+                per_country: int = 20, data_dir: Optional[Path] = None) -> TaskDataset:
+    """Balanced true/false "Is the city of X in Y?" items from GeoNames (via geotext)."""
+    pool = city_pool(pool_size=pool_size, per_country=per_country, data_dir=data_dir)
+    n = check_n(n, len(pool), f"the GeoNames city pool (pool_size={pool_size})")
+    rng = random.Random(seed)
+    chosen = rng.sample(pool, n)
+    countries = sorted({c.country for c in pool})
+    items = []
+    for i, city in enumerate(chosen):
+        if i < (n + 1) // 2:
+            items.append(city_item(city.name, city.country, city.country))
+        else:
+            wrong = rng.choice([c for c in countries if c != city.country])
+            items.append(city_item(city.name, wrong, city.country))
+    rng.shuffle(items)
+    return TaskDataset("cities", "parametric", "choice", items, OPTIONS,
+                       source="GeoNames cities15000 via geotext (CC BY 4.0)")
+
+
+def load_cities_csv(path: Union[str, Path], n: Optional[int] = None, seed: int = 0) -> TaskDataset:
+    """Jin et al. / Marks & Tegmark ``cities.csv`` (``statement,label,city,country,correct_country``).
+
+    ``label`` may be 1/0 or True/False. With ``n``, a balanced sample (``random.Random(seed)``).
+    """
+    path = Path(path)
+    items = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        need = {"statement", "label"}
+        if not need <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: needs columns {sorted(need)} "
+                             f"(Jin format: statement,label,city,country,correct_country); "
+                             f"found {reader.fieldnames}.")
+        for row in reader:
+            label = str(row["label"]).strip().lower()
+            if label not in ("1", "0", "true", "false"):
+                raise ValueError(f"{path}: label {row['label']!r} is not 1/0/True/False.")
+            question = convert_to_question(row["statement"])
+            meta = {k: row[k] for k in ("statement", "city", "country", "correct_country") if k in row}
+            items.append(TaskItem(YES_NO_PROMPT.format(question=question),
+                                  "Yes" if label in ("1", "true") else "No",
+                                  {**meta, "question": question}))
+    if not items:
+        raise ValueError(f"{path} holds no rows.")
+    items = sample_balanced(items, n, seed, what=str(path), options=OPTIONS) if n else items
+    return TaskDataset("cities", "parametric", "choice", items, OPTIONS, source=str(path))

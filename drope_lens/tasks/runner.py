@@ -1,0 +1,278 @@
+"""Run the knowledge tasks under each condition: :func:`run_tasks` (one model),
+:func:`run_pair_tasks` / :func:`compare_tasks` (a RoPE model and its DroPE/NoPE twin).
+
+Scoring (``scoring=``):
+
+Generation runs prompts of equal token length together (no padding), one KV-cache decode step for
+all rows at a time.
+
+* ``"logprob"`` (default): choice tasks compare ``log p(option | prompt)`` summed over each option's
+  tokens (" Yes"/" No", " Positive"/" Negative"; no leading space after a chat template) and take
+  the argmax, so every answer is parsed; the mean margin ``log p(correct) − max log p(other)`` is
+  reported too. Passkey: greedy generation with the KV cache (at most 12 new tokens, stopping once
+  the first digit run ends); correct iff the first run of digits equals the key.
+* ``"study"``: greedy generation of 20 tokens for every task and the study's parsing
+  (``check_yes_no``, the IMDB rule, passkey substring), but **one denominator (all items) for all
+  tasks**: an unparseable answer is wrong. The share of parsed answers is reported as ``parse_rate``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import torch
+from transformer_lens import HookedTransformer
+
+from drope_lens.loading.tokens import encode
+from drope_lens.tasks import parsing
+from drope_lens.tasks.base import CATEGORIES, TaskDataset
+from drope_lens.tasks.conditions import CONDITIONS, NEEDS_BOS, Condition, default_bos_layer, resolve_conditions
+from drope_lens.tasks.results import ItemResult, TaskComparison, TaskResults, TaskScore, wilson_interval
+from drope_lens.tasks.scoring import format_prompt, greedy_generate_batch, option_logprobs, option_token_ids
+
+TASKS = ("cities", "sports", "sentiment", "passkey")
+DEFAULT_N = {"cities": 200, "sports": 100, "sentiment": 100, "passkey": 20}
+SCORING = ("logprob", "study")
+STUDY_MAX_NEW_TOKENS = 20
+PASSKEY_MAX_NEW_TOKENS = 12
+
+TaskSpec = Union[str, TaskDataset]
+
+
+def _n_for(task: str, n: Union[None, int, Mapping[str, int]]) -> int:
+    if n is None:
+        return DEFAULT_N[task]
+    if isinstance(n, Mapping):
+        unknown = set(n) - set(TASKS)
+        if unknown:
+            raise ValueError(f"n has unknown task(s) {sorted(unknown)}; tasks are {TASKS}.")
+        return n.get(task, DEFAULT_N[task])
+    return n
+
+
+def build_datasets(
+    tokenizer,
+    *,
+    tasks: Sequence[TaskSpec] = TASKS,
+    n: Union[None, int, Mapping[str, int]] = None,
+    seed: int = 0,
+    chat: bool = False,
+    passkey_lengths: Sequence[int] = (256, 512),
+    passkey_depth: float = 0.5,
+    n_ctx: Optional[int] = None,
+) -> list[TaskDataset]:
+    """The datasets for ``tasks`` (names or ready :class:`TaskDataset` objects).
+
+    ``n``: items per task (passkey: per length), an int for all tasks or a ``{task: n}`` mapping;
+    defaults: cities 200, sports 100, sentiment 100, passkey 20 per length.
+    """
+    from drope_lens.tasks.cities import load_cities
+    from drope_lens.tasks.passkey import load_passkey
+    from drope_lens.tasks.sentiment import load_sentiment
+    from drope_lens.tasks.sports import load_sports
+
+    if isinstance(tasks, (str, TaskDataset)):
+        tasks = [tasks]
+    out: list[TaskDataset] = []
+    for task in tasks:
+        if isinstance(task, TaskDataset):
+            out.append(task)
+        elif task == "cities":
+            out.append(load_cities(_n_for(task, n), seed))
+        elif task == "sports":
+            out.append(load_sports(_n_for(task, n), seed))
+        elif task == "sentiment":
+            out.append(load_sentiment(_n_for(task, n), seed))
+        elif task == "passkey":
+            out.append(load_passkey(tokenizer, lengths=passkey_lengths, n=_n_for(task, n),
+                                    depth=passkey_depth, seed=seed, n_ctx=n_ctx,
+                                    wrap=lambda s: format_prompt(tokenizer, s, chat=chat)))
+        else:
+            raise ValueError(f"Unknown task {task!r}; choose from {TASKS} or pass a TaskDataset.")
+    names = [d.name for d in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Task names must be unique, got {names}.")
+    if not out:
+        raise ValueError("No tasks given.")
+    return out
+
+
+def _parse_choice(response: str, options: Sequence[str]) -> Optional[str]:
+    if tuple(options) == ("Yes", "No"):
+        return parsing.check_yes_no(response)
+    if tuple(options) == ("Positive", "Negative"):
+        return parsing.parse_sentiment(response)
+    low = response.lower()
+    hits = [(low.find(o.lower()), o) for o in options if o.lower() in low]
+    return min(hits)[1] if hits else None
+
+
+def _score_dataset(model, ds: TaskDataset, cond: Condition, *, scoring: str, chat: bool,
+                   batch_size: int, tick: Callable[[int], None]) -> list[ItemResult]:
+    tok = model.tokenizer
+    prompts = [format_prompt(tok, it.text, chat=chat) for it in ds.items]
+    batch = encode(tok, prompts, n_ctx=model.cfg.n_ctx)
+    results: list[ItemResult] = []
+    if ds.kind == "choice" and scoring == "logprob":
+        ids = option_token_ids(tok, ds.options, prefix="" if chat else " ")
+        logp = option_logprobs(model, batch, ids, batch_size=batch_size, padded=cond.batch_safe,
+                               on_batch=tick)
+        for i, it in enumerate(ds.items):
+            row = logp[i]
+            pred = ds.options[int(row.argmax())]
+            k = ds.options.index(it.answer)
+            others = torch.cat([row[:k], row[k + 1:]])
+            results.append(ItemResult(ds.name, cond.name, i, it.answer, pred, pred == it.answer,
+                                      float(row[k] - others.max()),
+                                      {o: float(v) for o, v in zip(ds.options, row)}))
+        return results
+    study = scoring == "study"
+    max_new = STUDY_MAX_NEW_TOKENS if study or ds.kind == "choice" else PASSKEY_MAX_NEW_TOKENS
+    by_len: dict[int, list[int]] = {}
+    for i in range(len(ds.items)):  # equal-length prompts share a batch: no padding at all
+        by_len.setdefault(int(batch.lengths[i]), []).append(i)
+    done: dict[int, ItemResult] = {}
+    size = batch_size if cond.batch_safe else 1
+    for length, rows in by_len.items():
+        for start in range(0, len(rows), size):
+            idx = rows[start:start + size]
+            stop = None
+            if ds.kind == "passkey" and not study:
+                stop = lambda r, s, idx=idx: parsing.passkey_done(s, len(ds.items[idx[r]].answer))
+            gen = greedy_generate_batch(model, batch.tokens[idx, :length], max_new, stop=stop)
+            for i, (_, text) in zip(idx, gen):
+                it = ds.items[i]
+                if ds.kind == "passkey":
+                    pred = parsing.first_number(text)
+                    ok = (parsing.passkey_substring(text, it.answer) if study
+                          else parsing.passkey_exact(text, it.answer))
+                else:
+                    pred = _parse_choice(text, ds.options)
+                    ok = pred == it.answer
+                done[i] = ItemResult(ds.name, cond.name, i, it.answer, pred, bool(ok), output=text)
+            tick(len(idx))
+    return [done[i] for i in range(len(ds.items))]
+
+
+def _summarise(ds: TaskDataset, cond: Condition, items: list[ItemResult], seconds: float) -> TaskScore:
+    n = len(items)
+    correct = sum(it.correct for it in items)
+    lo, hi = wilson_interval(correct, n)
+    margins = [it.margin for it in items if it.margin == it.margin]
+    return TaskScore(ds.name, ds.category, cond.name, n, correct, correct / n if n else float("nan"),
+                     lo, hi, sum(margins) / len(margins) if margins else float("nan"),
+                     sum(it.prediction is not None for it in items) / n if n else float("nan"),
+                     seconds)
+
+
+def _label(model) -> str:
+    describe = getattr(model.cfg, "describe", None)
+    return describe() if callable(describe) else str(model.cfg.model_name)
+
+
+@torch.no_grad()
+def run_tasks(
+    model: HookedTransformer,
+    *,
+    tasks: Sequence[TaskSpec] = TASKS,
+    conditions: Sequence[Union[str, Condition]] = CONDITIONS,
+    n: Union[None, int, Mapping[str, int]] = None,
+    seed: int = 0,
+    bos_layer: Optional[int] = None,
+    scoring: str = "logprob",
+    chat: bool = False,
+    batch_size: int = 8,
+    passkey_lengths: Sequence[int] = (256, 512),
+    passkey_depth: float = 0.5,
+    bos_mode: str = "zero",
+    qk_kwargs: Optional[dict] = None,
+    progress: bool = False,
+    label: Optional[str] = None,
+) -> TaskResults:
+    """Accuracy of ``model`` on each task under each condition (see the module docstring).
+
+    Args:
+        tasks: names from :data:`TASKS` and/or your own :class:`TaskDataset` objects.
+        conditions: names from :data:`CONDITIONS` and/or :class:`Condition` objects.
+        n: items per task (passkey: per length); int, ``{task: n}`` or None for the defaults.
+        bos_layer: layer of the BOS-MLP ablation; ``None`` = the model's BOS spike layer on the
+            built-in texts (computed only if a BOS condition is requested).
+        scoring: ``"logprob"`` or ``"study"``. ``chat``: wrap prompts in the chat template.
+    """
+    if scoring not in SCORING:
+        raise ValueError(f"Unknown scoring {scoring!r}; choose from {SCORING}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if model.tokenizer is None:
+        raise ValueError("The model needs a tokenizer.")
+    t0 = time.perf_counter()
+    names = [c if isinstance(c, str) else c.name for c in
+             ([conditions] if isinstance(conditions, (str, Condition)) else conditions)]
+    if bos_layer is None and any(c in NEEDS_BOS for c in names):
+        bos_layer = default_bos_layer(model, batch_size=batch_size)
+    conds = resolve_conditions(conditions, bos_layer=bos_layer, bos_mode=bos_mode, qk_kwargs=qk_kwargs)
+    datasets = build_datasets(model.tokenizer, tasks=tasks, n=n, seed=seed, chat=chat,
+                              passkey_lengths=passkey_lengths, passkey_depth=passkey_depth,
+                              n_ctx=model.cfg.n_ctx)
+    label = label or _label(model)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(conds) * sum(len(d) for d in datasets), desc=f"tasks {label[:40]}",
+                   leave=False)
+    tick = (lambda k: bar.update(k)) if bar is not None else (lambda k: None)
+    scores: list[TaskScore] = []
+    items: list[ItemResult] = []
+    try:
+        for cond in conds:
+            for ds in datasets:
+                if bar is not None:
+                    bar.set_postfix_str(f"{cond.name}/{ds.name}")
+                t1 = time.perf_counter()
+                with model.hooks(fwd_hooks=cond.make_hooks(model)):
+                    res = _score_dataset(model, ds, cond, scoring=scoring, chat=chat,
+                                         batch_size=batch_size, tick=tick)
+                scores.append(_summarise(ds, cond, res, time.perf_counter() - t1))
+                items.extend(res)
+    finally:
+        if bar is not None:
+            bar.close()
+    return TaskResults(
+        model=label, scoring=scoring, chat=chat, seed=seed, tasks=[d.name for d in datasets],
+        categories={d.name: d.category for d in datasets}, conditions=[c.name for c in conds],
+        scores=scores, items=items,
+        datasets={d.name: {"n": len(d), "label_counts": d.label_counts(), "source": d.source,
+                           "kind": d.kind, "options": list(d.options)} for d in datasets},
+        condition_info={c.name: dict(c.info) for c in conds},
+        wall_seconds=time.perf_counter() - t0,
+    )
+
+
+def compare_tasks(rope_results: TaskResults, drope_results: TaskResults) -> TaskComparison:
+    """Put two :func:`run_tasks` results side by side (same tasks, conditions, scoring, seed)."""
+    return TaskComparison(rope_results, drope_results)
+
+
+def run_pair_tasks(pair, *, bos_layer: Union[None, int, Mapping[str, Optional[int]]] = None,
+                   **kwargs: Any) -> TaskComparison:
+    """:func:`run_tasks` on both models of a :class:`~drope_lens.loading.pair.ModelPair`.
+
+    The datasets are built once and shared. ``bos_layer``: one layer for both, ``{"rope": l1,
+    "drope": l2}``, or ``None`` (each model's own spike layer, as the study).
+    """
+    build_keys = ("n", "seed", "chat", "passkey_lengths", "passkey_depth")
+    build_kw = {k: kwargs[k] for k in build_keys if k in kwargs}
+    datasets = build_datasets(pair.tokenizer, tasks=kwargs.pop("tasks", TASKS),
+                              n_ctx=pair.n_ctx, **build_kw)
+    out = {}
+    for role, model in pair.items():
+        layer = bos_layer.get(role) if isinstance(bos_layer, Mapping) else bos_layer
+        out[role] = run_tasks(model, tasks=datasets, bos_layer=layer,
+                              label=pair.labels.get(role), **kwargs)
+    return compare_tasks(out["rope"], out["drope"])
+
+
+__all__ = ["TASKS", "DEFAULT_N", "SCORING", "build_datasets", "run_tasks", "compare_tasks",
+           "run_pair_tasks", "CATEGORIES"]

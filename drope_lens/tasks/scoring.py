@@ -1,0 +1,209 @@
+"""Scoring primitives: answer-option log-probabilities and greedy generation with a KV cache.
+
+Both run under whatever hooks are attached to the model (the runner attaches a condition's hooks
+with ``model.hooks(...)`` around the whole call, so they see the prompt pass *and* every later
+pass). The prompt is one forward pass; the tokens after it (option tokens beyond the first,
+generated tokens) are KV-cache decode steps of one token each, where hooks from
+:mod:`drope_lens.hooks` leave things alone (Q/K mean replacement skips decode steps, BOS-MLP
+ablation acts on absolute position 0 only). So an intervention touches the prompt only.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Optional, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+from drope_lens.hooks.channels import real_token_mask
+from drope_lens.loading.numerics import check_logits_finite
+from drope_lens.loading.tokens import TokenBatch
+
+
+def format_prompt(tokenizer, text: str, *, chat: bool = False) -> str:
+    """``text`` as the model sees it: unchanged, or as one user turn of the chat template.
+
+    The chat text loses a leading BOS string, since drope_lens prepends the BOS id itself.
+    """
+    if not chat:
+        return text
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("chat=True needs a tokenizer with a chat template (an instruct model).")
+    out = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                        add_generation_prompt=True)
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and out.startswith(bos):
+        out = out[len(bos):]
+    return out
+
+
+def option_token_ids(tokenizer, options: Sequence[str], *, prefix: str = " ") -> list[list[int]]:
+    """Token ids of each answer option (``prefix`` + option, no special tokens)."""
+    ids = [list(tokenizer(prefix + opt, add_special_tokens=False)["input_ids"]) for opt in options]
+    for opt, row in zip(options, ids):
+        if not row:
+            raise ValueError(f"Option {opt!r} tokenizes to nothing.")
+    return ids
+
+
+def _ones(n: int, device) -> torch.Tensor:
+    return torch.ones((1, n), dtype=torch.long, device=device)
+
+
+def logits_at(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"],
+              index: Int[torch.Tensor, "batch"], **kwargs) -> Float[torch.Tensor, "batch d_vocab"]:
+    """Logits at one position per row (``index``), unembedding only those positions.
+
+    Same as ``model(tokens, **kwargs)[arange, index]`` (final norm and unembedding act per
+    position) but skips the vocabulary projection elsewhere, a fifth of a small model's compute.
+    """
+    resid = model(tokens, stop_at_layer=model.cfg.n_layers, **kwargs)
+    x = resid[torch.arange(resid.shape[0], device=resid.device), index.to(resid.device)][:, None]
+    if model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    logits = model.unembed(x)[:, 0]
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    if cap > 0:
+        logits = cap * torch.tanh(logits / cap)
+    check_logits_finite(logits)
+    return logits
+
+
+@torch.no_grad()
+def prefill(model: HookedTransformer, tokens: Int[torch.Tensor, "pos"]
+            ) -> tuple[Float[torch.Tensor, "d_vocab"], TransformerLensKeyValueCache]:
+    """Run one unpadded prompt with a fresh KV cache; return the last position's logits and the cache."""
+    device = model.cfg.device
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
+    logits = logits_at(model, tokens[None].to(device), torch.tensor([tokens.shape[0] - 1]),
+                       past_kv_cache=cache, attention_mask=_ones(tokens.shape[0], device))
+    return logits[0], cache
+
+
+@torch.no_grad()
+def decode_step(model: HookedTransformer, token: int, cache: TransformerLensKeyValueCache
+                ) -> Float[torch.Tensor, "d_vocab"]:
+    """Feed one token as a KV-cache decode step; return its logits."""
+    device = model.cfg.device
+    logits = model(torch.tensor([[token]], device=device), past_kv_cache=cache,
+                   attention_mask=_ones(1, device))
+    check_logits_finite(logits)
+    return logits[0, -1]
+
+
+@torch.no_grad()
+def option_logprobs(
+    model: HookedTransformer,
+    batch: TokenBatch,
+    option_ids: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+    padded: bool = True,
+    on_batch: Optional[Callable[[int], None]] = None,
+) -> Float[torch.Tensor, "n_items n_options"]:
+    """``log p(option | prompt)`` summed over each option's tokens, for every prompt of ``batch``.
+
+    Single-token options: one forward per prompt, read at the prompt's last real position;
+    ``padded=True`` batches right-padded prompts (exact with causal attention, but only valid
+    for hooks that treat rows and positions independently), ``padded=False`` runs prompts one by
+    one. Each padded batch's real-token mask is declared with
+    :func:`~drope_lens.hooks.channels.real_token_mask` for hooks that compute statistics (Q/K mean
+    replacement). Multi-token options: the prompt is prefilled with a KV cache and each option's further
+    tokens are fed as one-token decode steps (from a copy of the cache).
+    """
+    n = len(batch)
+    out = torch.empty((n, len(option_ids)), dtype=torch.float64)
+    single = all(len(ids) == 1 for ids in option_ids)
+    first = torch.tensor([ids[0] for ids in option_ids])
+    if single:
+        size = batch_size if padded else 1
+        for idx, sub in batch.batches(size):
+            sub = sub.to(model.cfg.device)
+            with real_token_mask(sub.mask):  # hook statistics over real tokens only
+                last = logits_at(model, sub.tokens, sub.lengths - 1)
+            logp = torch.log_softmax(last.double(), -1).cpu()
+            out[idx] = logp[:, first]
+            if on_batch:
+                on_batch(len(idx))
+        return out
+    for i in range(n):
+        tokens = batch.tokens[i, : int(batch.lengths[i])]
+        last, cache = prefill(model, tokens)
+        logp0 = torch.log_softmax(last.double(), -1).cpu()
+        for j, ids in enumerate(option_ids):
+            total = float(logp0[ids[0]])
+            if len(ids) > 1:
+                branch = copy.deepcopy(cache)
+                for prev, nxt in zip(ids[:-1], ids[1:]):
+                    step = torch.log_softmax(decode_step(model, prev, branch).double(), -1)
+                    total += float(step[nxt])
+            out[i, j] = total
+        if on_batch:
+            on_batch(1)
+    return out
+
+
+@torch.no_grad()
+def greedy_generate_batch(
+    model: HookedTransformer,
+    tokens: Int[torch.Tensor, "batch pos"],
+    max_new_tokens: int,
+    *,
+    stop: Optional[Callable[[int, str], bool]] = None,
+    stop_at_eos: bool = True,
+) -> list[tuple[list[int], str]]:
+    """Greedy decoding of equal-length, unpadded prompts with TransformerLens's KV cache.
+
+    One prompt pass for the whole batch, then one-token decode steps for all rows together. A row
+    stops after ``max_new_tokens``, at EOS (``stop_at_eos``) or when ``stop(row, decoded_text)`` is
+    true; the others go on. Returns ``(generated ids without EOS, decoded text)`` per row.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
+    tok = model.tokenizer
+    eos = getattr(tok, "eos_token_id", None) if stop_at_eos else None
+    device = model.cfg.device
+    b, t = tokens.shape
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, b)
+    logits = logits_at(model, tokens.to(device), torch.full((b,), t - 1), past_kv_cache=cache,
+                       attention_mask=torch.ones((b, t), dtype=torch.long, device=device))
+    outs: list[list[int]] = [[] for _ in range(b)]
+    texts = [""] * b
+    done = [False] * b
+    for step in range(max_new_tokens):
+        nxt = logits.argmax(-1).tolist()
+        for row in range(b):
+            if done[row]:
+                continue
+            if eos is not None and nxt[row] == eos:
+                done[row] = True
+                continue
+            outs[row].append(nxt[row])
+            texts[row] = tok.decode(outs[row], skip_special_tokens=True)
+            if stop is not None and stop(row, texts[row]):
+                done[row] = True
+        if all(done) or step == max_new_tokens - 1:
+            break
+        logits = model(torch.tensor(nxt, device=device)[:, None], past_kv_cache=cache,
+                       attention_mask=torch.ones((b, 1), dtype=torch.long, device=device))[:, -1]
+        check_logits_finite(logits)
+    return list(zip(outs, texts))
+
+
+def greedy_generate(
+    model: HookedTransformer,
+    tokens: Int[torch.Tensor, "pos"],
+    max_new_tokens: int,
+    *,
+    stop: Optional[Callable[[str], bool]] = None,
+    stop_at_eos: bool = True,
+) -> tuple[list[int], str]:
+    """Greedy decoding of one prompt (see :func:`greedy_generate_batch`)."""
+    row_stop = None if stop is None else (lambda row, text: stop(text))
+    return greedy_generate_batch(model, tokens[None], max_new_tokens, stop=row_stop,
+                                 stop_at_eos=stop_at_eos)[0]
