@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +33,9 @@ def load_pair_from_args(args: argparse.Namespace):
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON via a temp file and rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, default=_jsonable)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from drope_lens.report.store import atomic_write_json
+
+    atomic_write_json(Path(path), payload)
 
 
 def emit_json(args: argparse.Namespace, payload: Any) -> None:
