@@ -105,8 +105,9 @@ def _massive(results: dict, exp: dict) -> str:
         "",
         _table(["tensor", "RoPE", "DroPE/NoPE", "change"], rows),
         "",
-        f"*Reading:* the NoPE/DroPE model has {_f(_pct_change(q_a, q_b), 1)} % massive Q channels "
-        f"relative to RoPE; the layer where it exceeds RoPE most is layer {peak}.",
+        f"*Reading:* the NoPE/DroPE model has {_f(abs(_pct_change(q_a, q_b) or 0.0), 1)} % "
+        f"{'more' if q_b >= q_a else 'fewer'} massive Q channels per text than the RoPE model; the "
+        f"layer where it exceeds RoPE most is layer {peak}.",
         "",
         "Per-layer mean counts:",
         "",
