@@ -15,7 +15,6 @@ import html as _html
 import io
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -332,16 +331,8 @@ def save_html(path: Union[str, os.PathLike], html: Union[str, View], *, title: O
     if not isinstance(html, str):
         html = to_offline_html(html, title=title or getattr(html, "title", None) or "drope_lens views")
     check_offline(html)
+    from drope_lens.atomic import atomic_write_text
+
+    atomic_write_text(path, html)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(html)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
