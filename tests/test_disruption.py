@@ -46,6 +46,31 @@ def test_protocol(planted, results):
     assert len(set(rope.random_ppls)) > 1  # seeds really draw different channels
 
 
+def test_given_selection_and_baseline_reproduce_the_run(planted, results):
+    """Reusing a saved selection (JSON round trip) and a baseline on a text subset changes nothing."""
+    from drope_lens.analysis.perplexity import PerplexityResult
+    from drope_lens.hooks.channels import ChannelSelection
+
+    found = detect_massive(planted, IDENTIFY + EVAL, tensors=("q", "k"))
+    sel = found.subset(range(len(IDENTIFY))).selection("mean_norm")
+    sel = ChannelSelection.from_dict(json.loads(json.dumps(sel.to_dict())))
+    both = perplexity(planted, IDENTIFY + EVAL)
+    base = PerplexityResult.from_dict(json.loads(json.dumps(both.to_dict()))).subset(
+        range(len(IDENTIFY), len(IDENTIFY) + len(EVAL)))
+    again = run_disruption(planted, identify_texts=IDENTIFY, eval_texts=EVAL, n_seeds=4,
+                           n_resamples=999, massive=sel, baseline=base)
+    ref = results[0]
+    assert again.massive_counts == ref.massive_counts
+    assert again.base_ppl == pytest.approx(ref.base_ppl, rel=1e-12)
+    assert again.massive_ppl == ref.massive_ppl and again.random_ppls == ref.random_ppls
+    assert again.settings["selection"] == "given" and ref.settings["selection"] == "detected"
+    with pytest.raises(ValueError, match="not measured on these eval texts"):
+        run_disruption(planted, identify_texts=IDENTIFY, eval_texts=EVAL, n_seeds=2, massive=sel,
+                       baseline=both.subset(range(len(IDENTIFY))))
+    with pytest.raises(ValueError, match="asks for rotary"):
+        run_disruption(planted, eval_texts=EVAL, n_seeds=2, massive=sel, rotary="post")
+
+
 def test_same_seeds_same_result(planted, results):
     again = run_disruption(planted, identify_texts=IDENTIFY, eval_texts=EVAL, n_seeds=4, n_resamples=999)
     assert again.random_ppls == results[0].random_ppls

@@ -100,6 +100,27 @@ def test_phase_experiment_perplexity_per_condition(model):
         phase_experiment(model, TEXTS, spike_rule="max")
 
 
+def test_shared_pass_equals_separate_passes(model):
+    """One pass per condition (profile + PPL) gives exactly what two separate passes give."""
+    from drope_lens.analysis.perplexity import perplexity
+    from drope_lens.analysis.phase import condition_hooks
+
+    exp = phase_experiment(model, TEXTS, profile_conditions=True, batch_size=2)
+    layer = exp.bos_layer
+    for cond in ("qk", "combined"):
+        hooks = condition_hooks(model, cond, bos_layer=layer)
+        prof = phase_profile(model, TEXTS, fwd_hooks=hooks, batch_size=2)
+        got = exp.conditions[cond].profile
+        np.testing.assert_allclose(got.sink_scores_per_text, prof.sink_scores_per_text, rtol=1e-6)
+        np.testing.assert_allclose(got.entropy_sq_per_text, prof.entropy_sq_per_text, rtol=1e-6)
+        ppl = perplexity(model, TEXTS, fwd_hooks=condition_hooks(model, cond, bos_layer=layer), batch_size=2)
+        assert exp.conditions[cond].ppl["per_text_nll"] == pytest.approx(ppl.per_text_nll, rel=1e-6)
+    # separate PPL texts take the two-pass route and agree on the same texts
+    sep = phase_experiment(model, TEXTS, ppl_texts=TEXTS, conditions=("baseline", "qk"), batch_size=2)
+    for cond in ("baseline", "qk"):
+        assert sep.conditions[cond].ppl["ppl"] == pytest.approx(exp.conditions[cond].ppl["ppl"], rel=1e-6)
+
+
 def test_qk_profile_uses_real_token_mask(model):
     """Q/K mean replacement inside phase_profile must not see the padding: batching is invariant."""
     hooks = condition_hooks(model, "qk")

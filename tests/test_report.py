@@ -11,7 +11,7 @@ from drope_lens.report.runner import ReportOptions, run_report
 from drope_lens.report.schema import validate_results
 from drope_lens.report.store import PartStore, fingerprint
 
-STEPS = ("massive", "disruption", "phase")
+STEPS = ("massive", "phase", "disruption")  # run order
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,24 @@ def test_report_writes_every_file_and_valid_json(tiny_pair, tmp_path):
     # the planted channels are found and reported
     q_total = on_disk["experiments"]["massive"]["rope"]["tensors"]["q"]["total_mean"]
     assert q_total >= 2
+    # disruption reused the massive step's channels and the phase step's baseline pass
+    exp = on_disk["experiments"]
+    for role in ("rope", "drope"):
+        d = exp["disruption"][role]
+        assert d["settings"]["selection"] == "given" and d["settings"]["baseline"] == "given"
+        assert d["base_ppl"] == pytest.approx(exp["phase"][role]["conditions"]["baseline"]["ppl"]["ppl"])
+        assert d["massive_counts_per_layer"] == exp["massive"][role]["identify_selection"]["counts_per_layer"]
+
+
+def test_disruption_alone_measures_what_it_needs(tiny_pair, tmp_path):
+    shared = run_report(tiny_pair, tmp_path / "a", _options(), progress=False)["experiments"]["disruption"]
+    alone = run_report(tiny_pair, tmp_path / "b", _options(steps=("disruption",)),
+                       progress=False)["experiments"]["disruption"]
+    assert alone["rope"]["settings"]["selection"] == "detected"
+    assert alone["rope"]["settings"]["baseline"] == "measured"
+    for key in ("base_ppl", "massive_ppl", "m_minus_r"):
+        assert alone["rope"][key] == pytest.approx(shared["rope"][key], rel=1e-9), key
+    assert alone["rope"]["random_ppls"] == pytest.approx(shared["rope"]["random_ppls"], rel=1e-9)
 
 
 def test_schema_rejects_a_broken_results_file(tiny_pair, tmp_path):
@@ -74,7 +92,7 @@ def test_interrupted_report_resumes_without_redoing_finished_steps(tiny_pair, tm
     def counting(step):
         def run(*args, **kwargs):
             calls[step] += 1
-            if step == "phase" and calls[step] == 1:
+            if step == "disruption" and calls[step] == 1:
                 raise KeyboardInterrupt  # the user pressed Ctrl-C during the third experiment
             return originals[step](*args, **kwargs)
         return run
@@ -84,14 +102,14 @@ def test_interrupted_report_resumes_without_redoing_finished_steps(tiny_pair, tm
     with pytest.raises(KeyboardInterrupt):
         run_report(tiny_pair, tmp_path, _options(), progress=False)
     store = PartStore(tmp_path)
-    assert store.path("massive").exists() and store.path("disruption").exists()
-    assert not store.path("phase").exists() and not (tmp_path / "results.json").exists()
+    assert store.path("massive").exists() and store.path("phase").exists()
+    assert not store.path("disruption").exists() and not (tmp_path / "results.json").exists()
     first_massive = json.loads(store.path("massive").read_text())
 
     results = run_report(tiny_pair, tmp_path, _options(), progress=False)
-    assert calls == {"massive": 1, "disruption": 1, "phase": 2}
+    assert calls == {"massive": 1, "phase": 1, "disruption": 2}
     assert {s: results["steps"][s]["status"] for s in STEPS} == {
-        "massive": "resumed", "disruption": "resumed", "phase": "ran"}
+        "massive": "resumed", "phase": "resumed", "disruption": "ran"}
     assert results["experiments"]["massive"] == first_massive["result"]
     # other options -> the step is not reused
     run_report(tiny_pair, tmp_path, _options(steps=("massive",), threshold=4.0), progress=False)

@@ -28,8 +28,8 @@ import numpy as np
 
 from drope_lens.analysis import stats
 from drope_lens.analysis.massive import AGGREGATES, detect_massive
-from drope_lens.analysis.perplexity import model_label, perplexity
-from drope_lens.hooks.channels import check_choice, random_control, zero_channel_hooks
+from drope_lens.analysis.perplexity import PerplexityResult, model_label, perplexity, to_batch
+from drope_lens.hooks.channels import ChannelSelection, check_choice, random_control, zero_channel_hooks
 
 
 @dataclass
@@ -198,6 +198,8 @@ def run_disruption(
     confidence: float = 0.95,
     n_resamples: int = 9999,
     bootstrap_seed: int = 0,
+    massive: Optional[ChannelSelection] = None,
+    baseline: Optional[PerplexityResult] = None,
     progress: bool = False,
 ) -> DisruptionResult:
     """Zero massive Q/K channels vs ``n_seeds`` random controls and measure perplexity.
@@ -206,6 +208,10 @@ def run_disruption(
     ``"eval"`` split (:func:`drope_lens.data.texts.builtin_split`); seeds ``first_seed ..
     first_seed + n_seeds - 1`` (the study: 42..51). ``eval_on_identify=True`` evaluates on the
     identification texts, as the study did. See the module docstring for the statistics.
+
+    Work already done elsewhere can be passed in: ``massive``, the channels to zero (then
+    ``identify_texts`` only labels the result), and ``baseline``, the perplexity of ``eval_texts``
+    without hooks (checked against their token counts).
     """
     from tqdm.auto import tqdm
 
@@ -222,9 +228,14 @@ def run_disruption(
         eval_texts = identify_texts
     eval_texts = list(eval_texts) if eval_texts is not None else split["eval"]
 
-    found = detect_massive(model, identify_texts, threshold=threshold, scope=scope, rotary=rotary,
-                           tensors=tensors, batch_size=batch_size, max_length=max_length, top=0)
-    massive = found.selection(aggregate)
+    given = massive is not None
+    if massive is None:
+        found = detect_massive(model, identify_texts, threshold=threshold, scope=scope, rotary=rotary,
+                               tensors=tensors, batch_size=batch_size, max_length=max_length, top=0)
+        massive = found.selection(aggregate)
+    elif massive.rotary != rotary or set(massive.tensors) != set(tensors):
+        raise ValueError(f"The given selection is {massive.rotary}-RoPE on {massive.tensors}; this run "
+                         f"asks for rotary={rotary!r}, tensors={tuple(tensors)}.")
     if massive.total() == 0:
         raise ValueError(
             f"No massive channels at threshold {threshold} ({aggregate}); nothing to zero. "
@@ -232,7 +243,10 @@ def run_disruption(
         )
     seeds = list(range(first_seed, first_seed + n_seeds))
     ppl_kw = dict(batch_size=batch_size, max_length=max_length)
-    base = perplexity(model, eval_texts, **ppl_kw)
+    if baseline is None:
+        base = perplexity(model, eval_texts, **ppl_kw)
+    else:
+        base = _checked_baseline(model, baseline, eval_texts, max_length)
     zeroed = perplexity(model, eval_texts, fwd_hooks=zero_channel_hooks(massive), **ppl_kw)
     random_ppls, overlap = [], []
     for seed in tqdm(seeds, desc=f"random controls ({model_label(model)})", disable=not progress, leave=False):
@@ -243,13 +257,26 @@ def run_disruption(
                     aggregate=aggregate, eval_on_identify=eval_on_identify,
                     exclude_massive=exclude_massive, max_length=max_length,
                     n_identify_texts=len(identify_texts), first_seed=first_seed,
-                    confidence=confidence, n_resamples=n_resamples, bootstrap_seed=bootstrap_seed)
+                    confidence=confidence, n_resamples=n_resamples, bootstrap_seed=bootstrap_seed,
+                    selection="given" if given else "detected", baseline="given" if baseline is not None
+                    else "measured")
+    if given:  # describe the selection actually used
+        settings.update({k: massive.meta[k] for k in ("threshold", "scope", "aggregate") if k in massive.meta})
     return DisruptionResult(
         model=model_label(model), position_encoding=getattr(model.cfg, "position_encoding", "rope"),
         settings=settings, massive_counts=massive.counts(), base_ppl=base.ppl, massive_ppl=zeroed.ppl,
         seeds=seeds, random_ppls=random_ppls, n_eval_texts=len(eval_texts),
         n_eval_targets=base.n_targets, random_overlap=overlap,
     )
+
+
+def _checked_baseline(model, baseline: PerplexityResult, eval_texts, max_length) -> PerplexityResult:
+    expected = [int(n) - 1 for n in to_batch(model, eval_texts, max_length=max_length).lengths]
+    if list(baseline.per_text_targets) != expected:
+        raise ValueError("The given baseline perplexity was not measured on these eval texts (token "
+                         f"counts {list(baseline.per_text_targets)[:5]}... vs {expected[:5]}...). "
+                         "Pass the baseline of exactly eval_texts with the same max_length.")
+    return baseline
 
 
 def compare_disruption(

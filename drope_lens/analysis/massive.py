@@ -23,6 +23,7 @@ tokens of all texts) or ``"union"`` (massive in any text).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -133,6 +134,14 @@ class MassiveValues:
 
     def per_layer_std(self, tensor: str) -> Float[torch.Tensor, "layer"]:
         return self.counts(tensor).double().std(0, unbiased=False) if self.n_texts > 1 else torch.zeros(self.n_layers)
+
+    def subset(self, indices: Sequence[int]) -> "MassiveValues":
+        """The same measurement restricted to some texts (``indices`` into the input order)."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        if idx.numel() == 0:
+            raise ValueError("subset needs at least one text index.")
+        return dataclasses.replace(self, sumsq={t: v[idx] for t, v in self.sumsq.items()},
+                                   lengths=self.lengths[idx], _cache={})
 
     # -- channel sets ----------------------------------------------------------------------------
     def aggregate_mask(self, tensor: str, how: str = "mean_norm") -> Bool[torch.Tensor, "layer head d_head"]:

@@ -90,6 +90,43 @@ class PerplexityResult:
         return pd.DataFrame({"text": range(len(self.per_text_nll)), "nll_sum": self.per_text_nll,
                              "targets": self.per_text_targets, "ppl": self.per_text_ppl})
 
+    @classmethod
+    def from_parts(cls, per_text_nll: Sequence[float], per_text_targets: Sequence[int]) -> "PerplexityResult":
+        """Rebuild from per-text pieces (e.g. a saved :meth:`to_dict`)."""
+        nll, count = [float(x) for x in per_text_nll], [int(c) for c in per_text_targets]
+        if len(nll) != len(count) or not nll:
+            raise ValueError("per_text_nll and per_text_targets must be non-empty and of equal length.")
+        total, targets = math.fsum(nll), sum(count)
+        if targets < 1:
+            raise ValueError("No targets: every text needs at least 2 tokens.")
+        return cls(ppl=math.exp(total / targets), nll_sum=total, n_targets=targets,
+                   per_text_nll=nll, per_text_targets=count)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PerplexityResult":
+        return cls.from_parts(d["per_text_nll"], d["per_text_targets"])
+
+    def subset(self, indices: Sequence[int]) -> "PerplexityResult":
+        """The perplexity of some of the texts (``indices`` into the input order)."""
+        return self.from_parts([self.per_text_nll[i] for i in indices],
+                               [self.per_text_targets[i] for i in indices])
+
+
+class NLLAccumulator:
+    """Collects per-text target NLLs batch by batch (for passes that also do other work)."""
+
+    def __init__(self, n_texts: int):
+        self.nll = torch.zeros(n_texts, dtype=torch.float64)
+        self.count = torch.zeros(n_texts, dtype=torch.long)
+
+    def add(self, idx: list[int], logits: Float[torch.Tensor, "batch pos vocab"], batch: TokenBatch) -> None:
+        s, c = target_nll(logits, batch)
+        self.nll[idx] = s
+        self.count[idx] = c
+
+    def result(self) -> PerplexityResult:
+        return PerplexityResult.from_parts(self.nll.tolist(), self.count.tolist())
+
 
 def target_nll(
     logits: Float[torch.Tensor, "batch pos vocab"], batch: TokenBatch
@@ -124,21 +161,13 @@ def perplexity(
     batch = to_batch(model, inputs, max_length=max_length)
     if int(batch.lengths.min()) < 2:
         raise ValueError("Every text needs at least 2 tokens (BOS + one target) for perplexity.")
-    n = len(batch)
-    nll = torch.zeros(n, dtype=torch.float64)
-    count = torch.zeros(n, dtype=torch.long)
+    acc = NLLAccumulator(len(batch))
     from tqdm.auto import tqdm
 
     parts = list(batch.batches(batch_size))
     for idx, sub in tqdm(parts, desc="perplexity", disable=not progress, leave=False):
         with model.hooks(fwd_hooks=list(fwd_hooks)):
             logits = forward_batch(model, sub)
-        s, c = target_nll(logits, sub)
-        nll[idx] = s
-        count[idx] = c
+        acc.add(idx, logits, sub)
         del logits
-    total, targets = float(nll.sum()), int(count.sum())
-    return PerplexityResult(
-        ppl=math.exp(total / targets), nll_sum=total, n_targets=targets,
-        per_text_nll=nll.tolist(), per_text_targets=count.tolist(),
-    )
+    return acc.result()

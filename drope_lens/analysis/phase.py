@@ -15,7 +15,6 @@ the final RMSNorm output with its gain, as the study did (HF ``hidden_states[-1]
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 import warnings
@@ -238,15 +237,6 @@ class _Collector:
         return hooks
 
 
-def _real_token_mask():
-    """The real-token-mask declaration of :mod:`drope_lens.hooks.channels` (no-op if absent)."""
-    try:
-        from drope_lens.hooks.channels import real_token_mask
-    except ImportError:  # pragma: no cover - interventions module not installed
-        return lambda mask: contextlib.nullcontext()
-    return real_token_mask
-
-
 def _check_options(model, tau, gu_eps, last_layer, attention, batch_size) -> None:
     sinks.check_tau(tau)
     sinks.check_tau(gu_eps, "gu_eps")
@@ -288,25 +278,58 @@ def phase_profile(
             ``"pre_rope_manual"`` (the study's manual pre-RoPE Q/K softmax; bug B1 on RoPE models).
         fwd_hooks: interventions active during the pass (e.g. :func:`condition_hooks`).
     """
+    profile, _ = _measure(model, inputs, profile=True, ppl=False, fwd_hooks=fwd_hooks,
+                          batch_size=batch_size, max_length=max_length, progress=progress,
+                          tau=tau, include_bos_row=include_bos_row, last_layer=last_layer,
+                          attention=attention, gu_eps=gu_eps, spike_threshold=spike_threshold)
+    return profile
+
+
+@torch.no_grad()
+def _measure(
+    model: HookedTransformer,
+    inputs: Inputs,
+    *,
+    profile: bool,
+    ppl: bool,
+    fwd_hooks: FwdHooks = (),
+    batch_size: int = 8,
+    max_length: Optional[int] = None,
+    progress: bool = False,
+    tau: float = 0.3,
+    include_bos_row: bool = False,
+    last_layer: str = "resid",
+    attention: str = "native",
+    gu_eps: float = 0.3,
+    spike_threshold: float = 2.0,
+) -> tuple[Optional[PhaseProfile], Optional["PerplexityResult"]]:
+    """One forward per batch giving the phase profile, the perplexity, or both from the same pass."""
+    from drope_lens.analysis.perplexity import NLLAccumulator, forward_batch
+
     _check_options(model, tau, gu_eps, last_layer, attention, batch_size)
     t0 = time.perf_counter()
     batch = as_batch(model, inputs, max_length=max_length)
     if bool((batch.lengths < 2).any()):
-        raise ValueError("Every text needs at least one token after BOS (BOS ratio, sink rows).")
-    col = _Collector(model, len(batch), include_bos_row=include_bos_row, last_layer=last_layer,
-                     attention=attention)
-    declare_mask = _real_token_mask()
+        raise ValueError("Every text needs at least one token after BOS (BOS ratio, sink rows, PPL).")
+    col = (_Collector(model, len(batch), include_bos_row=include_bos_row, last_layer=last_layer,
+                      attention=attention) if profile else None)
+    acc = NLLAccumulator(len(batch)) if ppl else None
     parts = list(batch.batches(batch_size))
     if progress:
         from tqdm.auto import tqdm
 
         parts = tqdm(parts, desc=f"phase {getattr(model.cfg, 'position_encoding', '')}", leave=False)
-    with model.hooks(fwd_hooks=list(fwd_hooks) + col.hooks()):
+    with model.hooks(fwd_hooks=list(fwd_hooks) + (col.hooks() if col else [])):
         for idx, sub in parts:
-            col.set_batch(idx, sub.lengths)
-            with declare_mask(sub.mask.to(model.cfg.device)):  # padding-aware intervention hooks
-                model(sub.tokens.to(model.cfg.device), return_type=None)
-    return PhaseProfile(
+            if col is not None:
+                col.set_batch(idx, sub.lengths)
+            out = forward_batch(model, sub, return_type="logits" if ppl else None)  # declares the mask
+            if acc is not None:
+                acc.add(idx, out, sub)
+            del out
+    if col is None:
+        return None, acc.result() if acc else None
+    prof = PhaseProfile(
         sink_scores_per_text=col.sink, gu_importance_per_text=col.gu,
         bos_norm_per_text=col.bos_norm, bos_ratio_per_text=col.bos_ratio,
         entropy_sq_per_text=col.h_sq, entropy_norm_per_text=col.h_norm,
@@ -317,6 +340,7 @@ def phase_profile(
         position_encoding=str(getattr(model.cfg, "position_encoding", "rope")),
         wall_s=time.perf_counter() - t0,
     )
+    return prof, acc.result() if acc else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -407,6 +431,7 @@ class PhaseExperiment:
         return pd.DataFrame(rows)
 
 
+@torch.no_grad()
 def phase_experiment(
     model: HookedTransformer,
     inputs: Inputs,
@@ -442,7 +467,9 @@ def phase_experiment(
     if spike_rule not in bos_metrics.SPIKE_RULES:
         raise ValueError(f"Unknown spike rule {spike_rule!r}; choose one of {bos_metrics.SPIKE_RULES}.")
     kw = dict(batch_size=batch_size, max_length=max_length, progress=progress, **profile_kwargs)
-    baseline = phase_profile(model, inputs, **kw)
+    same_texts = ppl_texts is None  # PPL on the profile's texts: one pass gives both
+    want_base_ppl = "baseline" in conditions and same_texts
+    baseline, base_ppl = _measure(model, inputs, profile=True, ppl=want_base_ppl, **kw)
     needs_bos = any(c in ("bos_mlp", "combined") for c in conditions)
     if bos_layer is None and needs_bos:
         bos_layer = baseline.spike_layer(spike_rule)
@@ -452,24 +479,24 @@ def phase_experiment(
     mean_vec = None
     if needs_bos and bos_mode == "mean":
         mean_vec = mlp_out_mean(model, inputs, bos_layer, batch_size=batch_size, max_length=max_length)
-    ppl_inputs = inputs if ppl_texts is None else ppl_texts
     exp = PhaseExperiment(baseline=baseline, bos_layer=bos_layer, spike_rule=spike_rule,
                           bos_mode=bos_mode, qk_kwargs=dict(qk_kwargs or {}))
-    if not conditions:
-        exp.wall_s = time.perf_counter() - t0
-        return exp
     from drope_lens.analysis.perplexity import perplexity
 
     for cond in conditions:
+        if cond == "baseline" and base_ppl is not None:
+            exp.conditions[cond] = ConditionResult(cond, ppl=base_ppl.to_dict(), profile=baseline)
+            continue
         hooks = condition_hooks(model, cond, bos_layer=bos_layer, bos_mode=bos_mode,
                                 bos_mean_vector=mean_vec, study_compatible=study_compatible,
                                 qk_kwargs=qk_kwargs)
-        ppl = perplexity(model, ppl_inputs, fwd_hooks=hooks, batch_size=batch_size, max_length=max_length)
-        prof = None
-        if cond == "baseline":
-            prof = baseline
-        elif profile_conditions:
-            prof = phase_profile(model, inputs, fwd_hooks=hooks, **kw)
-        exp.conditions[cond] = ConditionResult(cond, ppl=ppl.to_dict(), profile=prof)
+        want_prof = profile_conditions and cond != "baseline"
+        if same_texts:
+            prof, ppl = _measure(model, inputs, profile=want_prof, ppl=True, fwd_hooks=hooks, **kw)
+        else:
+            ppl = perplexity(model, ppl_texts, fwd_hooks=hooks, batch_size=batch_size, max_length=max_length)
+            prof = phase_profile(model, inputs, fwd_hooks=hooks, **kw) if want_prof else None
+        exp.conditions[cond] = ConditionResult(cond, ppl=ppl.to_dict(),
+                                               profile=baseline if cond == "baseline" else prof)
     exp.wall_s = time.perf_counter() - t0
     return exp

@@ -161,8 +161,22 @@ class ChannelSelection:
             "counts_per_layer": self.counts(),
             "totals": {t: self.total(t) for t in self.tensors}, "total": self.total(),
             "channels": {t: [list(c) for c in self.channels(t)] for t in self.tensors},
+            "shapes": {t: list(m.shape) for t, m in self.masks.items()},
             **self.meta,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ChannelSelection":
+        """Rebuild a selection saved with :meth:`to_dict`."""
+        masks = {}
+        for t, shape in d["shapes"].items():
+            m = torch.zeros(shape, dtype=torch.bool)
+            for layer, head, dim in d["channels"][t]:
+                m[layer, head, dim] = True
+            masks[t] = m
+        known = {"label", "rotary", "seed", "counts_per_layer", "totals", "total", "channels", "shapes"}
+        return cls(masks, rotary=d.get("rotary", "pre"), label=d.get("label", "massive"),
+                   seed=d.get("seed"), meta={k: v for k, v in d.items() if k not in known})
 
     def to_dataframe(self):
         import pandas as pd

@@ -32,6 +32,7 @@ from drope_lens.loading.config import (
     check_supported,
     config_from_hf,
 )
+from drope_lens.loading.layout import linear_layout
 from drope_lens.loading.numerics import install_attention_numerics, install_qk_norm
 
 Source = Union[str, os.PathLike, "PreTrainedModel"]  # noqa: F821
@@ -196,6 +197,7 @@ def hooked_from_hf(
             raise RuntimeError(f"Weight conversion mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.to(device)
     model.eval()
+    linear_layout(model)
     install_attention_numerics(model)
     return model
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformer_lens import HookedTransformer
 
 from drope_lens.loading.config import ZERO_SHOT_NOPE, DropeLensConfig
+from drope_lens.loading.layout import linear_layout
 from drope_lens.loading.numerics import install_attention_numerics
 
 
@@ -41,4 +42,5 @@ def to_nope(model: HookedTransformer, *, origin: str = ZERO_SHOT_NOPE) -> Hooked
         raise RuntimeError(f"NoPE twin could not take these weights: {bad[:5]}")
     twin.to(nope_cfg.device)
     twin.eval()
+    linear_layout(twin)
     return install_attention_numerics(twin)

@@ -16,12 +16,13 @@ from typing import Callable, Optional, Sequence
 
 from drope_lens.report.store import PartStore
 
-STEPS = ("massive", "disruption", "phase", "tasks")
+STEPS = ("massive", "phase", "disruption", "tasks")  # run order: later steps reuse earlier ones
 
 
 @dataclass
 class ReportOptions:
-    """What the report runs. ``quick`` shrinks every experiment (for smoke runs and CI)."""
+    """What the report runs. ``quick`` shrinks every experiment (for smoke runs and CI): at most
+    3 seeds, texts cut at 128 tokens, 5 evaluation texts, a few task items, passkey at 128 tokens."""
 
     quick: bool = False
     seed: int = 0
@@ -41,8 +42,8 @@ class ReportOptions:
             raise ValueError(f"threshold must be > 0, got {self.threshold}")
         if self.quick:
             self.n_seeds = min(self.n_seeds, 3)
-            self.max_length = min(self.max_length, 256)
-            self.passkey_lengths = tuple(p for p in self.passkey_lengths if p <= 256) or (256,)
+            self.max_length = min(self.max_length, 128)
+            self.passkey_lengths = tuple(p for p in self.passkey_lengths if p <= 128) or (128,)
 
     def step_options(self, step: str) -> dict:
         common = {"quick": self.quick, "seed": self.seed, "max_length": self.max_length,

@@ -1,11 +1,21 @@
-"""The report's experiments. Each ``run_<step>(pair, options, context)`` returns a JSON-able dict."""
+"""The report's experiments. Each ``run_<step>(pair, options, context)`` returns a JSON-able dict.
+
+Steps share work through ``context`` (the saved results of earlier steps, also when resumed):
+the massive step saves the channels found on the identification texts, the phase step saves the
+per-text baseline NLL of the evaluation texts, and the disruption step reuses both instead of
+running those passes again. Without them (``--steps disruption``) it measures them itself.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional
 
 from drope_lens.report.store import _to_jsonable
+
+#: Items per task in the report (passkey: per length), sized for the 2-core CPU budget.
+TASK_N = {"cities": 100, "sports": 64, "sentiment": 48, "passkey": 12}
+QUICK_TASK_N = {"cities": 16, "sports": 16, "sentiment": 8, "passkey": 2}
 
 
 def _plain(obj: Any) -> Any:
@@ -13,48 +23,59 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=_to_jsonable, allow_nan=True))
 
 
-def _texts(options) -> list[str]:
-    from drope_lens.data.texts import builtin_texts
+def text_sets(options) -> dict[str, list[str]]:
+    """The built-in texts each step uses.
 
-    texts = builtin_texts()
-    return texts[::2] if options.quick else texts
+    ``massive``: every built-in text (quick: the 5 identification texts); ``identify``: one text per
+    genre, where the channels to zero are found; ``eval``: the held-out texts for perplexity and
+    the phase profile (quick: one per genre).
+    """
+    from drope_lens.data.texts import builtin_split, builtin_texts
+
+    split = builtin_split()
+    return {
+        "massive": split["identify"] if options.quick else builtin_texts(),
+        "identify": split["identify"],
+        "eval": split["eval"][::2] if options.quick else split["eval"],
+    }
+
+
+def _positions(sub: list[str], full: list[str]) -> Optional[list[int]]:
+    try:
+        return [full.index(t) for t in sub]
+    except ValueError:
+        return None
 
 
 def run_massive(pair, options, context, *, progress: bool = True) -> dict:
     """Massive Q/K/V values of both models on the built-in texts (study definition, pre-RoPE)."""
     from drope_lens.analysis.massive import detect_massive
 
-    texts = _texts(options)
-    out = {"n_texts": len(texts)}
+    sets = text_sets(options)
+    idx = _positions(sets["identify"], sets["massive"])
+    out = {"n_texts": len(sets["massive"])}
     for role, model in pair.items():
-        res = detect_massive(model, texts, threshold=options.threshold,
+        res = detect_massive(model, sets["massive"], threshold=options.threshold,
                              batch_size=options.batch_size, max_length=options.max_length,
                              progress=progress)
         out[role] = res.to_dict()
         out[role]["mean_norm_map"] = {  # [layer, head*d_head] text-mean M, for the channel map view
             t: res.norms(t).mean(0).flatten(1).tolist() for t in ("q", "k")
         }
+        if idx is not None:  # the disruption step zeroes these (study rule: threshold the text mean)
+            out[role]["identify_selection"] = res.subset(idx).selection("mean_norm", ("q", "k")).to_dict()
     return _plain(out)
 
 
-def run_disruption(pair, options, context, *, progress: bool = True) -> dict:
-    """Zero massive Q/K channels vs seeded random controls; M-R, tests, RoPE/DroPE ratio."""
-    from drope_lens.analysis.disruption import compare_disruption, run_disruption
-
-    results = {}
-    for role, model in pair.items():
-        results[role] = run_disruption(
-            model, n_seeds=options.n_seeds, threshold=options.threshold,
-            batch_size=options.batch_size, max_length=options.max_length, progress=progress,
-        )
-    return _plain(compare_disruption(results["rope"], results["drope"]).to_dict())
-
-
 def run_phase(pair, options, context, *, progress: bool = True) -> dict:
-    """Phase profile (native fp32 attention) + PPL under baseline / BOS-MLP / Q/K / combined."""
+    """Phase profile (native fp32 attention) + PPL under baseline / BOS-MLP / Q/K / combined.
+
+    Each condition is one pass over the evaluation texts giving its perplexity and (full report)
+    its profile together.
+    """
     from drope_lens.analysis.phase import phase_experiment
 
-    texts = _texts(options)
+    texts = text_sets(options)["eval"]
     out = {"n_texts": len(texts)}
     for role, model in pair.items():
         exp = phase_experiment(model, texts, batch_size=options.batch_size,
@@ -62,6 +83,43 @@ def run_phase(pair, options, context, *, progress: bool = True) -> dict:
                                progress=progress)
         out[role] = exp.to_dict()
     return _plain(out)
+
+
+def _shared_inputs(role: str, context: dict) -> dict:
+    """Channels and baseline perplexity already measured by earlier steps, if any."""
+    from drope_lens.analysis.perplexity import PerplexityResult
+    from drope_lens.hooks.channels import ChannelSelection
+
+    kw: dict = {}
+    sel = ((context.get("massive") or {}).get(role) or {}).get("identify_selection")
+    if sel is not None:
+        kw["massive"] = ChannelSelection.from_dict(sel)
+    base = ((((context.get("phase") or {}).get(role) or {}).get("conditions") or {})
+            .get("baseline") or {}).get("ppl")
+    if base is not None:
+        kw["baseline"] = PerplexityResult.from_dict(base)
+    return kw
+
+
+def run_disruption(pair, options, context, *, progress: bool = True) -> dict:
+    """Zero massive Q/K channels vs seeded random controls; M-R, tests, RoPE/DroPE ratio."""
+    from drope_lens.analysis.disruption import compare_disruption, run_disruption
+
+    sets = text_sets(options)
+    results = {}
+    for role, model in pair.items():
+        results[role] = run_disruption(
+            model, identify_texts=sets["identify"], eval_texts=sets["eval"], n_seeds=options.n_seeds,
+            threshold=options.threshold, batch_size=options.batch_size, max_length=options.max_length,
+            progress=progress, **_shared_inputs(role, context),
+        )
+    return _plain(compare_disruption(results["rope"], results["drope"]).to_dict())
+
+
+def task_sizes(options) -> dict[str, int]:
+    if options.task_n is not None:
+        return {task: options.task_n for task in TASK_N}
+    return dict(QUICK_TASK_N if options.quick else TASK_N)
 
 
 def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
@@ -72,11 +130,7 @@ def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
     results = {}
     for role, model in pair.items():
         bos_layer = (phase.get(role) or {}).get("bos_layer")
-        kwargs = dict(seed=options.seed, bos_layer=bos_layer, batch_size=options.batch_size,
-                      passkey_lengths=tuple(options.passkey_lengths), progress=progress)
-        if options.task_n is not None:
-            kwargs["n"] = options.task_n
-        elif options.quick:
-            kwargs["n"] = {"cities": 40, "sports": 40, "sentiment": 40, "passkey": 8}
-        results[role] = run_tasks(model, **kwargs)
+        results[role] = run_tasks(model, seed=options.seed, bos_layer=bos_layer, n=task_sizes(options),
+                                  batch_size=options.batch_size,
+                                  passkey_lengths=tuple(options.passkey_lengths), progress=progress)
     return _plain(compare_tasks(results["rope"], results["drope"]).to_dict())
