@@ -127,3 +127,22 @@ def test_load_hf_texts_without_datasets_says_what_to_do(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(ImportError, match="builtin_texts"):
         load_hf_texts("wikitext", config="wikitext-2-raw-v1")
+
+
+def test_target_nll_checks_real_positions_only():
+    from drope_lens.analysis.perplexity import target_nll
+    from drope_lens.loading.tokens import TokenBatch
+
+    batch = TokenBatch(torch.tensor([[1, 5, 6, 0], [1, 7, 0, 0]]), torch.tensor([3, 2]))
+    logits = torch.randn(2, 4, 10)
+    logits[1, 3, 2] = float("nan")  # a pad position: ignored
+    nll, count = target_nll(logits, batch)
+    assert count.tolist() == [2, 1] and bool(torch.isfinite(nll).all())
+    for value in (float("-inf"), float("inf"), float("nan")):
+        bad = logits.clone()
+        bad[0, 1, 9] = value  # one element at a real position
+        with pytest.raises(NonFiniteError):
+            target_nll(bad, batch)
+    big = torch.full((2, 4, 10), 1e38)  # finite, but the per-position sums overflow to inf
+    assert not bool(torch.isfinite(big.sum(-1)).all())
+    assert bool(torch.isfinite(target_nll(big, batch)[0]).all())

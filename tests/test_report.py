@@ -61,8 +61,14 @@ def test_report_writes_every_file_and_valid_json(tiny_pair, tmp_path):
 
 
 def test_disruption_alone_measures_what_it_needs(tiny_pair, tmp_path):
-    shared = run_report(tiny_pair, tmp_path / "a", _options(), progress=False)["experiments"]["disruption"]
-    alone = run_report(tiny_pair, tmp_path / "b", _options(steps=("disruption",)),
+    # full mode: disruption evaluates a subset of the phase texts, so the baseline is a subset too
+    steps = ("massive", "phase", "disruption")
+    shared = run_report(tiny_pair, tmp_path / "a", _options(quick=False, steps=steps),
+                        progress=False)["experiments"]
+    assert shared["disruption"]["rope"]["n_eval_texts"] < shared["phase"]["n_texts"]
+    assert shared["disruption"]["rope"]["settings"]["baseline"] == "given"
+    shared = shared["disruption"]
+    alone = run_report(tiny_pair, tmp_path / "b", _options(quick=False, steps=("disruption",)),
                        progress=False)["experiments"]["disruption"]
     assert alone["rope"]["settings"]["selection"] == "detected"
     assert alone["rope"]["settings"]["baseline"] == "measured"

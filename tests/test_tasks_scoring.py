@@ -160,3 +160,27 @@ def test_batched_generation_equals_one_by_one(tiny, tokenizer):
             alone = [greedy_generate(tiny, batch.tokens[i], 5, stop_at_eos=False) for i in range(3)]
         assert together[0] == alone[0] and together[2] == alone[2]
         assert together[1][0] == alone[1][0][:2]  # row 1 stopped early, the others went on
+
+
+@pytest.mark.parametrize("nope", [False, True])
+def test_padded_batch_generation_equals_one_by_one(tiny, tokenizer, nope):
+    """Right-padded prompts of different lengths decode exactly as each prompt alone (RoPE positions
+    count real tokens; pads stay masked in the cache), with and without intervention hooks."""
+    from drope_lens.hooks.bos import bos_mlp_ablation_hooks
+    from drope_lens.hooks.channels import qk_mean_replacement_hooks
+    from drope_lens.loading import to_nope
+    from drope_lens.tasks.scoring import greedy_generate_batch
+
+    model = to_nope(tiny) if nope else tiny
+    texts = ["the cat is red . answer :", "a bird .", "the dog is big and the sky is blue . answer :"]
+    batch = encode(tokenizer, texts)
+    assert len(set(batch.lengths.tolist())) == 3
+    for hooks in ([], qk_mean_replacement_hooks(model) + bos_mlp_ablation_hooks(1, model=model)):
+        with model.hooks(fwd_hooks=hooks):
+            together = greedy_generate_batch(model, batch.tokens, 6, lengths=batch.lengths,
+                                             stop_at_eos=False)
+            alone = [greedy_generate(model, batch.tokens[i, : int(batch.lengths[i])], 6, stop_at_eos=False)
+                     for i in range(3)]
+        assert together == alone
+    with pytest.raises(ValueError, match="lengths"):
+        greedy_generate_batch(model, batch.tokens, 2, lengths=batch.lengths + 100)

@@ -31,7 +31,7 @@ class ReportOptions:
     max_length: int = 512
     batch_size: int = 8
     task_n: Optional[int] = None
-    passkey_lengths: Sequence[int] = (256, 512)
+    passkey_lengths: Sequence[int] = (256,)
     steps: Sequence[str] = STEPS
 
     def __post_init__(self) -> None:
@@ -40,6 +40,13 @@ class ReportOptions:
             raise ValueError(f"Unknown report steps {unknown}; choose from {list(STEPS)}.")
         if self.threshold <= 0:
             raise ValueError(f"threshold must be > 0, got {self.threshold}")
+        for name in ("n_seeds", "max_length", "batch_size"):
+            if getattr(self, name) < (2 if name == "n_seeds" else 1):
+                raise ValueError(f"{name} must be >= {2 if name == 'n_seeds' else 1}, got {getattr(self, name)}")
+        if self.task_n is not None and self.task_n < 1:
+            raise ValueError(f"task_n must be >= 1, got {self.task_n}")
+        if not self.passkey_lengths or min(self.passkey_lengths) < 1:
+            raise ValueError(f"passkey_lengths must be positive token counts, got {list(self.passkey_lengths)}")
         if self.quick:
             self.n_seeds = min(self.n_seeds, 3)
             self.max_length = min(self.max_length, 128)

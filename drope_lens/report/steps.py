@@ -15,7 +15,7 @@ from drope_lens.report.store import _to_jsonable
 
 #: Items per task in the report (passkey: per length), sized for the 2-core CPU budget.
 TASK_N = {"cities": 100, "sports": 64, "sentiment": 48, "passkey": 12}
-QUICK_TASK_N = {"cities": 16, "sports": 16, "sentiment": 8, "passkey": 2}
+QUICK_TASK_N = {"cities": 8, "sports": 8, "sentiment": 4, "passkey": 2}
 
 
 def _plain(obj: Any) -> Any:
@@ -27,8 +27,9 @@ def text_sets(options) -> dict[str, list[str]]:
     """The built-in texts each step uses.
 
     ``massive``: every built-in text (quick: the 5 identification texts); ``identify``: one text per
-    genre, where the channels to zero are found; ``eval``: the held-out texts for perplexity and
-    the phase profile (quick: one per genre).
+    genre, where the channels to zero are found; ``eval``: the held-out texts of the phase profile
+    and its perplexities (quick: one per genre); ``disruption``: one held-out text per genre (a
+    subset of ``eval``: 2 + ``n_seeds`` perplexity passes are the report's largest cost).
     """
     from drope_lens.data.texts import builtin_split, builtin_texts
 
@@ -37,6 +38,7 @@ def text_sets(options) -> dict[str, list[str]]:
         "massive": split["identify"] if options.quick else builtin_texts(),
         "identify": split["identify"],
         "eval": split["eval"][::2] if options.quick else split["eval"],
+        "disruption": split["eval"][::2],
     }
 
 
@@ -85,7 +87,7 @@ def run_phase(pair, options, context, *, progress: bool = True) -> dict:
     return _plain(out)
 
 
-def _shared_inputs(role: str, context: dict) -> dict:
+def _shared_inputs(role: str, context: dict, sets: dict) -> dict:
     """Channels and baseline perplexity already measured by earlier steps, if any."""
     from drope_lens.analysis.perplexity import PerplexityResult
     from drope_lens.hooks.channels import ChannelSelection
@@ -96,8 +98,9 @@ def _shared_inputs(role: str, context: dict) -> dict:
         kw["massive"] = ChannelSelection.from_dict(sel)
     base = ((((context.get("phase") or {}).get(role) or {}).get("conditions") or {})
             .get("baseline") or {}).get("ppl")
-    if base is not None:
-        kw["baseline"] = PerplexityResult.from_dict(base)
+    idx = _positions(sets["disruption"], sets["eval"])
+    if base is not None and idx is not None:
+        kw["baseline"] = PerplexityResult.from_dict(base).subset(idx)
     return kw
 
 
@@ -109,9 +112,9 @@ def run_disruption(pair, options, context, *, progress: bool = True) -> dict:
     results = {}
     for role, model in pair.items():
         results[role] = run_disruption(
-            model, identify_texts=sets["identify"], eval_texts=sets["eval"], n_seeds=options.n_seeds,
+            model, identify_texts=sets["identify"], eval_texts=sets["disruption"], n_seeds=options.n_seeds,
             threshold=options.threshold, batch_size=options.batch_size, max_length=options.max_length,
-            progress=progress, **_shared_inputs(role, context),
+            progress=progress, **_shared_inputs(role, context, sets),
         )
     return _plain(compare_disruption(results["rope"], results["drope"]).to_dict())
 

@@ -3,8 +3,8 @@
 
 Scoring (``scoring=``):
 
-Generation runs prompts of equal token length together (no padding), one KV-cache decode step for
-all rows at a time.
+Generation runs right-padded batches of prompts of similar length, one KV-cache decode step for all
+rows at a time (pads stay masked in the cache; every row decodes as it would alone).
 
 * ``"logprob"`` (default): choice tasks compare ``log p(option | prompt)`` summed over each option's
   tokens (" Yes"/" No", " Positive"/" Negative"; no leading space after a chat template) and take
@@ -129,29 +129,24 @@ def _score_dataset(model, ds: TaskDataset, cond: Condition, *, scoring: str, cha
         return results
     study = scoring == "study"
     max_new = STUDY_MAX_NEW_TOKENS if study or ds.kind == "choice" else PASSKEY_MAX_NEW_TOKENS
-    by_len: dict[int, list[int]] = {}
-    for i in range(len(ds.items)):  # equal-length prompts share a batch: no padding at all
-        by_len.setdefault(int(batch.lengths[i]), []).append(i)
     done: dict[int, ItemResult] = {}
     size = batch_size if cond.batch_safe else 1
-    for length, rows in by_len.items():
-        for start in range(0, len(rows), size):
-            idx = rows[start:start + size]
-            stop = None
-            if ds.kind == "passkey" and not study:
-                stop = lambda r, s, idx=idx: parsing.passkey_done(s, len(ds.items[idx[r]].answer))
-            gen = greedy_generate_batch(model, batch.tokens[idx, :length], max_new, stop=stop)
-            for i, (_, text) in zip(idx, gen):
-                it = ds.items[i]
-                if ds.kind == "passkey":
-                    pred = parsing.first_number(text)
-                    ok = (parsing.passkey_substring(text, it.answer) if study
-                          else parsing.passkey_exact(text, it.answer))
-                else:
-                    pred = _parse_choice(text, ds.options)
-                    ok = pred == it.answer
-                done[i] = ItemResult(ds.name, cond.name, i, it.answer, pred, bool(ok), output=text)
-            tick(len(idx))
+    for idx, sub in batch.batches(size):  # similar lengths together, right-padded
+        stop = None
+        if ds.kind == "passkey" and not study:
+            stop = lambda r, s, idx=idx: parsing.passkey_done(s, len(ds.items[idx[r]].answer))
+        gen = greedy_generate_batch(model, sub.tokens, max_new, lengths=sub.lengths, stop=stop)
+        for i, (_, text) in zip(idx, gen):
+            it = ds.items[i]
+            if ds.kind == "passkey":
+                pred = parsing.first_number(text)
+                ok = (parsing.passkey_substring(text, it.answer) if study
+                      else parsing.passkey_exact(text, it.answer))
+            else:
+                pred = _parse_choice(text, ds.options)
+                ok = pred == it.answer
+            done[i] = ItemResult(ds.name, cond.name, i, it.answer, pred, bool(ok), output=text)
+        tick(len(idx))
     return [done[i] for i in range(len(ds.items))]
 
 

@@ -152,14 +152,18 @@ def greedy_generate_batch(
     tokens: Int[torch.Tensor, "batch pos"],
     max_new_tokens: int,
     *,
+    lengths: Optional[Int[torch.Tensor, "batch"]] = None,
     stop: Optional[Callable[[int, str], bool]] = None,
     stop_at_eos: bool = True,
 ) -> list[tuple[list[int], str]]:
-    """Greedy decoding of equal-length, unpadded prompts with TransformerLens's KV cache.
+    """Greedy decoding of a batch of prompts with TransformerLens's KV cache.
 
-    One prompt pass for the whole batch, then one-token decode steps for all rows together. A row
-    stops after ``max_new_tokens``, at EOS (``stop_at_eos``) or when ``stop(row, decoded_text)`` is
-    true; the others go on. Returns ``(generated ids without EOS, decoded text)`` per row.
+    ``tokens`` are right-padded when ``lengths`` (real tokens per row) is given. One prompt pass for
+    the whole batch (its real-token mask declared to hooks), then one-token decode steps for all rows
+    together: TransformerLens keeps the pads in the cache's attention mask, so they are never attended,
+    and rotary positions count real tokens only, so every row decodes exactly as it would alone. A
+    row stops after ``max_new_tokens``, at EOS (``stop_at_eos``) or when ``stop(row, decoded_text)``
+    is true; the others go on. Returns ``(generated ids without EOS, decoded text)`` per row.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -169,9 +173,14 @@ def greedy_generate_batch(
     eos = getattr(tok, "eos_token_id", None) if stop_at_eos else None
     device = model.cfg.device
     b, t = tokens.shape
+    lengths = torch.full((b,), t) if lengths is None else lengths.cpu()
+    if bool((lengths < 1).any()) or bool((lengths > t).any()):
+        raise ValueError(f"lengths must be in 1..{t}, got {lengths.tolist()}")
+    mask = (torch.arange(t)[None] < lengths[:, None]).to(device)
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, b)
-    logits = logits_at(model, tokens.to(device), torch.full((b,), t - 1), past_kv_cache=cache,
-                       attention_mask=torch.ones((b, t), dtype=torch.long, device=device))
+    with real_token_mask(mask):
+        logits = logits_at(model, tokens.to(device), lengths - 1, past_kv_cache=cache,
+                           attention_mask=mask.long())
     outs: list[list[int]] = [[] for _ in range(b)]
     texts = [""] * b
     done = [False] * b

@@ -65,7 +65,7 @@ def save_figure(fig: Figure, path: Union[str, os.PathLike], *, dpi: int = 120) -
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
     with atomic_path(path, suffix=f".{fmt}") as tmp:
-        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+        fig.savefig(tmp, format=fmt, dpi=dpi)  # constrained layout already fits the content
     return path
 
 
