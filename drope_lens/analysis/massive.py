@@ -294,11 +294,15 @@ def detect_massive(
     current: dict = {}
 
     def make_hook(layer: int, t: str):
+        # L2 over positions as one fp32 reduction (no squared or upcast copy of the activation);
+        # padded rows are reduced over their real tokens only.
         def hook(x, hook=None):
-            sq = x.float().square()
-            if current["padded"]:
-                sq = sq * current["mask"][:, :, None, None]
-            current["out"][t][layer] = sq.sum(1)
+            if current["lengths"] is None:
+                norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32)
+            else:
+                norm = torch.stack([torch.linalg.vector_norm(x[i, :n], dim=0, dtype=torch.float32)
+                                    for i, n in enumerate(current["lengths"])])
+            current["out"][t][layer] = norm.square()
             return None
         return hook
 
@@ -307,8 +311,8 @@ def detect_massive(
 
     parts = list(batch.batches(batch_size))
     for idx, sub in tqdm(parts, desc="massive values", disable=not progress, leave=False):
-        mask = sub.mask.to(cfg.device)
-        current.update(mask=mask.float(), padded=not bool(mask.all()),
+        padded = not bool(sub.mask.all())
+        current.update(lengths=sub.lengths.tolist() if padded else None,
                        out={t: [None] * cfg.n_layers for t in tensors})
         with model.hooks(fwd_hooks=hooks):
             forward_batch(model, sub, return_type=None)
