@@ -34,6 +34,9 @@ from drope_lens.loading.tokens import TokenBatch, as_batch
 Inputs = Union[Sequence[str], TokenBatch, torch.Tensor]
 
 LAST_LAYER_MODES = ("resid", "final_norm")
+#: Profile options and their defaults (see :func:`phase_profile`).
+PROFILE_DEFAULTS = dict(tau=0.3, include_bos_row=False, last_layer="resid", attention="native",
+                        gu_eps=0.3, spike_threshold=2.0)
 CONDITIONS = ("baseline", "bos_mlp", "qk", "combined")
 
 
@@ -296,23 +299,22 @@ def _measure(
     batch_size: int = 8,
     max_length: Optional[int] = None,
     progress: bool = False,
-    tau: float = 0.3,
-    include_bos_row: bool = False,
-    last_layer: str = "resid",
-    attention: str = "native",
-    gu_eps: float = 0.3,
-    spike_threshold: float = 2.0,
+    **options: Any,
 ) -> tuple[Optional[PhaseProfile], Optional["PerplexityResult"]]:
     """One forward per batch giving the phase profile, the perplexity, or both from the same pass."""
     from drope_lens.analysis.perplexity import NLLAccumulator, forward_batch
 
-    _check_options(model, tau, gu_eps, last_layer, attention, batch_size)
+    unknown = set(options) - set(PROFILE_DEFAULTS)
+    if unknown:
+        raise TypeError(f"Unknown phase option(s) {sorted(unknown)}; known: {sorted(PROFILE_DEFAULTS)}.")
+    opts = {**PROFILE_DEFAULTS, **options}
+    _check_options(model, opts["tau"], opts["gu_eps"], opts["last_layer"], opts["attention"], batch_size)
     t0 = time.perf_counter()
     batch = as_batch(model, inputs, max_length=max_length)
     if bool((batch.lengths < 2).any()):
         raise ValueError("Every text needs at least one token after BOS (BOS ratio, sink rows, PPL).")
-    col = (_Collector(model, len(batch), include_bos_row=include_bos_row, last_layer=last_layer,
-                      attention=attention) if profile else None)
+    col = (_Collector(model, len(batch), include_bos_row=opts["include_bos_row"],
+                      last_layer=opts["last_layer"], attention=opts["attention"]) if profile else None)
     acc = NLLAccumulator(len(batch)) if ppl else None
     parts = list(batch.batches(batch_size))
     if progress:
@@ -333,9 +335,7 @@ def _measure(
         sink_scores_per_text=col.sink, gu_importance_per_text=col.gu,
         bos_norm_per_text=col.bos_norm, bos_ratio_per_text=col.bos_ratio,
         entropy_sq_per_text=col.h_sq, entropy_norm_per_text=col.h_norm,
-        anisotropy_per_text=col.aniso, lengths=[int(n) for n in batch.lengths],
-        tau=tau, gu_eps=gu_eps, include_bos_row=include_bos_row, last_layer=last_layer,
-        attention=attention, spike_threshold=spike_threshold,
+        anisotropy_per_text=col.aniso, lengths=[int(n) for n in batch.lengths], **opts,
         model=getattr(model.cfg, "model_name", ""),
         position_encoding=str(getattr(model.cfg, "position_encoding", "rope")),
         wall_s=time.perf_counter() - t0,
