@@ -137,3 +137,10 @@ def test_bad_report_options_are_refused():
         ReportOptions(steps=("massive", "vibes"))
     with pytest.raises(ValueError, match="threshold"):
         ReportOptions(threshold=0)
+    for bad, match in ((dict(n_seeds=1), "n_seeds"), (dict(max_length=0), "max_length"),
+                       (dict(batch_size=0), "batch_size"), (dict(task_n=0), "task_n"),
+                       (dict(passkey_lengths=(0,)), "passkey_lengths"), (dict(passkey_lengths=()), "passkey")):
+        with pytest.raises(ValueError, match=match):
+            ReportOptions(**bad)
+    quick = ReportOptions(quick=True, passkey_lengths=(256, 512))
+    assert quick.max_length == 128 and quick.n_seeds == 3 and tuple(quick.passkey_lengths) == (128,)

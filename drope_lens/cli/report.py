@@ -18,7 +18,7 @@ views/*.html (open offline). Each experiment is saved to parts/ as soon as it fi
 same command after an interruption and finished experiments are reused (--force reruns them).
 
 examples:
-  drope-lens report                          # embedded SmolLM2-135M and its zero-shot NoPE twin
+  drope-lens report                          # embedded SmolLM2-135M and its zero-shot NoPE twin (~8 min)
   drope-lens report --quick                  # reduced version (~2 min on 2 CPU cores)
   drope-lens report --rope meta-llama/Llama-2-7b-hf --drope SakanaAI/Llama-2-7b-hf-DroPE \\
       --dtype bfloat16 --device cuda --out llama2_report --task-n 100 --passkey-lengths 256 512 1024
