@@ -226,3 +226,41 @@ def test_embedded_attention_fraction_matches_hf(embedded_rope, embedded_hf):
     ref = attn_ref.mean(0) / (attn_ref.mean(0) + mlp_ref.mean(0))
     np.testing.assert_allclose(res.attn_fraction, ref, atol=1e-5)
     np.testing.assert_allclose(res.attn_fraction_per_text, (attn_ref / (attn_ref + mlp_ref)).mean(0), atol=1e-5)
+
+
+# ------------------------------------------------------------------ report step and run_extended
+def test_run_extended_and_report_step(tokenizer, tmp_path):
+    from drope_lens.loading import ModelPair, to_nope
+    from drope_lens.report.runner import DEFAULT_STEPS, ReportOptions, run_report
+    from drope_lens.report.schema import validate_results
+
+    assert "extended" not in DEFAULT_STEPS  # opt-in
+    rope = hooked_from_hf(tiny_llama(seed=12), tokenizer)
+    with torch.no_grad():  # a massive BOS entry in every layer's residual
+        rope.W_E[tokenizer.bos_token_id, 9] = 4000.0
+    pair = ModelPair(rope, to_nope(rope))
+    results = run_report(pair, tmp_path, ReportOptions(quick=True, max_length=48, steps=("extended",)),
+                         progress=False)
+    validate_results(results)
+    e = results["experiments"]["extended"]
+    for role in ("rope", "drope"):
+        s = e[role]["summary"]
+        assert s["residual"]["peak_channel"] == 9 and s["residual"]["peak_top1_at_bos"] == 1.0
+        assert set(e[role]["residual_intervention"]["ppl"]) == {"baseline", "zero", "mean"}
+        assert {"bos_write", "layer_ablation", "head_classes", "layer_norms"} <= set(s)
+    # BOS sees only itself: its residual is the same with and without RoPE
+    assert e["rope"]["residual"]["value"][0][0][0] == pytest.approx(e["drope"]["residual"]["value"][0][0][0])
+    report = (tmp_path / "report.md").read_text()
+    assert "Residual massive activations" in report
+    figs = results["files"]["figures"]
+    for name in ("residual_massive.png", "bos_write.png", "head_classes.png", "attention_fraction.png",
+                 "extended_ppl.png"):
+        assert f"figures/{name}" in figs
+        assert (tmp_path / "figures" / name).stat().st_size > 0
+
+
+def test_run_extended_rejects_unknown(model):
+    from drope_lens.analysis.extended import run_extended
+
+    with pytest.raises(ValueError, match="Unknown experiments"):
+        run_extended(model, ["the cat"], experiments=("residual", "nope"))

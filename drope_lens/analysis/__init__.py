@@ -16,8 +16,28 @@ from drope_lens.analysis.phase import (
     phase_profile,
 )
 
+from drope_lens.analysis.bos_write import BosWrite, bos_v_ablation_hooks, bos_write, bos_write_experiment
+from drope_lens.analysis.extended import Extended, run_extended
+from drope_lens.analysis.head_classes import HeadClasses, classify_heads, head_classes, pattern_metrics
+from drope_lens.analysis.layer_ablation import LayerAblation, layer_ablation, layer_ablation_hooks
+from drope_lens.analysis.layer_norms import LayerNorms, layer_norms
+from drope_lens.analysis.residual import (
+    ResidualComparison,
+    ResidualIntervention,
+    ResidualMassive,
+    compare_residual_massive,
+    massive_activation_hooks,
+    residual_intervention,
+    residual_massive_activations,
+)
+
 __all__ = [
     "DisruptionComparison", "DisruptionResult", "compare_disruption", "run_disruption",
     "MassiveValues", "detect_massive", "PerplexityResult", "perplexity",
     "PhaseExperiment", "PhaseProfile", "condition_hooks", "phase_experiment", "phase_profile",
+    "BosWrite", "bos_v_ablation_hooks", "bos_write", "bos_write_experiment", "Extended", "run_extended",
+    "HeadClasses", "classify_heads", "head_classes", "pattern_metrics", "LayerAblation", "layer_ablation",
+    "layer_ablation_hooks", "LayerNorms", "layer_norms", "ResidualComparison", "ResidualIntervention",
+    "ResidualMassive", "compare_residual_massive", "massive_activation_hooks", "residual_intervention",
+    "residual_massive_activations",
 ]

@@ -31,6 +31,13 @@ from drope_lens.hooks.types import FwdHooks
 CLASSES = ("sink", "local", "distributed", "mixed")
 
 
+def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
+    """NaN-ignoring mean; all-NaN slices (distances beyond every text) stay NaN without a warning."""
+    n = (~np.isnan(a)).sum(axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.nansum(a, axis) / np.maximum(n, 1), np.nan)
+
+
 def pattern_metrics(
     pattern: Float[torch.Tensor, "head q k"],
     *,
@@ -115,7 +122,7 @@ class HeadClasses:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "classes_names": list(CLASSES), "classes": self.classes.tolist(),
                 "entropy": self.entropy.mean(0).tolist(), "bos": self.bos.mean(0).tolist(),
-                "local": self.local.mean(0).tolist(), "decay_layer_mean": np.nanmean(self.decay, 1).tolist(),
+                "local": self.local.mean(0).tolist(), "decay_layer_mean": _nanmean(self.decay, 1).tolist(),
                 "summary": self.summary(), "options": self.options}
 
     def to_dataframe(self):

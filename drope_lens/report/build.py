@@ -110,6 +110,10 @@ def write_figures(pair, fig_dir: Path, exp: dict) -> list[str]:
                 acc.setdefault(lab[r], {}).setdefault(sc["task"], {})[sc["condition"]] = (
                     sc["accuracy"], sc["ci_low"], sc["ci_high"])
         save(F.plot_task_degradation(acc), "task_accuracy.png")
+    if exp.get("extended"):
+        from drope_lens.report.extended import write_extended_figures
+
+        write_extended_figures(lab, exp, save)
     return written
 
 

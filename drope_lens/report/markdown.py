@@ -60,7 +60,9 @@ def render_report(results: dict) -> str:
         "Step timings: " + ", ".join(f"{s} {v['seconds']:.1f} s ({v['status']})"
                                      for s, v in results["steps"].items()),
     ]
-    for section in (_massive, _disruption, _phase, _tasks, _study, _files):
+    from drope_lens.report.extended import render_extended
+
+    for section in (_massive, _disruption, _phase, _tasks, render_extended, _study, _files):
         text = section(results, exp)
         if text:
             out += ["", text]

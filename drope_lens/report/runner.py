@@ -16,7 +16,9 @@ from typing import Callable, Optional, Sequence
 
 from drope_lens.report.store import PartStore
 
-STEPS = ("massive", "phase", "disruption", "tasks")  # run order: later steps reuse earlier ones
+STEPS = ("massive", "phase", "disruption", "tasks", "extended")  # run order: later steps reuse earlier ones
+#: What runs without --steps: ``extended`` (residual massive activations, study Exp 5-9) is opt-in.
+DEFAULT_STEPS = STEPS[:4]
 
 
 @dataclass
@@ -32,7 +34,7 @@ class ReportOptions:
     batch_size: int = 8
     task_n: Optional[int] = None
     passkey_lengths: Sequence[int] = (256,)
-    steps: Sequence[str] = STEPS
+    steps: Sequence[str] = DEFAULT_STEPS
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.steps if s not in STEPS]
@@ -60,6 +62,7 @@ class ReportOptions:
             "disruption": {"threshold": self.threshold, "n_seeds": self.n_seeds},
             "phase": {},
             "tasks": {"task_n": self.task_n, "passkey_lengths": list(self.passkey_lengths)},
+            "extended": {},
         }[step]
         return {**common, **specific}
 

@@ -137,3 +137,6 @@ def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
                                   batch_size=options.batch_size,
                                   passkey_lengths=tuple(options.passkey_lengths), progress=progress)
     return _plain(compare_tasks(results["rope"], results["drope"]).to_dict())
+
+
+from drope_lens.report.extended import run_extended  # noqa: E402,F401  (optional step)
