@@ -21,6 +21,12 @@ from drope_lens.analysis.extended import Extended, run_extended
 from drope_lens.analysis.head_classes import HeadClasses, classify_heads, head_classes, pattern_metrics
 from drope_lens.analysis.layer_ablation import LayerAblation, layer_ablation, layer_ablation_hooks
 from drope_lens.analysis.layer_norms import LayerNorms, layer_norms
+from drope_lens.analysis.peers import (
+    KeyImportance,
+    MassiveSimilarity,
+    key_importance,
+    massive_similarity,
+)
 from drope_lens.analysis.residual import (
     ResidualComparison,
     ResidualIntervention,
@@ -39,5 +45,6 @@ __all__ = [
     "HeadClasses", "classify_heads", "head_classes", "pattern_metrics", "LayerAblation", "layer_ablation",
     "layer_ablation_hooks", "LayerNorms", "layer_norms", "ResidualComparison", "ResidualIntervention",
     "ResidualMassive", "compare_residual_massive", "massive_activation_hooks", "residual_intervention",
-    "residual_massive_activations",
+    "residual_massive_activations", "KeyImportance", "MassiveSimilarity", "key_importance",
+    "massive_similarity",
 ]

@@ -261,6 +261,7 @@ def mean_replace(
     *,
     k: int,
     threshold: Optional[float] = None,
+    largest: bool = True,
 ) -> tuple[torch.Tensor, Bool[torch.Tensor, "batch head d_head"], torch.Tensor]:
     """Jin-style replacement of one forward's activation: ``(new_x, selected, means)``.
 
@@ -268,11 +269,14 @@ def mean_replace(
     (with ``threshold``: only those whose norm also exceeds ``threshold`` x the head's mean norm,
     the study's J-B) and set, at every real position, to that channel's mean over the real tokens
     (BOS included). Norms and means are computed in float32, the mean cast back to ``x.dtype``.
+    ``largest=False`` selects the ``k`` dims with the *smallest* norms instead (Jin et al.'s control).
     """
+    if not largest and threshold is not None:
+        raise ValueError("threshold gates the largest dims; it cannot be combined with largest=False.")
     xf = x.float()
     w = real.to(xf.dtype)[:, :, None, None]
     norms = (xf * xf * w).sum(1).sqrt()  # [b, h, d]
-    top = norms.topk(k, dim=-1).indices
+    top = norms.topk(k, dim=-1, largest=largest).indices
     selected = torch.zeros_like(norms, dtype=torch.bool).scatter_(-1, top, True)
     if threshold is not None:
         selected &= norms > threshold * norms.mean(-1, keepdim=True)
@@ -284,8 +288,10 @@ def mean_replace(
 class _MeanReplacement:
     """Shared state of one :func:`mean_replacement_hooks` call."""
 
-    def __init__(self, tracker: PositionTracker, *, k: int, threshold, decode: str, rotary: str):
+    def __init__(self, tracker: PositionTracker, *, k: int, threshold, decode: str, rotary: str,
+                 largest: bool = True):
         self.tracker, self.k, self.threshold, self.decode, self.rotary = tracker, k, threshold, decode, rotary
+        self.largest = largest
         self.prefill: dict[str, tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.has_layer0 = False
 
@@ -319,7 +325,8 @@ class _MeanReplacement:
             else:
                 decode_step = self.tracker.offset > 0
             if not decode_step:
-                new, selected, means = mean_replace(x, current_real_mask(x), k=self.k, threshold=self.threshold)
+                new, selected, means = mean_replace(x, current_real_mask(x), k=self.k, threshold=self.threshold,
+                                                    largest=self.largest)
                 if full_sequence_k:
                     self.prefill[hook.name if hook is not None else str(layer)] = (
                         x.shape[1], selected, means, current_real_mask(x))
@@ -353,8 +360,11 @@ def mean_replacement_hooks(
     layers: Optional[Sequence[int]] = None,
     decode: str = "skip",
     threshold: Optional[float] = None,
+    largest: bool = True,
 ) -> FwdHooks:
-    """Jin-style mean replacement on the given tensors; see :func:`qk_mean_replacement_hooks`."""
+    """Jin-style mean replacement on the given tensors; see :func:`qk_mean_replacement_hooks`.
+
+    ``largest=False``: replace the ``k`` smallest-norm dims instead (Jin et al.'s control)."""
     tensors = check_tensors(tensors)
     check_choice("rotary", rotary, ROTARY_MODES)
     check_choice("decode", decode, DECODE_MODES)
@@ -363,9 +373,11 @@ def mean_replacement_hooks(
         raise ValueError(f"k must be an integer in 1..d_head={d_head}, got {k!r}")
     if threshold is not None and not threshold > 0:
         raise ValueError(f"threshold must be > 0 (or None for no gate), got {threshold}")
+    if not largest and threshold is not None:
+        raise ValueError("threshold gates the largest dims; it cannot be combined with largest=False.")
     layers = check_layers(model, layers)
     tracker = PositionTracker()
-    state = _MeanReplacement(tracker, k=k, threshold=threshold, decode=decode, rotary=rotary)
+    state = _MeanReplacement(tracker, k=k, threshold=threshold, decode=decode, rotary=rotary, largest=largest)
     hooks: FwdHooks = list(tracker.hooks())
     state.has_layer0 = 0 in layers
     hooks.append(("blocks.0.attn.hook_rot_k", state.guard))
@@ -383,6 +395,7 @@ def qk_mean_replacement_hooks(
     layers: Optional[Sequence[int]] = None,
     decode: str = "skip",
     threshold: Optional[float] = None,
+    largest: bool = True,
 ) -> FwdHooks:
     """Jin-style mean replacement on Q and K of all (or the given) layers.
 
@@ -404,7 +417,9 @@ def qk_mean_replacement_hooks(
     Decode steps are recognised with :class:`~drope_lens.hooks.positions.PositionTracker` (whose
     hooks are in the returned list), not by their length. Multi-token continuations on a cache are
     refused (layer 0 cannot tell them from a prompt). ``decode="raise"`` refuses any decode step.
+    ``largest=False`` replaces the ``k`` smallest-norm dims instead (Jin et al.'s control).
     """
     return mean_replacement_hooks(
-        model, tensors=("q", "k"), k=k, rotary=rotary, layers=layers, decode=decode, threshold=threshold
+        model, tensors=("q", "k"), k=k, rotary=rotary, layers=layers, decode=decode, threshold=threshold,
+        largest=largest,
     )
