@@ -177,3 +177,11 @@ def test_embedded_matches_hf_hidden_states(embedded_rope, embedded_hf):
             np.testing.assert_array_equal(res.position[t, l], order // a.shape[1])
             np.testing.assert_array_equal(res.channel[t, l], order % a.shape[1])
             assert res.median[t, l] == pytest.approx(float(np.median(a)), rel=1e-4)
+
+
+def test_cli_activations_refuses_bad_options_before_loading(capsys):
+    from drope_lens.cli import main
+
+    assert main(["activations", "--top-k", "0"]) == 1
+    assert "--top-k" in capsys.readouterr().err
+    assert main(["extended", "--max-length", "1"]) == 1

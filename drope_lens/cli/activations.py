@@ -19,6 +19,7 @@ def add_parser(sub) -> None:
                    help="set-to-zero/mean targets entries above RATIO × the layer median (default 1000)")
     a.add_argument("--layer", type=int, help="intervention layer (default: first layer above --ratio)")
     a.add_argument("--no-ppl", action="store_true", help="skip the set-to-zero / set-to-mean perplexities")
+    a.add_argument("--figure", metavar="PNG", help="save the top-1 vs median by layer figure here")
     a.set_defaults(func=run_activations)
 
     e = sub.add_parser("extended", help=EXT_HELP, description=EXT_HELP + ".")
@@ -98,6 +99,14 @@ def run_activations(args: argparse.Namespace) -> int:
         out["comparison"] = c.to_dict()
         print(f"massive layers (>100×) shared: {len(c.shared_layers)}, Jaccard {c.layer_jaccard:.2f}, "
               f"same top-1 channel in {len(c.same_channel_layers)}")
+    if args.figure:
+        from drope_lens.views.extended_figures import plot_residual_massive
+        from drope_lens.views.figures import save_figure
+
+        st = {r.model: r.layer_stats() for r in results.values()}
+        save_figure(plot_residual_massive({k: v["top1_mean"] for k, v in st.items()},
+                                          {k: v["median_mean"] for k, v in st.items()}), args.figure)
+        print(f"wrote {args.figure}")
     emit_json(args, out)
     return 0
 
