@@ -106,7 +106,7 @@ def _f(x: Any) -> str:
     if x is None:
         return "—"
     if isinstance(x, float):
-        return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+        return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
     return str(x)
 
 
@@ -156,6 +156,9 @@ def render_extended(results: dict, exp: dict) -> str:
             "attn frac L0", "attn frac L1", "attn frac L2+"]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_f(x) for x in row) + " |" for row in rows]
+    if not results.get("study"):
+        lines += ["", "The study's Exp 5–9 numbers (Llama-2-7B vs its DroPE) are shown only for that pair; "
+                  "they are in `drope_lens/report/extended.py` (`STUDY_EXP5_9`)."]
     if results.get("study"):
         lines += ["", f"The study's numbers (RoPE / DroPE; {STUDY_PROVENANCE}):", "",
                   "| quantity | RoPE | DroPE |", "|---|---|---|"]
