@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="drope_lens_results", help="results folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="reduced experiments (fewer texts, seeds, items)")
     p.add_argument("--steps", default=",".join(STEPS),
-                   help="comma-separated subset of: " + ", ".join(STEPS) + " (default: all)")
+                   help="comma-separated subset of: " + ", ".join(STEPS) + " (default: all), plus "
+                        "the optional 'context' (context-length experiment; not run with --quick)")
     p.add_argument("--threshold", type=float, default=5.0, help="massive-value λ (default 5)")
     p.add_argument("--n-seeds", type=int, default=10, help="random controls for disruption (default 10)")
     p.add_argument("--task-n", type=int, default=None,

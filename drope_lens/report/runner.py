@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 from drope_lens.report.store import PartStore
 
 STEPS = ("massive", "phase", "disruption", "tasks")  # run order: later steps reuse earlier ones
+OPTIONAL_STEPS = ("context",)  # only when asked for (--steps ...,context); never in --quick
 
 
 @dataclass
@@ -35,9 +36,9 @@ class ReportOptions:
     steps: Sequence[str] = STEPS
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.steps if s not in STEPS]
+        unknown = [s for s in self.steps if s not in STEPS + OPTIONAL_STEPS]
         if unknown:
-            raise ValueError(f"Unknown report steps {unknown}; choose from {list(STEPS)}.")
+            raise ValueError(f"Unknown report steps {unknown}; choose from {list(STEPS + OPTIONAL_STEPS)}.")
         if self.threshold <= 0:
             raise ValueError(f"threshold must be > 0, got {self.threshold}")
         for name in ("n_seeds", "max_length", "batch_size"):
@@ -60,7 +61,7 @@ class ReportOptions:
             "disruption": {"threshold": self.threshold, "n_seeds": self.n_seeds},
             "phase": {},
             "tasks": {"task_n": self.task_n, "passkey_lengths": list(self.passkey_lengths)},
-        }[step]
+        }.get(step, {})
         return {**common, **specific}
 
     def to_dict(self) -> dict:
@@ -94,7 +95,8 @@ def run_report(pair, out_dir, options: Optional[ReportOptions] = None, *,
     store = PartStore(out)
     outcomes: dict[str, StepOutcome] = {}
     context: dict = {}
-    for step in STEPS:
+    optional = tuple(s for s in OPTIONAL_STEPS if s in options.steps and not options.quick)
+    for step in STEPS + optional:
         if step not in options.steps:
             outcomes[step] = StepOutcome(step, "skipped", 0.0)
             continue
