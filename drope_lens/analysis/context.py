@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from transformer_lens import HookedTransformer
@@ -207,6 +207,7 @@ def context_experiment(
     batch_size: int = 4,
     beyond_context: bool = False,
     progress: bool = False,
+    log: Optional[Callable[[str], None]] = None,
 ) -> ContextExperiment:
     """Passkey accuracy, perplexity, sink rate, BOS ratio and massive Q/K counts per length.
 
@@ -216,6 +217,7 @@ def context_experiment(
             (0 skips the passkey; accuracy is then NaN).
         texts: the long texts to measure perplexity/sinks on (default: the built-in texts + filler).
         beyond_context: allow lengths above ``model.cfg.n_ctx`` (raised for the run, then restored).
+        log: called with a one-line summary after each length (e.g. ``print``).
     """
     from drope_lens.analysis import sinks
     from drope_lens.analysis.massive import check_threshold, detect_massive
@@ -261,6 +263,10 @@ def context_experiment(
                 massive_q=mv.total_mean("q"), massive_k=mv.total_mean("k"),
                 sink_rate_by_layer=[float(x) for x in st["sink_rate"]],
                 seconds=time.perf_counter() - t1))
+            if log is not None:
+                p = points[-1]
+                log(f"[context] {model_label(model)} L={length}: passkey {p.passkey_accuracy:.2f}, "
+                    f"ppl {p.ppl:.4g}, sink rate {p.sink_rate:.3f}, {p.seconds:.0f} s")
     finally:
         model.cfg.n_ctx = old_ctx
     return ContextExperiment(

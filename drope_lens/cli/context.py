@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     res = pair_context_experiment(pair, args.lengths, depths=args.depths, n_per_depth=args.n_per_depth,
                                   seed=args.seed, tau=args.tau, threshold=args.threshold,
                                   batch_size=args.batch_size, beyond_context=args.beyond_context,
-                                  progress=sys.stderr.isatty())
+                                  progress=sys.stderr.isatty(),
+                                  log=lambda line: print(line, file=sys.stderr, flush=True))
     print(res.summary())
     if args.figure:
         from drope_lens.views.context_figure import plot_context
