@@ -57,6 +57,5 @@ def plot_context(results: Mapping[str, Mapping[str, Any]],
     handles, labels = axes[0].get_legend_handles_labels()
     ctx_note = "; ".join(f"{short_label(k)}: {v.get('training_context')}" for k, v in results.items())
     fig.legend(handles, labels, loc="outside upper center", ncols=max(1, len(labels)), frameon=False)
-    fig.suptitle(f"Metric vs input length (dashed: training context — {ctx_note})", fontsize=9, y=0.0,
-                 va="bottom")
+    fig.supxlabel(f"dashed: training context from each config ({ctx_note})", fontsize=8)
     return fig
