@@ -39,6 +39,8 @@ if str(ROOT) not in sys.path:
 from benchmarks import report_table  # noqa: E402
 
 ALL_CASES = ("detection", "disruption", "phase", "sinks", "tasks", "report", "scaling")
+#: Long-context cases (benchmarks/long_cases.py), run only when named in --cases.
+EXTRA_CASES = ("long_detection", "long_phase", "short_ppl", "jin", "context")
 MARK = "BENCH_RESULT "
 
 
@@ -208,7 +210,7 @@ def run_child(args: argparse.Namespace) -> list[dict]:
 
 def run_job(args, models, meter: "PeakMeter", job: dict, load_s: float) -> dict:
     """Build one case and measure each of its sections. Returns the case record."""
-    from benchmarks import cases
+    from benchmarks import cases, long_cases  # noqa: F401 (long_cases registers its builders)
 
     case, label_case = job["case"], job.get("as", job["case"])
     n_texts, seq_len = int(job.get("n_texts", args.n_texts)), int(job.get("seq_len", args.seq_len))
@@ -223,7 +225,8 @@ def run_job(args, models, meter: "PeakMeter", job: dict, load_s: float) -> dict:
     try:
         wl = cases.make_workload(models, n_texts, seq_len, args.batch_size)
         record["workload"] = wl.describe()
-        opts = {"seeds": args.seeds, "heavy_repeat": args.heavy_repeat, "task_n": _task_n(args)}
+        opts = {"seeds": args.seeds, "heavy_repeat": args.heavy_repeat, "task_n": _task_n(args),
+                "context_lengths": job.get("context_lengths")}
         spec = cases.CASE_BUILDERS[case](models, wl, roles, opts)
     except Exception as exc:  # noqa: BLE001
         record.update(status="error", reason=f"{type(exc).__name__}: {exc}"[:400])
@@ -446,6 +449,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--scaling-lengths", default="256,1024,4096", help="sequence lengths for scaling")
     p.add_argument("--scaling-lengths-quick", default="64,256", help=argparse.SUPPRESS)
     p.add_argument("--scaling-texts", default="1,4,16", help="numbers of texts (at --seq-len) for scaling")
+    p.add_argument("--long-lengths", default="4096,8192", help="tokens for long_detection (first) and long_phase")
+    p.add_argument("--context-lengths", default="512,1024,2048", help="lengths of the context case")
     p.add_argument("--task-n", type=int, default=None, help="items per yes/no task (default 16)")
     p.add_argument("--report-args", default="", help="extra arguments for `drope-lens report`")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
@@ -466,9 +471,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     apply_quick(args)
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
-    bad = [c for c in wanted if c not in ALL_CASES]
+    bad = [c for c in wanted if c not in ALL_CASES + EXTRA_CASES]
     if bad:
-        p.error(f"unknown case(s) {bad}; choose from {ALL_CASES}")
+        p.error(f"unknown case(s) {bad}; choose from {ALL_CASES + EXTRA_CASES}")
     if args.model == "llama2-7b-shaped":
         try:
             resolve_device(args.device, args.model)
@@ -488,6 +493,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     for case in wanted:
         if case == "report":
             groups.append([{"case": "report"}])
+        elif case in EXTRA_CASES:
+            from benchmarks import long_cases
+
+            groups += [[job] for job in long_cases.plans(args)[case]]
         elif case == "scaling":
             combos = [(1, int(L)) for L in args.scaling_lengths.split(",") if L]
             combos += [(int(n), args.seq_len) for n in args.scaling_texts.split(",") if n]
@@ -514,6 +523,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     payload["note"] = noise_note(payload)
     write_outputs(args, payload)
     print(report_table.render_verdicts(payload["cases"]))
+    if any(c.get("case") in EXTRA_CASES for c in payload["cases"]):
+        from benchmarks import long_cases
+
+        print(long_cases.render_long_table(payload["cases"]))
     return 0
 
 

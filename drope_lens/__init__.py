@@ -12,6 +12,7 @@ from drope_lens.loading import (
     ModelPair,
     TokenBatch,
     encode,
+    explicit_attention,
     load_embedded,
     load_hooked,
     load_pair,
@@ -24,4 +25,5 @@ __all__ = [
     "DropeLensError", "InputTooLongError", "NonFiniteError", "TokenizerMismatchError",
     "UnsupportedModelError", "DropeLensConfig", "ModelPair", "TokenBatch", "encode",
     "load_embedded", "load_hooked", "load_pair", "to_nope",
+    "explicit_attention",
 ]

@@ -30,7 +30,7 @@ def test_profile_exports(model):
     assert len(d["layers"]["bos_ratio"]) == L and np.shape(d["sink_score"]) == (L, H)
     assert np.shape(d["per_text"]["sink_scores"]) == (len(TEXTS), L, H)
     assert d["options"] == {"tau": 0.3, "gu_eps": 0.3, "include_bos_row": False, "last_layer": "resid",
-                            "attention": "native", "spike_threshold": 2.0}
+                            "attention": "native", "spike_threshold": 2.0, "sinks_from": "stream"}
     assert d["position_encoding"] == "rope"
     df = prof.to_dataframe()
     assert list(df["layer"]) == list(range(L)) and np.allclose(df["bos_ratio"], prof.layer_stats()["bos_ratio"])

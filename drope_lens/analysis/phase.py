@@ -1,6 +1,8 @@
 """Phase profile of a model in one forward pass per batch: sinks, BOS norm/ratio, entropy.
 
-:func:`phase_profile` hooks every ``blocks.{l}.attn.hook_pattern`` (sink scores, Gu importance) and
+:func:`phase_profile` streams sink scores and Gu importance from every layer's ``hook_rot_q/k`` in
+query chunks (:mod:`drope_lens.analysis.stream_sinks`; ``sinks_from="pattern"`` reads
+``blocks.{l}.attn.hook_pattern`` instead) and hooks
 every ``blocks.{l}.hook_resid_post`` (BOS norm/ratio, entropy); each hook reduces its activation to a
 few numbers per text at once, so nothing is cached. Every statistic uses each text's real tokens
 only (right padding is excluded), so the RoPE and DroPE profiles of the same texts are like for like.
@@ -36,7 +38,10 @@ Inputs = Union[Sequence[str], TokenBatch, torch.Tensor]
 LAST_LAYER_MODES = ("resid", "final_norm")
 #: Profile options and their defaults (see :func:`phase_profile`).
 PROFILE_DEFAULTS = dict(tau=0.3, include_bos_row=False, last_layer="resid", attention="native",
-                        gu_eps=0.3, spike_threshold=2.0)
+                        gu_eps=0.3, spike_threshold=2.0, sinks_from="stream")
+#: Where native sink scores come from: streamed from ``hook_rot_q/k`` in query chunks (O(chunk·T),
+#: the model keeps its fast attention) or from ``hook_pattern`` (O(T²), the reference).
+SINK_SOURCES = ("stream", "pattern")
 CONDITIONS = ("baseline", "bos_mlp", "qk", "combined")
 
 
@@ -68,6 +73,7 @@ class PhaseProfile:
     last_layer: str = "resid"
     attention: str = "native"
     spike_threshold: float = 2.0
+    sinks_from: str = "stream"
     model: str = ""
     position_encoding: str = ""
     wall_s: float = 0.0
@@ -135,7 +141,8 @@ class PhaseProfile:
     # ---- export ----------------------------------------------------------------------------
     def options(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (
-            "tau", "gu_eps", "include_bos_row", "last_layer", "attention", "spike_threshold")}
+            "tau", "gu_eps", "include_bos_row", "last_layer", "attention", "spike_threshold",
+            "sinks_from")}
 
     def to_dict(self, *, per_text: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -173,9 +180,14 @@ class _Collector:
     """Hook functions that reduce patterns and residuals to per-text numbers as they pass."""
 
     def __init__(self, model: HookedTransformer, n_texts: int, *, include_bos_row: bool,
-                 last_layer: str, attention: str):
+                 last_layer: str, attention: str, sinks_from: str = "stream"):
         cfg = model.cfg
         self.model, self.include_bos_row, self.attention = model, include_bos_row, attention
+        self.stream = None
+        if attention == "native" and sinks_from == "stream":
+            from drope_lens.analysis.stream_sinks import SinkStream
+
+            self.stream = SinkStream(model, self._column)
         self.last_layer = last_layer
         L, H = cfg.n_layers, cfg.n_heads
         self.sink = np.full((n_texts, L, H), np.nan)
@@ -193,6 +205,8 @@ class _Collector:
 
     def set_batch(self, idx: list[int], lengths: torch.Tensor) -> None:
         self.idx, self.lengths = idx, lengths.cpu()
+        if self.stream is not None:
+            self.stream.set_lengths(lengths)
 
     # ---- attention -------------------------------------------------------------------------
     def _stash(self, x: torch.Tensor, hook) -> None:
@@ -208,6 +222,14 @@ class _Collector:
         gu = sinks.gu_importance(pattern, lengths)
         self.sink[self.idx, layer] = scores.cpu().numpy()
         self.gu[self.idx, layer] = gu.cpu().numpy()
+
+    def _column(self, col0: torch.Tensor, layer: int) -> None:
+        """Streaming path: ``A[:, :, q, 0]`` of one layer (see :mod:`.stream_sinks`)."""
+        lengths = self.lengths.to(col0.device)
+        self.sink[self.idx, layer] = sinks.sink_scores_from_column(
+            col0, lengths, include_bos_row=self.include_bos_row).cpu().numpy()
+        self.gu[self.idx, layer] = sinks.sink_scores_from_column(
+            col0, lengths, include_bos_row=True).cpu().numpy()
 
     # ---- residual stream ------------------------------------------------------------------
     def _resid(self, resid: torch.Tensor, hook, layer: Optional[int] = None) -> None:
@@ -231,16 +253,21 @@ class _Collector:
             if self.attention == "pre_rope_manual":
                 hooks += [(f"blocks.{layer}.attn.hook_q", self._stash),
                           (f"blocks.{layer}.attn.hook_k", self._stash)]
-            hooks.append((f"blocks.{layer}.attn.hook_pattern", self._pattern))
+            if self.stream is None:
+                hooks.append((f"blocks.{layer}.attn.hook_pattern", self._pattern))
             if layer < L - 1 or self.last_layer == "resid":
                 hooks.append((f"blocks.{layer}.hook_resid_post", self._resid))
         if self.last_layer == "final_norm":
             hooks.append(("ln_final.hook_normalized",
                           lambda x, hook: self._resid(x, hook, layer=L - 1)))
+        if self.stream is not None:
+            hooks += self.stream.hooks()
         return hooks
 
 
-def _check_options(model, tau, gu_eps, last_layer, attention, batch_size) -> None:
+def _check_options(model, tau, gu_eps, last_layer, attention, batch_size, sinks_from="stream") -> None:
+    if sinks_from not in SINK_SOURCES:
+        raise ValueError(f"Unknown sinks_from {sinks_from!r}; choose one of {SINK_SOURCES}.")
     sinks.check_tau(tau)
     sinks.check_tau(gu_eps, "gu_eps")
     if last_layer not in LAST_LAYER_MODES:
@@ -269,6 +296,7 @@ def phase_profile(
     max_length: Optional[int] = None,
     fwd_hooks: FwdHooks = (),
     progress: bool = False,
+    sinks_from: str = "stream",
 ) -> PhaseProfile:
     """Sink scores/rates, BOS norm/ratio, entropy and anisotropy per layer, one forward per batch.
 
@@ -280,11 +308,15 @@ def phase_profile(
         attention: ``"native"`` (``hook_pattern``, the model's real attention) or
             ``"pre_rope_manual"`` (the study's manual pre-RoPE Q/K softmax; bug B1 on RoPE models).
         fwd_hooks: interventions active during the pass (e.g. :func:`condition_hooks`).
+        sinks_from: ``"stream"`` (default: native sink scores from ``hook_rot_q/k`` in query chunks,
+            O(chunk·T) memory, fast attention kept) or ``"pattern"`` (from ``hook_pattern``, the
+            reference). Both give the same numbers (tested).
     """
     profile, _ = _measure(model, inputs, profile=True, ppl=False, fwd_hooks=fwd_hooks,
                           batch_size=batch_size, max_length=max_length, progress=progress,
                           tau=tau, include_bos_row=include_bos_row, last_layer=last_layer,
-                          attention=attention, gu_eps=gu_eps, spike_threshold=spike_threshold)
+                          attention=attention, gu_eps=gu_eps, spike_threshold=spike_threshold,
+                          sinks_from=sinks_from)
     return profile
 
 
@@ -308,13 +340,18 @@ def _measure(
     if unknown:
         raise TypeError(f"Unknown phase option(s) {sorted(unknown)}; known: {sorted(PROFILE_DEFAULTS)}.")
     opts = {**PROFILE_DEFAULTS, **options}
-    _check_options(model, opts["tau"], opts["gu_eps"], opts["last_layer"], opts["attention"], batch_size)
+    if any(str(name).endswith(("hook_pattern", "hook_attn_scores")) for name, _ in fwd_hooks
+           if isinstance(name, str)):
+        opts["sinks_from"] = "pattern"  # an intervention edits the pattern: read the real one
+    _check_options(model, opts["tau"], opts["gu_eps"], opts["last_layer"], opts["attention"], batch_size,
+                   opts["sinks_from"])
     t0 = time.perf_counter()
     batch = as_batch(model, inputs, max_length=max_length)
     if bool((batch.lengths < 2).any()):
         raise ValueError("Every text needs at least one token after BOS (BOS ratio, sink rows, PPL).")
     col = (_Collector(model, len(batch), include_bos_row=opts["include_bos_row"],
-                      last_layer=opts["last_layer"], attention=opts["attention"]) if profile else None)
+                      last_layer=opts["last_layer"], attention=opts["attention"],
+                      sinks_from=opts["sinks_from"]) if profile else None)
     acc = NLLAccumulator(len(batch)) if ppl else None
     parts = list(batch.batches(batch_size))
     if progress:

@@ -76,12 +76,21 @@ def sink_scores(
     include_bos_row: bool = False,
 ) -> Float[torch.Tensor, "batch head"]:
     """Per text and head: mean attention to position 0 over the counted query rows (float64)."""
-    rows = query_rows(lengths.to(pattern.device), pattern.shape[2], include_bos_row=include_bos_row)
+    return sink_scores_from_column(pattern[..., 0], lengths, include_bos_row=include_bos_row)
+
+
+def sink_scores_from_column(
+    col0: Float[torch.Tensor, "batch head q"],
+    lengths: Int[torch.Tensor, "batch"],
+    *,
+    include_bos_row: bool = False,
+) -> Float[torch.Tensor, "batch head"]:
+    """:func:`sink_scores` from the pattern's first column ``A[:, :, q, 0]`` alone (streaming path)."""
+    rows = query_rows(lengths.to(col0.device), col0.shape[2], include_bos_row=include_bos_row)
     n_rows = rows.sum(-1)
     if bool((n_rows == 0).any()):
         raise ValueError("A text has no query row to average (length 1 without the BOS row).")
-    col0 = pattern[..., 0].double()  # [batch, head, q]
-    total = (col0 * rows[:, None, :]).sum(-1)
+    total = (col0.double() * rows[:, None, :]).sum(-1)
     return total / n_rows[:, None].double()
 
 

@@ -26,7 +26,7 @@ examples:
 
 
 def add_parser(sub) -> None:
-    from drope_lens.report.runner import DEFAULT_STEPS, STEPS
+    from drope_lens.report.runner import DEFAULT_STEPS, OPTIONAL_STEPS, STEPS
 
     p = sub.add_parser("report", help=HELP, description=HELP + ".", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,8 +34,10 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="drope_lens_results", help="results folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="reduced experiments (fewer texts, seeds, items)")
     p.add_argument("--steps", default=",".join(DEFAULT_STEPS),
-                   help="comma-separated subset of: " + ", ".join(STEPS) + " (default: "
-                        + ",".join(DEFAULT_STEPS) + "; 'extended' is opt-in)")
+                   help="comma-separated subset of: " + ", ".join(STEPS + OPTIONAL_STEPS) + " (default: "
+                        + ",".join(DEFAULT_STEPS) + "); the optional 'extended' (residual massive "
+                        "activations, study Exp 5-9) and 'context' (context-length experiment) run only "
+                        "when named (context never with --quick)")
     p.add_argument("--threshold", type=float, default=5.0, help="massive-value λ (default 5)")
     p.add_argument("--n-seeds", type=int, default=10, help="random controls for disruption (default 10)")
     p.add_argument("--task-n", type=int, default=None,

@@ -7,6 +7,7 @@ from drope_lens.loading.config import (
     config_from_hf,
 )
 from drope_lens.loading.embedded import EMBEDDED_NAME, embedded_checkpoint, load_embedded
+from drope_lens.loading.fast_attention import explicit_attention, install_fast_attention
 from drope_lens.loading.hf import hooked_from_hf, load_hooked
 from drope_lens.loading.layout import linear_layout
 from drope_lens.loading.nope import to_nope
@@ -19,4 +20,5 @@ __all__ = [
     "EMBEDDED_NAME", "embedded_checkpoint", "load_embedded", "hooked_from_hf", "load_hooked",
     "to_nope", "linear_layout", "check_logits_finite", "install_attention_numerics", "ModelPair",
     "check_same_tokenizer", "load_pair", "TokenBatch", "as_batch", "encode",
+    "explicit_attention", "install_fast_attention",
 ]

@@ -45,6 +45,9 @@ class DropeLensConfig(HookedTransformerConfig):
         check_finite: raise :class:`~drope_lens.errors.NonFiniteError` when attention scores
             contain NaN/inf (before TransformerLens would silently zero NaN patterns).
         source: where the weights came from (hub id, folder, "in-memory", "embedded").
+        fast_attention: compute a layer's attention with ``scaled_dot_product_attention`` when no
+            hook reads its ``hook_attn_scores``/``hook_pattern`` (see
+            :mod:`drope_lens.loading.fast_attention`); ``False`` = always the explicit path.
     """
 
     position_encoding: str = "rope"
@@ -54,6 +57,7 @@ class DropeLensConfig(HookedTransformerConfig):
     fp32_attention: bool = True
     check_finite: bool = True
     source: Optional[str] = None
+    fast_attention: bool = True
 
     def __post_init__(self) -> None:
         if self.position_encoding not in ("rope", "nope"):
@@ -72,11 +76,16 @@ class DropeLensConfig(HookedTransformerConfig):
     def is_nope(self) -> bool:
         return self.position_encoding == "nope"
 
-    def describe(self) -> str:
-        """One line saying what this model is, e.g. for labels and reports."""
-        if not self.is_nope:
-            return f"{self.model_name} (RoPE, theta={self.rotary_base:g})"
-        return f"{self.model_name} ({self.nope_origin or 'NoPE'})"
+    def describe(self, attention: bool = False) -> str:
+        """One line saying what this model is, e.g. for labels and reports.
+
+        ``attention=True`` appends the attention path (fast sdpa or explicit).
+        """
+        what = (f"{self.model_name} (RoPE, theta={self.rotary_base:g})" if not self.is_nope
+                else f"{self.model_name} ({self.nope_origin or 'NoPE'})")
+        if attention:
+            what += f"; attention: {'fast (sdpa when no pattern hook)' if self.fast_attention else 'explicit'}"
+        return what
 
     def as_nope(self, origin: str = ZERO_SHOT_NOPE) -> "DropeLensConfig":
         """A copy of this config with RoPE removed (identity rotation)."""

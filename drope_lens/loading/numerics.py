@@ -84,7 +84,9 @@ def install_attention_numerics(model: HookedTransformer) -> HookedTransformer:
             continue
         attn.calculate_attention_scores = types.MethodType(_scores, attn)
         object.__setattr__(attn, _PATCHED, True)
-    return model
+    from drope_lens.loading.fast_attention import install_fast_attention
+
+    return install_fast_attention(model)
 
 
 def install_qk_norm(

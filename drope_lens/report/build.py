@@ -102,6 +102,11 @@ def write_figures(pair, fig_dir: Path, exp: dict) -> list[str]:
         conds = {c: v for c, v in conds.items() if v}
         if len(conds) > 1:
             save(F.plot_interventions(conds, ylabel="BOS ratio", log=True), "interventions_bos_ratio.png")
+    c = exp.get("context")
+    if c:
+        from drope_lens.views.context_figure import plot_context
+
+        save(plot_context({pair.labels[r]: c[r] for r in lab}), "context_length.png")
     t = exp.get("tasks")
     if t:
         acc = {}

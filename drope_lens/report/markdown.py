@@ -62,7 +62,7 @@ def render_report(results: dict) -> str:
     ]
     from drope_lens.report.extended import render_extended
 
-    for section in (_massive, _disruption, _phase, _tasks, render_extended, _study, _files):
+    for section in (_massive, _disruption, _phase, _tasks, render_extended, _context, _study, _files):
         text = section(results, exp)
         if text:
             out += ["", text]
@@ -209,6 +209,24 @@ def _phase(results: dict, exp: dict) -> str:
         _table(["layer", "sink RoPE", "sink DroPE", "BOS ratio RoPE", "BOS ratio DroPE",
                 "H(σ²) RoPE", "H(σ²) DroPE"], layer_rows),
     ])
+
+
+def _context(results: dict, exp: dict) -> str:
+    c = exp.get("context")
+    if not c:
+        return ""
+    rows = []
+    for r in ROLES:
+        for p in c[r]["points"]:
+            rows.append([r, p["length"], p["passkey_accuracy"], p["ppl"], p["sink_rate"],
+                         p["max_bos_ratio"], p["massive_q"], p["massive_k"]])
+    ctx = ", ".join(f"{r} {c[r]['training_context']}" for r in ROLES)
+    return "\n".join([
+        "## Context length (Exp 10)", "",
+        f"One seeded long text per length (built-in texts, then filler); passkey "
+        f"{c['rope']['n_per_depth']} prompt(s) per depth {c['rope']['depths']}. Training context: {ctx}.",
+        "", _table(["model", "length", "passkey acc", "PPL", "sink rate", "max BOS ratio",
+                    "massive Q", "massive K"], rows)])
 
 
 def _tasks(results: dict, exp: dict) -> str:

@@ -16,9 +16,13 @@ from typing import Callable, Optional, Sequence
 
 from drope_lens.report.store import PartStore
 
-STEPS = ("massive", "phase", "disruption", "tasks", "extended")  # run order: later steps reuse earlier ones
-#: What runs without --steps: ``extended`` (residual massive activations, study Exp 5-9) is opt-in.
-DEFAULT_STEPS = STEPS[:4]
+STEPS = ("massive", "phase", "disruption", "tasks")  # run order: later steps reuse earlier ones
+#: Run only when named (--steps ...,extended,context), after the core steps.
+OPTIONAL_STEPS = ("extended", "context")
+#: Optional steps too long for --quick: skipped there even when named.
+NOT_IN_QUICK = ("context",)
+#: What runs without --steps.
+DEFAULT_STEPS = STEPS
 
 
 @dataclass
@@ -37,9 +41,9 @@ class ReportOptions:
     steps: Sequence[str] = DEFAULT_STEPS
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.steps if s not in STEPS]
+        unknown = [s for s in self.steps if s not in STEPS + OPTIONAL_STEPS]
         if unknown:
-            raise ValueError(f"Unknown report steps {unknown}; choose from {list(STEPS)}.")
+            raise ValueError(f"Unknown report steps {unknown}; choose from {list(STEPS + OPTIONAL_STEPS)}.")
         if self.threshold <= 0:
             raise ValueError(f"threshold must be > 0, got {self.threshold}")
         for name in ("n_seeds", "max_length", "batch_size"):
@@ -63,7 +67,7 @@ class ReportOptions:
             "phase": {},
             "tasks": {"task_n": self.task_n, "passkey_lengths": list(self.passkey_lengths)},
             "extended": {},
-        }[step]
+        }.get(step, {})
         return {**common, **specific}
 
     def to_dict(self) -> dict:
@@ -97,7 +101,9 @@ def run_report(pair, out_dir, options: Optional[ReportOptions] = None, *,
     store = PartStore(out)
     outcomes: dict[str, StepOutcome] = {}
     context: dict = {}
-    for step in STEPS:
+    optional = tuple(s for s in OPTIONAL_STEPS
+                     if s in options.steps and not (options.quick and s in NOT_IN_QUICK))
+    for step in STEPS + optional:
         if step not in options.steps:
             outcomes[step] = StepOutcome(step, "skipped", 0.0)
             continue

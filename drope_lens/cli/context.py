@@ -1,0 +1,53 @@
+"""``drope-lens context``: the context-length experiment (passkey, PPL, sinks, BOS, massive vs length)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args
+
+HELP = "context-length experiment: passkey by depth, perplexity, sink rate, BOS ratio, massive Q/K vs length"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("context", help=HELP, description=HELP + ". Seeded; both models of the pair.")
+    add_model_args(p)
+    p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096],
+                   help="input lengths in tokens, BOS included (default: 512 1024 2048 4096)")
+    p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9],
+                   help="passkey needle depths in [0, 1] (default: 0.1 0.5 0.9)")
+    p.add_argument("--n-per-depth", type=int, default=2, help="passkey prompts per depth and length (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tau", type=float, default=0.3, help="sink-rate threshold (>=)")
+    p.add_argument("--threshold", type=float, default=5.0, help="massive-value lambda")
+    p.add_argument("--batch-size", type=int, default=4, help="passkey prompts decoded together")
+    p.add_argument("--beyond-context", action="store_true",
+                   help="allow lengths above the models' n_ctx (their training context)")
+    p.add_argument("--figure", metavar="PNG", help="save the metric-vs-length figure here")
+    add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from drope_lens.analysis.context import check_lengths, pair_context_experiment
+
+    check_lengths(args.lengths, args.depths, args.n_per_depth)  # before any model is loaded
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    pair = load_pair_from_args(args)
+    res = pair_context_experiment(pair, args.lengths, depths=args.depths, n_per_depth=args.n_per_depth,
+                                  seed=args.seed, tau=args.tau, threshold=args.threshold,
+                                  batch_size=args.batch_size, beyond_context=args.beyond_context,
+                                  progress=sys.stderr.isatty(),
+                                  log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(res.summary())
+    if args.figure:
+        from drope_lens.views.context_figure import plot_context
+        from drope_lens.views.figures import save_figure
+
+        d = res.to_dict()
+        save_figure(plot_context({d["rope"]["model"]: d["rope"], d["drope"]["model"]: d["drope"]}), args.figure)
+        print(f"wrote {args.figure}", file=sys.stderr)
+    emit_json(args, res.to_dict())
+    return 0

@@ -1,0 +1,195 @@
+"""Fast attention: ``scaled_dot_product_attention`` for layers whose pattern nobody reads.
+
+TransformerLens materialises fp32 scores and a ``[batch, head, T, T]`` pattern in every layer so
+``hook_attn_scores``/``hook_pattern`` can fire. When neither hook point of a layer has a hook
+attached *at call time* (hooks added by the user, by ``run_with_cache``/``names_filter`` or by a
+drope_lens analysis all count), drope_lens computes that layer with
+:func:`torch.nn.functional.scaled_dot_product_attention` instead (flash / memory-efficient kernels
+where the device has them). Everything else is unchanged: ``hook_q/k/v``, ``hook_rot_q/k``,
+``hook_z`` and ``hook_attn_out`` fire with the same values; GQA, right/left padding
+(``attention_mask``), KV-cache decoding, NoPE's identity rotation, DroPE's q/k norms and
+``softmax_scale`` (``attn_scale``) are honoured; with ``cfg.fp32_attention`` q/k/v are upcast to
+float32 for the kernel and ``z`` is cast back to the value dtype (as the explicit path casts the
+pattern). Non-finite q/k/z raise :class:`~drope_lens.errors.NonFiniteError` naming the layer.
+
+Switch it off with ``model.cfg.fast_attention = False`` or, temporarily, with
+:func:`explicit_attention`. Configurations the fast path does not cover (ALiBi, soft-capping,
+attention sinks, local attention, 4-bit weights, ``use_attn_result``, additive masks …) always take
+the explicit path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from typing import Iterator, Optional, Union
+
+import einops
+import torch
+import torch.nn.functional as F
+from transformer_lens import HookedTransformer
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.utilities.activation_functions import softcap_enabled
+
+from drope_lens.errors import NonFiniteError
+
+_FAST = "_drope_lens_fast_attention"
+
+
+def _hooked(hp: HookPoint) -> bool:
+    """Whether anything observes this hook point (TransformerLens handles or raw torch hooks)."""
+    return bool(
+        hp.fwd_hooks or hp.bwd_hooks or hp._forward_hooks or hp._forward_pre_hooks
+        or hp._backward_hooks or getattr(hp, "_backward_pre_hooks", None)
+    )
+
+
+def fast_path_applies(attn: torch.nn.Module) -> bool:
+    """Whether ``attn`` would use the fast path on its next call (flag, config and hooks)."""
+    cfg = attn.cfg
+    if not getattr(cfg, "fast_attention", True):
+        return False
+    if _hooked(attn.hook_attn_scores) or _hooked(attn.hook_pattern):
+        return False
+    if getattr(attn, "_attention_dir_override", None) or cfg.attention_dir != "causal":
+        return False
+    if (
+        cfg.positional_embedding_type != "rotary" or cfg.load_in_4bit or cfg.use_attn_result
+        or cfg.use_attention_sinks or cfg.use_logn_attn or cfg.clip_qkv is not None
+        or softcap_enabled(cfg.attn_scores_soft_cap)
+        or getattr(attn, "attn_type", "global") != "global"
+        or cfg.original_architecture in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+    ):
+        return False
+    return True
+
+
+def _raise_non_finite(attn, q: torch.Tensor, k: torch.Tensor, z: torch.Tensor) -> None:
+    qk_bad = not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(k).all()))
+    n_nan = int(torch.isnan(z).sum())
+    n_inf = int(torch.isinf(z).sum())
+    where = "q/k themselves (see hook_q/hook_k)" if qk_bad else "the attention (q·k or softmax)"
+    raise NonFiniteError(
+        f"Layer {attn.layer_id}: attention output contains {n_nan} NaN and {n_inf} inf values, "
+        f"coming from {where}. Model dtype {attn.cfg.dtype}, fp32_attention="
+        f"{attn.cfg.fp32_attention}. Load the model in float32 or bfloat16 (fp16 overflows on "
+        "DroPE's large Q/K), keep fp32_attention=True, and check any hook you added."
+    )
+
+
+def _sdpa_z(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int,
+            attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """``z [batch, q_pos, head, d_head]`` = softmax(q·k / attn_scale + causal/pad mask) · v."""
+    cfg = attn.cfg
+    out_dtype = v.dtype
+    if cfg.fp32_attention:
+        q, k, v = q.float(), k.float(), v.float()
+    else:  # the explicit path's pattern is cast to v's dtype; give the kernel one dtype
+        q, k = q.to(v.dtype), k.to(v.dtype)
+    if k.shape[2] != q.shape[2]:  # GQA: KV head g serves query heads g*rep … (g+1)*rep-1
+        rep = q.shape[2] // k.shape[2]
+        k = torch.repeat_interleave(k, dim=2, repeats=rep)
+        v = torch.repeat_interleave(v, dim=2, repeats=rep)
+    q_len, k_len = q.shape[1], k.shape[1]
+    if q_len + offset != k_len:
+        raise ValueError(f"query length {q_len} + cache offset {offset} != key length {k_len}")
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, pos, d_head]
+    scale = 1.0 / float(attn.attn_scale)
+    dead = None
+    if attention_mask is None and offset == 0:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
+    else:
+        mask = attn._make_causal_mask(q_len, k_len, offset, q.device)  # [1, 1, q, k]
+        if attention_mask is not None:
+            mask = mask & attention_mask.to(q.device).bool()[:, None, None, :]
+            dead = ~mask.any(-1)  # [batch, 1, q]: rows with no key (left-padding pads)
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
+    if dead is not None and bool(dead.any()):  # the explicit path zeroes these rows' NaN pattern
+        out = out.masked_fill(dead[..., None], 0.0)
+    z = out.transpose(1, 2)
+    if cfg.check_finite:
+        total = q.sum() + k.sum() + z.sum()
+        if not bool(torch.isfinite(total)):
+            if not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(k).all())
+                    and bool(torch.isfinite(z).all())):
+                _raise_non_finite(attn, q, k, z)
+    return z.to(out_dtype)
+
+
+def _forward(
+    self,
+    query_input: torch.Tensor,
+    key_input: torch.Tensor,
+    value_input: torch.Tensor,
+    past_kv_cache_entry=None,
+    additive_attention_mask: Optional[torch.Tensor] = None,
+    attention_mask: Optional[torch.Tensor] = None,
+    position_bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    if additive_attention_mask is not None or position_bias is not None or not fast_path_applies(self):
+        return type(self).forward(self, query_input, key_input, value_input, past_kv_cache_entry,
+                                  additive_attention_mask, attention_mask, position_bias)
+    q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)
+    if past_kv_cache_entry is not None:
+        offset = past_kv_cache_entry.past_keys.size(1)
+        k, v = past_kv_cache_entry.append(k, v)
+    else:
+        offset = 0
+    q = self.hook_rot_q(self.apply_rotary(q, offset, attention_mask))
+    k = self.hook_rot_k(self.apply_rotary(k, 0, attention_mask))  # keys are cached so no offset
+    z = self.hook_z(_sdpa_z(self, q, k, v, offset, attention_mask))
+    # output projection exactly as TransformerLens's explicit path (use_attn_result off)
+    w = einops.rearrange(self.W_O, "head_index d_head d_model -> d_model (head_index d_head)").contiguous()
+    b_O = self.b_O
+    if w.device != z.device:
+        w, b_O = w.to(z.device), b_O.to(z.device)
+    if z.dtype != w.dtype:
+        z = z.to(w.dtype)
+    z = z.reshape(z.shape[0], z.shape[1], self.cfg.d_head * self.cfg.n_heads)
+    if z.device.type == "mps":
+        return torch.matmul(z, w.T) + b_O
+    return F.linear(z, w, b_O)
+
+
+def install_fast_attention(model: HookedTransformer) -> HookedTransformer:
+    """Give every attention module the fast path (idempotent; obeys ``cfg.fast_attention``)."""
+    if not hasattr(model.cfg, "fast_attention"):
+        model.cfg.fast_attention = True
+    for block in model.blocks:
+        attn = block.attn
+        if getattr(attn, _FAST, False):
+            continue
+        attn.forward = types.MethodType(_forward, attn)
+        object.__setattr__(attn, _FAST, True)
+    return model
+
+
+@contextlib.contextmanager
+def explicit_attention(*models: Union[HookedTransformer, object]) -> Iterator[None]:
+    """Use TransformerLens's explicit attention (scores, softmax, pattern) inside the block.
+
+    Accepts models or a :class:`~drope_lens.loading.pair.ModelPair`. The previous setting of
+    ``cfg.fast_attention`` is restored on exit, also after an exception::
+
+        with dl.explicit_attention(model):
+            logits = model(tokens)   # every layer materialises its pattern
+    """
+    flat = []
+    for m in models:
+        flat.extend([m.rope, m.drope] if hasattr(m, "rope") and hasattr(m, "drope") else [m])
+    saved = [(m.cfg, getattr(m.cfg, "fast_attention", True)) for m in flat]
+    try:
+        for cfg, _ in saved:
+            cfg.fast_attention = False
+        yield
+    finally:
+        for cfg, value in saved:
+            cfg.fast_attention = value
+
+
+def attention_path(model: HookedTransformer) -> str:
+    """``"fast (sdpa when no pattern/scores hook)"`` or ``"explicit"`` — for labels and reports."""
+    installed = all(getattr(b.attn, _FAST, False) for b in model.blocks)
+    if installed and getattr(model.cfg, "fast_attention", True):
+        return "fast (sdpa when no pattern/scores hook)"
+    return "explicit"

@@ -1,0 +1,44 @@
+"""The long-context benchmark cases: the plain-HF Jin-style peer computes what drope_lens computes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY_TEXTS, tiny_llama
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import long_cases  # noqa: E402
+
+from drope_lens.analysis.perplexity import perplexity  # noqa: E402
+from drope_lens.hooks.channels import qk_mean_replacement_hooks  # noqa: E402
+from drope_lens.loading import encode, hooked_from_hf  # noqa: E402
+
+
+def test_jin_peer_equals_drope_lens_mean_replacement(tokenizer):
+    hf = tiny_llama(seed=2).eval()
+    tl = hooked_from_hf(tiny_llama(seed=2), tokenizer)
+    batch = encode(tokenizer, list(TINY_TEXTS))
+    rows = [batch.tokens[i, : int(n)] for i, n in enumerate(batch.lengths)]
+    ours = perplexity(tl, batch, fwd_hooks=qk_mean_replacement_hooks(tl)).ppl
+    plain = perplexity(tl, batch).ppl
+    peer = long_cases.jin_style_hf(hf, rows)
+    assert peer == pytest.approx(ours, rel=1e-4)
+    assert abs(peer - plain) > 1e-3 * plain  # the replacement does change the model
+
+
+def test_long_cases_are_registered_and_render():
+    from benchmarks.cases import CASE_BUILDERS
+
+    assert set(long_cases.LONG_CASES) <= set(CASE_BUILDERS)
+    rec = {"case": "long_phase", "status": "ok", "workload": "1 × 4096 tok",
+           "sections": {"drope_lens": {"time_s": 2.0, "peak_delta_mb": 100.0},
+                        "hf_forward_nologits": {"time_s": 1.0, "peak_delta_mb": 80.0}}}
+    table = long_cases.render_long_table([rec, {"case": "detection"}])
+    assert "| long_phase | 1 × 4096 tok | drope_lens | 2 | 100 | 2.00× |" in table
+    assert "detection" not in table.split("\n", 2)[2]
