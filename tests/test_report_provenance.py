@@ -224,3 +224,29 @@ def test_library_bugs_are_not_disguised_and_debug_shows_tracebacks(monkeypatch, 
     monkeypatch.undo()
     with pytest.raises(Exception, match="--threshold"):
         main(["detect", "--threshold", "-1", "--debug"])
+
+
+def test_massive_masks_follow_threshold_and_scope_changes():
+    from drope_lens.analysis.massive import MassiveValues, massive_mask
+
+    g = torch.Generator().manual_seed(0)
+    sumsq = {"q": torch.rand(2, 2, 2, 4, generator=g) ** 6 * 100}
+    mv = MassiveValues(sumsq=sumsq, lengths=torch.tensor([5, 5]), threshold=5.0, scope="layer", rotary="pre",
+                       model_label="m", position_encoding="rope")
+    first = mv.masks("q").clone()
+    mv.threshold = 1.5
+    assert torch.equal(mv.masks("q"), massive_mask(sumsq["q"].sqrt(), 1.5, "layer"))
+    assert not torch.equal(mv.masks("q"), first)
+    mv.threshold, mv.scope = 5.0, "head"
+    assert torch.equal(mv.masks("q"), massive_mask(sumsq["q"].sqrt(), 5.0, "head"))
+    mv.scope = "layer"
+    assert torch.equal(mv.masks("q"), first)
+
+
+def test_gini_on_input_device_and_known_values():
+    from drope_lens.analysis.massive import gini
+
+    assert float(gini(torch.tensor([1.0, 1.0, 1.0, 1.0]))) == pytest.approx(0.0)
+    assert float(gini(torch.tensor([0.0, 0.0, 0.0, 4.0]))) == pytest.approx(0.75)
+    x = torch.rand(3, 10)
+    assert gini(x).device == x.device
