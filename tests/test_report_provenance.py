@@ -203,6 +203,10 @@ def _cli(*argv):
     (["phase", "--tau", "1.5"], "--tau must be in [0, 1]"),
     (["report", "--steps", "massive,vibes", "--out", "{tmp}"], "Unknown report steps"),
     (["report", "--rope", "/nonexistent/model", "--out", "{tmp}"], "no such folder"),
+    (["detect", "--json", "/nonexistent_dir/x.json"], "does not exist or is not writable"),
+    (["detect", "--texts-file", "/nonexistent/texts.txt"], "--texts-file /nonexistent/texts.txt: no such file"),
+    (["detect", "--text", ""], "--text is empty"),
+    (["report", "--n-seeds", "1", "--out", "{tmp}"], "--n-seeds must be >= 2"),
 ])
 def test_cli_refuses_before_loading_anything(argv, message, tmp_path):
     argv = [a.replace("{tmp}", str(tmp_path / "o")) for a in argv]
