@@ -24,3 +24,11 @@ class NonFiniteError(DropeLensError):
 
     drope_lens never replaces such values by zeros; it stops and says where they came from.
     """
+
+
+class DropeLensInputError(DropeLensError, ValueError):
+    """A bad input from the user (option value, path, file contents). The CLI prints it as one line."""
+
+
+class ReportLockedError(DropeLensInputError):
+    """Another live process is writing the same results folder."""

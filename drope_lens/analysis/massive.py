@@ -59,9 +59,10 @@ def massive_mask(
 
 def gini(x: Float[torch.Tensor, "... n"]) -> Float[torch.Tensor, "..."]:
     """Gini coefficient of non-negative values along the last axis (0 = equal, -> 1 = concentrated)."""
-    x = x.double().sort(dim=-1).values
+    wide = torch.float32 if x.device.type == "mps" else torch.float64  # no float64 on MPS
+    x = x.to(wide).sort(dim=-1).values
     n = x.shape[-1]
-    i = torch.arange(1, n + 1, dtype=x.dtype)
+    i = torch.arange(1, n + 1, dtype=x.dtype, device=x.device)
     total = x.sum(-1)
     g = (2 * (i * x).sum(-1)) / (n * total) - (n + 1) / n
     return torch.where(total > 0, g, torch.zeros_like(g))
@@ -111,7 +112,8 @@ class MassiveValues:
 
     def masks(self, tensor: str) -> Bool[torch.Tensor, "text layer head d_head"]:
         """Massive channels per text."""
-        key = ("mask", tensor)
+        # keyed by everything the mask depends on, so changing threshold/scope never returns a stale mask
+        key = ("mask", tensor, float(self.threshold), self.scope, id(self.sumsq[tensor]))
         if key not in self._cache:
             self._cache[key] = massive_mask(self.norms(tensor), self.threshold, self.scope)
         return self._cache[key]

@@ -32,15 +32,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_input_error(exc: BaseException) -> bool:
+    """drope_lens's own input errors: a DropeLensError, a FileNotFoundError/PermissionError on a
+    path the user gave, or a ValueError raised by drope_lens code itself (not by a library it calls)."""
+    if isinstance(exc, (DropeLensError, FileNotFoundError, PermissionError)):
+        return True
+    if isinstance(exc, ValueError):
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        return tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("drope_lens")
+    return False
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for every error")
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
+        from drope_lens.cli.common import validate_common_args
+
+        validate_common_args(args)
         return int(args.func(args) or 0)
-    except (DropeLensError, FileNotFoundError, ValueError) as exc:
+    except Exception as exc:
+        if debug or not _is_input_error(exc):
+            raise
         print(f"drope-lens {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
 def load_pair_from_args(args: argparse.Namespace):
     from drope_lens.loading import load_pair
 
+    check_model_args(args)
     print(f"Loading {'embedded default pair' if args.rope is None else args.rope} ...", file=sys.stderr)
     return load_pair(args.rope, args.drope, dtype=args.dtype, device=args.device)
 
@@ -67,3 +68,91 @@ def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "to_dict"):
         return obj.to_dict()
     return str(obj)
+
+
+def check_out_dir(path: "str | Path") -> Path:
+    """Refuse, before any model is loaded, an output folder that is a file or cannot be written."""
+    import os
+
+    from drope_lens.errors import DropeLensInputError
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise DropeLensInputError(f"--out {out} is an existing file, not a folder; choose a folder path")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DropeLensInputError(f"--out {out}: {probe} is a file, so the folder cannot be created")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise DropeLensInputError(f"--out {out}: {probe} is not writable; choose a folder you can write to")
+    return out
+
+
+def check_model_path(value: "str | None", flag: str) -> None:
+    """A --rope/--drope value that looks like a local path must be a readable folder."""
+    import os
+
+    from drope_lens.errors import DropeLensInputError
+
+    if value is None:
+        return
+    p = Path(value).expanduser()
+    looks_local = p.exists() or value.startswith((".", "/", "~")) or value.count("/") > 1
+    if not looks_local:
+        return
+    if not p.exists():
+        raise DropeLensInputError(f"{flag} {value}: no such folder (give a local model folder or a hub id)")
+    if not p.is_dir():
+        raise DropeLensInputError(f"{flag} {value}: not a folder (a model folder holds config.json and weights)")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise DropeLensInputError(f"{flag} {value}: folder is not readable")
+    if not (p / "config.json").exists():
+        raise DropeLensInputError(f"{flag} {value}: no config.json in this folder; is it a model folder?")
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    check_model_path(getattr(args, "rope", None), "--rope")
+    check_model_path(getattr(args, "drope", None), "--drope")
+
+
+def validate_common_args(args: argparse.Namespace) -> None:
+    """Check every numeric/path option a subcommand has, before anything is loaded."""
+    import math
+    import os
+
+    from drope_lens.errors import DropeLensInputError
+
+    def num(name: str):
+        v = getattr(args, name, None)
+        return v
+
+    v = num("threshold")
+    if v is not None and not (math.isfinite(v) and v > 0):
+        raise DropeLensInputError(f"--threshold must be a finite number > 0 (λ), got {v}")
+    v = num("tau")
+    if v is not None and not (math.isfinite(v) and 0.0 <= v <= 1.0):
+        raise DropeLensInputError(f"--tau must be in [0, 1], got {v}")
+    for name, lo in (("max_length", 2), ("batch_size", 1), ("n_texts", 1), ("n_seeds", 2), ("task_n", 1),
+                     ("top", 1), ("context_length", 2)):
+        v = num(name)
+        if isinstance(v, int) and not isinstance(v, bool) and v < lo:
+            raise DropeLensInputError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
+    lens = getattr(args, "passkey_lengths", None)
+    if lens is not None and (not lens or min(lens) < 1):
+        raise DropeLensInputError(f"--passkey-lengths must be positive token counts, got {lens}")
+    for name in ("texts_file", "identify_file"):
+        v = getattr(args, name, None)
+        if v and not Path(v).is_file():
+            raise DropeLensInputError(f"--{name.replace('_', '-')} {v}: no such file")
+    if getattr(args, "text", None) is not None and any(not t.strip() for t in args.text):
+        raise DropeLensInputError("--text is empty; give a non-empty text")
+    j = getattr(args, "json_out", None)
+    if j and j != "-":
+        p = Path(j)
+        if p.is_dir():
+            raise DropeLensInputError(f"--json {j} is a folder; give a file path")
+        parent = p.parent if str(p.parent) else Path(".")
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise DropeLensInputError(f"--json {j}: folder {parent} does not exist or is not writable")
+    check_model_args(args)

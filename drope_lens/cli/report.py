@@ -50,25 +50,39 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="texts per forward pass (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed for datasets and controls")
     p.add_argument("--force", action="store_true", help="discard saved parts and rerun everything")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="exit 0 even if a figure or view could not be written (it is listed in report.md)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from drope_lens.cli.common import check_model_args, check_out_dir
     from drope_lens.loading import load_pair
     from drope_lens.report.runner import ReportOptions, run_report
+    from drope_lens.report.store import ResultsLock
 
     options = ReportOptions(
         quick=args.quick, seed=args.seed, threshold=args.threshold, n_seeds=args.n_seeds,
         task_n=args.task_n, steps=tuple(s.strip() for s in args.steps.split(",") if s.strip()),
         passkey_lengths=tuple(args.passkey_lengths), max_length=args.max_length, batch_size=args.batch_size,
     )
-    out = Path(args.out)
+    out = check_out_dir(args.out)
+    check_model_args(args)
+    # refuse a concurrent writer before spending time loading models (run_report locks again itself)
+    lock = ResultsLock(out, say=lambda m: print(m, file=sys.stderr))
+    lock.acquire()
+    lock.release()
     if args.force and (out / "parts").exists():
         shutil.rmtree(out / "parts")
     t0 = time.perf_counter()
     pair = load_pair(args.rope, args.drope, dtype=args.dtype, device=args.device)
     print(f"pair: {pair.labels['rope']}  vs  {pair.labels['drope']}", file=sys.stderr)
-    run_report(pair, out, options)
+    results = run_report(pair, out, options)
     print(f"\nreport written to {out / 'report.md'} in {time.perf_counter() - t0:.0f} s "
           f"(results.json, figures/, views/ beside it)")
+    missing = results["files"].get("missing") or []
+    if missing and not args.allow_partial:
+        print(f"drope-lens report: error: {len(missing)} output group(s) not written (listed in report.md); "
+              "rerun with --allow-partial to accept a partial report", file=sys.stderr)
+        return 1
     return 0

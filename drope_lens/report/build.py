@@ -47,25 +47,27 @@ def build_outputs(pair, out: Path, options, outcomes: dict) -> dict:
         "study": study_numbers() if is_study_pair(pair) else None,
         "files": {"report": "report.md", "figures": [], "views": []},
     }
-    try:
-        results["files"]["figures"] = write_figures(pair, out / "figures", experiments)
-    except Exception as exc:  # figures must never lose the numbers
-        print(f"[figures] failed: {exc}", file=sys.stderr)
-    try:
-        results["files"]["views"] = write_views(pair, out / "views", experiments)
-    except Exception as exc:
-        print(f"[views] failed: {exc}", file=sys.stderr)
+    missing: list[str] = []
+    for kind, writer in (("figures", write_figures), ("views", write_views)):
+        written: list[str] = results["files"][kind]
+        try:  # a failing figure must never lose the numbers, nor go unnoticed
+            writer(pair, out / kind, experiments, written)
+        except Exception as exc:
+            why = f"{kind} after {len(written)} written not written: {type(exc).__name__}: {exc}"
+            missing.append(why)
+            print(f"[{kind}] {why}", file=sys.stderr)
+    results["files"]["missing"] = missing
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "report.md", render_report(results))
     return results
 
 
 # ----------------------------------------------------------------------------------------------
-def write_figures(pair, fig_dir: Path, exp: dict) -> list[str]:
+def write_figures(pair, fig_dir: Path, exp: dict, written: Optional[list] = None) -> list[str]:
     from drope_lens.views import figures as F
 
     lab = {role: F.short_label(pair.labels[role]) for role in ("rope", "drope")}
-    written: list[str] = []
+    written = [] if written is None else written
 
     def save(fig, name: str) -> None:
         F.save_figure(fig, fig_dir / name)
@@ -127,13 +129,13 @@ def _std(xs) -> float:
     return (sum((x - mu) ** 2 for x in xs) / len(xs)) ** 0.5
 
 
-def write_views(pair, view_dir: Path, exp: dict) -> list[str]:
+def write_views(pair, view_dir: Path, exp: dict, written: Optional[list] = None) -> list[str]:
     from drope_lens.views import (
         massive_channel_map, pair_attention_view, save_html, sink_score_map, to_offline_html,
     )
     from drope_lens.data.texts import builtin_texts
 
-    written: list[str] = []
+    written = [] if written is None else written
     text = builtin_texts("factual")[0]
     words = text.split()
     text = " ".join(words[:40])

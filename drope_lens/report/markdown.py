@@ -285,4 +285,5 @@ def _files(results: dict, exp: dict) -> str:
     lines = ["## Files", "", "* `results.json` — every number above, with provenance"]
     lines += [f"* `{p}`" for p in f.get("figures", [])]
     lines += [f"* `{p}` (opens offline)" for p in f.get("views", [])]
+    lines += [f"* **NOT WRITTEN** — {m}" for m in f.get("missing", [])]
     return "\n".join(lines)

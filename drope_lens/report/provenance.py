@@ -60,3 +60,59 @@ def provenance(pair: Any, options: dict) -> dict:
         "models": {role: model_provenance(m, pair.labels[role]) for role, m in pair.items()},
         "options": options,
     }
+
+
+def weights_hash(model: Any, sample: int = 64) -> str:
+    """sha256 (first 16 hex) of every parameter and buffer's name, shape, dtype and a fixed sample of
+    its values (``sample`` evenly spaced elements plus the sum), so changing any weight changes it in
+    practice while staying cheap for a 7B model (a few reads per tensor, no full copy)."""
+    import torch
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        tensors = list(model.named_parameters()) + list(model.named_buffers())
+        for name, t in sorted(tensors, key=lambda kv: kv[0]):
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+            if t.numel() == 0:
+                continue
+            flat = t.detach().reshape(-1)
+            idx = torch.linspace(0, flat.numel() - 1, min(sample, flat.numel()), device=flat.device).long()
+            vals = flat[idx].float()
+            total = flat.float().sum() if flat.is_floating_point() else flat.sum().float()
+            h.update(vals.cpu().numpy().tobytes())
+            h.update(total.cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+#: The model fields whose change invalidates a saved report part.
+IDENTITY_FIELDS = ("model_name", "source", "config_hash", "weights_hash", "dtype", "device",
+                   "position_encoding", "nope_origin", "drope_attention_type", "fp32_attention")
+
+
+def model_identity(model: Any) -> dict:
+    """What identifies the numbers a model produces (see :data:`IDENTITY_FIELDS`)."""
+    prov = model_provenance(model, "")
+    prov["weights_hash"] = weights_hash(model)
+    return {k: (None if prov.get(k) is None else str(prov.get(k))) for k in IDENTITY_FIELDS}
+
+
+def pair_identity(pair: Any) -> dict:
+    """The identity of both models of a pair and the drope_lens version."""
+    from drope_lens import __version__
+
+    return {"drope_lens": __version__,
+            "models": {role: model_identity(m) for role, m in pair.items()}}
+
+
+def describe_difference(saved: dict, current: dict) -> str:
+    """A human line such as ``drope dtype torch.float32 → torch.bfloat16``; '' when equal."""
+    diffs = []
+    if saved.get("drope_lens") != current.get("drope_lens"):
+        diffs.append(f"drope_lens version {saved.get('drope_lens')} → {current.get('drope_lens')}")
+    sm, cm = saved.get("models") or {}, current.get("models") or {}
+    for role in sorted(set(sm) | set(cm)):
+        a, b = sm.get(role) or {}, cm.get(role) or {}
+        for k in IDENTITY_FIELDS:
+            if a.get(k) != b.get(k):
+                diffs.append(f"{role} {k} {a.get(k)} → {b.get(k)}")
+    return "; ".join(diffs)

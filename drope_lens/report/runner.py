@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from drope_lens.errors import DropeLensInputError
 from drope_lens.report.store import PartStore
 
 STEPS = ("massive", "phase", "disruption", "tasks")  # run order: later steps reuse earlier ones
@@ -43,16 +44,16 @@ class ReportOptions:
     def __post_init__(self) -> None:
         unknown = [s for s in self.steps if s not in STEPS + OPTIONAL_STEPS]
         if unknown:
-            raise ValueError(f"Unknown report steps {unknown}; choose from {list(STEPS + OPTIONAL_STEPS)}.")
+            raise DropeLensInputError(f"Unknown report steps {unknown}; choose from {list(STEPS + OPTIONAL_STEPS)}.")
         if self.threshold <= 0:
-            raise ValueError(f"threshold must be > 0, got {self.threshold}")
+            raise DropeLensInputError(f"threshold must be > 0, got {self.threshold}")
         for name in ("n_seeds", "max_length", "batch_size"):
             if getattr(self, name) < (2 if name == "n_seeds" else 1):
-                raise ValueError(f"{name} must be >= {2 if name == 'n_seeds' else 1}, got {getattr(self, name)}")
+                raise DropeLensInputError(f"{name} must be >= {2 if name == 'n_seeds' else 1}, got {getattr(self, name)}")
         if self.task_n is not None and self.task_n < 1:
-            raise ValueError(f"task_n must be >= 1, got {self.task_n}")
+            raise DropeLensInputError(f"task_n must be >= 1, got {self.task_n}")
         if not self.passkey_lengths or min(self.passkey_lengths) < 1:
-            raise ValueError(f"passkey_lengths must be positive token counts, got {list(self.passkey_lengths)}")
+            raise DropeLensInputError(f"passkey_lengths must be positive token counts, got {list(self.passkey_lengths)}")
         if self.quick:
             self.n_seeds = min(self.n_seeds, 3)
             self.max_length = min(self.max_length, 128)
@@ -98,6 +99,15 @@ def run_report(pair, out_dir, options: Optional[ReportOptions] = None, *,
     options = options or ReportOptions()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from drope_lens.report.provenance import pair_identity
+    from drope_lens.report.store import ResultsLock
+
+    with ResultsLock(out, say=_say):
+        return _run_locked(pair, out, options, progress, pair_identity(pair), step_impl, build_outputs)
+
+
+def _run_locked(pair, out: Path, options: "ReportOptions", progress: bool, identity: dict,
+                step_impl, build_outputs) -> dict:
     store = PartStore(out)
     outcomes: dict[str, StepOutcome] = {}
     context: dict = {}
@@ -108,7 +118,9 @@ def run_report(pair, out_dir, options: Optional[ReportOptions] = None, *,
             outcomes[step] = StepOutcome(step, "skipped", 0.0)
             continue
         opts = step_options = options.step_options(step)
-        saved = store.load(step, opts)
+        saved, why = store.check(step, opts, identity)
+        if why:
+            _say(f"[{step}] not reused: {why}")
         if saved is not None:
             _say(f"[{step}] already done, reusing {store.path(step)}")
             outcomes[step] = StepOutcome(step, "resumed", store.seconds(step) or 0.0, saved)
@@ -119,7 +131,7 @@ def run_report(pair, out_dir, options: Optional[ReportOptions] = None, *,
         t0 = time.perf_counter()
         result = fn(pair, options, context, progress=progress)
         seconds = time.perf_counter() - t0
-        store.save(step, step_options, result, seconds)
+        store.save(step, step_options, result, seconds, identity)
         _say(f"[{step}] done in {seconds:.1f} s")
         outcomes[step] = StepOutcome(step, "ran", seconds, result)
         context[step] = result
