@@ -117,3 +117,143 @@ def test_to_nope_inplace_equals_copy_and_shares_memory(tmp_path):
         assert torch.equal(model(ids), copy(ids))
     with pytest.raises(ValueError, match="already"):
         to_nope(model, inplace=True)
+
+
+# --------------------------------------------------------------------------- offloaded pairs
+
+@pytest.fixture(scope="module")
+def planted_models(tokenizer):
+    from helpers import plant_channels
+
+    from drope_lens.loading import hooked_from_hf
+
+    rope = hooked_from_hf(tiny_llama(seed=11), tokenizer)
+    plant_channels(rope, {"q": [(0, 1, 3)], "k": [(1, 1, 2)]}, scale=30.0)
+    return rope, to_nope(rope)
+
+
+def _report_numbers(pair, tmp_path, steps):
+    from drope_lens.report.runner import ReportOptions, run_report
+
+    opts = ReportOptions(quick=True, n_seeds=3, max_length=40, steps=steps)
+    results = run_report(pair, tmp_path, opts, progress=False)
+    assert all(results["steps"][s]["status"] == "ran" for s in steps)
+    return results["experiments"]
+
+
+def test_offloaded_pair_same_numbers_and_one_model_on_device(planted_models, tmp_path, monkeypatch):
+    """CPU-only emulation: device 'cpu:0' vs offload 'cpu' are distinct names for one memory, so the
+    test records where each model was *sent* and checks, at every forward pass, that the running
+    model was last sent to the device and the idle one to the offload device."""
+    from drope_lens.loading import ModelPair
+    from drope_lens.loading import devices
+
+    rope, nope = planted_models
+    steps = ("massive", "phase", "disruption", "tasks")
+    resident = _report_numbers(ModelPair(rope, nope), tmp_path / "a", steps)
+
+    where: dict[int, str] = {id(rope): "cpu", id(nope): "cpu"}  # both built on the offload device
+    real_place = devices.place
+
+    def spy(model, device=None):
+        where[id(model)] = str(device)
+        return real_place(model, device)
+
+    monkeypatch.setattr(devices, "place", spy)
+    pair = ModelPair(rope, nope, device="cpu:0", offload="cpu")
+    runs = []
+
+    def check(role):
+        me, other = (rope, nope) if role == "rope" else (nope, rope)
+
+        def pre(module, args, kwargs):
+            assert where.get(id(me)) == "cpu:0", f"{role} ran but was not sent to the device"
+            assert where.get(id(other)) == "cpu", "the idle model was not sent to the offload device"
+            runs.append(role)
+        return me.register_forward_pre_hook(pre, with_kwargs=True)
+
+    handles = [check("rope"), check("drope")]
+    try:
+        offloaded = _report_numbers(pair, tmp_path / "b", steps)
+    finally:
+        for h in handles:
+            h.remove()
+    assert not _diff(offloaded, resident), _diff(offloaded, resident)[:8]
+    assert {"rope", "drope"} <= set(runs)
+    # each model moves onto the device at most once per step, never twice in a row
+    ons = [m for m in pair.moves if m[1] == "cpu:0"]
+    assert len(ons) <= 2 * (len(steps) + 2), pair.moves  # + the report's attention views
+    assert all(a != b for a, b in zip(ons, ons[1:])), pair.moves
+    # after the run exactly one model is on the device, the other was sent off
+    assert sorted(where[id(m)] for m in (rope, nope)) == ["cpu", "cpu:0"]
+
+
+def test_on_device_context_and_bad_role(planted_models):
+    from drope_lens.loading import ModelPair
+
+    rope, nope = planted_models
+    pair = ModelPair(rope, nope, device="cpu", offload="cpu")
+    with pair.on_device("drope") as m:
+        assert m is nope and pair._resident == "drope"
+    n = len(pair.moves)
+    with pair.on_device("drope"):
+        assert len(pair.moves) == n  # already there: no move
+    assert [r for r, _ in pair.items()] == ["rope", "drope"]
+    assert pair._resident == "drope" and pair.moves[-1] == ("drope", "cpu")
+    assert [r for r, _ in ModelPair(rope, nope).items()] == ["rope", "drope"]
+    with pytest.raises(ValueError, match="role"):
+        pair.activate("nope")
+
+
+def test_load_pair_offload_and_bad_names_fail_before_loading(tmp_path):
+    path = _save(tiny_llama(seed=2), tmp_path / "m")
+    with pytest.raises(RuntimeError):
+        load_pair(str(path), offload="nowhere")
+    with pytest.raises(ValueError, match="n_devices"):
+        load_pair(str(path), n_devices=0)
+    pair = load_pair(str(path), offload="cpu")
+    assert pair.offload == "cpu" and pair.device == "cpu"
+
+
+# --------------------------------------------------------------------------- split over devices
+
+def test_two_device_split_keeps_hooks_working(tmp_path, monkeypatch):
+    """TransformerLens-style emulation: n_devices=2 on CPU, with the block->device map spied on so
+    the loader's and forward pass's placement decisions are checked; activations still match."""
+    from transformer_lens.utilities import multi_gpu
+
+    from drope_lens.analysis.massive import detect_massive
+    from drope_lens.loading import lean as lean_mod
+
+    path = _save(tiny_llama(seed=8), tmp_path / "m")
+    one = load_hooked(path)
+    asked = []
+    real = multi_gpu.get_device_for_block_index
+
+    def fake(index, cfg, device=None):
+        asked.append(index)
+        return torch.device("cpu")  # two "devices" that are both the CPU
+
+    monkeypatch.setattr(lean_mod, "get_device_for_block_index", fake)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # TransformerLens's config check
+    two = load_hooked(path, n_devices=2)
+    assert two.cfg.n_devices == 2 and set(asked) == {0, 1}
+    texts = ["the cat saw the dog . the dog ran", "one two three four five six"]
+    a = detect_massive(one, texts, max_length=16, progress=False)
+    b = detect_massive(two, texts, max_length=16, progress=False)
+    assert a.to_dict() == b.to_dict()
+    assert real is multi_gpu.get_device_for_block_index
+
+
+def _diff(a, b, path=""):
+    """Paths where two JSON-like trees differ (for readable failures)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{path}.{k} missing" for k in set(a) ^ set(b)]
+        for k in set(a) & set(b):
+            if k in ("wall_s", "seconds", "wall_seconds"):  # timings, the only thing allowed to differ
+                continue
+            out += _diff(a[k], b[k], f"{path}.{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
+    return [] if a == b or (a != a and b != b) else [f"{path}: {str(a)[:60]} != {str(b)[:60]}"]

@@ -69,14 +69,12 @@ class ModelPair:
     def items(self, move: bool = True) -> Iterator[tuple[str, HookedTransformer]]:
         """``("rope", model), ("drope", model)``; each put on the device just before it is handed out.
 
-        Without offload: always rope then drope, nothing moves. With offload: the model already on
-        the device comes first (one move per step instead of two; results are keyed by role, so
-        the order does not change them). ``move=False`` only lists them (e.g. to read configs).
+        Always rope then drope (steps may pass facts from the RoPE model to its twin, so the order
+        is kept). Without offload nothing moves; with offload each model moves onto the device
+        once per loop, and the one already there is not moved again. ``move=False`` only lists
+        them (e.g. to read configs).
         """
-        roles = ["rope", "drope"]
-        if self.offload is not None and move and self._resident == "drope":
-            roles.reverse()
-        for role in roles:
+        for role in ("rope", "drope"):
             if move:
                 self.activate(role)
             yield role, getattr(self, role)
