@@ -83,6 +83,17 @@ def test_lean_equals_old_loader_drope(tmp_path, attention_type):
     _same_model(lean, old, _ids(19, hf.config.vocab_size))
 
 
+def test_lean_weights_do_not_alias_the_file(tmp_path):
+    path = _save(tiny_llama(seed=3), tmp_path / "m", torch.bfloat16)
+    model = load_hooked(path, dtype=torch.bfloat16)
+    ids = _ids(11, len(tiny_tokenizer()))
+    with torch.no_grad():
+        before = model(ids)
+    _save(tiny_llama(seed=9), tmp_path / "m", torch.bfloat16)  # overwrite the checkpoint
+    with torch.no_grad():
+        assert torch.equal(model(ids), before)
+
+
 def test_lean_refuses_incomplete_checkpoint(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -257,3 +268,39 @@ def _diff(a, b, path=""):
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
     return [] if a == b or (a != a and b != b) else [f"{path}: {str(a)[:60]} != {str(b)[:60]}"]
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+def test_memory_benchmark_tiny(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "mem.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "memory.py"), "--tiny", "--out", str(out)],
+                          capture_output=True, text=True, cwd=str(root), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["config"] for r in rows][:2] == ["load_hooked old", "load_hooked lean"]
+    for r in rows:
+        assert r["peak_rss"] >= r["imports_rss"] > 0 and r["model_bytes"] > 0
+    pair = {r["config"]: r["model_bytes"] for r in rows}
+    assert pair["load_pair lean"] == pair["load_pair old"] > pair["load_hooked lean"] == pair["load_hooked old"]
+
+
+@pytest.mark.slow
+def test_gpu_script_tiny_rehearsal(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, DROPE_GPU_TINY="1", DROPE_GPU_OUT=str(tmp_path), PYTHON=__import__("sys").executable)
+    proc = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh")], capture_output=True, text=True,
+                          cwd=str(root), env=env, timeout=1500)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "[2/2]" in proc.stdout
+    results = json.loads((tmp_path / "results-gpu.json").read_text())
+    assert results and (tmp_path / "results-gpu-memory.json").exists()

@@ -10,6 +10,7 @@ converted state dict and the HookedTransformer at once (~2.2x the model's bytes 
   on the CPU, never the model) and installed directly in the ``nn.Linear`` layout of
   :func:`~drope_lens.loading.layout.linear_layout` (the HF ``[out, in]`` weight *is* that layout,
   so no copy is made for it);
+* tied embeddings get two tensors of their own (like the old path), read twice from the file;
 * biases (TransformerLens has them, Llama does not) are zeros on the target device.
 
 Peak host memory is then the final model plus one tensor (and the imports). Values are the very
@@ -91,6 +92,25 @@ def _rules(cfg: DropeLensConfig, tied: bool) -> dict[str, tuple[str, Callable[[t
     return rules
 
 
+def _read_owned(file: Path, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One tensor, cast and moved, in memory of its own (never a view of the file's mapping).
+
+    The file is opened per tensor: safetensors memory-maps it, and the pages read stay resident
+    while it is open, which for a whole-file loop would add the checkpoint's size to the peak. A
+    tensor still backed by the mapping (same dtype, CPU) is copied, so the model does not change
+    if the file is overwritten and its memory shows as the process's own.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        raw = f.get_tensor(name)
+        out = raw.to(device=device, dtype=dtype)
+        if out.data_ptr() == raw.data_ptr():
+            out = out.clone()
+    del raw
+    return out
+
+
 def _set_param(model: nn.Module, name: str, value: torch.Tensor) -> None:
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name) if module_name else model
@@ -110,8 +130,6 @@ def lean_hooked(
     ``cfg.device`` / ``cfg.n_devices`` say where each block's parameters go. Raises ``RuntimeError``
     naming the tensor when the checkpoint lacks one or its shape does not fit the config.
     """
-    from safetensors import safe_open
-
     where = _index(folder)
     rules = _rules(cfg, tied)
     missing = sorted({hf for hf, _ in rules.values() if hf not in where})
@@ -131,33 +149,23 @@ def lean_hooked(
             device = _target_device(f"{mod_name}.{buf_name}", cfg)
             if buf.device != device:
                 module._buffers[buf_name] = buf.to(device)
-    handles: dict[Path, Any] = {}
-    try:
-        for name, param in list(model.named_parameters()):
-            device = _target_device(name, cfg)
-            if name not in rules:
-                if name.rsplit(".", 1)[-1].lstrip("_").startswith("b_"):
-                    _set_param(model, name, torch.zeros(param.shape, dtype=cfg.dtype, device=device))
-                    continue
-                raise RuntimeError(f"drope_lens does not know where to load {name} from.")
-            hf_name, view = rules[name]
-            file = where[hf_name]
-            if file not in handles:
-                handles[file] = safe_open(str(file), framework="pt").__enter__()
-            tensor = handles[file].get_tensor(hf_name).to(device=device, dtype=cfg.dtype)
-            if tied and name == "unembed.W_U":
-                tensor = tensor.clone()  # own storage, as with an untied model (edits stay separate)
-            value = view(tensor)
-            if value.shape != param.shape:
-                raise RuntimeError(
-                    f"{hf_name} has shape {tuple(tensor.shape)}, which does not fit {name} "
-                    f"{tuple(param.shape)}: config.json and the weights disagree."
-                )
-            _set_param(model, name, value)
-            del tensor, value
-    finally:
-        for handle in handles.values():
-            handle.__exit__(None, None, None)
+    for name, param in list(model.named_parameters()):
+        device = _target_device(name, cfg)
+        if name not in rules:
+            if name.rsplit(".", 1)[-1].lstrip("_").startswith("b_"):
+                _set_param(model, name, torch.zeros(param.shape, dtype=cfg.dtype, device=device))
+                continue
+            raise RuntimeError(f"drope_lens does not know where to load {name} from.")
+        hf_name, view = rules[name]
+        tensor = _read_owned(where[hf_name], hf_name, device, cfg.dtype)
+        value = view(tensor)
+        if value.shape != param.shape:
+            raise RuntimeError(
+                f"{hf_name} has shape {tuple(tensor.shape)}, which does not fit {name} "
+                f"{tuple(param.shape)}: config.json and the weights disagree."
+            )
+        _set_param(model, name, value)
+        del tensor, value
     model.eval()
     return model
 

@@ -127,6 +127,7 @@ def load_pair(
     process_weights: bool = False,
     offload: Optional[str] = None,
     n_devices: int = 1,
+    lean: bool = True,
 ) -> ModelPair:
     """Load a RoPE/DroPE pair. With no arguments: the embedded SmolLM2-135M and its zero-shot NoPE twin.
 
@@ -135,7 +136,8 @@ def load_pair(
 
     ``offload="cpu"``: the models load onto ``offload`` and only the one in use sits on ``device``
     (see :class:`ModelPair`), so a pair that does not fit the device together still runs.
-    ``n_devices`` splits each model's blocks over that many devices.
+    ``n_devices`` splits each model's blocks over that many devices. ``lean=False``: the old
+    loader through an HF model (see :func:`~drope_lens.loading.hf.load_hooked`).
     """
     if offload is not None:
         torch.device(offload)  # a bad name fails here, before any model is loaded
@@ -152,14 +154,14 @@ def load_pair(
                                    n_devices=n_devices)
     else:
         rope_model = load_hooked(rope, dtype=dtype, device=device, process_weights=process_weights,
-                                 n_devices=n_devices)
+                                 n_devices=n_devices, lean=lean)
     if getattr(rope_model.cfg, "is_nope", False):
         raise ValueError(f"{rope} has no RoPE; pass it as --drope and a RoPE model as --rope.")
     if drope is None:
         drope_model = to_nope(rope_model)
     else:
         drope_model = load_hooked(drope, dtype=dtype, device=device, process_weights=process_weights,
-                                  n_devices=n_devices)
+                                  n_devices=n_devices, lean=lean)
         if not getattr(drope_model.cfg, "is_nope", False):
             raise ValueError(
                 f"{drope} still uses RoPE. Pass a DroPE checkpoint (model_type llama_drope), "
