@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from torch import nn
 from transformer_lens import HookedTransformer
 
 from drope_lens.loading.config import ZERO_SHOT_NOPE, DropeLensConfig
@@ -42,12 +43,22 @@ def to_nope(model: HookedTransformer, *, origin: str = ZERO_SHOT_NOPE,
     nope_cfg.init_weights = False  # all weights are copied below
     twin = HookedTransformer(nope_cfg, tokenizer=model.tokenizer, move_to_device=False)
     nope_cfg.init_weights = True
-    state = {k: v for k, v in model.state_dict().items() if "rotary_" not in k}
-    missing, unexpected = twin.load_state_dict(state, strict=False)
-    bad = [k for k in missing if "rotary_" not in k] + list(unexpected)
+    source = dict(model.named_parameters())
+    bad = sorted(set(source) ^ {n for n, _ in twin.named_parameters()})
     if bad:
         raise RuntimeError(f"NoPE twin could not take these weights: {bad[:5]}")
-    twin.to(nope_cfg.device)
+    for name, param in list(twin.named_parameters()):  # one clone each, strides (layout) kept
+        module_name, _, leaf = name.rpartition(".")
+        setattr(twin.get_submodule(module_name) if module_name else twin, leaf,
+                nn.Parameter(source[name].detach().clone(), requires_grad=param.requires_grad))
+    for name, buf in model.named_buffers():  # masks etc. on the source's devices
+        if "rotary_" not in name:
+            module_name, _, leaf = name.rpartition(".")
+            (twin.get_submodule(module_name) if module_name else twin)._buffers[leaf] = buf.clone()
+    for block, src in zip(twin.blocks, model.blocks):  # rotary tables where the block lives
+        for leaf in ("rotary_sin", "rotary_cos"):
+            if leaf in block.attn._buffers:
+                block.attn._buffers[leaf] = block.attn._buffers[leaf].to(src.attn.W_Q.device)
     twin.eval()
     linear_layout(twin)
     return install_attention_numerics(twin)
