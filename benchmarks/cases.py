@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL_KINDS = ("embedded", "tiny", "llama2-7b-shaped")
 
 #: Llama-2-7B shapes (HF ``LlamaConfig`` names).
+#: n_ctx is 8192 (Llama-2 itself: 4096) so the GPU run can time 8k-token inputs, past the RoPE training window.
 LLAMA2_7B_SHAPE = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-                       max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0)
+                       max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=10000.0)
 #: The same architecture, tiny: what the tests use to exercise the GPU path on CPU.
 LLAMA2_TINY_SHAPE = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, vocab_size=500,

@@ -17,6 +17,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model dtype (attention scores are always computed in float32)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    g.add_argument("--offload", default=None, metavar="DEVICE",
+                   help="keep the idle model of the pair here (e.g. cpu): one model on --device at a time")
+    g.add_argument("--n-devices", type=int, default=1, metavar="N",
+                   help="split each model's layers over N devices (TransformerLens n_devices)")
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +33,8 @@ def load_pair_from_args(args: argparse.Namespace):
 
     check_model_args(args)
     print(f"Loading {'embedded default pair' if args.rope is None else args.rope} ...", file=sys.stderr)
-    return load_pair(args.rope, args.drope, dtype=args.dtype, device=args.device)
+    return load_pair(args.rope, args.drope, dtype=args.dtype, device=args.device,
+                     offload=getattr(args, "offload", None), n_devices=getattr(args, "n_devices", 1))
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

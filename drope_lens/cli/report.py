@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if args.force and (out / "parts").exists():
         shutil.rmtree(out / "parts")
     t0 = time.perf_counter()
-    pair = load_pair(args.rope, args.drope, dtype=args.dtype, device=args.device)
+    pair = load_pair(args.rope, args.drope, dtype=args.dtype, device=args.device,
+                     offload=getattr(args, "offload", None), n_devices=getattr(args, "n_devices", 1))
     print(f"pair: {pair.labels['rope']}  vs  {pair.labels['drope']}", file=sys.stderr)
     results = run_report(pair, out, options)
     print(f"\nreport written to {out / 'report.md'} in {time.perf_counter() - t0:.0f} s "

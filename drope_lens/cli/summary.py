@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from drope_lens.loading.parity import logit_parity
 
     t0 = time.perf_counter()
-    pair = load_pair(args.rope, args.drope, dtype=args.dtype, device=args.device)
+    pair = load_pair(args.rope, args.drope, dtype=args.dtype, device=args.device,
+                     offload=getattr(args, "offload", None), n_devices=getattr(args, "n_devices", 1))
     load_s = time.perf_counter() - t0
     tokens = pair.encode(args.text).tokens.to(args.device)
     out = {"load_seconds": round(load_s, 2), "tokens": int(tokens.shape[1]), "models": {}}

@@ -79,6 +79,7 @@ def load_embedded(
     dtype: Union[str, torch.dtype] = torch.float32,
     device: Union[str, torch.device] = "cpu",
     process_weights: bool = False,
+    n_devices: int = 1,
 ) -> HookedTransformer:
     """SmolLM2-135M-Instruct as a HookedTransformer (``nope=True``: RoPE removed, not recalibrated)."""
     from drope_lens.loading.hf import load_hooked
@@ -90,4 +91,5 @@ def load_embedded(
         device=device,
         process_weights=process_weights,
         model_name=EMBEDDED_NAME,
+        n_devices=n_devices,
     )

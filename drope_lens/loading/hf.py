@@ -33,6 +33,7 @@ from drope_lens.loading.config import (
     config_from_hf,
 )
 from drope_lens.loading.layout import linear_layout
+from drope_lens.loading.lean import checkpoint_folder, lean_hooked
 from drope_lens.loading.numerics import install_attention_numerics, install_qk_norm
 
 Source = Union[str, os.PathLike, "PreTrainedModel"]  # noqa: F821
@@ -195,7 +196,12 @@ def hooked_from_hf(
         missing = [k for k in missing if not k.split(".")[-1] in _BUFFERS]
         if missing or unexpected:
             raise RuntimeError(f"Weight conversion mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.to(device)
+    if getattr(cfg, "n_devices", 1) > 1:
+        from drope_lens.loading.devices import place
+
+        place(model)
+    else:
+        model.to(device)
     model.eval()
     linear_layout(model)
     install_attention_numerics(model)
@@ -212,19 +218,29 @@ def load_hooked(
     process_weights: bool = False,
     n_ctx: Optional[int] = None,
     model_name: Optional[str] = None,
+    n_devices: int = 1,
+    lean: bool = True,
 ) -> HookedTransformer:
     """Load a Llama-family model (hub id, local folder, or in-memory HF model) into HookedTransformer.
 
     SakanaAI DroPE checkpoints (``model_type: llama_drope``) load without ``trust_remote_code``: the
     config is read as JSON, ``attention_type`` and ``softmax_scale`` are honoured, and the model gets
     the identity rotation. ``nope=True`` drops RoPE from any other model (zero-shot NoPE).
+
+    Folders and hub ids with safetensors load *lean* (:mod:`drope_lens.loading.lean`): tensor by
+    tensor into the final parameters, peak host memory about the model's size, each tensor moved to
+    its device as read. ``lean=False`` (or ``process_weights=True``, or ``.bin``-only checkpoints)
+    goes through an HF model instead (~2.2x the model in host RAM). ``n_devices`` splits the blocks
+    over that many devices (TransformerLens's ``n_devices``; ``device`` then names the first).
     """
+    if n_devices < 1:
+        raise ValueError(f"n_devices must be >= 1, got {n_devices}.")
     if not isinstance(source, (str, os.PathLike)):
         return hooked_from_hf(
             source, tokenizer, model_name=model_name, dtype=dtype, device=device,
             position_encoding="nope" if nope else "rope",
             nope_origin=None if not nope else "zero-shot NoPE (RoPE removed, not recalibrated)",
-            process_weights=process_weights, n_ctx=n_ctx,
+            process_weights=process_weights, n_ctx=n_ctx, n_devices=n_devices,
         )
 
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
@@ -238,13 +254,30 @@ def load_hooked(
         check_supported(_Raw(raw))
         hf_config = AutoConfig.from_pretrained(str(source))
     dtype = _dtype(dtype)
-    hf_model = LlamaForCausalLM.from_pretrained(str(source), config=hf_config, dtype=dtype)
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(str(source))
     use_nope = is_drope or bool(nope)
     origin = DROPE_CHECKPOINT if is_drope else (
         "zero-shot NoPE (RoPE removed, not recalibrated)" if use_nope else None
     )
+    folder = checkpoint_folder(source) if lean and not process_weights else None
+    if folder is not None:
+        check_supported(hf_config)
+        cfg = config_from_hf(
+            hf_config, model_name=model_name or str(source), dtype=dtype, device=device,
+            position_encoding="nope" if use_nope else "rope", n_ctx=n_ctx, nope_origin=origin,
+            source=str(source), drope_attention_type=attention_type, softmax_scale=softmax_scale,
+            n_devices=n_devices,
+        )
+        model = lean_hooked(folder, cfg, tokenizer,
+                            tied=bool(getattr(hf_config, "tie_word_embeddings", False)))
+        linear_layout(model)
+        install_attention_numerics(model)
+        if attention_type not in (None, "nope"):
+            q_w, k_w = _qk_norm_weights(source, model.cfg.n_layers, attention_type)
+            install_qk_norm(model, q_w, k_w)
+        return model
+    hf_model = LlamaForCausalLM.from_pretrained(str(source), config=hf_config, dtype=dtype)
     model = hooked_from_hf(
         hf_model, tokenizer,
         model_name=model_name or str(source),
@@ -254,6 +287,7 @@ def load_hooked(
         source=str(source),
         drope_attention_type=attention_type,
         softmax_scale=softmax_scale,
+        n_devices=n_devices,
     )
     if attention_type not in (None, "nope"):
         q_w, k_w = _qk_norm_weights(source, model.cfg.n_layers, attention_type)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from torch import nn
 from transformer_lens import HookedTransformer
 
 from drope_lens.loading.config import ZERO_SHOT_NOPE, DropeLensConfig
@@ -22,25 +23,59 @@ def as_drope_lens_config(cfg) -> DropeLensConfig:
     return DropeLensConfig(**fields)
 
 
-def to_nope(model: HookedTransformer, *, origin: str = ZERO_SHOT_NOPE) -> HookedTransformer:
-    """A new HookedTransformer with the same weights and the identity rotation in every layer.
+def to_nope(model: HookedTransformer, *, origin: str = ZERO_SHOT_NOPE,
+            inplace: bool = False) -> HookedTransformer:
+    """The model with the identity rotation in every layer (zero-shot NoPE, no recalibration).
 
-    The source model is left untouched. The copy's config says ``position_encoding='nope'`` and
-    ``nope_origin`` (default: "zero-shot NoPE (RoPE removed, not recalibrated)").
+    ``inplace=False`` (default): a new HookedTransformer with copied weights; the source model is
+    left untouched, and memory doubles. ``inplace=True``: ``model`` itself becomes the NoPE model
+    (its config is replaced, its rotary tables rebuilt for ``rotary_dim=0``) and is returned; no
+    weight is copied, so memory does not grow, and the RoPE original is gone. Either way the
+    config says ``position_encoding='nope'`` and ``nope_origin`` (default: "zero-shot NoPE (RoPE
+    removed, not recalibrated)").
     """
     cfg = as_drope_lens_config(model.cfg)
     if cfg.is_nope:
         raise ValueError("This model already has no RoPE (position_encoding='nope').")
     nope_cfg = cfg.as_nope(origin)
+    if inplace:
+        return _to_nope_inplace(model, nope_cfg)
     nope_cfg.init_weights = False  # all weights are copied below
     twin = HookedTransformer(nope_cfg, tokenizer=model.tokenizer, move_to_device=False)
     nope_cfg.init_weights = True
-    state = {k: v for k, v in model.state_dict().items() if "rotary_" not in k}
-    missing, unexpected = twin.load_state_dict(state, strict=False)
-    bad = [k for k in missing if "rotary_" not in k] + list(unexpected)
+    source = dict(model.named_parameters())
+    bad = sorted(set(source) ^ {n for n, _ in twin.named_parameters()})
     if bad:
         raise RuntimeError(f"NoPE twin could not take these weights: {bad[:5]}")
-    twin.to(nope_cfg.device)
+    for name, param in list(twin.named_parameters()):  # one clone each, strides (layout) kept
+        module_name, _, leaf = name.rpartition(".")
+        setattr(twin.get_submodule(module_name) if module_name else twin, leaf,
+                nn.Parameter(source[name].detach().clone(), requires_grad=param.requires_grad))
+    for name, buf in model.named_buffers():  # masks etc. on the source's devices
+        if "rotary_" not in name:
+            module_name, _, leaf = name.rpartition(".")
+            (twin.get_submodule(module_name) if module_name else twin)._buffers[leaf] = buf.clone()
+    for block, src in zip(twin.blocks, model.blocks):  # rotary tables where the block lives
+        for leaf in ("rotary_sin", "rotary_cos"):
+            if leaf in block.attn._buffers:
+                block.attn._buffers[leaf] = block.attn._buffers[leaf].to(src.attn.W_Q.device)
     twin.eval()
     linear_layout(twin)
     return install_attention_numerics(twin)
+
+
+def _to_nope_inplace(model: HookedTransformer, nope_cfg: DropeLensConfig) -> HookedTransformer:
+    old = model.cfg
+    for module in model.modules():
+        if getattr(module, "cfg", None) is old:
+            module.cfg = nope_cfg
+    for block in model.blocks:
+        attn = block.attn
+        if "rotary_sin" in attn._buffers:
+            ref = attn.rotary_sin
+            sin, cos = attn.calculate_sin_cos_rotary(
+                nope_cfg.rotary_dim, ref.shape[0], base=attn._rotary_base(), dtype=nope_cfg.dtype
+            )
+            attn._buffers["rotary_sin"] = sin.to(ref.device)
+            attn._buffers["rotary_cos"] = cos.to(ref.device)
+    return install_attention_numerics(model)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from transformer_lens import HookedTransformer
@@ -34,11 +35,19 @@ def check_same_tokenizer(tok_a: Any, tok_b: Any, probe: str = PROBE_TEXT) -> Non
 
 @dataclass
 class ModelPair:
-    """Two HookedTransformers to compare; ``rope`` has RoPE, ``drope`` does not."""
+    """Two HookedTransformers to compare; ``rope`` has RoPE, ``drope`` does not.
+
+    With ``offload`` set (e.g. ``"cpu"``), only one model is on ``device`` at a time: :meth:`items`
+    and :meth:`on_device` bring the model they hand out onto ``device`` and send the other to
+    ``offload`` first, so peak device memory is one model plus one step's working memory.
+    """
 
     rope: HookedTransformer
     drope: HookedTransformer
     labels: dict[str, str] = field(default_factory=dict)
+    device: Optional[str] = None
+    offload: Optional[str] = None
+    moves: list = field(default_factory=list, repr=False)  # (role, device) per move, in order
 
     def __post_init__(self) -> None:
         check_same_tokenizer(self.rope.tokenizer, self.drope.tokenizer)
@@ -57,14 +66,51 @@ class ModelPair:
     def n_ctx(self) -> int:
         return min(self.rope.cfg.n_ctx, self.drope.cfg.n_ctx)
 
-    def items(self):
-        """``[("rope", model), ("drope", model)]``."""
-        return [("rope", self.rope), ("drope", self.drope)]
+    def items(self, move: bool = True) -> Iterator[tuple[str, HookedTransformer]]:
+        """``("rope", model), ("drope", model)``; each put on the device just before it is handed out.
+
+        Always rope then drope (steps may pass facts from the RoPE model to its twin, so the order
+        is kept). Without offload nothing moves; with offload each model moves onto the device
+        once per loop, and the one already there is not moved again. ``move=False`` only lists
+        them (e.g. to read configs).
+        """
+        for role in ("rope", "drope"):
+            if move:
+                self.activate(role)
+            yield role, getattr(self, role)
+
+    _resident: Optional[str] = field(default=None, init=False, repr=False)
+
+    def activate(self, role: str) -> HookedTransformer:
+        """Put ``role``'s model on ``device`` (the other on ``offload``); a no-op without offload."""
+        if role not in ("rope", "drope"):
+            raise ValueError(f"role must be 'rope' or 'drope', got {role!r}")
+        if self.offload is None or self._resident == role:
+            return getattr(self, role)
+        from drope_lens.loading.devices import place
+
+        other = "drope" if role == "rope" else "rope"
+        if _on(getattr(self, other)) != {str(self.offload)} or self._resident == other:
+            place(getattr(self, other), self.offload)  # off first: never both on the device
+            self.moves.append((other, str(self.offload)))
+        place(getattr(self, role), self.device)
+        self.moves.append((role, str(self.device)))
+        self._resident = role
+        return getattr(self, role)
+
+    @contextlib.contextmanager
+    def on_device(self, role: str) -> Iterator[HookedTransformer]:
+        """``with pair.on_device("rope") as model:`` -- that model on the device for the block."""
+        yield self.activate(role)
 
     def encode(self, texts: Union[str, Sequence[str]], **kwargs) -> TokenBatch:
         """Identical token ids for both models (BOS prepended; see :mod:`drope_lens.loading.tokens`)."""
         kwargs.setdefault("n_ctx", self.n_ctx)
         return encode(self.tokenizer, texts, **kwargs)
+
+
+def _on(model: HookedTransformer) -> set[str]:
+    return {str(p.device) for p in model.parameters()}
 
 
 def _label(model: HookedTransformer) -> str:
@@ -79,29 +125,47 @@ def load_pair(
     dtype: Union[str, torch.dtype] = torch.float32,
     device: Union[str, torch.device] = "cpu",
     process_weights: bool = False,
+    offload: Optional[str] = None,
+    n_devices: int = 1,
+    lean: bool = True,
 ) -> ModelPair:
     """Load a RoPE/DroPE pair. With no arguments: the embedded SmolLM2-135M and its zero-shot NoPE twin.
 
     ``drope`` may be a DroPE checkpoint (hub id or folder) or omitted, in which case the twin is
     ``rope`` with RoPE dropped and no recalibration (labelled so everywhere).
+
+    ``offload="cpu"``: the models load onto ``offload`` and only the one in use sits on ``device``
+    (see :class:`ModelPair`), so a pair that does not fit the device together still runs.
+    ``n_devices`` splits each model's blocks over that many devices. ``lean=False``: the old
+    loader through an HF model (see :func:`~drope_lens.loading.hf.load_hooked`).
     """
+    if offload is not None:
+        torch.device(offload)  # a bad name fails here, before any model is loaded
+    torch.device(device)
+    if n_devices < 1:
+        raise ValueError(f"n_devices must be >= 1, got {n_devices}.")
+    target, device = device, (offload if offload is not None else device)
     from drope_lens.loading.embedded import load_embedded
     from drope_lens.loading.hf import load_hooked
     from drope_lens.loading.nope import to_nope
 
     if rope is None:
-        rope_model = load_embedded(dtype=dtype, device=device, process_weights=process_weights)
+        rope_model = load_embedded(dtype=dtype, device=device, process_weights=process_weights,
+                                   n_devices=n_devices)
     else:
-        rope_model = load_hooked(rope, dtype=dtype, device=device, process_weights=process_weights)
+        rope_model = load_hooked(rope, dtype=dtype, device=device, process_weights=process_weights,
+                                 n_devices=n_devices, lean=lean)
     if getattr(rope_model.cfg, "is_nope", False):
         raise ValueError(f"{rope} has no RoPE; pass it as --drope and a RoPE model as --rope.")
     if drope is None:
         drope_model = to_nope(rope_model)
     else:
-        drope_model = load_hooked(drope, dtype=dtype, device=device, process_weights=process_weights)
+        drope_model = load_hooked(drope, dtype=dtype, device=device, process_weights=process_weights,
+                                  n_devices=n_devices, lean=lean)
         if not getattr(drope_model.cfg, "is_nope", False):
             raise ValueError(
                 f"{drope} still uses RoPE. Pass a DroPE checkpoint (model_type llama_drope), "
                 "or leave --drope out to compare with the zero-shot NoPE twin."
             )
-    return ModelPair(rope_model, drope_model)
+    return ModelPair(rope_model, drope_model, device=str(target),
+                     offload=None if offload is None else str(offload))

@@ -57,7 +57,7 @@ def provenance(pair: Any, options: dict) -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": package_versions(),
-        "models": {role: model_provenance(m, pair.labels[role]) for role, m in pair.items()},
+        "models": {role: model_provenance(m, pair.labels[role]) for role, m in pair.items(move=False)},
         "options": options,
     }
 
