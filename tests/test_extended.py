@@ -175,6 +175,33 @@ def test_layer_ablation_ppl(model):
     assert res.to_dataframe()["ratio_to_baseline"].iloc[0] == 1.0
 
 
+def test_layer_ablation_tasks_run_under_each_condition(model):
+    """Exp 6 with the knowledge tasks: each ablation's hooks are active on the task prompts.
+
+    Independent reference: the margins of a plain ``run_tasks`` call with the same hooks as a
+    hand-made condition; the baseline equals a hook-free ``run_tasks``.
+    """
+    from test_tasks_runner import tiny_tasks
+
+    from drope_lens.tasks import run_tasks
+    from drope_lens.tasks.conditions import Condition
+
+    tasks = tiny_tasks(4)[:2]
+    res = layer_ablation(model, list(TINY_TEXTS), layer=1, conditions=("attn",),
+                         tasks={"tasks": tasks, "batch_size": 4})
+    names = {s["condition"] for s in res.tasks["scores"]}
+    assert names == {"baseline", "layer1_attn"}
+    ref = run_tasks(model, tasks=tasks, batch_size=4, conditions=[
+        "baseline", Condition("manual", lambda m: layer_ablation_hooks(m, 1, "attn"), batch_safe=True)])
+    got = {(it["task"], it["condition"], it["index"]): it["margin"] for it in res.tasks["items"]}
+    for it in ref.items:
+        cond = "layer1_attn" if it.condition == "manual" else "baseline"
+        assert got[(it.task, cond, it.index)] == pytest.approx(it.margin, abs=1e-5)
+    # the ablation really changes what the model scores
+    diffs = [abs(got[(t, "layer1_attn", i)] - got[(t, "baseline", i)]) for (t, c, i) in got if c == "baseline"]
+    assert max(diffs) > 1e-4
+
+
 def test_bos_only_cached_generation_equals_uncached(model, tokenizer):
     """KV-cache decode steps are never ablated: cached greedy output equals the cache-free one."""
     toks = encode(tokenizer, ["the cat saw a dog"]).tokens
