@@ -101,7 +101,7 @@ def pair_identity(pair: Any) -> dict:
     from drope_lens import __version__
 
     return {"drope_lens": __version__,
-            "models": {role: model_identity(m) for role, m in pair.items()}}
+            "models": {role: model_identity(m) for role, m in pair.items(move=False)}}
 
 
 def describe_difference(saved: dict, current: dict) -> str:
