@@ -120,11 +120,21 @@ def encode(
 
 
 def as_batch(model, inputs, **kwargs) -> TokenBatch:
-    """Accept texts, a :class:`TokenBatch`, or an unpadded ``[batch, pos]`` id tensor."""
+    """Accept texts, a :class:`TokenBatch`, or an unpadded ``[batch, pos]`` id tensor.
+
+    ``max_length`` truncates every input type alike (each row to its first ``max_length``
+    positions, BOS included), so analyses given the same inputs see the same tokens."""
+    max_length = kwargs.get("max_length")
+    if max_length is not None and not isinstance(inputs, (str, list, tuple)) and max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}.")
     if isinstance(inputs, TokenBatch):
+        if max_length is not None and inputs.tokens.shape[1] > max_length:
+            return TokenBatch(inputs.tokens[:, :max_length], inputs.lengths.clamp(max=max_length))
         return inputs
     if isinstance(inputs, torch.Tensor):
         tokens = inputs if inputs.ndim == 2 else inputs[None]
+        if max_length is not None:
+            tokens = tokens[:, :max_length]
         n_ctx = getattr(model.cfg, "n_ctx", None)
         if n_ctx is not None and tokens.shape[1] > n_ctx:
             raise InputTooLongError(
