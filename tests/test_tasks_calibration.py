@@ -191,3 +191,27 @@ def test_category_summary_skips_at_chance_tasks():
     assert s["ratio"] is None and s["contextual_tasks"] == ["b"]
     d = r.to_dict()
     assert d["degradation"]["a/x"] is None and d["scores"][2]["above_chance"] is True
+
+
+def test_report_section_reads_above_chance_tasks_and_validates(tiny):
+    import json
+
+    import jsonschema
+
+    from drope_lens.report.markdown import AT_CHANCE, _tasks
+    from drope_lens.report.schema import results_schema
+    from drope_lens.tasks import compare_tasks
+
+    ds = cue_dataset(8, pool=4)
+    r = run_tasks(tiny, tasks=[ds], conditions=["baseline", "qk"], scoring="calibrated", n_shot=2)
+    d = json.loads(json.dumps(compare_tasks(r, r).to_dict(include_items=False)))
+    text = _tasks({}, {"tasks": d})
+    assert "AUROC" in text and "2-shot" in text and "calibrated" in text
+    base = r.score("cue", "baseline")
+    assert (AT_CHANCE in text) == (not base.above_chance)
+    assert ("cue above chance" in text) == base.above_chance
+    schema = results_schema()
+    jsonschema.validate(d, {**schema["$defs"]["tasks"], "$defs": schema["$defs"]})
+    d["rope"]["degradation"]["cue/qk"] = "n/a"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(d, {**schema["$defs"]["tasks"], "$defs": schema["$defs"]})
