@@ -38,7 +38,10 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scoring", choices=SCORING, default="logprob",
                    help="logprob: compare answer log-probs (passkey: greedy + exact match); "
+                   "calibrated: logprob minus the option prior of content-free prompts (Zhao et al. 2021); "
                    "study: 20-token greedy generation + the study's parsing, one denominator")
+    p.add_argument("--n-shot", type=int, default=0,
+                   help="balanced demonstrations before each choice item (default 0)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
     p.add_argument("--bos-layer", type=_ints, metavar="L[,L_DROPE]",
                    help="BOS-MLP ablation layer for both models, or one per model; "
@@ -53,6 +56,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from drope_lens.tasks.runner import run_pair_tasks
 
+    if args.n_shot < 0:
+        raise ValueError(f"--n-shot must be >= 0, got {args.n_shot}")
     layers = args.bos_layer
     if layers is not None and len(layers) not in (1, 2):
         raise ValueError("--bos-layer takes one layer or two (rope,drope).")
@@ -61,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     pair = load_pair_from_args(args)
     cmp = run_pair_tasks(pair, tasks=args.tasks, conditions=args.conditions, n=args.n,
-                         seed=args.seed, scoring=args.scoring, chat=args.chat, bos_layer=bos,
+                         seed=args.seed, scoring=args.scoring, n_shot=args.n_shot, chat=args.chat, bos_layer=bos,
                          passkey_lengths=args.passkey_lengths, passkey_depth=args.passkey_depth,
                          batch_size=args.batch_size, progress=True)
     _print(cmp)
@@ -81,13 +86,15 @@ def _fmt(x: float, pct: bool = False) -> str:
 
 def _print(cmp) -> None:
     for role, res in cmp.items():
-        print(f"\n[{role}] {res.model}  (scoring: {res.scoring}{', chat' if res.chat else ''})")
-        print(f"  {'task':<10} {'condition':<9} {'acc':>5} {'95% CI':>13} {'degr%':>6} "
-              f"{'margin':>6} {'parsed':>6}")
+        print(f"\n[{role}] {res.model}  (scoring: {res.scoring}, {res.n_shot}-shot"
+              f"{', chat' if res.chat else ''})")
+        print(f"  {'task':<10} {'condition':<9} {'acc':>5} {'95% CI':>13} {'AUROC':>5} {'95% CI':>13} "
+              f"{'degr%':>6} {'margin':>6} {'parsed':>6}")
         for s in res.scores:
             deg = res.degradation(s.task, s.condition) if "baseline" in res.conditions else math.nan
             print(f"  {s.task:<10} {s.condition:<9} {_fmt(s.accuracy)} "
-                  f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] {_fmt(deg, True)} "
+                  f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] {_fmt(s.auroc)} "
+                  f"[{_fmt(s.auroc_low)}, {_fmt(s.auroc_high)}] {_fmt(deg, True)} "
                   f"{_fmt(s.mean_margin)} {_fmt(s.parse_rate)}")
         for cond, summ in res.summary().items():
             if cond == "baseline":

@@ -229,39 +229,67 @@ def _context(results: dict, exp: dict) -> str:
                     "massive Q", "massive K"], rows)])
 
 
+AT_CHANCE = "baseline at chance — degradation not meaningful"
+
+
+def _deg_cell(value: Any, above: bool) -> Any:
+    return value if above else AT_CHANCE
+
+
 def _tasks(results: dict, exp: dict) -> str:
     t = exp.get("tasks")
     if not t:
         return ""
     rows = []
+    above = {}
     for r in ROLES:
+        base_ok = {sc["task"]: bool(sc.get("above_chance")) for sc in t[r]["scores"]
+                   if sc["condition"] == "baseline"}
+        above[r] = [k for k, v in base_ok.items() if v]
         for sc in t[r]["scores"]:
             deg = t[r]["degradation"].get(f"{sc['task']}/{sc['condition']}")
+            auc = sc.get("auroc")
+            auc_cell = ("–" if auc is None or (isinstance(auc, float) and math.isnan(auc)) else
+                        f"{auc:.3f} [{_f(sc.get('auroc_low'))}, {_f(sc.get('auroc_high'))}]")
             rows.append([r, sc["task"], sc["category"], sc["condition"],
-                         f"{sc['accuracy']:.3f} [{sc['ci_low']:.3f}, {sc['ci_high']:.3f}]", sc["n"],
-                         None if sc["condition"] == "baseline" else deg])
+                         f"{sc['accuracy']:.3f} [{sc['ci_low']:.3f}, {sc['ci_high']:.3f}]", auc_cell,
+                         _f(sc.get("chance")), sc["n"],
+                         None if sc["condition"] == "baseline"
+                         else _deg_cell(deg, base_ok.get(sc["task"], False))])
     cat_rows = []
     for r in ROLES:
         for cond, c in t[r]["summary"].items():
             if cond == "baseline":
                 continue
-            cat_rows.append([r, cond, c.get("parametric_degradation"), c.get("contextual_degradation"),
-                             c.get("ratio")])
+            cat_rows.append([r, cond] + [c.get(k) if c.get(k) is not None else AT_CHANCE
+                                         for k in ("parametric_degradation", "contextual_degradation")]
+                            + [c.get("ratio") if c.get("ratio") is not None else "not meaningful"])
     base = {r: t[r]["summary"].get("baseline", {}) for r in ROLES}
+    scoring, n_shot = t["rope"]["scoring"], t["rope"].get("n_shot", 0)
+    how = {"calibrated": "log-probability of the answer options minus the option prior measured on "
+                         "content-free prompts (\"N/A\", \"\", \"[MASK]\") under the same condition "
+                         "(contextual calibration, Zhao et al. 2021)",
+           "logprob": "log-probability of the answer options",
+           "study": "greedy generation and the study's parsing"}.get(scoring, scoring)
+    reading = [f"{'RoPE' if r == 'rope' else 'NoPE/DroPE'}: "
+               + (", ".join(above[r]) + " above chance at baseline" if above[r]
+                  else "no task above chance at baseline") for r in ROLES]
     return "\n".join([
         "## 4. Parametric vs contextual knowledge under each intervention",
         "",
-        f"Scoring `{t['rope']['scoring']}` (log-probability of the answer options; passkey by greedy "
-        "generation with KV cache and exact match); accuracy with Wilson 95 % CI; degradation = "
-        "(baseline − condition) / baseline × 100. Interventions act on the prompt only.",
+        f"Scoring `{scoring}`, {n_shot}-shot ({how}; passkey by greedy "
+        "generation with KV cache and exact match); accuracy with Wilson 95 % CI; AUROC of the option "
+        "margin with a bootstrap 95 % CI (threshold-free); degradation = (baseline − condition) / "
+        "baseline × 100, only where the baseline CI lies above chance. Interventions act on the prompt only.",
         "",
-        _table(["model", "task", "category", "condition", "accuracy [95 % CI]", "n", "degradation %"], rows),
+        _table(["model", "task", "category", "condition", "accuracy [95 % CI]", "AUROC [95 % CI]",
+                "chance", "n", "degradation %"], rows),
         "",
-        "Category averages of degradation (%):",
+        "Category averages of degradation (%), over the tasks whose baseline is above chance:",
         "",
         _table(["model", "condition", "parametric", "contextual", "ctx/param"], cat_rows),
         "",
-        f"*Reading:* baseline parametric / contextual accuracy is "
+        f"*Reading:* {'; '.join(reading)}. Baseline parametric / contextual accuracy is "
         f"{_f(base['rope'].get('parametric_accuracy'))} / {_f(base['rope'].get('contextual_accuracy'))} "
         f"for RoPE and {_f(base['drope'].get('parametric_accuracy'))} / "
         f"{_f(base['drope'].get('contextual_accuracy'))} for NoPE/DroPE.",

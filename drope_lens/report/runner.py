@@ -38,6 +38,9 @@ class ReportOptions:
     max_length: int = 512
     batch_size: int = 8
     task_n: Optional[int] = None
+    #: Choice-task protocol: contextual calibration, zero-shot (measured on the embedded pair: see README).
+    task_scoring: str = "calibrated"
+    n_shot: int = 0
     passkey_lengths: Sequence[int] = (256,)
     steps: Sequence[str] = DEFAULT_STEPS
 
@@ -52,6 +55,12 @@ class ReportOptions:
                 raise DropeLensInputError(f"{name} must be >= {2 if name == 'n_seeds' else 1}, got {getattr(self, name)}")
         if self.task_n is not None and self.task_n < 1:
             raise DropeLensInputError(f"task_n must be >= 1, got {self.task_n}")
+        from drope_lens.tasks.runner import SCORING
+
+        if self.task_scoring not in SCORING:
+            raise DropeLensInputError(f"task_scoring must be one of {SCORING}, got {self.task_scoring!r}")
+        if isinstance(self.n_shot, bool) or not isinstance(self.n_shot, int) or self.n_shot < 0:
+            raise DropeLensInputError(f"n_shot must be an int >= 0, got {self.n_shot!r}")
         if not self.passkey_lengths or min(self.passkey_lengths) < 1:
             raise DropeLensInputError(f"passkey_lengths must be positive token counts, got {list(self.passkey_lengths)}")
         if self.quick:
@@ -66,7 +75,8 @@ class ReportOptions:
             "massive": {"threshold": self.threshold},
             "disruption": {"threshold": self.threshold, "n_seeds": self.n_seeds},
             "phase": {},
-            "tasks": {"task_n": self.task_n, "passkey_lengths": list(self.passkey_lengths)},
+            "tasks": {"task_n": self.task_n, "passkey_lengths": list(self.passkey_lengths),
+                      "scoring": self.task_scoring, "n_shot": self.n_shot},
             "extended": {},
         }.get(step, {})
         return {**common, **specific}
@@ -75,6 +85,7 @@ class ReportOptions:
         return {"quick": self.quick, "seed": self.seed, "threshold": self.threshold,
                 "n_seeds": self.n_seeds, "max_length": self.max_length, "batch_size": self.batch_size,
                 "task_n": self.task_n, "passkey_lengths": list(self.passkey_lengths),
+                "task_scoring": self.task_scoring, "n_shot": self.n_shot,
                 "steps": list(self.steps)}
 
 

@@ -41,6 +41,20 @@ class TaskDataset:
     items: list[TaskItem]
     options: tuple[str, ...] = ()
     source: str = ""
+    #: The prompt template (``str.format`` with one field ``slot``) and the item meta key holding
+    #: each item's content; used for content-free prompts (calibration) and demonstrations.
+    template: str = ""
+    slot: str = ""
+    content_key: str = ""
+    #: Items disjoint from ``items`` (no shared city / athlete / review) to draw demonstrations from.
+    demo_pool: list[TaskItem] = field(default_factory=list)
+
+    def fill(self, content: str) -> str:
+        """The task's template with ``content`` in its slot."""
+        if not self.template or not self.slot:
+            raise ValueError(f"Task {self.name!r} has no template/slot; calibrated and few-shot "
+                             "scoring need them (set template=, slot=, content_key=).")
+        return self.template.format(**{self.slot: content})
 
     def __post_init__(self) -> None:
         if self.category not in ("parametric", "contextual"):

@@ -145,8 +145,18 @@ def load_cities(n: Optional[int] = 200, seed: int = 0, *, pool_size: int = 500,
             wrong = rng.choice([c for c in countries if c != city.country])
             items.append(city_item(city.name, wrong, city.country))
     rng.shuffle(items)
+    chosen_names = {c.name for c in chosen}
+    rest = [c for c in pool if c.name not in chosen_names]
+    demo_rng = random.Random(seed + 1)
+    demos = []
+    for i, city in enumerate(rest):  # alternate true / false statements about unused cities
+        country = (city.country if i % 2 == 0
+                   else demo_rng.choice([c for c in countries if c != city.country]))
+        demos.append(city_item(city.name, country, city.country))
     return TaskDataset("cities", "parametric", "choice", items, OPTIONS,
-                       source="GeoNames cities15000 via geotext (CC BY 4.0)")
+                       source="GeoNames cities15000 via geotext (CC BY 4.0)",
+                       template=YES_NO_PROMPT, slot="question", content_key="question",
+                       demo_pool=demos)
 
 
 def load_cities_csv(path: Union[str, Path], n: Optional[int] = None, seed: int = 0) -> TaskDataset:

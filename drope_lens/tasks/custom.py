@@ -49,6 +49,10 @@ def load_yes_no_file(path: Union[str, Path], *, name: str = "custom", category: 
                               {"question": q}))
     if not items:
         raise ValueError(f"{path} holds no questions.")
+    pool = items
     if n is not None:
         items = sample_balanced(items, n, seed, what=str(path), options=OPTIONS)
-    return TaskDataset(name, category, "choice", items, OPTIONS, source=str(path))
+    used = {it.meta["question"] for it in items}
+    return TaskDataset(name, category, "choice", items, OPTIONS, source=str(path),
+                       template=YES_NO_PROMPT, slot="question", content_key="question",
+                       demo_pool=[it for it in pool if it.meta["question"] not in used])

@@ -2,11 +2,13 @@
 
 * ``accuracy = correct / n`` with one denominator (all items) for every task and scoring mode.
 * Wilson 95% interval (``scipy.stats.binomtest(...).proportion_ci(method="wilson")``).
-* ``degradation = (baseline − condition) / baseline · 100``; NaN when the baseline accuracy is 0
-  (the study used 0 there, which hides the case).
+* ``degradation = (baseline − condition) / baseline · 100``, only where the baseline is above chance
+  (its Wilson CI lies wholly above ``chance``: 1/#options, passkey 0); otherwise ``None`` ("baseline
+  at chance — degradation not meaningful"). The plain function :func:`degradation` is NaN at base 0.
 * Category average (parametric: cities, sports; contextual: sentiment, passkey) = mean of the
-  finite degradations of the category's tasks (the study: tasks with baseline > 0); NaN if none.
-* ``ratio = contextual / parametric`` average degradation; NaN if either is NaN or parametric is 0.
+  degradations of the category's above-chance tasks; ``None`` if none.
+* ``ratio = contextual / parametric`` average degradation; ``None`` if either is None or parametric is 0.
+* AUROC of the option margin with a bootstrap CI (:mod:`drope_lens.tasks.calibration`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,16 @@ class TaskScore:
     mean_margin: float = math.nan  # log p(correct) − max log p(other option); choice tasks, logprob
     parse_rate: float = 1.0  # study mode: share of answers the study's parser understood
     seconds: float = 0.0
+    auroc: float = math.nan  # AUROC of the option margin (choice tasks, log-prob scoring)
+    auroc_low: float = math.nan
+    auroc_high: float = math.nan
+    chance: float = 0.0  # accuracy of a constant guess on the balanced items
+    prior: Optional[dict[str, float]] = None  # calibrated: log option prior (content-free prompts)
+
+    @property
+    def above_chance(self) -> bool:
+        """The Wilson CI lies wholly above the chance level."""
+        return bool(self.ci_low == self.ci_low and self.ci_low > self.chance)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +106,9 @@ class TaskResults:
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     condition_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    n_shot: int = 0
+    demonstrations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    content_free: list[str] = field(default_factory=list)
 
     def score(self, task: str, condition: str) -> TaskScore:
         for s in self.scores:
@@ -104,20 +119,30 @@ class TaskResults:
     def accuracy(self, task: str, condition: str) -> float:
         return self.score(task, condition).accuracy
 
-    def degradation(self, task: str, condition: str, baseline: str = "baseline") -> float:
+    def informative(self, task: str, baseline: str = "baseline") -> bool:
+        """The task's baseline is above chance, so its degradation means something."""
+        return self.score(task, baseline).above_chance
+
+    def degradation(self, task: str, condition: str, baseline: str = "baseline") -> Optional[float]:
+        """Degradation in %, or ``None`` where the baseline is at chance (not meaningful)."""
+        if not self.informative(task, baseline):
+            return None
         return degradation(self.accuracy(task, baseline), self.accuracy(task, condition))
 
-    def category_summary(self, condition: str, baseline: str = "baseline") -> dict[str, float]:
-        """Mean accuracy and mean degradation per category, and the contextual/parametric ratio."""
-        out: dict[str, float] = {}
+    def category_summary(self, condition: str, baseline: str = "baseline") -> dict[str, Any]:
+        """Mean accuracy and mean degradation (above-chance tasks only) per category, and the
+        contextual/parametric ratio; ``None`` where no task of a category is above chance."""
+        out: dict[str, Any] = {}
         for cat in CATEGORY_ORDER:
             tasks = [t for t in self.tasks if self.categories[t] == cat]
             out[f"{cat}_accuracy"] = _nanmean([self.accuracy(t, condition) for t in tasks])
-            out[f"{cat}_degradation"] = (_nanmean([self.degradation(t, condition, baseline)
-                                                   for t in tasks])
-                                         if baseline in self.conditions else math.nan)
+            degs = ([self.degradation(t, condition, baseline) for t in tasks]
+                    if baseline in self.conditions else [])
+            mean = _nanmean([d for d in degs if d is not None])
+            out[f"{cat}_degradation"] = None if math.isnan(mean) else mean
+            out[f"{cat}_tasks"] = [t for t, d in zip(tasks, degs) if d is not None and not math.isnan(d)]
         p, c = out["parametric_degradation"], out["contextual_degradation"]
-        out["ratio"] = c / p if (p and not math.isnan(p) and not math.isnan(c)) else math.nan
+        out["ratio"] = c / p if (p and c is not None) else None
         return out
 
     def summary(self) -> dict[str, dict[str, float]]:
@@ -129,9 +154,9 @@ class TaskResults:
 
         rows = []
         for s in self.scores:
-            row = {"model": self.model, **s.to_dict()}
+            row = {"model": self.model, **s.to_dict(), "above_chance": s.above_chance}
             row["degradation"] = (self.degradation(s.task, s.condition)
-                                  if "baseline" in self.conditions else math.nan)
+                                  if "baseline" in self.conditions else None)
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -143,8 +168,9 @@ class TaskResults:
     def to_dict(self, *, include_items: bool = True) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("model", "scoring", "chat", "seed", "tasks",
                                              "categories", "conditions", "datasets",
-                                             "condition_info", "wall_seconds")}
-        out["scores"] = [s.to_dict() for s in self.scores]
+                                             "condition_info", "wall_seconds", "n_shot",
+                                             "demonstrations", "content_free")}
+        out["scores"] = [{**s.to_dict(), "above_chance": s.above_chance} for s in self.scores]
         out["degradation"] = {s.task + "/" + s.condition: self.degradation(s.task, s.condition)
                               for s in self.scores if "baseline" in self.conditions}
         out["summary"] = self.summary()
@@ -161,7 +187,7 @@ class TaskComparison:
     drope: TaskResults
 
     def __post_init__(self) -> None:
-        for attr in ("tasks", "conditions", "scoring", "seed"):
+        for attr in ("tasks", "conditions", "scoring", "seed", "n_shot"):
             if getattr(self.rope, attr) != getattr(self.drope, attr):
                 raise ValueError(f"The two results differ in {attr}: {getattr(self.rope, attr)} vs "
                                  f"{getattr(self.drope, attr)}; run both with the same settings.")

@@ -11,6 +11,9 @@ rows at a time (pads stay masked in the cache; every row decodes as it would alo
   the argmax, so every answer is parsed; the mean margin ``log p(correct) − max log p(other)`` is
   reported too. Passkey: greedy generation with the KV cache (at most 12 new tokens, stopping once
   the first digit run ends); correct iff the first run of digits equals the key.
+* ``"calibrated"``: as ``"logprob"``, but each option's log-prob minus the option prior measured on
+  content-free prompts under the same condition's hooks (contextual calibration, Zhao et al. 2021;
+  see :mod:`drope_lens.tasks.calibration`). The prior is in ``TaskScore.prior``.
 * ``"study"``: greedy generation of 20 tokens for every task and the study's parsing
   (``check_yes_no``, the IMDB rule, passkey substring), but **one denominator (all items) for all
   tasks**: an unparseable answer is wrong. The share of parsed answers is reported as ``parse_rate``.
@@ -18,6 +21,7 @@ rows at a time (pads stay masked in the cache; every row decodes as it would alo
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -26,14 +30,19 @@ from transformer_lens import HookedTransformer
 
 from drope_lens.loading.tokens import encode
 from drope_lens.tasks import parsing
-from drope_lens.tasks.base import CATEGORIES, TaskDataset
+import numpy as np
+
+from drope_lens.tasks.base import CATEGORIES, TaskDataset, TaskItem
+from drope_lens.tasks.calibration import (
+    CONTENT_FREE, auroc, build_prompt, content_free_prompts, draw_demonstrations, log_prior,
+)
 from drope_lens.tasks.conditions import CONDITIONS, NEEDS_BOS, Condition, default_bos_layer, resolve_conditions
 from drope_lens.tasks.results import ItemResult, TaskComparison, TaskResults, TaskScore, wilson_interval
 from drope_lens.tasks.scoring import format_prompt, greedy_generate_batch, option_logprobs, option_token_ids
 
 TASKS = ("cities", "sports", "sentiment", "passkey")
 DEFAULT_N = {"cities": 200, "sports": 100, "sentiment": 100, "passkey": 20}
-SCORING = ("logprob", "study")
+SCORING = ("logprob", "calibrated", "study")
 STUDY_MAX_NEW_TOKENS = 20
 PASSKEY_MAX_NEW_TOKENS = 12
 
@@ -109,24 +118,35 @@ def _parse_choice(response: str, options: Sequence[str]) -> Optional[str]:
 
 
 def _score_dataset(model, ds: TaskDataset, cond: Condition, *, scoring: str, chat: bool,
-                   batch_size: int, tick: Callable[[int], None]) -> list[ItemResult]:
+                   batch_size: int, tick: Callable[[int], None], demos: Sequence[TaskItem] = ()
+                   ) -> tuple[list[ItemResult], Optional[np.ndarray]]:
+    """Item results and, for calibrated scoring, the log option prior (under the active hooks)."""
     tok = model.tokenizer
-    prompts = [format_prompt(tok, it.text, chat=chat) for it in ds.items]
+    if ds.kind == "choice":
+        prompts = [build_prompt(tok, ds, it.text, demos, chat=chat) for it in ds.items]
+    else:
+        prompts = [format_prompt(tok, it.text, chat=chat) for it in ds.items]
     batch = encode(tok, prompts, n_ctx=model.cfg.n_ctx)
     results: list[ItemResult] = []
-    if ds.kind == "choice" and scoring == "logprob":
+    if ds.kind == "choice" and scoring in ("logprob", "calibrated"):
         ids = option_token_ids(tok, ds.options, prefix="" if chat else " ")
+        prior = None
+        if scoring == "calibrated":
+            cf = encode(tok, content_free_prompts(tok, ds, demos, chat=chat), n_ctx=model.cfg.n_ctx)
+            prior = log_prior(option_logprobs(model, cf, ids, batch_size=batch_size,
+                                              padded=cond.batch_safe).numpy())
         logp = option_logprobs(model, batch, ids, batch_size=batch_size, padded=cond.batch_safe,
                                on_batch=tick)
+        score = logp - torch.from_numpy(prior) if prior is not None else logp
         for i, it in enumerate(ds.items):
-            row = logp[i]
+            row = score[i]
             pred = ds.options[int(row.argmax())]
             k = ds.options.index(it.answer)
             others = torch.cat([row[:k], row[k + 1:]])
             results.append(ItemResult(ds.name, cond.name, i, it.answer, pred, pred == it.answer,
                                       float(row[k] - others.max()),
-                                      {o: float(v) for o, v in zip(ds.options, row)}))
-        return results
+                                      {o: float(v) for o, v in zip(ds.options, logp[i])}))
+        return results, prior
     study = scoring == "study"
     max_new = STUDY_MAX_NEW_TOKENS if study or ds.kind == "choice" else PASSKEY_MAX_NEW_TOKENS
     done: dict[int, ItemResult] = {}
@@ -147,18 +167,28 @@ def _score_dataset(model, ds: TaskDataset, cond: Condition, *, scoring: str, cha
                 ok = pred == it.answer
             done[i] = ItemResult(ds.name, cond.name, i, it.answer, pred, bool(ok), output=text)
         tick(len(idx))
-    return [done[i] for i in range(len(ds.items))]
+    return [done[i] for i in range(len(ds.items))], None
 
 
-def _summarise(ds: TaskDataset, cond: Condition, items: list[ItemResult], seconds: float) -> TaskScore:
+def _summarise(ds: TaskDataset, cond: Condition, items: list[ItemResult], seconds: float,
+               prior: Optional[np.ndarray] = None, *, seed: int = 0) -> TaskScore:
     n = len(items)
     correct = sum(it.correct for it in items)
     lo, hi = wilson_interval(correct, n)
     margins = [it.margin for it in items if it.margin == it.margin]
+    auc = (math.nan, math.nan, math.nan)
+    if ds.kind == "choice" and items and all(it.logprobs for it in items):
+        scores = np.array([[it.logprobs[o] for o in ds.options] for it in items])
+        if prior is not None:
+            scores = scores - prior
+        auc = auroc(scores, [ds.options.index(it.answer) for it in items], seed=seed)
+    chance = 1.0 / len(ds.options) if ds.kind == "choice" else 0.0
     return TaskScore(ds.name, ds.category, cond.name, n, correct, correct / n if n else float("nan"),
                      lo, hi, sum(margins) / len(margins) if margins else float("nan"),
                      sum(it.prediction is not None for it in items) / n if n else float("nan"),
-                     seconds)
+                     seconds, auroc=auc[0], auroc_low=auc[1], auroc_high=auc[2], chance=chance,
+                     prior=({o: float(v) for o, v in zip(ds.options, prior)}
+                            if prior is not None else None))
 
 
 def _label(model) -> str:
@@ -176,6 +206,7 @@ def run_tasks(
     seed: int = 0,
     bos_layer: Optional[int] = None,
     scoring: str = "logprob",
+    n_shot: int = 0,
     chat: bool = False,
     batch_size: int = 8,
     passkey_lengths: Sequence[int] = (256, 512),
@@ -193,10 +224,14 @@ def run_tasks(
         n: items per task (passkey: per length); int, ``{task: n}`` or None for the defaults.
         bos_layer: layer of the BOS-MLP ablation; ``None`` = the model's BOS spike layer on the
             built-in texts (computed only if a BOS condition is requested).
-        scoring: ``"logprob"`` or ``"study"``. ``chat``: wrap prompts in the chat template.
+        scoring: ``"logprob"``, ``"calibrated"`` or ``"study"``. ``chat``: wrap prompts in the chat template.
+        n_shot: demonstrations before each choice item (balanced over the options, drawn with
+            ``seed`` from each task's demo pool; the same for every condition and model).
     """
     if scoring not in SCORING:
         raise ValueError(f"Unknown scoring {scoring!r}; choose from {SCORING}.")
+    if isinstance(n_shot, bool) or not isinstance(n_shot, int) or n_shot < 0:
+        raise ValueError(f"n_shot must be an int >= 0, got {n_shot!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if model.tokenizer is None:
@@ -210,6 +245,8 @@ def run_tasks(
     datasets = build_datasets(model.tokenizer, tasks=tasks, n=n, seed=seed, chat=chat,
                               passkey_lengths=passkey_lengths, passkey_depth=passkey_depth,
                               n_ctx=model.cfg.n_ctx)
+    demos = {d.name: draw_demonstrations(d, n_shot, seed) if d.kind == "choice" else []
+             for d in datasets}
     label = label or _label(model)
     bar = None
     if progress:
@@ -227,9 +264,10 @@ def run_tasks(
                     bar.set_postfix_str(f"{cond.name}/{ds.name}")
                 t1 = time.perf_counter()
                 with model.hooks(fwd_hooks=cond.make_hooks(model)):
-                    res = _score_dataset(model, ds, cond, scoring=scoring, chat=chat,
-                                         batch_size=batch_size, tick=tick)
-                scores.append(_summarise(ds, cond, res, time.perf_counter() - t1))
+                    res, prior = _score_dataset(model, ds, cond, scoring=scoring, chat=chat,
+                                                batch_size=batch_size, tick=tick,
+                                                demos=demos[ds.name])
+                scores.append(_summarise(ds, cond, res, time.perf_counter() - t1, prior, seed=seed))
                 items.extend(res)
     finally:
         if bar is not None:
@@ -241,6 +279,9 @@ def run_tasks(
         datasets={d.name: {"n": len(d), "label_counts": d.label_counts(), "source": d.source,
                            "kind": d.kind, "options": list(d.options)} for d in datasets},
         condition_info={c.name: dict(c.info) for c in conds},
+        n_shot=n_shot,
+        demonstrations={k: [d.to_dict() for d in v] for k, v in demos.items() if v},
+        content_free=list(CONTENT_FREE) if scoring == "calibrated" else [],
         wall_seconds=time.perf_counter() - t0,
     )
 
@@ -257,7 +298,7 @@ def run_pair_tasks(pair, *, bos_layer: Union[None, int, Mapping[str, Optional[in
     The datasets are built once and shared. ``bos_layer``: one layer for both, ``{"rope": l1,
     "drope": l2}``, or ``None`` (each model's own spike layer, as the study).
     """
-    build_keys = ("n", "seed", "chat", "passkey_lengths", "passkey_depth")
+    build_keys = ("n", "seed", "chat", "passkey_lengths", "passkey_depth")  # n_shot: drawn per run, seeded
     build_kw = {k: kwargs[k] for k in build_keys if k in kwargs}
     datasets = build_datasets(pair.tokenizer, tasks=kwargs.pop("tasks", TASKS),
                               n_ctx=pair.n_ctx, **build_kw)

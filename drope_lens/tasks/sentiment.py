@@ -62,9 +62,12 @@ def read_review_file(path: Union[str, Path]) -> list[tuple[str, str]]:
 
 def _dataset(rows: list[tuple[str, str]], n: Optional[int], seed: int, max_chars: Optional[int],
              source: str) -> TaskDataset:
-    items = [review_item(text, label, max_chars) for text, label in rows]
-    items = sample_balanced(items, n, seed, what=source, options=OPTIONS)
-    return TaskDataset("sentiment", "contextual", "choice", items, OPTIONS, source=source)
+    pool = [review_item(text, label, max_chars) for text, label in rows]
+    items = sample_balanced(pool, n, seed, what=source, options=OPTIONS)
+    used = {it.meta["review"] for it in items}
+    demos = [it for it in pool if it.meta["review"] not in used]
+    return TaskDataset("sentiment", "contextual", "choice", items, OPTIONS, source=source,
+                       template=PROMPT, slot="text", content_key="review", demo_pool=demos)
 
 
 def load_sentiment(n: Optional[int] = 100, seed: int = 0, *, path: Union[str, Path, None] = None,

@@ -54,5 +54,9 @@ def load_sports(n: Optional[int] = 100, seed: int = 0, *,
         pool.append(sports_item(athlete, wrong, sport, rng.randrange(len(TEMPLATES))))
     items = sample_balanced(pool, n, seed, what=f"the sports facts ({len(facts)} athletes)",
                             options=OPTIONS)
+    used = {it.meta["athlete"] for it in items}
+    demos = [it for it in pool if it.meta["athlete"] not in used]
     return TaskDataset("sports", "parametric", "choice", items, OPTIONS,
-                       source=str(path) if path else "drope_lens/data/sports_facts.tsv (project)")
+                       source=str(path) if path else "drope_lens/data/sports_facts.tsv (project)",
+                       template=YES_NO_PROMPT, slot="question", content_key="question",
+                       demo_pool=demos)
