@@ -243,3 +243,22 @@ def _hf_nope_twin(hf):
     import copy
 
     return hf_nope_reference(copy.deepcopy(hf))
+
+
+def qk_norm_drope_model(tokenizer, path: Path, *, gain_seed: int):
+    """A tiny ``qk_norm_nope`` DroPE checkpoint (softmax_scale 0.07) with random q/k norm gains, loaded."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from drope_lens.loading import load_hooked
+
+    hf = tiny_llama(seed=5)
+    path = save_drope_checkpoint(hf, tokenizer, path, attention_type="qk_norm_nope", softmax_scale=0.07)
+    g = torch.Generator().manual_seed(gain_seed)
+    sd = load_file(str(path / "model.safetensors"))
+    c = hf.config
+    for i in range(c.num_hidden_layers):
+        sd[f"model.layers.{i}.self_attn.q_norm.weight"] = torch.rand(c.num_attention_heads * c.head_dim, generator=g) * 3
+        sd[f"model.layers.{i}.self_attn.k_norm.weight"] = torch.rand(c.num_key_value_heads * c.head_dim, generator=g) * 3
+    save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return load_hooked(path)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import save_drope_checkpoint, tiny_llama, tiny_tokenizer
+from helpers import qk_norm_drope_model, tiny_llama, tiny_tokenizer
 
 import drope_lens as dl
 from drope_lens.errors import NonFiniteError
-from drope_lens.loading import encode, hooked_from_hf, load_hooked
+from drope_lens.loading import encode, hooked_from_hf
 from drope_lens.loading import fast_attention as fa
 
 LOGIT_TOL = 1e-5
@@ -40,20 +40,7 @@ class _SdpaSpy:
 
 
 def _drope_qk_norm_model(tokenizer, tmp_path):
-    hf = tiny_llama(seed=5)
-    path = save_drope_checkpoint(hf, tokenizer, tmp_path / "drope", attention_type="qk_norm_nope",
-                                 softmax_scale=0.07)
-    from safetensors.torch import load_file, save_file
-
-    g = torch.Generator().manual_seed(0)
-    sd = load_file(str(path / "model.safetensors"))
-    for i in range(hf.config.num_hidden_layers):
-        sd[f"model.layers.{i}.self_attn.q_norm.weight"] = torch.rand(
-            hf.config.num_attention_heads * hf.config.head_dim, generator=g) * 3
-        sd[f"model.layers.{i}.self_attn.k_norm.weight"] = torch.rand(
-            hf.config.num_key_value_heads * hf.config.head_dim, generator=g) * 3
-    save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
-    return load_hooked(path)
+    return qk_norm_drope_model(tokenizer, tmp_path / "drope", gain_seed=0)
 
 
 MODELS = {

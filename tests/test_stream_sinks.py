@@ -7,30 +7,19 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_TEXTS, analytic_sink_model, save_drope_checkpoint, tiny_llama
+from helpers import TINY_TEXTS, analytic_sink_model, qk_norm_drope_model, tiny_llama
 
 from drope_lens.analysis.phase import condition_hooks, phase_experiment, phase_profile
 from drope_lens.analysis.stream_sinks import first_column
 from drope_lens.errors import NonFiniteError
-from drope_lens.loading import encode, hooked_from_hf, load_hooked
+from drope_lens.loading import encode, hooked_from_hf
 from drope_lens.loading import fast_attention as fa
 
 TEXTS = list(TINY_TEXTS) + ["the cat", "a b"]  # lengths differ: right padding inside a batch
 
 
 def _qk_norm_drope(tokenizer, tmp_path):
-    hf = tiny_llama(seed=5)
-    path = save_drope_checkpoint(hf, tokenizer, tmp_path / "d", attention_type="qk_norm_nope",
-                                 softmax_scale=0.07)
-    from safetensors.torch import load_file, save_file
-
-    g = torch.Generator().manual_seed(1)
-    sd = load_file(str(path / "model.safetensors"))
-    for i in range(2):
-        sd[f"model.layers.{i}.self_attn.q_norm.weight"] = torch.rand(4 * 24, generator=g) * 3
-        sd[f"model.layers.{i}.self_attn.k_norm.weight"] = torch.rand(2 * 24, generator=g) * 3
-    save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
-    return load_hooked(path)
+    return qk_norm_drope_model(tokenizer, tmp_path / "d", gain_seed=1)
 
 
 MODELS = {
