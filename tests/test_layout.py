@@ -18,6 +18,18 @@ def _contiguous_copy(model):
     return twin
 
 
+class _Form:
+    """A tensor TransformerLens builds from a weight at every forward; ``is_contiguous`` here means
+    "contiguous *and* a view of the weight's own memory" (a reshape that copies is contiguous too)."""
+
+    def __init__(self, form, weight):
+        self.form, self.weight = form, weight
+
+    def is_contiguous(self):
+        shares = self.form.untyped_storage().data_ptr() == self.weight.untyped_storage().data_ptr()
+        return self.form.is_contiguous() and shares
+
+
 def _per_call_forms(model):
     """The tensors TransformerLens builds from the weights at every forward, as it builds them."""
     forms = []
@@ -25,10 +37,11 @@ def _per_call_forms(model):
         attn, mlp = block.attn, block.mlp
         kv = ("_W_K", "_W_V") if hasattr(attn, "_W_K") else ("W_K", "W_V")  # GQA or MHA
         for name in ("W_Q",) + kv:
-            forms.append(einops.rearrange(getattr(attn, name), "h m d -> (h d) m"))
-        forms.append(einops.rearrange(attn.W_O, "h d m -> m (h d)"))
-        forms += [mlp.W_in.T, mlp.W_gate.T, mlp.W_out.T]
-    forms.append(model.unembed.W_U.T)
+            w = getattr(attn, name)
+            forms.append(_Form(einops.rearrange(w, "h m d -> (h d) m"), w))
+        forms.append(_Form(einops.rearrange(attn.W_O, "h d m -> m (h d)"), attn.W_O))
+        forms += [_Form(w.T, w) for w in (mlp.W_in, mlp.W_gate, mlp.W_out)]
+    forms.append(_Form(model.unembed.W_U.T, model.unembed.W_U))
     return forms
 
 

@@ -29,6 +29,12 @@ def _relayout(param: nn.Parameter, to_linear: Callable[[torch.Tensor], torch.Ten
         param.data = view
 
 
+def _laid_out(w: torch.Tensor, to_linear: Callable, from_linear: Callable) -> bool:
+    """Is ``w`` already the view :func:`_relayout` makes (its strides, not just its values)?"""
+    expected = from_linear(to_linear(torch.empty_like(w, device="meta")).contiguous())
+    return w.stride() == expected.stride()
+
+
 def _heads_in(w: torch.Tensor) -> tuple[Callable, Callable]:
     """``[head, d_model, d_head]`` used as ``[(head d_head), d_model]``."""
     h, m, d = w.shape
@@ -65,7 +71,7 @@ def linear_layout(model: HookedTransformer) -> HookedTransformer:
         if rule is None or not param.is_floating_point() or param.ndim != (3 if rule is not _transposed else 2):
             continue
         to_linear, from_linear = rule(param)
-        if to_linear(param.data).is_contiguous():
-            continue  # already in place
+        if _laid_out(param.data, to_linear, from_linear):
+            continue
         _relayout(param, to_linear, from_linear)
     return model
