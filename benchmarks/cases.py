@@ -26,7 +26,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL_KINDS = ("embedded", "tiny", "llama2-7b-shaped")
+MODEL_KINDS = ("embedded", "tiny", "llama2-7b-shaped", "llama2-shaped-tiny")
+#: random-weight, tokenizer-less Llama-2-shaped pairs: the GPU run and its CPU rehearsal (same code path)
+LLAMA2_KINDS = ("llama2-7b-shaped", "llama2-shaped-tiny")
 
 #: Llama-2-7B shapes (HF ``LlamaConfig`` names).
 #: n_ctx is 8192 (Llama-2 itself: 4096) so the GPU run can time 8k-token inputs, past the RoPE training window.
@@ -83,6 +85,8 @@ def load_models(kind: str, device: str = "cpu") -> Models:
         raise ValueError(f"Unknown model {kind!r}; choose one of {MODEL_KINDS}.")
     if kind == "llama2-7b-shaped":
         return load_llama2_shaped(device)
+    if kind == "llama2-shaped-tiny":
+        return load_llama2_shaped(device, LLAMA2_TINY_SHAPE, allow_cpu=True)
     if kind == "tiny":
         helpers = _tests_helpers()
         from drope_lens.loading import hooked_from_hf, to_nope
@@ -157,6 +161,9 @@ def load_llama2_shaped(device: str, shape: Optional[dict] = None, *, allow_cpu: 
 
     shape = dict(shape or LLAMA2_7B_SHAPE)
     hf = build_llama2_shaped(shape, device)
+    with torch.no_grad():  # a few large Q/K channels, so disruption has something to zero (as for "tiny")
+        for layer, (proj, row) in enumerate([("q_proj", 5), ("k_proj", 7)]):
+            getattr(hf.model.layers[layer].self_attn, proj).weight[row] *= 40.0
     rope = hooked_from_hf(hf, None, model_name="llama2-7b-shaped-random", dtype=torch.bfloat16, device=device,
                           n_ctx=shape["max_position_embeddings"])
     keep = {"hf": hf}
@@ -168,7 +175,8 @@ def load_llama2_shaped(device: str, shape: Optional[dict] = None, *, allow_cpu: 
         m.config._attn_implementation = attn
         return m
 
-    return Models("llama2-7b-shaped", device, {"rope": rope, "drope": to_nope(rope)}, None, factory, bos_id=1)
+    kind = "llama2-7b-shaped" if shape == LLAMA2_7B_SHAPE else "llama2-shaped-tiny"
+    return Models(kind, device, {"rope": rope, "drope": to_nope(rope)}, None, factory, bos_id=1)
 
 
 # ------------------------------------------------------------------------------------------- workload
@@ -304,7 +312,7 @@ def case_detection(models: Models, wl: Workload, roles: Sequence[str], opts: dic
 
 
 def _hf_roles(models: Models, roles: Sequence[str]) -> list[str]:
-    return [r for r in roles if not (models.kind == "llama2-7b-shaped" and r != "rope")]
+    return [r for r in roles if not (models.kind in LLAMA2_KINDS and r != "rope")]
 
 
 def case_disruption(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
@@ -312,12 +320,11 @@ def case_disruption(models: Models, wl: Workload, roles: Sequence[str], opts: di
     from benchmarks import study_way
 
     n_seeds = int(opts.get("seeds", 10))
-    if wl.texts is None:
-        raise RuntimeError("disruption needs texts (run_disruption takes strings); not available for this model")
+    inputs = wl.texts if wl.texts is not None else wl.batch  # random-weight models: token ids
 
     def ours():
         for role in roles:
-            run_disruption(models.tl[role], identify_texts=wl.texts, eval_on_identify=True, n_seeds=n_seeds,
+            run_disruption(models.tl[role], identify_texts=inputs, eval_on_identify=True, n_seeds=n_seeds,
                            batch_size=wl.batch_size, max_length=wl.seq_len, n_resamples=999)
         _sync(models.device)
 

@@ -436,7 +436,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default=",".join(ALL_CASES), help="comma-separated subset of " + ",".join(ALL_CASES))
-    p.add_argument("--model", default="embedded", choices=("embedded", "tiny", "llama2-7b-shaped"))
+    p.add_argument("--model", default="embedded",
+                   choices=("embedded", "tiny", "llama2-7b-shaped", "llama2-shaped-tiny"),
+                   help="llama2-shaped-tiny: the GPU run's code path with a tiny shape, on any device")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     p.add_argument("--n-texts", type=int, default=4, help="texts per analysis case (default 4)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per text, BOS included (default 256)")

@@ -120,6 +120,19 @@ def test_eval_on_identify_reproduces_the_study_quirk(planted):
         run_disruption(planted, identify_texts=IDENTIFY, eval_texts=EVAL, eval_on_identify=True)
 
 
+def test_token_inputs_equal_text_inputs(planted, tokenizer, results):
+    """Models without a tokenizer (random-weight GPU shapes) pass token ids: same numbers as the texts."""
+    from drope_lens.loading import encode
+
+    kw = dict(n_seeds=4, n_resamples=999)
+    ids = run_disruption(planted, identify_texts=encode(tokenizer, IDENTIFY), eval_texts=encode(tokenizer, EVAL), **kw)
+    rope, _ = results
+    assert ids.massive_counts == rope.massive_counts and ids.n_eval_texts == len(EVAL)
+    assert ids.base_ppl == pytest.approx(rope.base_ppl, rel=1e-9)
+    assert ids.massive_ppl == pytest.approx(rope.massive_ppl, rel=1e-9)
+    assert ids.random_ppls == pytest.approx(rope.random_ppls, rel=1e-9)
+
+
 def test_bad_options(planted, tokenizer):
     with pytest.raises(ValueError, match="n_seeds"):
         run_disruption(planted, identify_texts=IDENTIFY, eval_texts=EVAL, n_seeds=1)

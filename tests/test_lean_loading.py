@@ -303,4 +303,9 @@ def test_gpu_script_tiny_rehearsal(tmp_path):
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert "[2/2]" in proc.stdout
     results = json.loads((tmp_path / "results-gpu.json").read_text())
-    assert results and (tmp_path / "results-gpu-memory.json").exists()
+    assert results["settings"]["model"] == "llama2-shaped-tiny"  # the GPU run's code path, tiny shape
+    cases = {c.get("as", c["case"]) for c in results["cases"]} | {c["case"] for c in results["cases"]}
+    assert {"detection", "phase", "sinks", "disruption", "scaling"} <= cases
+    failed = [(c["case"], c.get("reason")) for c in results["cases"] if c.get("status") != "ok"]
+    assert not failed, failed
+    assert (tmp_path / "results-gpu-memory.json").exists()

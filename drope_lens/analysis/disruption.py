@@ -22,14 +22,18 @@ use a seeded ``torch.Generator`` per seed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
+import torch
 
 from drope_lens.analysis import stats
 from drope_lens.analysis.massive import AGGREGATES, detect_massive
 from drope_lens.analysis.perplexity import PerplexityResult, model_label, perplexity, to_batch
 from drope_lens.hooks.channels import ChannelSelection, check_choice, random_control, zero_channel_hooks
+from drope_lens.loading.tokens import TokenBatch
+
+Inputs = Union[Sequence[str], TokenBatch, torch.Tensor]  # texts, or token ids (models without a tokenizer)
 
 
 @dataclass
@@ -182,8 +186,8 @@ class DisruptionComparison:
 def run_disruption(
     model,
     *,
-    identify_texts: Optional[Sequence[str]] = None,
-    eval_texts: Optional[Sequence[str]] = None,
+    identify_texts: Optional[Inputs] = None,
+    eval_texts: Optional[Inputs] = None,
     n_seeds: int = 10,
     first_seed: int = 42,
     threshold: float = 5.0,
@@ -207,7 +211,8 @@ def run_disruption(
     Defaults: identify on the built-in ``"identify"`` split, evaluate on the disjoint built-in
     ``"eval"`` split (:func:`drope_lens.data.texts.builtin_split`); seeds ``first_seed ..
     first_seed + n_seeds - 1`` (the study: 42..51). ``eval_on_identify=True`` evaluates on the
-    identification texts, as the study did. See the module docstring for the statistics.
+    identification texts, as the study did. Inputs are texts, or a :class:`TokenBatch` / id tensor
+    (for models without a tokenizer). See the module docstring for the statistics.
 
     Work already done elsewhere can be passed in: ``massive``, the channels to zero (then
     ``identify_texts`` only labels the result), and ``baseline``, the perplexity of ``eval_texts``
@@ -221,12 +226,12 @@ def run_disruption(
     if n_seeds < 2:
         raise ValueError(f"n_seeds must be >= 2 for the t-test and the bootstrap, got {n_seeds}")
     split = builtin_split()
-    identify_texts = list(identify_texts) if identify_texts is not None else split["identify"]
+    identify_texts = _inputs(identify_texts) if identify_texts is not None else split["identify"]
     if eval_on_identify:
         if eval_texts is not None:
             raise ValueError("Pass either eval_texts or eval_on_identify=True, not both.")
         eval_texts = identify_texts
-    eval_texts = list(eval_texts) if eval_texts is not None else split["eval"]
+    eval_texts = _inputs(eval_texts) if eval_texts is not None else split["eval"]
 
     given = massive is not None
     if massive is None:
@@ -268,6 +273,12 @@ def run_disruption(
         seeds=seeds, random_ppls=random_ppls, n_eval_texts=len(eval_texts),
         n_eval_targets=base.n_targets, random_overlap=overlap,
     )
+
+
+def _inputs(inputs):
+    """Texts become a list; a TokenBatch or id tensor passes through (``perplexity`` and
+    ``detect_massive`` take either)."""
+    return inputs if isinstance(inputs, (TokenBatch, torch.Tensor)) else list(inputs)
 
 
 def _checked_baseline(model, baseline: PerplexityResult, eval_texts, max_length) -> PerplexityResult:
