@@ -192,10 +192,11 @@ CASE_BUILDERS.update({"long_detection": case_long_detection, "long_phase": case_
 def plans(args) -> dict[str, list[dict]]:
     """The jobs of each case: ``case -> [job]`` (one child process per job)."""
     long_t = [int(x) for x in str(getattr(args, "long_lengths", "4096,8192")).split(",") if x]
+    pattern_max = int(getattr(args, "long_pattern_max", 4096))
     return {
         "long_detection": [{"case": "long_detection", "n_texts": 1, "seq_len": long_t[0], "repeat": 1}],
-        "long_phase": [{"case": "long_phase", "as": "long_phase", "n_texts": 1, "seq_len": L, "repeat": 1}
-                       for L in long_t],
+        "long_phase": [{"case": "long_phase", "as": "long_phase", "n_texts": 1, "seq_len": L, "repeat": 1,
+                        **({} if L <= pattern_max else {"only_sections": _NO_PATTERN})} for L in long_t],
         "short_ppl": [{"case": "short_ppl", "n_texts": 5, "seq_len": args.seq_len}],
         "jin": [{"case": "jin", "n_texts": 5, "seq_len": args.seq_len}],
         "context": [{"case": "context", "n_texts": 1, "seq_len": 16, "repeat": 1,
@@ -203,6 +204,7 @@ def plans(args) -> dict[str, list[dict]]:
     }
 
 
+_NO_PATTERN = "drope_lens,tl_forward_nologits,hf_forward_nologits"  # long_phase past --long-pattern-max
 LONG_CASES = ("long_detection", "long_phase", "short_ppl", "jin", "context")
 
 

@@ -453,6 +453,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--scaling-texts", default="1,4,16", help="numbers of texts (at --seq-len) for scaling")
     p.add_argument("--long-lengths", default="4096,8192", help="tokens for long_detection (first) and long_phase")
     p.add_argument("--context-lengths", default="512,1024,2048", help="lengths of the context case")
+    p.add_argument("--long-pattern-max", type=int, default=4096,
+                   help="long_phase times the hook_pattern reference (heads x T x T per layer) only up to this T")
     p.add_argument("--task-n", type=int, default=None, help="items per yes/no task (default 16)")
     p.add_argument("--report-args", default="", help="extra arguments for `drope-lens report`")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")

@@ -42,3 +42,14 @@ def test_long_cases_are_registered_and_render():
     table = long_cases.render_long_table([rec, {"case": "detection"}])
     assert "| long_phase | 1 × 4096 tok | drope_lens | 2 | 100 | 2.00× |" in table
     assert "detection" not in table.split("\n", 2)[2]
+
+
+def test_long_phase_times_the_pattern_reference_only_up_to_its_limit():
+    import argparse
+
+    args = argparse.Namespace(long_lengths="4096,8192", long_pattern_max=4096, seq_len=256,
+                              context_lengths="512")
+    short, long = long_cases.plans(args)["long_phase"]
+    assert short["seq_len"] == 4096 and "only_sections" not in short  # every section, pattern path included
+    assert long["seq_len"] == 8192 and "drope_lens_pattern" not in long["only_sections"].split(",")
+    assert "drope_lens" in long["only_sections"].split(",")

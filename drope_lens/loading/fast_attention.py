@@ -32,6 +32,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities.activation_functions import softcap_enabled
 
 from drope_lens.errors import NonFiniteError
+from drope_lens.loading.zero_bias import bias_or_none
 
 _FAST = "_drope_lens_fast_attention"
 
@@ -140,14 +141,14 @@ def _forward(
     z = self.hook_z(_sdpa_z(self, q, k, v, offset, attention_mask))
     # output projection exactly as TransformerLens's explicit path (use_attn_result off)
     w = einops.rearrange(self.W_O, "head_index d_head d_model -> d_model (head_index d_head)").contiguous()
-    b_O = self.b_O
+    b_O = bias_or_none(self.b_O)
     if w.device != z.device:
-        w, b_O = w.to(z.device), b_O.to(z.device)
+        w, b_O = w.to(z.device), (None if b_O is None else b_O.to(z.device))
     if z.dtype != w.dtype:
         z = z.to(w.dtype)
     z = z.reshape(z.shape[0], z.shape[1], self.cfg.d_head * self.cfg.n_heads)
     if z.device.type == "mps":
-        return torch.matmul(z, w.T) + b_O
+        return torch.matmul(z, w.T) if b_O is None else torch.matmul(z, w.T) + b_O
     return F.linear(z, w, b_O)
 
 

@@ -85,8 +85,9 @@ def install_attention_numerics(model: HookedTransformer) -> HookedTransformer:
         attn.calculate_attention_scores = types.MethodType(_scores, attn)
         object.__setattr__(attn, _PATCHED, True)
     from drope_lens.loading.fast_attention import install_fast_attention
+    from drope_lens.loading.zero_bias import install_zero_bias_skip
 
-    return install_fast_attention(model)
+    return install_zero_bias_skip(install_fast_attention(model))
 
 
 def install_qk_norm(
