@@ -100,6 +100,8 @@ def encode(
         if not isinstance(text, str):
             raise TypeError(f"Text {i} is a {type(text).__name__}, expected str.")
         row = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if not row:
+            raise DropeLensInputError(f"Text {i} is empty (it has no tokens); give non-empty texts.")
         if prepend_bos:
             row = [bos_id(tokenizer)] + row
         if max_length is not None:
@@ -109,8 +111,6 @@ def encode(
                 f"Text {i} is {len(row)} tokens long, more than the model's n_ctx={n_ctx}. "
                 f"Shorten it, or pass max_length={n_ctx} (CLI: --max-length) to truncate."
             )
-        if len(row) == 0:
-            raise DropeLensInputError(f"Text {i} is empty after tokenization.")
         ids.append(row)
     width = max(len(r) for r in ids)
     tokens = torch.full((len(ids), width), pad_id(tokenizer), dtype=torch.long)

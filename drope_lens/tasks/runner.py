@@ -37,7 +37,9 @@ from drope_lens.tasks.base import CATEGORIES, TaskDataset, TaskItem
 from drope_lens.tasks.calibration import (
     CONTENT_FREE, auroc, build_prompt, content_free_prompts, draw_demonstrations, log_prior,
 )
-from drope_lens.tasks.conditions import CONDITIONS, NEEDS_BOS, Condition, default_bos_layer, resolve_conditions
+from drope_lens.tasks.conditions import (
+    CONDITIONS, NEEDS_BOS, Condition, default_bos_layer, resolve_conditions, standard_condition,
+)
 from drope_lens.tasks.results import ItemResult, TaskComparison, TaskResults, TaskScore, wilson_interval
 from drope_lens.tasks.scoring import format_prompt, greedy_generate_batch, option_logprobs, option_token_ids
 
@@ -240,6 +242,12 @@ def run_tasks(
     t0 = time.perf_counter()
     names = [c if isinstance(c, str) else c.name for c in
              ([conditions] if isinstance(conditions, (str, Condition)) else conditions)]
+    for c in ([conditions] if isinstance(conditions, (str, Condition)) else conditions):
+        if isinstance(c, str) and c not in CONDITIONS:  # names first, before the spike-layer search
+            standard_condition(c)  # raises the unknown-condition error
+    for t in ([tasks] if isinstance(tasks, (str, TaskDataset)) else tasks):
+        if isinstance(t, str) and t not in TASKS:
+            raise DropeLensInputError(f"Unknown task {t!r}; choose from {TASKS} or pass a TaskDataset.")
     if bos_layer is None and any(c in NEEDS_BOS for c in names):
         bos_layer = default_bos_layer(model, batch_size=batch_size)
     conds = resolve_conditions(conditions, bos_layer=bos_layer, bos_mode=bos_mode, qk_kwargs=qk_kwargs)
