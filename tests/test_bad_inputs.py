@@ -104,7 +104,7 @@ CLI_ROWS = [
     (["phase", "--tau", "1.5"], "--tau must be in (0, 1], got 1.5"),
     (["phase", "--tau", "0"], "--tau must be in (0, 1], got 0.0"),
     (["phase", "--gu-eps", "nan"], "--gu-eps must be in (0, 1], got nan"),
-    (["phase", "--bos-layer", "-1"], "--bos-layer must be >= 0, got [-1]"),
+    (["phase", "--bos-layer", "-1"], "--bos-layer must be >= 0, got -1"),
     (["tasks", "--tasks", "cities,vibes"], "--tasks: unknown ['vibes']; choose from cities,sports,sentiment,passkey"),
     (["tasks", "--conditions", "vibes"], "--conditions: unknown ['vibes']; choose from baseline"),
     (["tasks", "--passkey-depth", "2"], "--passkey-depth must be in [0, 1], got 2.0"),
@@ -122,6 +122,7 @@ CLI_ROWS = [
     (["detect", "--rope", "{no_tokenizer}"], "no tokenizer files (none of tokenizer.json, tokenizer.model, vocab.json)"),
     (["detect", "--rope", "{corrupt}"], "model.safetensors is not a readable safetensors file"),
     (["detect", "--rope", "{bad_config}"], "config.json is not valid JSON"),
+    (["tasks", "--bos-layer", "3,-2"], "--bos-layer must be >= 0, got 3,-2"),
     (["detect", "--rope", "{good}", "--drope", "{banana}"], "Unknown DroPE attention_type 'banana'"),
     (["report", "--out", "{locked}"], "is being written by another drope-lens report (pid"),
 ]
@@ -324,7 +325,7 @@ def _api_rows():
         ("unknown condition", lambda m: run_tasks(m, tasks=["sports"], conditions=["vibes"], n=2),
          DropeLensInputError, "Unknown condition 'vibes'; choose from"),
         ("BOS layer out of range", lambda m: bos_mlp_ablation_hooks(99, model=m), DropeLensInputError,
-         "layer 99 is out of range (0…1)."),
+         "layer 99 is out of range (the model has 2 layers, 0…1); pass a layer in that range."),
         ("unknown genre", lambda m: builtin_texts("vibes"), DropeLensInputError, "Unknown genre 'vibes'"),
     ]
 

@@ -197,3 +197,18 @@ def test_gini_on_input_device_and_known_values():
     assert float(gini(torch.tensor([0.0, 0.0, 0.0, 4.0]))) == pytest.approx(0.75)
     x = torch.rand(3, 10)
     assert gini(x).device == x.device
+
+
+def test_weights_hash_sample_index_exact_past_float32_range():
+    """The embedded model's 49152 x 576 embedding (28311552 elements) made a float32 linspace point
+    one past the end; the indices are exact integers now."""
+    from drope_lens.report.provenance import sample_index
+
+    for n in (1, 2, 63, 64, 65, 28311552, 2**24 + 3):
+        idx = sample_index(n, 64)
+        k = min(64, n)
+        assert idx.tolist() == [i * (n - 1) // max(k - 1, 1) for i in range(k)]
+        assert int(idx[0]) == 0 and int(idx[-1]) == n - 1
+    big = torch.nn.Module()
+    big.register_buffer("b", torch.zeros(28311552, dtype=torch.int8))
+    weights_hash(big)  # raised IndexError before

@@ -123,7 +123,8 @@ def check_model_path(value: "str | None", flag: str) -> None:
     try:
         raw = json.loads((p / "config.json").read_text())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptFileError(f"{flag} {value}: config.json is not valid JSON ({exc})") from exc
+        raise CorruptFileError(f"{flag} {value}: config.json is not valid JSON ({exc}); "
+                               "re-save or re-download the checkpoint") from exc
     from drope_lens.loading.hf import check_model_folder
 
     check_model_folder(p, raw, flag=flag)
@@ -199,7 +200,8 @@ def _check_names(args: argparse.Namespace) -> None:
                 raise DropeLensInputError(f"{flag}: unknown {unknown or given}; choose from {','.join(known)}")
         if not 0.0 <= args.passkey_depth <= 1.0:
             raise DropeLensInputError(f"--passkey-depth must be in [0, 1], got {args.passkey_depth}")
-    layers = getattr(args, "bos_layer", None)
-    layers = [layers] if isinstance(layers, int) else layers
+    given = getattr(args, "bos_layer", None)
+    layers = [given] if isinstance(given, int) else given
     if layers is not None and any(v < 0 for v in layers):
-        raise DropeLensInputError(f"--bos-layer must be >= 0, got {layers}")
+        shown = ",".join(map(str, layers))
+        raise DropeLensInputError(f"--bos-layer must be >= 0, got {shown}")

@@ -28,8 +28,8 @@ def check_layer(model: Optional[HookedTransformer], layer: int) -> int:
         raise DropeLensInputError(f"layer must be an int, got {layer!r}")
     n_layers = model.cfg.n_layers if model is not None else None
     if layer < 0 or (n_layers is not None and layer >= n_layers):
-        limit = f"0…{n_layers - 1}" if n_layers is not None else ">= 0"
-        raise DropeLensInputError(f"layer {layer} is out of range ({limit}).")
+        limit = f"the model has {n_layers} layers, 0…{n_layers - 1}" if n_layers is not None else ">= 0"
+        raise DropeLensInputError(f"layer {layer} is out of range ({limit}); pass a layer in that range.")
     return layer
 
 
