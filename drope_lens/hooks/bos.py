@@ -16,7 +16,7 @@ from jaxtyping import Float
 from transformer_lens import HookedTransformer
 
 from drope_lens.errors import DropeLensInputError
-from drope_lens.hooks.channels import current_real_mask
+from drope_lens.hooks.channels import current_real_mask, real_token_mask
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHooks
 
@@ -97,7 +97,8 @@ def mlp_out_mean(
     name = f"blocks.{layer}.hook_mlp_out"
     for _, sub in batch.batches(batch_size):
         sub = sub.to(model.cfg.device)
-        model.run_with_hooks(sub.tokens, return_type=None, stop_at_layer=layer + 1, fwd_hooks=[(name, grab)])
+        with real_token_mask(sub.mask):  # other active hooks see this batch's padding too
+            model.run_with_hooks(sub.tokens, return_type=None, stop_at_layer=layer + 1, fwd_hooks=[(name, grab)])
         keep = sub.mask.clone()
         keep[:, 0] = False
         total += store["out"][keep].double().sum(0).cpu()
