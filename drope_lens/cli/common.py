@@ -137,17 +137,12 @@ def check_model_args(args: argparse.Namespace) -> None:
 
 def validate_common_args(args: argparse.Namespace) -> None:
     """Check every numeric/path option a subcommand has, before anything is loaded."""
-    import math
-    import os
-
+    from drope_lens.analysis.massive import check_threshold
+    from drope_lens.analysis.sinks import check_tau
     from drope_lens.errors import DropeLensInputError
 
     def num(name: str):
-        v = getattr(args, name, None)
-        return v
-
-    from drope_lens.analysis.massive import check_threshold
-    from drope_lens.analysis.sinks import check_tau
+        return getattr(args, name, None)
 
     if num("threshold") is not None:
         check_threshold(args.threshold, "--threshold (λ)")
@@ -197,7 +192,8 @@ def _check_names(args: argparse.Namespace) -> None:
         for flag, given, known in (("--tasks", args.tasks, TASKS), ("--conditions", args.conditions, CONDITIONS)):
             unknown = [v for v in given if v not in known]
             if unknown or not given:
-                raise DropeLensInputError(f"{flag}: unknown {unknown or given}; choose from {','.join(known)}")
+                what = f"unknown {unknown}" if unknown else "nothing given"
+                raise DropeLensInputError(f"{flag}: {what}; choose from {','.join(known)}")
         if not 0.0 <= args.passkey_depth <= 1.0:
             raise DropeLensInputError(f"--passkey-depth must be in [0, 1], got {args.passkey_depth}")
     given = getattr(args, "bos_layer", None)
