@@ -2,7 +2,7 @@
 
 Every class derives from :class:`DropeLensError` and from the builtin a caller would expect
 (``ValueError`` for bad values, ``FileNotFoundError`` for missing files, ``OSError`` for failed
-writes), so ``except ValueError`` keeps working. The CLI prints any of them as one line.
+writes, ``FloatingPointError`` for NaN/inf), so ``except ValueError`` keeps working. The CLI prints any of them as one line.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class OutputWriteError(DropeLensError, OSError):
     """A result could not be written (full disk, read-only folder); the previous file is left intact."""
 
 
-class NonFiniteError(DropeLensError):
+class NonFiniteError(DropeLensError, FloatingPointError):
     """NaN or inf appeared in attention scores or logits.
 
     drope_lens never replaces such values by zeros; it stops and says where they came from.

@@ -382,8 +382,9 @@ def test_fp16_overflow_names_the_layer_never_zeros(tokenizer):
     assert float(cache["blocks.0.hook_resid_post"].abs().max()) > torch.finfo(torch.float16).max
     fp16 = model(torch.float16)
     for run in (lambda: perplexity(fp16, TEXTS), lambda: detect_massive(fp16, TEXTS)):
-        with pytest.raises(NonFiniteError, match=r"^Layer 1: .*NaN.*Model dtype torch.float16"):
+        with pytest.raises(NonFiniteError, match=r"^Layer 1: .*NaN.*Model dtype torch.float16") as exc:
             run()
+        assert isinstance(exc.value, FloatingPointError)
 
 
 # ------------------------------------------------------------------------------ task files
