@@ -34,6 +34,7 @@ from jaxtyping import Bool, Float, Int
 
 from drope_lens.analysis.perplexity import forward_batch, model_label, to_batch
 from drope_lens.analysis.rotary import RotaryBand, rotary_bands
+from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.channels import (
     ROTARY_MODES, ChannelSelection, check_choice, check_tensors, hook_name, n_heads_of,
 )
@@ -42,9 +43,11 @@ SCOPES = ("layer", "head")
 AGGREGATES = ("mean_norm", "pooled", "union")
 
 
-def check_threshold(threshold: float) -> float:
-    if not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or threshold <= 0:
-        raise ValueError(f"threshold (lambda) must be a finite number > 0, e.g. 5.0; got {threshold!r}")
+def check_threshold(threshold: float, name: str = "threshold (lambda)") -> float:
+    """Validate a massive-value λ: a finite number > 0."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
+            or threshold <= 0:
+        raise DropeLensInputError(f"{name} must be a finite number > 0, e.g. 5.0; got {threshold!r}")
     return float(threshold)
 
 
@@ -141,7 +144,7 @@ class MassiveValues:
         """The same measurement restricted to some texts (``indices`` into the input order)."""
         idx = torch.as_tensor(list(indices), dtype=torch.long)
         if idx.numel() == 0:
-            raise ValueError("subset needs at least one text index.")
+            raise DropeLensInputError("subset needs at least one text index.")
         return dataclasses.replace(self, sumsq={t: v[idx] for t, v in self.sumsq.items()},
                                    lengths=self.lengths[idx], _cache={})
 
@@ -160,7 +163,7 @@ class MassiveValues:
         tensors = check_tensors(tensors) if tensors is not None else self.tensors
         missing = [t for t in tensors if t not in self.sumsq]
         if missing:
-            raise ValueError(f"Tensors {missing} were not measured; detect with tensors including them.")
+            raise DropeLensInputError(f"Tensors {missing} were not measured; detect with tensors including them.")
         return ChannelSelection(
             {t: self.aggregate_mask(t, how) for t in tensors}, rotary=self.rotary, label="massive",
             meta={"aggregate": how, "threshold": self.threshold, "scope": self.scope},
@@ -288,7 +291,7 @@ def detect_massive(
     check_choice("rotary", rotary, ROTARY_MODES)
     tensors = check_tensors(tensors)
     if top < 0:
-        raise ValueError(f"top must be >= 0, got {top}")
+        raise DropeLensInputError(f"top must be >= 0, got {top}")
     batch = to_batch(model, inputs, max_length=max_length)
     cfg = model.cfg
     n = len(batch)

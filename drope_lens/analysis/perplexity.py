@@ -22,6 +22,7 @@ from drope_lens.hooks.types import FwdHooks
 from drope_lens.loading.numerics import check_logits_finite
 from drope_lens.loading.tokens import TokenBatch, as_batch
 
+from drope_lens.errors import DropeLensInputError
 
 def model_label(model) -> str:
     describe = getattr(model.cfg, "describe", None)
@@ -95,10 +96,10 @@ class PerplexityResult:
         """Rebuild from per-text pieces (e.g. a saved :meth:`to_dict`)."""
         nll, count = [float(x) for x in per_text_nll], [int(c) for c in per_text_targets]
         if len(nll) != len(count) or not nll:
-            raise ValueError("per_text_nll and per_text_targets must be non-empty and of equal length.")
+            raise DropeLensInputError("per_text_nll and per_text_targets must be non-empty and of equal length.")
         total, targets = math.fsum(nll), sum(count)
         if targets < 1:
-            raise ValueError("No targets: every text needs at least 2 tokens.")
+            raise DropeLensInputError("No targets: every text needs at least 2 tokens.")
         return cls(ppl=math.exp(total / targets), nll_sum=total, n_targets=targets,
                    per_text_nll=nll, per_text_targets=count)
 
@@ -166,7 +167,7 @@ def perplexity(
     """
     batch = to_batch(model, inputs, max_length=max_length)
     if int(batch.lengths.min()) < 2:
-        raise ValueError("Every text needs at least 2 tokens (BOS + one target) for perplexity.")
+        raise DropeLensInputError("Every text needs at least 2 tokens (BOS + one target) for perplexity.")
     acc = NLLAccumulator(len(batch))
     from tqdm.auto import tqdm
 

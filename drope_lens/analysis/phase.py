@@ -32,6 +32,8 @@ from drope_lens.analysis import bos_metrics, entropy, sinks
 from drope_lens.hooks.types import FwdHooks
 from drope_lens.loading.tokens import TokenBatch, as_batch
 
+from drope_lens.errors import DropeLensInputError
+
 #: Texts, a right-padded :class:`TokenBatch`, or an unpadded ``[batch, pos]`` id tensor.
 Inputs = Union[Sequence[str], TokenBatch, torch.Tensor]
 
@@ -267,17 +269,17 @@ class _Collector:
 
 def _check_options(model, tau, gu_eps, last_layer, attention, batch_size, sinks_from="stream") -> None:
     if sinks_from not in SINK_SOURCES:
-        raise ValueError(f"Unknown sinks_from {sinks_from!r}; choose one of {SINK_SOURCES}.")
+        raise DropeLensInputError(f"Unknown sinks_from {sinks_from!r}; choose one of {SINK_SOURCES}.")
     sinks.check_tau(tau)
     sinks.check_tau(gu_eps, "gu_eps")
     if last_layer not in LAST_LAYER_MODES:
-        raise ValueError(f"Unknown last_layer {last_layer!r}; choose one of {LAST_LAYER_MODES}.")
+        raise DropeLensInputError(f"Unknown last_layer {last_layer!r}; choose one of {LAST_LAYER_MODES}.")
     if attention not in sinks.ATTENTION_SOURCES:
-        raise ValueError(f"Unknown attention {attention!r}; choose one of {sinks.ATTENTION_SOURCES}.")
+        raise DropeLensInputError(f"Unknown attention {attention!r}; choose one of {sinks.ATTENTION_SOURCES}.")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise DropeLensInputError(f"batch_size must be >= 1, got {batch_size}")
     if last_layer == "final_norm" and not hasattr(model.ln_final, "w"):
-        raise ValueError("last_layer='final_norm' needs the final RMSNorm gain; it was folded away "
+        raise DropeLensInputError("last_layer='final_norm' needs the final RMSNorm gain; it was folded away "
                          "(process_weights=True). Load with process_weights=False.")
 
 
@@ -348,7 +350,7 @@ def _measure(
     t0 = time.perf_counter()
     batch = as_batch(model, inputs, max_length=max_length)
     if bool((batch.lengths < 2).any()):
-        raise ValueError("Every text needs at least one token after BOS (BOS ratio, sink rows, PPL).")
+        raise DropeLensInputError("Every text needs at least one token after BOS (BOS ratio, sink rows, PPL).")
     col = (_Collector(model, len(batch), include_bos_row=opts["include_bos_row"],
                       last_layer=opts["last_layer"], attention=opts["attention"],
                       sinks_from=opts["sinks_from"]) if profile else None)
@@ -402,11 +404,11 @@ def condition_hooks(
     from drope_lens.hooks.bos import bos_mlp_ablation_hooks
 
     if condition not in CONDITIONS:
-        raise ValueError(f"Unknown condition {condition!r}; choose from {CONDITIONS}.")
+        raise DropeLensInputError(f"Unknown condition {condition!r}; choose from {CONDITIONS}.")
     hooks: FwdHooks = []
     if condition in ("bos_mlp", "combined"):
         if bos_layer is None:
-            raise ValueError(f"condition {condition!r} needs bos_layer (the spike layer).")
+            raise DropeLensInputError(f"condition {condition!r} needs bos_layer (the spike layer).")
         hooks += bos_mlp_ablation_hooks(bos_layer, mode=bos_mode, mean_vector=bos_mean_vector,
                                         study_compatible=study_compatible, model=model)
     if condition in ("qk", "combined"):
@@ -500,9 +502,9 @@ def phase_experiment(
     conditions = (conditions,) if isinstance(conditions, str) else tuple(conditions)
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown:
-        raise ValueError(f"Unknown condition(s) {unknown}; choose from {CONDITIONS}.")
+        raise DropeLensInputError(f"Unknown condition(s) {unknown}; choose from {CONDITIONS}.")
     if spike_rule not in bos_metrics.SPIKE_RULES:
-        raise ValueError(f"Unknown spike rule {spike_rule!r}; choose one of {bos_metrics.SPIKE_RULES}.")
+        raise DropeLensInputError(f"Unknown spike rule {spike_rule!r}; choose one of {bos_metrics.SPIKE_RULES}.")
     kw = dict(batch_size=batch_size, max_length=max_length, progress=progress, **profile_kwargs)
     same_texts = ppl_texts is None  # PPL on the profile's texts: one pass gives both
     want_base_ppl = "baseline" in conditions and same_texts
@@ -511,7 +513,7 @@ def phase_experiment(
     if bos_layer is None and needs_bos:
         bos_layer = baseline.spike_layer(spike_rule)
         if bos_layer is None:
-            raise ValueError(f"No spike layer by rule {spike_rule!r} (no layer's BOS ratio exceeds "
+            raise DropeLensInputError(f"No spike layer by rule {spike_rule!r} (no layer's BOS ratio exceeds "
                              f"{baseline.spike_threshold}); pass bos_layer explicitly.")
     mean_vec = None
     if needs_bos and bos_mode == "mean":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from jaxtyping import Bool, Float, Int
 
-from drope_lens.errors import NonFiniteError
+from drope_lens.errors import DropeLensInputError, NonFiniteError
 
 ATTENTION_SOURCES = ("native", "pre_rope_manual")
 
@@ -31,7 +31,7 @@ def check_tau(tau: float, name: str = "tau") -> float:
     """Validate a threshold in (0, 1]."""
     tau = float(tau)
     if not (0.0 < tau <= 1.0):
-        raise ValueError(f"{name} must be in (0, 1], got {tau}")
+        raise DropeLensInputError(f"{name} must be in (0, 1], got {tau}")
     return tau
 
 
@@ -89,7 +89,7 @@ def sink_scores_from_column(
     rows = query_rows(lengths.to(col0.device), col0.shape[2], include_bos_row=include_bos_row)
     n_rows = rows.sum(-1)
     if bool((n_rows == 0).any()):
-        raise ValueError("A text has no query row to average (length 1 without the BOS row).")
+        raise DropeLensInputError("A text has no query row to average (length 1 without the BOS row).")
     total = (col0.double() * rows[:, None, :]).sum(-1)
     return total / n_rows[:, None].double()
 
@@ -118,7 +118,7 @@ def uniform_sink_score(length: int, *, include_bos_row: bool = False) -> float:
     start = 0 if include_bos_row else 1
     rows = range(start, length)
     if len(rows) == 0:
-        raise ValueError("No query rows to average.")
+        raise DropeLensInputError("No query rows to average.")
     return sum(1.0 / (q + 1) for q in rows) / len(rows)
 
 

@@ -77,28 +77,34 @@ def _jsonable(obj: Any) -> Any:
 
 def check_out_dir(path: "str | Path") -> Path:
     """Refuse, before any model is loaded, an output folder that is a file or cannot be written."""
-    import os
-
+    from drope_lens.atomic import unwritable_reason
     from drope_lens.errors import DropeLensInputError
 
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise DropeLensInputError(f"--out {out} is an existing file, not a folder; choose a folder path")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise DropeLensInputError(f"--out {out}: {probe} is a file, so the folder cannot be created")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise DropeLensInputError(f"--out {out}: {probe} is not writable; choose a folder you can write to")
+    why = unwritable_reason(out)
+    if why:
+        raise DropeLensInputError(f"--out {out}: {why}; choose a folder you can write to")
     return out
 
 
+def check_cache_dir(args: argparse.Namespace) -> None:
+    """The embedded pair is converted into ``$DROPE_LENS_CACHE`` on first use: that folder must be writable."""
+    if not hasattr(args, "rope") or args.rope is not None:
+        return
+    from drope_lens.loading.embedded import check_cache_writable, embedded_checkpoint_cached
+
+    if not embedded_checkpoint_cached():
+        check_cache_writable()
+
+
 def check_model_path(value: "str | None", flag: str) -> None:
-    """A --rope/--drope value that looks like a local path must be a readable folder."""
+    """A --rope/--drope value that looks like a local path must be a readable Llama-family model folder."""
+    import json
     import os
 
-    from drope_lens.errors import DropeLensInputError
+    from drope_lens.errors import CorruptFileError, DropeLensInputError, MissingFileError
 
     if value is None:
         return
@@ -107,13 +113,21 @@ def check_model_path(value: "str | None", flag: str) -> None:
     if not looks_local:
         return
     if not p.exists():
-        raise DropeLensInputError(f"{flag} {value}: no such folder (give a local model folder or a hub id)")
+        raise MissingFileError(f"{flag} {value}: no such folder (give a local model folder or a hub id)")
     if not p.is_dir():
         raise DropeLensInputError(f"{flag} {value}: not a folder (a model folder holds config.json and weights)")
     if not os.access(p, os.R_OK | os.X_OK):
         raise DropeLensInputError(f"{flag} {value}: folder is not readable")
     if not (p / "config.json").exists():
-        raise DropeLensInputError(f"{flag} {value}: no config.json in this folder; is it a model folder?")
+        raise MissingFileError(f"{flag} {value}: no config.json in this folder; is it a model folder?")
+    try:
+        raw = json.loads((p / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{flag} {value}: config.json is not valid JSON ({exc}); "
+                               "re-save or re-download the checkpoint") from exc
+    from drope_lens.loading.hf import check_model_folder
+
+    check_model_folder(p, raw, flag=flag)
 
 
 def check_model_args(args: argparse.Namespace) -> None:
@@ -123,21 +137,18 @@ def check_model_args(args: argparse.Namespace) -> None:
 
 def validate_common_args(args: argparse.Namespace) -> None:
     """Check every numeric/path option a subcommand has, before anything is loaded."""
-    import math
-    import os
-
+    from drope_lens.analysis.massive import check_threshold
+    from drope_lens.analysis.sinks import check_tau
     from drope_lens.errors import DropeLensInputError
 
     def num(name: str):
-        v = getattr(args, name, None)
-        return v
+        return getattr(args, name, None)
 
-    v = num("threshold")
-    if v is not None and not (math.isfinite(v) and v > 0):
-        raise DropeLensInputError(f"--threshold must be a finite number > 0 (λ), got {v}")
-    v = num("tau")
-    if v is not None and not (math.isfinite(v) and 0.0 <= v <= 1.0):
-        raise DropeLensInputError(f"--tau must be in [0, 1], got {v}")
+    if num("threshold") is not None:
+        check_threshold(args.threshold, "--threshold (λ)")
+    for name in ("tau", "gu_eps"):
+        if num(name) is not None:
+            check_tau(getattr(args, name), f"--{name.replace('_', '-')}")
     for name, lo in (("max_length", 2), ("batch_size", 1), ("n_texts", 1), ("n_seeds", 2), ("task_n", 1),
                      ("top", 1), ("context_length", 2)):
         v = num(name)
@@ -154,10 +165,39 @@ def validate_common_args(args: argparse.Namespace) -> None:
         raise DropeLensInputError("--text is empty; give a non-empty text")
     j = getattr(args, "json_out", None)
     if j and j != "-":
+        from drope_lens.atomic import unwritable_reason
+
         p = Path(j)
         if p.is_dir():
             raise DropeLensInputError(f"--json {j} is a folder; give a file path")
         parent = p.parent if str(p.parent) else Path(".")
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise DropeLensInputError(f"--json {j}: folder {parent} does not exist or is not writable")
+        if not parent.is_dir():
+            raise DropeLensInputError(f"--json {j}: folder {parent} does not exist; create it or choose another path")
+        why = unwritable_reason(parent)
+        if why:
+            raise DropeLensInputError(f"--json {j}: {why}; choose a folder you can write to")
+    _check_names(args)
     check_model_args(args)
+    check_cache_dir(args)
+
+
+def _check_names(args: argparse.Namespace) -> None:
+    """--tasks / --conditions / --bos-layer values known without a model."""
+    from drope_lens.errors import DropeLensInputError
+
+    if getattr(args, "command", None) == "tasks":
+        from drope_lens.tasks.conditions import CONDITIONS
+        from drope_lens.tasks.runner import TASKS
+
+        for flag, given, known in (("--tasks", args.tasks, TASKS), ("--conditions", args.conditions, CONDITIONS)):
+            unknown = [v for v in given if v not in known]
+            if unknown or not given:
+                what = f"unknown {unknown}" if unknown else "nothing given"
+                raise DropeLensInputError(f"{flag}: {what}; choose from {','.join(known)}")
+        if not 0.0 <= args.passkey_depth <= 1.0:
+            raise DropeLensInputError(f"--passkey-depth must be in [0, 1], got {args.passkey_depth}")
+    given = getattr(args, "bos_layer", None)
+    layers = [given] if isinstance(given, int) else given
+    if layers is not None and any(v < 0 for v in layers):
+        shown = ",".join(map(str, layers))
+        raise DropeLensInputError(f"--bos-layer must be >= 0, got {shown}")

@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from drope_lens.errors import DropeLensInputError
+
 GENRES = ("literary", "technical", "conversational", "factual", "repetitive")
 _FILE = Path(__file__).with_name("texts.json")
 
@@ -30,7 +32,7 @@ def builtin_texts(genre: Optional[str] = None) -> list[str]:
     if genre is None:
         return [t for g in GENRES for t in data[g]]
     if genre not in data:
-        raise ValueError(f"Unknown genre {genre!r}; use one of {GENRES} or None for all.")
+        raise DropeLensInputError(f"Unknown genre {genre!r}; use one of {GENRES} or None for all.")
     return list(data[genre])
 
 
@@ -64,13 +66,13 @@ def load_text_file(
     paragraphs = [p for p in paragraphs if p]
     if max_tokens is not None:
         if tokenizer is None:
-            raise ValueError("max_tokens needs a tokenizer (e.g. model.tokenizer) to count tokens.")
+            raise DropeLensInputError("max_tokens needs a tokenizer (e.g. model.tokenizer) to count tokens.")
         if max_tokens < 2:
-            raise ValueError(f"max_tokens must be >= 2, got {max_tokens}")
+            raise DropeLensInputError(f"max_tokens must be >= 2, got {max_tokens}")
         paragraphs = _pack(paragraphs, tokenizer, max_tokens)
     texts = [p for p in paragraphs if len(p) >= min_chars]
     if not texts:
-        raise ValueError(f"{path} contains no text of at least {min_chars} characters.")
+        raise DropeLensInputError(f"{path} contains no text of at least {min_chars} characters.")
     return texts
 
 
@@ -130,7 +132,7 @@ def load_hf_texts(
             "Offline, use builtin_texts() or load_text_file(path) instead."
         ) from exc
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise DropeLensInputError(f"n must be >= 1, got {n}")
     try:
         ds = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as exc:  # offline, unknown name, gated
@@ -142,12 +144,12 @@ def load_hf_texts(
     texts: list[str] = []
     for row in ds:
         if column not in row:
-            raise ValueError(f"Dataset {name!r} has no column {column!r}; columns: {sorted(row)}")
+            raise DropeLensInputError(f"Dataset {name!r} has no column {column!r}; columns: {sorted(row)}")
         text = str(row[column]).strip()
         if len(text) >= min_chars:
             texts.append(text)
         if len(texts) >= n:
             break
     if not texts:
-        raise ValueError(f"No rows of {name!r}/{split} have {column!r} with >= {min_chars} characters.")
+        raise DropeLensInputError(f"No rows of {name!r}/{split} have {column!r} with >= {min_chars} characters.")
     return texts

@@ -15,6 +15,8 @@ import torch
 from jaxtyping import Float
 from transformer_lens import HookedTransformer
 
+from drope_lens.errors import DropeLensInputError
+from drope_lens.hooks.channels import current_real_mask, real_token_mask
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHooks
 
@@ -23,11 +25,11 @@ BOS_MODES = ("zero", "mean")
 
 def check_layer(model: Optional[HookedTransformer], layer: int) -> int:
     if isinstance(layer, bool) or not isinstance(layer, int):
-        raise ValueError(f"layer must be an int, got {layer!r}")
+        raise DropeLensInputError(f"layer must be an int, got {layer!r}")
     n_layers = model.cfg.n_layers if model is not None else None
     if layer < 0 or (n_layers is not None and layer >= n_layers):
-        limit = f"0…{n_layers - 1}" if n_layers is not None else ">= 0"
-        raise ValueError(f"layer {layer} is out of range ({limit}).")
+        limit = f"the model has {n_layers} layers, 0…{n_layers - 1}" if n_layers is not None else ">= 0"
+        raise DropeLensInputError(f"layer {layer} is out of range ({limit}); pass a layer in that range.")
     return layer
 
 
@@ -43,17 +45,17 @@ def bos_mlp_ablation_hooks(
 
     Args:
         mode: ``"zero"`` sets the BOS MLP output to 0; ``"mean"`` replaces it by ``mean_vector``
-            (e.g. from :func:`mlp_out_mean`) or, without one, by the mean MLP output over positions
-            1… of the same row of the current pass — which includes right-padding, so pass a
-            vector for padded batches.
+            (e.g. from :func:`mlp_out_mean`) or, without one, by the mean MLP output over the real
+            positions 1… of the same row (the batch's declared real-token mask; a multi-row pass
+            without one is refused, see :func:`~drope_lens.hooks.channels.current_real_mask`).
         study_compatible: ablate index 0 of every forward call, decode steps included (bug B3).
         model: if given, ``layer`` is range-checked against it.
     """
     check_layer(model, layer)
     if mode not in BOS_MODES:
-        raise ValueError(f"Unknown mode {mode!r}; choose one of {BOS_MODES}.")
+        raise DropeLensInputError(f"Unknown mode {mode!r}; choose one of {BOS_MODES}.")
     if mean_vector is not None and mode != "mean":
-        raise ValueError("mean_vector is only used with mode='mean'.")
+        raise DropeLensInputError("mean_vector is only used with mode='mean'.")
     tracker = PositionTracker()
 
     def ablate(out: torch.Tensor, hook) -> Optional[torch.Tensor]:
@@ -66,8 +68,10 @@ def bos_mlp_ablation_hooks(
             out[:, 0] = mean_vector.to(device=out.device, dtype=out.dtype)
         else:
             if out.shape[1] < 2:
-                raise ValueError("mode='mean' without mean_vector needs more than one position per pass.")
-            out[:, 0] = out[:, 1:].float().mean(1).to(out.dtype)
+                raise DropeLensInputError("mode='mean' without mean_vector needs more than one position per pass.")
+            real = current_real_mask(out)[:, 1:, None].float()  # the batch's mask; refuses if unknown
+            mean = (out[:, 1:].float() * real).sum(1) / real.sum(1).clamp_min(1.0)
+            out[:, 0] = mean.to(out.dtype)
         return out
 
     hooks: FwdHooks = [] if study_compatible else tracker.hooks()
@@ -93,11 +97,12 @@ def mlp_out_mean(
     name = f"blocks.{layer}.hook_mlp_out"
     for _, sub in batch.batches(batch_size):
         sub = sub.to(model.cfg.device)
-        model.run_with_hooks(sub.tokens, return_type=None, stop_at_layer=layer + 1, fwd_hooks=[(name, grab)])
+        with real_token_mask(sub.mask):  # other active hooks see this batch's padding too
+            model.run_with_hooks(sub.tokens, return_type=None, stop_at_layer=layer + 1, fwd_hooks=[(name, grab)])
         keep = sub.mask.clone()
         keep[:, 0] = False
         total += store["out"][keep].double().sum(0).cpu()
         count += int(keep.sum())
     if count == 0:
-        raise ValueError("No non-BOS tokens to average over.")
+        raise DropeLensInputError("No non-BOS tokens to average over.")
     return (total / count).float()

@@ -22,8 +22,9 @@ Interventions
 Padding
 -------
 Statistics inside hooks (token L2 norms, token means) use only real tokens. drope_lens analyses
-declare the real-token mask of each right-padded batch with :func:`real_token_mask`; outside such
-a block every position counts as real, which is exact for unpadded input.
+declare the real-token mask of each right-padded batch with :func:`real_token_mask` (every
+``forward_batch`` does). Outside such a block a one-row pass counts every position as real; a
+multi-row pass is refused, since the hook cannot tell right-padding from real tokens.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 from jaxtyping import Bool, Float
 
+from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHooks, HookFn
 
@@ -58,10 +60,19 @@ def real_token_mask(mask: Optional[Bool[torch.Tensor, "batch pos"]]) -> Iterator
 
 
 def current_real_mask(x: torch.Tensor) -> Bool[torch.Tensor, "batch pos"]:
-    """The declared real-token mask for activation ``x`` ``[batch, pos, ...]`` (all True if none)."""
+    """The declared real-token mask for activation ``x`` ``[batch, pos, ...]``.
+
+    Without a declared mask: all True for one row; for several rows :class:`DropeLensInputError`
+    (padding could be counted as real tokens)."""
     mask = _REAL_MASK.get()
     b, t = x.shape[0], x.shape[1]
     if mask is None:
+        if b > 1:
+            raise DropeLensInputError(
+                f"A statistic over tokens (mean replacement) ran on {b} rows with no real-token mask "
+                "declared, so padding would count as real tokens. Run it through a drope_lens analysis "
+                "(they declare each batch's mask), or wrap the call in `with real_token_mask(batch.mask):` "
+                "(all-True for unpadded rows), or run one row at a time.")
         return torch.ones(b, t, dtype=torch.bool, device=x.device)
     if tuple(mask.shape) != (b, t):
         raise ValueError(

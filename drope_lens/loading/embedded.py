@@ -42,11 +42,34 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def _default_target() -> Path:
+    return cache_root() / "smollm2-135m-instruct"
+
+
+def embedded_checkpoint_cached(cache_dir: Optional[Union[str, Path]] = None) -> bool:
+    """Whether the converted checkpoint is already in the cache (no write needed to load it)."""
+    target = Path(cache_dir) if cache_dir else _default_target()
+    return (target / "config.json").exists() and any(target.glob("*.safetensors"))
+
+
+def check_cache_writable(target: Optional[Union[str, Path]] = None) -> None:
+    """Raise :class:`DropeLensInputError` unless the converted checkpoint can be written to ``target``."""
+    from drope_lens.atomic import unwritable_reason
+    from drope_lens.errors import DropeLensInputError
+
+    target = Path(target) if target else _default_target()
+    why = unwritable_reason(target)
+    if why:
+        raise DropeLensInputError(
+            f"model cache {target} ($DROPE_LENS_CACHE): {why}; set DROPE_LENS_CACHE to a writable folder")
+
+
 def embedded_checkpoint(cache_dir: Optional[Union[str, Path]] = None) -> Path:
     """A local HF checkpoint folder of the embedded model, converted from GGUF on first use."""
-    target = Path(cache_dir) if cache_dir else cache_root() / "smollm2-135m-instruct"
-    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+    target = Path(cache_dir) if cache_dir else _default_target()
+    if embedded_checkpoint_cached(target):
         return target
+    check_cache_writable(target)  # refuse before the ~30 s conversion
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_gguf_path()

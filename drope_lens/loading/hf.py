@@ -24,7 +24,7 @@ import torch
 from transformer_lens import HookedTransformer
 from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
 
-from drope_lens.errors import UnsupportedModelError
+from drope_lens.errors import CorruptFileError, MissingFileError, UnsupportedModelError
 from drope_lens.loading.config import (
     DROPE_ATTENTION_TYPES,
     DROPE_CHECKPOINT,
@@ -64,13 +64,16 @@ def read_config_dict(source: Union[str, os.PathLike]) -> dict:
     if path.is_dir():
         cfg_file = path / "config.json"
         if not cfg_file.exists():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path} has no config.json. Point drope_lens at a folder saved with "
                 "`save_pretrained` (config.json + *.safetensors), or at a hub id."
             )
-        return json.loads(cfg_file.read_text())
+        try:
+            return json.loads(cfg_file.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptFileError(f"{cfg_file} is not valid JSON ({exc}); re-save or re-download the checkpoint") from exc
     if path.exists() or _looks_local(str(source)):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"No model folder at {path}. Give an existing folder saved with `save_pretrained`, "
             "a hub id such as 'meta-llama/Llama-2-7b-hf', or use the embedded default."
         )
@@ -79,11 +82,39 @@ def read_config_dict(source: Union[str, os.PathLike]) -> dict:
 
         return json.loads(Path(hf_hub_download(str(source), "config.json")).read_text())
     except Exception as exc:  # offline, gated, misspelled
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Could not fetch config.json for hub id {source!r} ({type(exc).__name__}: {exc}). "
             "Check the name, your network and `huggingface-cli login` for gated models, or "
             "download the checkpoint and pass its local folder."
         ) from exc
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_folder(path: Path, raw: dict, *, flag: str = "model folder", tokenizer: bool = True) -> None:
+    """Cheap checks of a local model folder before any weight is read: a Llama-family (or DroPE)
+    config, tokenizer files (unless ``tokenizer=False``), safetensors files whose headers parse."""
+    from safetensors import safe_open
+
+    name = f"{flag} {path}"
+    try:
+        if _drope_facts(raw)[0] is None:
+            check_supported(_Raw(raw))
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(f"{name}: {exc}") from exc
+    if tokenizer and not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise MissingFileError(
+            f"{name}: no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); save the tokenizer "
+            "into the folder (tokenizer.save_pretrained) or copy it from the original checkpoint")
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except Exception as exc:  # safetensors raises its own error types for every kind of damage
+            raise CorruptFileError(
+                f"{name}: {file.name} is not a readable safetensors file ({type(exc).__name__}: {exc}); "
+                "the file is truncated or corrupt, re-download or re-save the checkpoint") from exc
 
 
 def _drope_facts(raw: dict) -> tuple[Optional[str], Optional[float]]:
@@ -246,6 +277,9 @@ def load_hooked(
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
     raw = read_config_dict(source)
+    local = Path(os.path.expanduser(str(source)))
+    if local.is_dir():
+        check_model_folder(local, raw, tokenizer=tokenizer is None)
     attention_type, softmax_scale = _drope_facts(raw)
     is_drope = attention_type is not None
     if is_drope:
@@ -255,7 +289,11 @@ def load_hooked(
         hf_config = AutoConfig.from_pretrained(str(source))
     dtype = _dtype(dtype)
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        try:  # never run a checkpoint's remote code (DroPE configs carry an auto_map)
+            tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+        except (OSError, ValueError, TypeError) as exc:
+            raise CorruptFileError(f"could not load the tokenizer of {source} ({type(exc).__name__}: {exc}); "
+                                   "check the tokenizer files or pass tokenizer=") from exc
     use_nope = is_drope or bool(nope)
     origin = DROPE_CHECKPOINT if is_drope else (
         "zero-shot NoPE (RoPE removed, not recalibrated)" if use_nope else None

@@ -16,7 +16,7 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from jaxtyping import Bool, Int
 
-from drope_lens.errors import InputTooLongError
+from drope_lens.errors import DropeLensInputError, InputTooLongError
 
 
 @dataclass
@@ -44,7 +44,7 @@ class TokenBatch:
     def batches(self, batch_size: int, *, sort: bool = True) -> Iterator[tuple[list[int], "TokenBatch"]]:
         """Yield ``(indices, sub_batch)``; with ``sort`` similar lengths share a batch (less padding)."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise DropeLensInputError(f"batch_size must be >= 1, got {batch_size}")
         order = list(range(len(self)))
         if sort:
             order.sort(key=lambda i: -int(self.lengths[i]))
@@ -59,7 +59,7 @@ class TokenBatch:
 def bos_id(tokenizer) -> int:
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
-        raise ValueError(
+        raise DropeLensInputError(
             "The tokenizer has no BOS token. Pass prepend_bos=False, or set tokenizer.bos_token."
         )
     return int(bos)
@@ -92,14 +92,16 @@ def encode(
     if isinstance(texts, str):
         texts = [texts]
     if len(texts) == 0:
-        raise ValueError("No texts given.")
+        raise DropeLensInputError("No texts given.")
     if max_length is not None and max_length < 1 + int(prepend_bos):
-        raise ValueError(f"max_length={max_length} leaves no room for text tokens.")
+        raise DropeLensInputError(f"max_length={max_length} leaves no room for text tokens.")
     ids: list[list[int]] = []
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"Text {i} is a {type(text).__name__}, expected str.")
         row = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if not row:
+            raise DropeLensInputError(f"Text {i} is empty (it has no tokens); give non-empty texts.")
         if prepend_bos:
             row = [bos_id(tokenizer)] + row
         if max_length is not None:
@@ -109,14 +111,24 @@ def encode(
                 f"Text {i} is {len(row)} tokens long, more than the model's n_ctx={n_ctx}. "
                 f"Shorten it, or pass max_length={n_ctx} (CLI: --max-length) to truncate."
             )
-        if len(row) == 0:
-            raise ValueError(f"Text {i} is empty after tokenization.")
         ids.append(row)
     width = max(len(r) for r in ids)
     tokens = torch.full((len(ids), width), pad_id(tokenizer), dtype=torch.long)
     for i, row in enumerate(ids):
         tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     return TokenBatch(tokens, torch.tensor([len(r) for r in ids], dtype=torch.long))
+
+
+def _refuse_padded(model, tokens: torch.Tensor) -> None:
+    """A bare id tensor carries no lengths: refuse one whose rows end in a (distinct) pad id."""
+    tok = getattr(model, "tokenizer", None)
+    pad = getattr(tok, "pad_token_id", None)
+    special = {getattr(tok, "bos_token_id", None), getattr(tok, "eos_token_id", None)}
+    if tokens.shape[0] > 1 and pad is not None and pad not in special and bool((tokens[:, -1] == pad).any()):
+        raise DropeLensInputError(
+            f"The token tensor looks right-padded (a row ends in the pad id {pad}), but a tensor "
+            "carries no lengths, so padding would count as real tokens. Pass a TokenBatch "
+            "(tokens + lengths, e.g. from encode) or the texts themselves.")
 
 
 def as_batch(model, inputs, **kwargs) -> TokenBatch:
@@ -126,7 +138,7 @@ def as_batch(model, inputs, **kwargs) -> TokenBatch:
     positions, BOS included), so analyses given the same inputs see the same tokens."""
     max_length = kwargs.get("max_length")
     if max_length is not None and not isinstance(inputs, (str, list, tuple)) and max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}.")
+        raise DropeLensInputError(f"max_length must be >= 1, got {max_length}.")
     if isinstance(inputs, TokenBatch):
         if max_length is not None and inputs.tokens.shape[1] > max_length:
             return TokenBatch(inputs.tokens[:, :max_length], inputs.lengths.clamp(max=max_length))
@@ -135,6 +147,7 @@ def as_batch(model, inputs, **kwargs) -> TokenBatch:
         tokens = inputs if inputs.ndim == 2 else inputs[None]
         if max_length is not None:
             tokens = tokens[:, :max_length]
+        _refuse_padded(model, tokens)
         n_ctx = getattr(model.cfg, "n_ctx", None)
         if n_ctx is not None and tokens.shape[1] > n_ctx:
             raise InputTooLongError(
@@ -142,6 +155,6 @@ def as_batch(model, inputs, **kwargs) -> TokenBatch:
             )
         return TokenBatch(tokens.long(), torch.full((tokens.shape[0],), tokens.shape[1]))
     if model.tokenizer is None:
-        raise ValueError("This model has no tokenizer; pass token ids instead of texts.")
+        raise DropeLensInputError("This model has no tokenizer; pass token ids instead of texts.")
     kwargs.setdefault("n_ctx", model.cfg.n_ctx)
     return encode(model.tokenizer, inputs, **kwargs)

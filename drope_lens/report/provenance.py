@@ -62,6 +62,15 @@ def provenance(pair: Any, options: dict) -> dict:
     }
 
 
+def sample_index(n: int, k: int):
+    """``min(k, n)`` evenly spaced indices ``0 … n-1``, in exact integer arithmetic (a float32
+    ``linspace`` rounds past 2**24 elements and can point one past the end)."""
+    import torch
+
+    k = min(k, n)
+    return torch.arange(k, dtype=torch.long) * (n - 1) // max(k - 1, 1)
+
+
 def weights_hash(model: Any, sample: int = 64) -> str:
     """sha256 (first 16 hex) of every parameter and buffer's name, shape, dtype and a fixed sample of
     its values (``sample`` evenly spaced elements plus the sum), so changing any weight changes it in
@@ -76,7 +85,7 @@ def weights_hash(model: Any, sample: int = 64) -> str:
             if t.numel() == 0:
                 continue
             flat = t.detach().reshape(-1)
-            idx = torch.linspace(0, flat.numel() - 1, min(sample, flat.numel()), device=flat.device).long()
+            idx = sample_index(flat.numel(), sample).to(flat.device)
             vals = flat[idx].float()
             total = flat.float().sum() if flat.is_floating_point() else flat.sum().float()
             h.update(vals.cpu().numpy().tobytes())

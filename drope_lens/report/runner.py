@@ -48,8 +48,9 @@ class ReportOptions:
         unknown = [s for s in self.steps if s not in STEPS + OPTIONAL_STEPS]
         if unknown:
             raise DropeLensInputError(f"Unknown report steps {unknown}; choose from {list(STEPS + OPTIONAL_STEPS)}.")
-        if self.threshold <= 0:
-            raise DropeLensInputError(f"threshold must be > 0, got {self.threshold}")
+        from drope_lens.analysis.massive import check_threshold
+
+        check_threshold(self.threshold, "threshold")
         for name in ("n_seeds", "max_length", "batch_size"):
             if getattr(self, name) < (2 if name == "n_seeds" else 1):
                 raise DropeLensInputError(f"{name} must be >= {2 if name == 'n_seeds' else 1}, got {getattr(self, name)}")

@@ -8,15 +8,47 @@ plain prompt, exactly as a base model sees it; the runner may wrap it in a chat 
 
 from __future__ import annotations
 
+import csv
+import json
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from drope_lens.errors import CorruptFileError, DropeLensInputError, MissingFileError
 
 CATEGORIES = {"cities": "parametric", "sports": "parametric", "sentiment": "contextual",
               "passkey": "contextual"}
 
 YES_NO_PROMPT = "Answer with only 'Yes' or 'No'.\n\nQuestion: {question}\nAnswer:"
+
+
+def read_rows(path: Path, what: str = "columns/keys") -> list:
+    """Rows of a task file: CSV/TSV (header line), JSONL, or JSON (a list, or ``{"data": [...]}``).
+
+    A missing file raises :class:`MissingFileError`, unparsable contents :class:`CorruptFileError`."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".jsonl", ".json"):
+        raise DropeLensInputError(f"{path}: use .csv, .tsv, .jsonl or .json ({what}).")
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such task file")
+    try:
+        if suffix in (".csv", ".tsv"):
+            with open(path, newline="", encoding="utf-8") as f:
+                return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",", strict=True))
+        if suffix == ".jsonl":
+            with open(path, encoding="utf-8") as f:
+                return [json.loads(line) for line in f if line.strip()]
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+        raise CorruptFileError(f"{path} is not valid {suffix[1:].upper()} ({exc}); fix the file ({what})") from exc
+    data = data.get("data", data) if isinstance(data, dict) else data
+    if not isinstance(data, list):
+        raise CorruptFileError(f"{path}: expected a JSON list of rows (or {{\"data\": [...]}}), got "
+                               f"{type(data).__name__}")
+    return data
 
 
 @dataclass
@@ -52,21 +84,21 @@ class TaskDataset:
     def fill(self, content: str) -> str:
         """The task's template with ``content`` in its slot."""
         if not self.template or not self.slot:
-            raise ValueError(f"Task {self.name!r} has no template/slot; calibrated and few-shot "
+            raise DropeLensInputError(f"Task {self.name!r} has no template/slot; calibrated and few-shot "
                              "scoring need them (set template=, slot=, content_key=).")
         return self.template.format(**{self.slot: content})
 
     def __post_init__(self) -> None:
         if self.category not in ("parametric", "contextual"):
-            raise ValueError(f"category must be 'parametric' or 'contextual', got {self.category!r}")
+            raise DropeLensInputError(f"category must be 'parametric' or 'contextual', got {self.category!r}")
         if self.kind not in ("choice", "passkey"):
-            raise ValueError(f"kind must be 'choice' or 'passkey', got {self.kind!r}")
+            raise DropeLensInputError(f"kind must be 'choice' or 'passkey', got {self.kind!r}")
         if self.kind == "choice":
             if len(self.options) < 2:
-                raise ValueError(f"Task {self.name!r}: a choice task needs >= 2 options.")
+                raise DropeLensInputError(f"Task {self.name!r}: a choice task needs >= 2 options.")
             bad = [it.answer for it in self.items if it.answer not in self.options]
             if bad:
-                raise ValueError(f"Task {self.name!r}: answers {sorted(set(bad))[:5]} are not in "
+                raise DropeLensInputError(f"Task {self.name!r}: answers {sorted(set(bad))[:5]} are not in "
                                  f"the options {self.options}.")
 
     def __len__(self) -> int:
@@ -95,9 +127,9 @@ def check_n(n: Optional[int], available: int, what: str) -> int:
     if n is None:
         return available
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+        raise DropeLensInputError(f"n must be a positive int, got {n!r}")
     if n > available:
-        raise ValueError(f"n={n} is more than the {available} items {what} can provide.")
+        raise DropeLensInputError(f"n={n} is more than the {available} items {what} can provide.")
     return n
 
 
@@ -114,7 +146,7 @@ def sample_balanced(items: Sequence[TaskItem], n: Optional[int], seed: int, *, w
     want = {opt: n // k + (1 if i < n % k else 0) for i, opt in enumerate(options)}
     for opt in options:
         if want[opt] > len(by_answer[opt]):
-            raise ValueError(f"n={n} needs {want[opt]} '{opt}' items but {what} has only "
+            raise DropeLensInputError(f"n={n} needs {want[opt]} '{opt}' items but {what} has only "
                              f"{len(by_answer[opt])}; the largest balanced n is "
                              f"{k * min(len(v) for v in by_answer.values())}.")
     rng = random.Random(seed)
@@ -130,7 +162,7 @@ def convert_to_question(statement: str) -> str:
     s = statement.strip()
     words = s.split(" ")
     if "is" not in words:
-        raise ValueError(f"Cannot turn {statement!r} into a question: no standalone 'is'.")
+        raise DropeLensInputError(f"Cannot turn {statement!r} into a question: no standalone 'is'.")
     words.remove("is")
     body = " ".join(words)
     body = body[:1].lower() + body[1:]

@@ -13,15 +13,15 @@ so a true and a false version of the same city never both appear.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+from drope_lens.errors import DropeLensInputError
 from drope_lens.tasks.base import (
-    YES_NO_PROMPT, TaskDataset, TaskItem, check_n, convert_to_question, sample_balanced,
+    YES_NO_PROMPT, TaskDataset, TaskItem, check_n, convert_to_question, read_rows, sample_balanced,
 )
 
 OPTIONS = ("Yes", "No")
@@ -166,23 +166,22 @@ def load_cities_csv(path: Union[str, Path], n: Optional[int] = None, seed: int =
     """
     path = Path(path)
     items = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        need = {"statement", "label"}
-        if not need <= set(reader.fieldnames or ()):
-            raise ValueError(f"{path}: needs columns {sorted(need)} "
-                             f"(Jin format: statement,label,city,country,correct_country); "
-                             f"found {reader.fieldnames}.")
-        for row in reader:
-            label = str(row["label"]).strip().lower()
-            if label not in ("1", "0", "true", "false"):
-                raise ValueError(f"{path}: label {row['label']!r} is not 1/0/True/False.")
-            question = convert_to_question(row["statement"])
-            meta = {k: row[k] for k in ("statement", "city", "country", "correct_country") if k in row}
-            items.append(TaskItem(YES_NO_PROMPT.format(question=question),
-                                  "Yes" if label in ("1", "true") else "No",
-                                  {**meta, "question": question}))
+    rows = read_rows(path, "statement,label,city,country,correct_country")
+    need = {"statement", "label"}
+    found = sorted(rows[0]) if rows and isinstance(rows[0], dict) else []
+    if rows and not need <= set(found):
+        raise DropeLensInputError(f"{path}: needs columns {sorted(need)} "
+                                  f"(Jin format: statement,label,city,country,correct_country); found {found}.")
+    for row in rows:
+        label = str(row["label"]).strip().lower()
+        if label not in ("1", "0", "true", "false"):
+            raise DropeLensInputError(f"{path}: label {row['label']!r} is not 1/0/True/False.")
+        question = convert_to_question(row["statement"])
+        meta = {k: row[k] for k in ("statement", "city", "country", "correct_country") if k in row}
+        items.append(TaskItem(YES_NO_PROMPT.format(question=question),
+                              "Yes" if label in ("1", "true") else "No",
+                              {**meta, "question": question}))
     if not items:
-        raise ValueError(f"{path} holds no rows.")
+        raise DropeLensInputError(f"{path} holds no rows.")
     items = sample_balanced(items, n, seed, what=str(path), options=OPTIONS) if n else items
     return TaskDataset("cities", "parametric", "choice", items, OPTIONS, source=str(path))

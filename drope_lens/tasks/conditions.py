@@ -19,6 +19,8 @@ from transformer_lens import HookedTransformer
 
 from drope_lens.hooks.types import FwdHooks
 
+from drope_lens.errors import DropeLensInputError
+
 CONDITIONS = ("baseline", "qk", "bos_mlp", "combined")
 NEEDS_BOS = ("bos_mlp", "combined")
 
@@ -42,10 +44,10 @@ def standard_condition(name: str, *, bos_layer: Optional[int] = None, bos_mode: 
                        qk_kwargs: Optional[dict] = None) -> Condition:
     """One of :data:`CONDITIONS` (``bos_layer`` required for ``bos_mlp`` / ``combined``)."""
     if name not in CONDITIONS:
-        raise ValueError(f"Unknown condition {name!r}; choose from {CONDITIONS} "
+        raise DropeLensInputError(f"Unknown condition {name!r}; choose from {CONDITIONS} "
                          "or pass a Condition for your own hooks.")
     if name in NEEDS_BOS and bos_layer is None:
-        raise ValueError(f"Condition {name!r} needs bos_layer (the BOS spike layer).")
+        raise DropeLensInputError(f"Condition {name!r} needs bos_layer (the BOS spike layer).")
     qk_kwargs = dict(qk_kwargs or {})
 
     def make(model: HookedTransformer) -> FwdHooks:
@@ -74,9 +76,9 @@ def resolve_conditions(conditions: Sequence[Union[str, Condition]], *, bos_layer
            for c in conditions]
     names = [c.name for c in out]
     if not out:
-        raise ValueError("No conditions given.")
+        raise DropeLensInputError("No conditions given.")
     if len(set(names)) != len(names):
-        raise ValueError(f"Condition names must be unique, got {names}.")
+        raise DropeLensInputError(f"Condition names must be unique, got {names}.")
     return out
 
 
@@ -87,5 +89,5 @@ def default_bos_layer(model: HookedTransformer, *, batch_size: int = 8) -> int:
 
     layer = phase_profile(model, builtin_texts(), batch_size=batch_size).spike_layer("argmax")
     if layer is None:
-        raise ValueError("Could not find a BOS spike layer; pass bos_layer explicitly.")
+        raise DropeLensInputError("Could not find a BOS spike layer; pass bos_layer explicitly.")
     return int(layer)

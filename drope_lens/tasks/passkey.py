@@ -16,6 +16,8 @@ from typing import Callable, Optional, Sequence
 
 from drope_lens.tasks.base import TaskDataset, TaskItem
 
+from drope_lens.errors import DropeLensInputError
+
 FILLER_FILE = Path(__file__).resolve().parent.parent / "data" / "passkey_filler.txt"
 INTRO = "A secret passkey is hidden somewhere in the text below. Find it and remember it.\n\n"
 NEEDLE = "The secret passkey is {key}. Remember this number."
@@ -61,13 +63,13 @@ def build_prompt(tokenizer, key: str, length: int, depth: float, rng: random.Ran
                  wrap: Callable[[str], str] = lambda s: s, n_ctx: Optional[int] = None) -> TaskItem:
     """One passkey item of ``length`` tokens (BOS included) with the needle at ``depth``."""
     if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"depth must be in [0, 1], got {depth}")
+        raise DropeLensInputError(f"depth must be in [0, 1], got {depth}")
     if n_ctx is not None and length > n_ctx:
-        raise ValueError(f"length={length} is more than the model's n_ctx={n_ctx}.")
+        raise DropeLensInputError(f"length={length} is more than the model's n_ctx={n_ctx}.")
     count = _Counter(tokenizer, wrap)
     overhead = count.prompt(assemble("", key, ""))
     if length < overhead + MIN_FILLER_TOKENS:
-        raise ValueError(f"length={length} is too short: the intro, passkey sentence and question "
+        raise DropeLensInputError(f"length={length} is too short: the intro, passkey sentence and question "
                          f"alone take {overhead} tokens; use at least {overhead + MIN_FILLER_TOKENS}.")
     sentences = filler_sentences()
     sizes = {sent: count.raw(" " + sent) for sent in sentences}  # near-additive token counts
@@ -117,9 +119,9 @@ def load_passkey(tokenizer, *, lengths: Sequence[int] = (256, 512), n: int = 20,
         n_ctx: the model's context window; longer ``lengths`` are refused.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+        raise DropeLensInputError(f"n must be a positive int, got {n!r}")
     if not lengths:
-        raise ValueError("lengths is empty.")
+        raise DropeLensInputError("lengths is empty.")
     items: list[TaskItem] = []
     for length in lengths:
         keys = make_keys(n, seed * 1_000_003 + int(length))

@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from transformer_lens import HookedTransformer
 
+from drope_lens.errors import DropeLensInputError
 from drope_lens.loading.tokens import encode
 from drope_lens.tasks import parsing
 import numpy as np
@@ -36,7 +37,9 @@ from drope_lens.tasks.base import CATEGORIES, TaskDataset, TaskItem
 from drope_lens.tasks.calibration import (
     CONTENT_FREE, auroc, build_prompt, content_free_prompts, draw_demonstrations, log_prior,
 )
-from drope_lens.tasks.conditions import CONDITIONS, NEEDS_BOS, Condition, default_bos_layer, resolve_conditions
+from drope_lens.tasks.conditions import (
+    CONDITIONS, NEEDS_BOS, Condition, default_bos_layer, resolve_conditions, standard_condition,
+)
 from drope_lens.tasks.results import ItemResult, TaskComparison, TaskResults, TaskScore, wilson_interval
 from drope_lens.tasks.scoring import format_prompt, greedy_generate_batch, option_logprobs, option_token_ids
 
@@ -55,7 +58,7 @@ def _n_for(task: str, n: Union[None, int, Mapping[str, int]]) -> int:
     if isinstance(n, Mapping):
         unknown = set(n) - set(TASKS)
         if unknown:
-            raise ValueError(f"n has unknown task(s) {sorted(unknown)}; tasks are {TASKS}.")
+            raise DropeLensInputError(f"n has unknown task(s) {sorted(unknown)}; tasks are {TASKS}.")
         return n.get(task, DEFAULT_N[task])
     return n
 
@@ -98,12 +101,12 @@ def build_datasets(
                                     depth=passkey_depth, seed=seed, n_ctx=n_ctx,
                                     wrap=lambda s: format_prompt(tokenizer, s, chat=chat)))
         else:
-            raise ValueError(f"Unknown task {task!r}; choose from {TASKS} or pass a TaskDataset.")
+            raise DropeLensInputError(f"Unknown task {task!r}; choose from {TASKS} or pass a TaskDataset.")
     names = [d.name for d in out]
     if len(set(names)) != len(names):
-        raise ValueError(f"Task names must be unique, got {names}.")
+        raise DropeLensInputError(f"Task names must be unique, got {names}.")
     if not out:
-        raise ValueError("No tasks given.")
+        raise DropeLensInputError("No tasks given.")
     return out
 
 
@@ -229,16 +232,22 @@ def run_tasks(
             ``seed`` from each task's demo pool; the same for every condition and model).
     """
     if scoring not in SCORING:
-        raise ValueError(f"Unknown scoring {scoring!r}; choose from {SCORING}.")
+        raise DropeLensInputError(f"Unknown scoring {scoring!r}; choose from {SCORING}.")
     if isinstance(n_shot, bool) or not isinstance(n_shot, int) or n_shot < 0:
-        raise ValueError(f"n_shot must be an int >= 0, got {n_shot!r}")
+        raise DropeLensInputError(f"n_shot must be an int >= 0, got {n_shot!r}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise DropeLensInputError(f"batch_size must be >= 1, got {batch_size}")
     if model.tokenizer is None:
-        raise ValueError("The model needs a tokenizer.")
+        raise DropeLensInputError("The model needs a tokenizer.")
     t0 = time.perf_counter()
     names = [c if isinstance(c, str) else c.name for c in
              ([conditions] if isinstance(conditions, (str, Condition)) else conditions)]
+    for c in ([conditions] if isinstance(conditions, (str, Condition)) else conditions):
+        if isinstance(c, str) and c not in CONDITIONS:  # names first, before the spike-layer search
+            standard_condition(c)  # raises the unknown-condition error
+    for t in ([tasks] if isinstance(tasks, (str, TaskDataset)) else tasks):
+        if isinstance(t, str) and t not in TASKS:
+            raise DropeLensInputError(f"Unknown task {t!r}; choose from {TASKS} or pass a TaskDataset.")
     if bos_layer is None and any(c in NEEDS_BOS for c in names):
         bos_layer = default_bos_layer(model, batch_size=batch_size)
     conds = resolve_conditions(conditions, bos_layer=bos_layer, bos_mode=bos_mode, qk_kwargs=qk_kwargs)

@@ -8,12 +8,11 @@ Hugging Face hub (``datasets`` is imported lazily). Reviews are cut to ``max_cha
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from drope_lens.tasks.base import TaskDataset, TaskItem, sample_balanced
+from drope_lens.errors import DropeLensInputError
+from drope_lens.tasks.base import TaskDataset, TaskItem, read_rows, sample_balanced
 
 OPTIONS = ("Positive", "Negative")
 PROMPT = ("Read this movie review and answer: Is it Positive or Negative?\n\n"
@@ -26,7 +25,7 @@ _LABELS = {"1": "Positive", "pos": "Positive", "positive": "Positive", "true": "
 def _label(value: Any, where: str) -> str:
     key = str(value).strip().lower()
     if key not in _LABELS:
-        raise ValueError(f"{where}: label {value!r} is not positive/negative, pos/neg or 1/0.")
+        raise DropeLensInputError(f"{where}: label {value!r} is not positive/negative, pos/neg or 1/0.")
     return _LABELS[key]
 
 
@@ -38,25 +37,14 @@ def review_item(text: str, answer: str, max_chars: Optional[int] = 1500) -> Task
 def read_review_file(path: Union[str, Path]) -> list[tuple[str, str]]:
     """``(text, "Positive"|"Negative")`` rows from CSV/TSV (header ``text,label``), JSONL or JSON list."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
-    elif suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    elif suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        rows = data.get("data", data) if isinstance(data, dict) else data
-    else:
-        raise ValueError(f"{path}: use .csv, .tsv, .jsonl or .json (columns/keys text, label).")
+    rows = read_rows(path, "columns/keys text, label")
     out = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or "text" not in row or "label" not in row:
-            raise ValueError(f"{path}, row {i}: needs 'text' and 'label'.")
+            raise DropeLensInputError(f"{path}, row {i}: needs 'text' and 'label'.")
         out.append((str(row["text"]), _label(row["label"], f"{path}, row {i}")))
     if not out:
-        raise ValueError(f"{path} holds no reviews.")
+        raise DropeLensInputError(f"{path} holds no reviews.")
     return out
 
 

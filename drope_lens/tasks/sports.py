@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 from typing import Optional, Union
 
+from drope_lens.errors import DropeLensInputError
 from drope_lens.tasks.base import YES_NO_PROMPT, TaskDataset, TaskItem, indefinite, sample_balanced
 
 OPTIONS = ("Yes", "No")
@@ -27,10 +28,10 @@ def read_facts(path: Union[str, Path, None] = None) -> list[tuple[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter="\t")
         if {"athlete", "sport"} - set(reader.fieldnames or ()):
-            raise ValueError(f"{path}: needs a header 'athlete<TAB>sport', found {reader.fieldnames}.")
+            raise DropeLensInputError(f"{path}: needs a header 'athlete<TAB>sport', found {reader.fieldnames}.")
         facts = [(r["athlete"].strip(), r["sport"].strip()) for r in reader if r["athlete"].strip()]
     if len({s for _, s in facts}) < 2:
-        raise ValueError(f"{path}: needs at least two different sports to build false questions.")
+        raise DropeLensInputError(f"{path}: needs at least two different sports to build false questions.")
     return facts
 
 
