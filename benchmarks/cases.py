@@ -342,7 +342,7 @@ def case_disruption(models: Models, wl: Workload, roles: Sequence[str], opts: di
 
 
 def case_phase(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
-    from drope_lens.analysis.phase import phase_profile
+    from drope_lens.analysis.profile_pass import phase_profile
     from benchmarks import study_way
 
     def ours():
@@ -363,7 +363,7 @@ def case_phase(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -
 def sink_rates(model, batch, batch_size: int, tau: float = 0.3) -> torch.Tensor:
     """Sink rate per text and layer from ``hook_pattern`` with :mod:`drope_lens.analysis.sinks`."""
     from drope_lens.analysis import sinks
-    from drope_lens.analysis.perplexity import forward_batch
+    from drope_lens.loading.forward import forward_batch
 
     out = torch.zeros(len(batch), model.cfg.n_layers, dtype=torch.float64)
     state: dict = {}
@@ -414,8 +414,9 @@ def task_workload(models: Models, opts: dict):
     from drope_lens.loading import encode
     from drope_lens.tasks.runner import build_datasets
     from drope_lens.tasks.scoring import format_prompt
+    from drope_lens.tasks.sizes import scaled_n
 
-    n = opts.get("task_n") or {"cities": 16, "sports": 16, "sentiment": 8, "passkey": 4}
+    n = opts.get("task_n") or scaled_n(16)
     datasets = build_datasets(models.tokenizer, n=n, seed=0, passkey_lengths=(256,),
                               n_ctx=models.tl["rope"].cfg.n_ctx)
     kinds = {"cities": "yes_no", "sports": "yes_no", "sentiment": "sentiment", "passkey": "passkey"}

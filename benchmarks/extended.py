@@ -38,7 +38,7 @@ def main() -> int:
     import drope_lens as dl
     from drope_lens.analysis import (bos_write, head_classes, key_importance, layer_norms,
                                      residual_massive_activations)
-    from drope_lens.analysis.perplexity import forward_batch, to_batch
+    from drope_lens.loading.forward import forward_batch, to_batch
     from drope_lens.data.texts import builtin_split
 
     pair = dl.load_pair()

@@ -76,7 +76,7 @@ def case_long_detection(models: Models, wl: Workload, roles: Sequence[str], opts
 
 
 def case_long_phase(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
-    from drope_lens.analysis.phase import phase_profile
+    from drope_lens.analysis.profile_pass import phase_profile
 
     def ours():
         for role in roles:
@@ -150,7 +150,7 @@ def jin_style_hf(hf, rows: Sequence[torch.Tensor], k: int = 1) -> float:
 
 def case_jin(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
     from drope_lens.analysis.perplexity import perplexity
-    from drope_lens.hooks.channels import qk_mean_replacement_hooks
+    from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks
 
     def ours():
         for role in roles:

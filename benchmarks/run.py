@@ -285,8 +285,9 @@ def run_job(args, models, meter: "PeakMeter", job: dict, load_s: float) -> dict:
 def _task_n(args) -> Optional[dict]:
     if args.task_n is None:
         return None
-    n = int(args.task_n)
-    return {"cities": n, "sports": n, "sentiment": max(1, n // 2), "passkey": max(1, n // 4)}
+    from drope_lens.tasks.sizes import scaled_n
+
+    return scaled_n(int(args.task_n))
 
 
 def resolve_device(device: str, model: str) -> str:

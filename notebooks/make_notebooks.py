@@ -42,7 +42,7 @@ QUICKSTART = [
     new_markdown_cell("## Attention sinks and BOS metrics\n\nSink scores come from `hook_pattern`, i.e. "
                       "the real post-RoPE attention, computed in fp32."),
     new_code_cell(
-        "from drope_lens.analysis.phase import phase_profile\n\n"
+        "from drope_lens.analysis.profile_pass import phase_profile\n\n"
         "profiles = {role: phase_profile(model, texts, max_length=128) for role, model in pair.items()}\n"
         "{role: {k: p.summary()[k] for k in ('mean_sink_rate', 'spike_layer_argmax', 'spike_layer_first_above')}\n"
         " for role, p in profiles.items()}"
@@ -66,7 +66,7 @@ COMPOSE = [
     new_code_cell(
         "import torch\n"
         "import drope_lens as dl\n"
-        "from drope_lens.hooks.channels import qk_mean_replacement_hooks\n"
+        "from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks\n"
         "from drope_lens.hooks.bos import bos_mlp_ablation_hooks\n\n"
         "torch.manual_seed(0)\n"
         "pair = dl.load_pair()\n"

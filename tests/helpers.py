@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from drope_lens.loading.parity import IdentityRotary
+
 WORDS = (
     "the a an of to in is was it that he she they we you i and or but not on at by for with "
     "from as this be have has had do does did will would can could may might one two three four "
@@ -85,21 +87,9 @@ def tiny_llama(seed: int = 0, **kw):
     return model
 
 
-class _IdentityRotary(nn.Module):
-    """HF rotary module replacement returning cos=1, sin=0 (SakanaAI DroPE's NoPEAttention)."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x, position_ids):
-        cos, sin = self.inner(x, position_ids)
-        return torch.ones_like(cos), torch.zeros_like(sin)
-
-
 def hf_nope_reference(hf_model, softmax_scale=None, q_norms=None, k_norms=None):
     """Patch an HF Llama in place into the DroPE reference: identity rotation, scale, q/k norms."""
-    hf_model.model.rotary_emb = _IdentityRotary(hf_model.model.rotary_emb)
+    hf_model.model.rotary_emb = IdentityRotary(hf_model.model.rotary_emb)
     for i, layer in enumerate(hf_model.model.layers):
         attn = layer.self_attn
         if softmax_scale is not None:
@@ -205,7 +195,7 @@ EMBEDDED_TEXTS = (
 def embedded_phase_case(model, hf):
     """Shared by the slow phase tests: TL profiles of EMBEDDED_TEXTS (one padded batch) and HF
     references per unpadded text (fp32 eager attentions, hidden states, raw last residual)."""
-    from drope_lens.analysis.phase import phase_profile
+    from drope_lens.analysis.profile_pass import phase_profile
     from drope_lens.loading import encode
 
     batch = encode(model.tokenizer, list(EMBEDDED_TEXTS))

@@ -287,7 +287,7 @@ TEXTS = ["the cat sat on the red road", "a dog ran to the big city and saw the m
 def _api_rows():
     from drope_lens.analysis.massive import detect_massive
     from drope_lens.analysis.perplexity import perplexity
-    from drope_lens.analysis.phase import phase_profile
+    from drope_lens.analysis.profile_pass import phase_profile
     from drope_lens.data.texts import builtin_texts
     from drope_lens.hooks.bos import bos_mlp_ablation_hooks
     from drope_lens.loading.tokens import encode

@@ -6,7 +6,7 @@ import torch
 from helpers import analytic_sink_model, embedded_phase_case, hf_nope_twin, tiny_llama
 
 from drope_lens.analysis import bos_metrics
-from drope_lens.analysis.phase import phase_profile
+from drope_lens.analysis.profile_pass import phase_profile
 from drope_lens.loading import encode, hooked_from_hf
 
 TEXTS = ["the cat saw the dog", "a big red car went fast on the long road to rome", "yes no"]

@@ -6,9 +6,9 @@ from transformer_lens import TransformerLensKeyValueCache
 
 from drope_lens.analysis.massive import detect_massive
 from drope_lens.analysis.perplexity import perplexity
-from drope_lens.hooks.channels import (
-    ChannelSelection, mean_replace, qk_mean_replacement_hooks, random_control, zero_channel_hooks,
-)
+from drope_lens.hooks.selection import ChannelSelection, random_control
+from drope_lens.hooks.mean_replacement import mean_replace, qk_mean_replacement_hooks
+from drope_lens.hooks.zeroing import zero_channel_hooks
 from drope_lens.loading import hooked_from_hf, to_nope
 from helpers import TINY_TEXTS, plant_channels, tiny_llama
 

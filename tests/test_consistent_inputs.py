@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import tiny_llama
 
-from drope_lens.analysis.perplexity import to_batch
+from drope_lens.loading.forward import to_batch
 from drope_lens.loading import hooked_from_hf
 from drope_lens.loading.tokens import as_batch
 
@@ -34,7 +34,7 @@ def test_max_length_same_for_every_input_type(model, max_length):
 # ------------------------------------------------------------------ mean replacement and padding
 def _mean_hooks(model, kind):
     from drope_lens.hooks.bos import bos_mlp_ablation_hooks
-    from drope_lens.hooks.channels import qk_mean_replacement_hooks
+    from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks
 
     return qk_mean_replacement_hooks(model, k=2) if kind == "qk" else bos_mlp_ablation_hooks(1, mode="mean")
 
@@ -52,8 +52,8 @@ def _one_row_at_a_time(model, batch, hooks):
 def test_mean_replacement_uses_the_batch_mask(model, kind):
     """A padded batch through drope_lens (forward_batch declares its mask) equals each text alone;
     counting the pads as real (the old silent behaviour) does not."""
-    from drope_lens.analysis.perplexity import forward_batch
-    from drope_lens.hooks.channels import real_token_mask
+    from drope_lens.loading.forward import forward_batch
+    from drope_lens.hooks.mask import real_token_mask
 
     batch = as_batch(model, TEXTS)
     assert not bool(batch.mask.all())  # really padded
@@ -74,7 +74,7 @@ def test_mean_replacement_uses_the_batch_mask(model, kind):
 @pytest.mark.parametrize("kind", ["qk", "bos_mean"])
 def test_mean_replacement_refuses_a_batch_without_a_mask(model, kind):
     from drope_lens.errors import DropeLensInputError
-    from drope_lens.hooks.channels import real_token_mask
+    from drope_lens.hooks.mask import real_token_mask
 
     batch = as_batch(model, TEXTS)
     hooks = _mean_hooks(model, kind)

@@ -11,7 +11,8 @@ from drope_lens.analysis import stats
 from drope_lens.analysis.disruption import compare_disruption, run_disruption
 from drope_lens.analysis.massive import detect_massive
 from drope_lens.analysis.perplexity import perplexity
-from drope_lens.hooks.channels import random_control, zero_channel_hooks
+from drope_lens.hooks.selection import random_control
+from drope_lens.hooks.zeroing import zero_channel_hooks
 from drope_lens.loading import hooked_from_hf, to_nope
 from helpers import TINY_TEXTS, plant_channels, tiny_llama
 
@@ -49,7 +50,7 @@ def test_protocol(planted, results):
 def test_given_selection_and_baseline_reproduce_the_run(planted, results):
     """Reusing a saved selection (JSON round trip) and a baseline on a text subset changes nothing."""
     from drope_lens.analysis.perplexity import PerplexityResult
-    from drope_lens.hooks.channels import ChannelSelection
+    from drope_lens.hooks.selection import ChannelSelection
 
     found = detect_massive(planted, IDENTIFY + EVAL, tensors=("q", "k"))
     sel = found.subset(range(len(IDENTIFY))).selection("mean_norm")

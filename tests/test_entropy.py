@@ -9,7 +9,7 @@ import torch
 from helpers import analytic_sink_model, embedded_phase_case, hf_nope_twin
 
 from drope_lens.analysis.entropy import spectrum_metrics
-from drope_lens.analysis.phase import phase_profile
+from drope_lens.analysis.profile_pass import phase_profile
 
 TEXTS = ["the cat saw the dog", "a big red car went fast on the long road to rome", "yes no"]
 

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import long_cases  # noqa: E402
 
 from drope_lens.analysis.perplexity import perplexity  # noqa: E402
-from drope_lens.hooks.channels import qk_mean_replacement_hooks  # noqa: E402
+from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks  # noqa: E402
 from drope_lens.loading import encode, hooked_from_hf  # noqa: E402
 
 

@@ -164,7 +164,7 @@ def test_hooks_removed_when_detection_raises(planted, monkeypatch):
         detect_massive(planted, list(TINY_TEXTS))
     monkeypatch.undo()
     assert all(len(hp._forward_hooks) == 0 for hp in planted.hook_dict.values())
-    from drope_lens.hooks.channels import _REAL_MASK
+    from drope_lens.hooks.mask import _REAL_MASK
 
     assert _REAL_MASK.get() is None
 

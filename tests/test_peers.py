@@ -7,7 +7,7 @@ from helpers import TINY_TEXTS, analytic_sink_model, plant_channels, tiny_llama
 
 from drope_lens.analysis.massive import detect_massive
 from drope_lens.analysis.peers import concentration, key_importance, key_importance_from, massive_similarity
-from drope_lens.hooks.channels import mean_replace
+from drope_lens.hooks.mean_replacement import mean_replace
 from drope_lens.loading import encode, hooked_from_hf
 
 
@@ -65,7 +65,7 @@ def test_smallest_norm_control_by_hand():
 
 def test_smallest_norm_hooks(tokenizer):
     from drope_lens.analysis.perplexity import perplexity
-    from drope_lens.hooks.channels import qk_mean_replacement_hooks
+    from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks
 
     m = plant_channels(hooked_from_hf(tiny_llama(seed=9), tokenizer), {"q": [(0, 1, 3)], "k": [(0, 0, 7)]}, 30.0)
     texts = list(TINY_TEXTS)

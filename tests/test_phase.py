@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from helpers import tiny_llama
 
-from drope_lens.analysis.phase import (
-    PhaseProfile, condition_hooks, phase_experiment, phase_profile,
-)
+from drope_lens.analysis.profile import PhaseProfile
+from drope_lens.hooks.conditions import condition_hooks
+from drope_lens.analysis.interventions import phase_experiment
+from drope_lens.analysis.profile_pass import phase_profile
 from drope_lens.hooks.bos import bos_mlp_ablation_hooks
 from drope_lens.loading import hooked_from_hf
 
@@ -103,7 +104,7 @@ def test_phase_experiment_perplexity_per_condition(model):
 def test_shared_pass_equals_separate_passes(model):
     """One pass per condition (profile + PPL) gives exactly what two separate passes give."""
     from drope_lens.analysis.perplexity import perplexity
-    from drope_lens.analysis.phase import condition_hooks
+    from drope_lens.hooks.conditions import condition_hooks
 
     exp = phase_experiment(model, TEXTS, profile_conditions=True, batch_size=2)
     layer = exp.bos_layer

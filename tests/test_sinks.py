@@ -9,7 +9,7 @@ from helpers import analytic_sink_model, embedded_phase_case, hf_nope_twin, tiny
 
 from drope_lens import NonFiniteError
 from drope_lens.analysis import sinks
-from drope_lens.analysis.phase import phase_profile
+from drope_lens.analysis.profile_pass import phase_profile
 from drope_lens.loading import encode, hooked_from_hf
 
 TEXTS = ["the cat saw the dog", "a big red car went fast on the long road to rome", "yes no"]

@@ -9,7 +9,9 @@ import pytest
 import torch
 from helpers import TINY_TEXTS, analytic_sink_model, qk_norm_drope_model, tiny_llama
 
-from drope_lens.analysis.phase import condition_hooks, phase_experiment, phase_profile
+from drope_lens.hooks.conditions import condition_hooks
+from drope_lens.analysis.interventions import phase_experiment
+from drope_lens.analysis.profile_pass import phase_profile
 from drope_lens.analysis.stream_sinks import first_column
 from drope_lens.errors import NonFiniteError
 from drope_lens.loading import encode, hooked_from_hf

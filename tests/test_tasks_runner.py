@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from drope_lens.hooks.bos import bos_mlp_ablation_hooks
-from drope_lens.hooks.channels import qk_mean_replacement_hooks
+from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks
 from drope_lens.loading import encode, hooked_from_hf
 from drope_lens.tasks import (
     Condition, TaskDataset, TaskItem, compare_tasks, load_passkey, run_tasks,

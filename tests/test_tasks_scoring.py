@@ -48,7 +48,7 @@ def test_option_logprobs_equal_direct_computation(tiny, tokenizer, options, padd
 
 
 def test_qk_mean_replacement_is_batch_exact_with_the_real_token_mask(tiny, tokenizer):
-    from drope_lens.hooks.channels import qk_mean_replacement_hooks
+    from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks
 
     batch = encode(tokenizer, PROMPTS)
     ids = option_token_ids(tokenizer, (" yes", " no"), prefix="")
@@ -147,7 +147,7 @@ def test_degradation_handles_zero_baseline():
 
 def test_batched_generation_equals_one_by_one(tiny, tokenizer):
     from drope_lens.hooks.bos import bos_mlp_ablation_hooks
-    from drope_lens.hooks.channels import qk_mean_replacement_hooks
+    from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks
     from drope_lens.tasks.scoring import greedy_generate_batch
 
     texts = ["the cat is red . answer :", "the dog is big . answer :", "a bird is in the sky ."]
@@ -167,7 +167,7 @@ def test_padded_batch_generation_equals_one_by_one(tiny, tokenizer, nope):
     """Right-padded prompts of different lengths decode exactly as each prompt alone (RoPE positions
     count real tokens; pads stay masked in the cache), with and without intervention hooks."""
     from drope_lens.hooks.bos import bos_mlp_ablation_hooks
-    from drope_lens.hooks.channels import qk_mean_replacement_hooks
+    from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks
     from drope_lens.loading import to_nope
     from drope_lens.tasks.scoring import greedy_generate_batch
 

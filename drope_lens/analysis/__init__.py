@@ -14,13 +14,10 @@ from drope_lens.analysis.disruption import (
 )
 from drope_lens.analysis.massive import MassiveValues, detect_massive
 from drope_lens.analysis.perplexity import PerplexityResult, perplexity
-from drope_lens.analysis.phase import (
-    PhaseExperiment,
-    PhaseProfile,
-    condition_hooks,
-    phase_experiment,
-    phase_profile,
-)
+from drope_lens.analysis.interventions import PhaseExperiment, phase_experiment
+from drope_lens.analysis.profile import PhaseProfile
+from drope_lens.hooks.conditions import condition_hooks
+from drope_lens.analysis.profile_pass import phase_profile
 
 from drope_lens.analysis.bos_write import BosWrite, bos_v_ablation_hooks, bos_write, bos_write_experiment
 from drope_lens.analysis.extended import Extended, run_extended

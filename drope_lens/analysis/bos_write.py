@@ -25,7 +25,8 @@ import torch
 from jaxtyping import Float, Int
 
 from drope_lens.analysis import bos_metrics, sinks
-from drope_lens.analysis.perplexity import PerplexityResult, forward_batch, model_label, perplexity, to_batch
+from drope_lens.analysis.perplexity import PerplexityResult, perplexity
+from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.hooks.bos import check_layer
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHooks

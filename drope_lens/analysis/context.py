@@ -26,6 +26,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from transformer_lens import HookedTransformer
 
+from drope_lens.analysis.sinks import DEFAULT_GU_EPS, DEFAULT_TAU
+
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096)
 DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
 METRICS = ("passkey_accuracy", "ppl", "sink_rate", "gu_sink", "max_bos_ratio", "massive_q", "massive_k")
@@ -201,8 +203,8 @@ def context_experiment(
     n_per_depth: int = 2,
     seed: int = 0,
     texts: Optional[Sequence[str]] = None,
-    tau: float = 0.3,
-    gu_eps: float = 0.3,
+    tau: float = DEFAULT_TAU,
+    gu_eps: float = DEFAULT_GU_EPS,
     threshold: float = 5.0,
     batch_size: int = 4,
     beyond_context: bool = False,
@@ -221,8 +223,8 @@ def context_experiment(
     """
     from drope_lens.analysis import sinks
     from drope_lens.analysis.massive import check_threshold, detect_massive
-    from drope_lens.analysis.perplexity import model_label
-    from drope_lens.analysis.phase import _measure
+    from drope_lens.loading.forward import model_label
+    from drope_lens.analysis.profile_pass import measure
     from drope_lens.loading.fast_attention import attention_path
     from drope_lens.loading.tokens import TokenBatch
 
@@ -252,7 +254,7 @@ def context_experiment(
                         if n_per_depth else {d: float("nan") for d in depths})
             ids = long_text_tokens(model.tokenizer, length, seed=seed, texts=texts)
             batch = TokenBatch(ids, torch.tensor([ids.shape[1]]))
-            prof, ppl = _measure(model, batch, profile=True, ppl=True, batch_size=1, tau=tau, gu_eps=gu_eps)
+            prof, ppl = measure(model, batch, profile=True, ppl=True, batch_size=1, tau=tau, gu_eps=gu_eps)
             mv = detect_massive(model, batch, threshold=threshold, tensors=("q", "k"), batch_size=1)
             st, s = prof.layer_stats(), prof.summary()
             acc = (sum(by_depth.values()) / len(by_depth)) if n_per_depth else float("nan")

@@ -7,7 +7,7 @@ Protocol (:func:`run_disruption`):
    rule), separately for Q and K (pre-RoPE by default; ``rotary="post"`` for Jin's tensors).
 2. Perplexity on ``eval_texts``: baseline, massive channels zeroed (at every position, BOS included),
    and for each of ``n_seeds`` seeds a random control with the same count per layer and tensor,
-   drawn from the non-massive channels (:func:`~drope_lens.hooks.channels.random_control`).
+   drawn from the non-massive channels (:func:`~drope_lens.hooks.selection.random_control`).
 3. Statistics (:mod:`drope_lens.analysis.stats`): percentage increases, ``M - R = mean(massive%) -
    mean(random%)``, paired t-test massive vs random over seeds (degenerate by design: massive% is the
    same number for every seed), Cohen's d = mean(diff)/std(diff) with ddof 0 (study) and 1, seeded
@@ -29,8 +29,11 @@ import torch
 
 from drope_lens.analysis import stats
 from drope_lens.analysis.massive import AGGREGATES, detect_massive
-from drope_lens.analysis.perplexity import PerplexityResult, model_label, perplexity, to_batch
-from drope_lens.hooks.channels import ChannelSelection, check_choice, random_control, zero_channel_hooks
+from drope_lens.analysis.perplexity import PerplexityResult, perplexity
+from drope_lens.loading.forward import model_label, to_batch
+from drope_lens.hooks.selection import ChannelSelection, random_control
+from drope_lens.validation import check_choice
+from drope_lens.hooks.zeroing import zero_channel_hooks
 from drope_lens.loading.tokens import TokenBatch
 
 Inputs = Union[Sequence[str], TokenBatch, torch.Tensor]  # texts, or token ids (models without a tokenizer)

@@ -88,7 +88,7 @@ def run_extended(
     unknown = [e for e in experiments if e not in EXPERIMENTS]
     if unknown:
         raise ValueError(f"Unknown experiments {unknown}; choose from {list(EXPERIMENTS)}.")
-    from drope_lens.analysis.perplexity import model_label
+    from drope_lens.loading.forward import model_label
 
     ppl_texts = list(texts if ppl_texts is None else ppl_texts)
     kw = dict(batch_size=batch_size, max_length=max_length)

@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 import torch
 
-from drope_lens.analysis.perplexity import PerplexityResult, model_label, perplexity
+from drope_lens.analysis.perplexity import PerplexityResult, perplexity
+from drope_lens.loading.forward import model_label
 from drope_lens.hooks.bos import check_layer
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHooks

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from drope_lens.analysis.perplexity import forward_batch, model_label, to_batch
+from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.errors import NonFiniteError
 from drope_lens.hooks.types import FwdHooks
 

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
-from drope_lens.analysis.perplexity import forward_batch, model_label, to_batch
+from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.analysis.rotary import RotaryBand, rotary_bands
 from drope_lens.errors import DropeLensInputError
-from drope_lens.hooks.channels import (
-    ROTARY_MODES, ChannelSelection, check_choice, check_tensors, hook_name, n_heads_of,
-)
+from drope_lens.hooks.points import ROTARY_MODES, check_tensors, hook_name, n_heads_of
+from drope_lens.hooks.selection import ChannelSelection
+from drope_lens.validation import check_choice
 
 SCOPES = ("layer", "head")
 AGGREGATES = ("mean_norm", "pooled", "union")
@@ -159,7 +159,7 @@ class MassiveValues:
         return massive_mask(self.norms(tensor).mean(0), self.threshold, self.scope)
 
     def selection(self, how: str = "mean_norm", tensors: Optional[Sequence[str]] = None) -> ChannelSelection:
-        """A :class:`~drope_lens.hooks.channels.ChannelSelection` for zeroing / random controls."""
+        """A :class:`~drope_lens.hooks.selection.ChannelSelection` for zeroing / random controls."""
         tensors = check_tensors(tensors) if tensors is not None else self.tensors
         missing = [t for t in tensors if t not in self.sumsq]
         if missing:

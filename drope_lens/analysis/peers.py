@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 
 from drope_lens.analysis import sinks
-from drope_lens.analysis.perplexity import forward_batch, model_label, to_batch
+from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.hooks.types import FwdHooks
 
 

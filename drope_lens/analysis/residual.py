@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
-from drope_lens.analysis.perplexity import PerplexityResult, forward_batch, model_label, perplexity, to_batch
+from drope_lens.analysis.perplexity import PerplexityResult, perplexity
+from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.errors import NonFiniteError
-from drope_lens.hooks.channels import current_real_mask
+from drope_lens.hooks.mask import current_real_mask
 from drope_lens.hooks.types import FwdHooks
 
 DEFAULT_RATIOS = (100.0, 1000.0)

@@ -5,7 +5,7 @@ Definitions (``A`` = one head's attention pattern of one text, rows = queries, `
 * **Sink score** (study §7.6): ``s_h = mean_q A[q, 0]`` over the real query rows; ``include_bos_row``
   keeps row 0 (where ``A[0, 0] = 1`` always, which adds ≈1/T — the study's choice) or drops it
   (default, rows 1…T−1). Padding rows are never counted.
-* **Sink rate** at τ: the share of a layer's heads with ``s_h ≥ τ`` (inclusive, τ = 0.3 by default).
+* **Sink rate** at τ: the share of a layer's heads with ``s_h ≥ τ`` (inclusive, τ = :data:`DEFAULT_TAU` = 0.3 by default).
 * **Gu et al. 2025** ("When Attention Sink Emerges in Language Models", ICLR 2025): the importance
   of key ``j`` is ``α_j = 1/(T−j) Σ_{q≥j} A[q, j]`` (mean over the queries that can see it). For
   ``j = 0`` this is the mean over **all** real rows, BOS row included. ``Sink^ε`` is the share of
@@ -25,6 +25,9 @@ from jaxtyping import Bool, Float, Int
 from drope_lens.errors import DropeLensInputError, NonFiniteError
 
 ATTENTION_SOURCES = ("native", "pre_rope_manual")
+#: Sink-rate threshold τ (inclusive ``≥``) and Gu et al.'s ε (strict ``>``): the study's 0.3 both.
+DEFAULT_TAU = 0.3
+DEFAULT_GU_EPS = 0.3
 
 
 def check_tau(tau: float, name: str = "tau") -> float:
@@ -101,13 +104,13 @@ def gu_importance(
     return sink_scores(pattern, lengths, include_bos_row=True)
 
 
-def sink_rate(scores: Float[torch.Tensor, "... head"], tau: float = 0.3) -> Float[torch.Tensor, "..."]:
+def sink_rate(scores: Float[torch.Tensor, "... head"], tau: float = DEFAULT_TAU) -> Float[torch.Tensor, "..."]:
     """Share of heads whose sink score is ``≥ tau`` (inclusive)."""
     check_tau(tau)
     return (scores >= tau).double().mean(-1)
 
 
-def gu_sink_rate(importance: Float[torch.Tensor, "... head"], eps: float = 0.3) -> Float[torch.Tensor, "..."]:
+def gu_sink_rate(importance: Float[torch.Tensor, "... head"], eps: float = DEFAULT_GU_EPS) -> Float[torch.Tensor, "..."]:
     """Share of heads whose Gu importance is ``> eps`` (strict, as in Gu et al. 2025)."""
     check_tau(eps, "gu_eps")
     return (importance > eps).double().mean(-1)

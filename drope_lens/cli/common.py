@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from drope_lens.jsonio import to_jsonable_or_str
+
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("models (default: embedded SmolLM2-135M and its zero-shot NoPE twin)")
@@ -39,7 +41,7 @@ def load_pair_from_args(args: argparse.Namespace):
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON via a temp file and rename, so a crash never leaves a half-written file."""
-    from drope_lens.report.store import atomic_write_json
+    from drope_lens.jsonio import atomic_write_json
 
     atomic_write_json(Path(path), payload)
 
@@ -48,31 +50,11 @@ def emit_json(args: argparse.Namespace, payload: Any) -> None:
     if not getattr(args, "json_out", None):
         return
     if args.json_out == "-":
-        json.dump(payload, sys.stdout, indent=2, default=_jsonable)
+        json.dump(payload, sys.stdout, indent=2, default=to_jsonable_or_str)
         sys.stdout.write("\n")
     else:
         write_json_atomic(Path(args.json_out), payload)
         print(f"wrote {args.json_out}", file=sys.stderr)
-
-
-def _jsonable(obj: Any) -> Any:
-    try:
-        import numpy as np
-        import torch
-
-        if isinstance(obj, torch.Tensor):
-            return obj.tolist()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, torch.dtype):
-            return str(obj)
-    except ImportError:  # pragma: no cover
-        pass
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    return str(obj)
 
 
 def check_out_dir(path: "str | Path") -> Path:
@@ -186,7 +168,7 @@ def _check_names(args: argparse.Namespace) -> None:
     from drope_lens.errors import DropeLensInputError
 
     if getattr(args, "command", None) == "tasks":
-        from drope_lens.tasks.conditions import CONDITIONS
+        from drope_lens.hooks.conditions import CONDITIONS
         from drope_lens.tasks.runner import TASKS
 
         for flag, given, known in (("--tasks", args.tasks, TASKS), ("--conditions", args.conditions, CONDITIONS)):

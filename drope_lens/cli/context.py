@@ -11,6 +11,8 @@ HELP = "context-length experiment: passkey by depth, perplexity, sink rate, BOS 
 
 
 def add_parser(sub) -> None:
+    from drope_lens.analysis.sinks import DEFAULT_TAU
+
     p = sub.add_parser("context", help=HELP, description=HELP + ". Seeded; both models of the pair.")
     add_model_args(p)
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096],
@@ -19,7 +21,7 @@ def add_parser(sub) -> None:
                    help="passkey needle depths in [0, 1] (default: 0.1 0.5 0.9)")
     p.add_argument("--n-per-depth", type=int, default=2, help="passkey prompts per depth and length (0: none)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tau", type=float, default=0.3, help="sink-rate threshold (>=)")
+    p.add_argument("--tau", type=float, default=DEFAULT_TAU, help="sink-rate threshold (>=)")
     p.add_argument("--threshold", type=float, default=5.0, help="massive-value lambda")
     p.add_argument("--batch-size", type=int, default=4, help="passkey prompts decoded together")
     p.add_argument("--beyond-context", action="store_true",

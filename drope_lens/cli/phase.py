@@ -9,10 +9,12 @@ import time
 from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args
 
 HELP = "attention sinks, BOS norm/ratio, entropy per layer; perplexity under BOS-MLP / Q/K ablation"
-CONDITIONS = ("baseline", "bos_mlp", "qk", "combined")
 
 
 def add_parser(sub) -> None:
+    from drope_lens.analysis.sinks import DEFAULT_GU_EPS, DEFAULT_TAU
+    from drope_lens.hooks.conditions import CONDITIONS
+
     p = sub.add_parser("phase", help=HELP, description=HELP + ". Runs on both models of the pair.")
     add_model_args(p)
     add_output_args(p)
@@ -23,8 +25,9 @@ def add_parser(sub) -> None:
     g.add_argument("--max-length", type=int, help="truncate each text to this many tokens (BOS included)")
     g.add_argument("--batch-size", type=int, default=8)
     m = p.add_argument_group("metrics")
-    m.add_argument("--tau", type=float, default=0.3, help="sink-rate threshold, inclusive (default 0.3)")
-    m.add_argument("--gu-eps", type=float, default=0.3, help="Gu et al. 2025 ε, strict (default 0.3)")
+    m.add_argument("--tau", type=float, default=DEFAULT_TAU, help=f"sink-rate threshold, inclusive (default {DEFAULT_TAU})")
+    m.add_argument("--gu-eps", type=float, default=DEFAULT_GU_EPS,
+                   help=f"Gu et al. 2025 ε, strict (default {DEFAULT_GU_EPS})")
     m.add_argument("--include-bos-row", action="store_true",
                    help="count query row 0 in sink scores (the study did; default: excluded)")
     m.add_argument("--last-layer", choices=["resid", "final_norm"], default="resid",
@@ -64,7 +67,7 @@ def _texts(args) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from drope_lens.analysis.phase import phase_experiment
+    from drope_lens.analysis.interventions import phase_experiment
 
     conditions = () if args.profile_only else tuple(c.strip() for c in args.conditions.split(",") if c.strip())
     t0 = time.perf_counter()

@@ -24,8 +24,9 @@ def _ints(value: str) -> list[int]:
 
 
 def add_parser(sub) -> None:
-    from drope_lens.tasks.conditions import CONDITIONS
+    from drope_lens.hooks.conditions import CONDITIONS
     from drope_lens.tasks.runner import SCORING, TASKS
+    from drope_lens.tasks.sizes import DEFAULT_N
 
     p = sub.add_parser("tasks", help=HELP, description=HELP + ".")
     add_model_args(p)
@@ -34,7 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--conditions", type=_csv, default=list(CONDITIONS),
                    help=f"comma-separated, from {','.join(CONDITIONS)}")
     p.add_argument("--n", type=int, help="items per task (passkey: per length); default "
-                   "cities 200, sports 100, sentiment 100, passkey 20")
+                   + ", ".join(f"{task} {n}" for task, n in DEFAULT_N.items()))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scoring", choices=SCORING, default="logprob",
                    help="logprob: compare answer log-probs (passkey: greedy + exact match); "

@@ -16,7 +16,7 @@ from jaxtyping import Float
 from transformer_lens import HookedTransformer
 
 from drope_lens.errors import DropeLensInputError
-from drope_lens.hooks.channels import current_real_mask, real_token_mask
+from drope_lens.hooks.mask import current_real_mask, real_token_mask
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHooks
 
@@ -47,7 +47,7 @@ def bos_mlp_ablation_hooks(
         mode: ``"zero"`` sets the BOS MLP output to 0; ``"mean"`` replaces it by ``mean_vector``
             (e.g. from :func:`mlp_out_mean`) or, without one, by the mean MLP output over the real
             positions 1… of the same row (the batch's declared real-token mask; a multi-row pass
-            without one is refused, see :func:`~drope_lens.hooks.channels.current_real_mask`).
+            without one is refused, see :func:`~drope_lens.hooks.mask.current_real_mask`).
         study_compatible: ablate index 0 of every forward call, decode steps included (bug B3).
         model: if given, ``layer`` is range-checked against it.
     """

@@ -10,6 +10,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from drope_lens.errors import TokenizerMismatchError
+from drope_lens.loading.forward import model_label
 from drope_lens.loading.tokens import TokenBatch, encode
 
 PROBE_TEXT = (
@@ -55,8 +56,8 @@ class ModelPair:
             raise TokenizerMismatchError(
                 f"Vocabulary sizes differ ({self.rope.cfg.d_vocab} vs {self.drope.cfg.d_vocab})."
             )
-        self.labels.setdefault("rope", _label(self.rope))
-        self.labels.setdefault("drope", _label(self.drope))
+        self.labels.setdefault("rope", model_label(self.rope))
+        self.labels.setdefault("drope", model_label(self.drope))
 
     @property
     def tokenizer(self):
@@ -111,11 +112,6 @@ class ModelPair:
 
 def _on(model: HookedTransformer) -> set[str]:
     return {str(p.device) for p in model.parameters()}
-
-
-def _label(model: HookedTransformer) -> str:
-    describe = getattr(model.cfg, "describe", None)
-    return describe() if callable(describe) else model.cfg.model_name
 
 
 def load_pair(

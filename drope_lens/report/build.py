@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 from drope_lens.report.markdown import render_report
 from drope_lens.report.provenance import provenance
-from drope_lens.report.store import atomic_write_json, atomic_write_text
+from drope_lens.atomic import atomic_write_text
+from drope_lens.jsonio import atomic_write_json
 
 SCHEMA_VERSION = 1
 STUDY_ROPE = "llama-2-7b-hf"

@@ -8,19 +8,12 @@ running those passes again. Without them (``--steps disruption``) it measures th
 
 from __future__ import annotations
 
-import json
-from typing import Any, Optional
+from typing import Optional
 
-from drope_lens.report.store import _to_jsonable
+from drope_lens.jsonio import plain
+from drope_lens.tasks.sizes import QUICK_N, REPORT_N
 
 #: Items per task in the report (passkey: per length), sized for the 2-core CPU budget.
-TASK_N = {"cities": 100, "sports": 64, "sentiment": 48, "passkey": 12}
-QUICK_TASK_N = {"cities": 8, "sports": 8, "sentiment": 4, "passkey": 2}
-
-
-def _plain(obj: Any) -> Any:
-    """JSON round trip: what is saved is exactly what later steps and the report read."""
-    return json.loads(json.dumps(obj, default=_to_jsonable, allow_nan=True))
 
 
 def text_sets(options) -> dict[str, list[str]]:
@@ -66,7 +59,7 @@ def run_massive(pair, options, context, *, progress: bool = True) -> dict:
         }
         if idx is not None:  # the disruption step zeroes these (study rule: threshold the text mean)
             out[role]["identify_selection"] = res.subset(idx).selection("mean_norm", ("q", "k")).to_dict()
-    return _plain(out)
+    return plain(out)
 
 
 def run_phase(pair, options, context, *, progress: bool = True) -> dict:
@@ -75,7 +68,7 @@ def run_phase(pair, options, context, *, progress: bool = True) -> dict:
     Each condition is one pass over the evaluation texts giving its perplexity and (full report)
     its profile together.
     """
-    from drope_lens.analysis.phase import phase_experiment
+    from drope_lens.analysis.interventions import phase_experiment
 
     texts = text_sets(options)["eval"]
     out = {"n_texts": len(texts)}
@@ -84,13 +77,13 @@ def run_phase(pair, options, context, *, progress: bool = True) -> dict:
                                max_length=options.max_length, profile_conditions=not options.quick,
                                progress=progress)
         out[role] = exp.to_dict()
-    return _plain(out)
+    return plain(out)
 
 
 def _shared_inputs(role: str, context: dict, sets: dict) -> dict:
     """Channels and baseline perplexity already measured by earlier steps, if any."""
     from drope_lens.analysis.perplexity import PerplexityResult
-    from drope_lens.hooks.channels import ChannelSelection
+    from drope_lens.hooks.selection import ChannelSelection
 
     kw: dict = {}
     sel = ((context.get("massive") or {}).get(role) or {}).get("identify_selection")
@@ -116,13 +109,13 @@ def run_disruption(pair, options, context, *, progress: bool = True) -> dict:
             threshold=options.threshold, batch_size=options.batch_size, max_length=options.max_length,
             progress=progress, **_shared_inputs(role, context, sets),
         )
-    return _plain(compare_disruption(results["rope"], results["drope"]).to_dict())
+    return plain(compare_disruption(results["rope"], results["drope"]).to_dict())
 
 
 def task_sizes(options) -> dict[str, int]:
     if options.task_n is not None:
-        return {task: options.task_n for task in TASK_N}
-    return dict(QUICK_TASK_N if options.quick else TASK_N)
+        return {task: options.task_n for task in REPORT_N}
+    return dict(QUICK_N if options.quick else REPORT_N)
 
 
 def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
@@ -137,7 +130,7 @@ def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
                                   batch_size=options.batch_size, scoring=options.task_scoring,
                                   n_shot=options.n_shot,
                                   passkey_lengths=tuple(options.passkey_lengths), progress=progress)
-    return _plain(compare_tasks(results["rope"], results["drope"]).to_dict())
+    return plain(compare_tasks(results["rope"], results["drope"]).to_dict())
 
 
 from drope_lens.report.extended import run_extended  # noqa: E402,F401  (optional step)
@@ -156,4 +149,4 @@ def run_context(pair, options, context, *, progress: bool = True) -> dict:
     res = pair_context_experiment(pair, lengths, depths=CONTEXT_DEPTHS, n_per_depth=CONTEXT_N_PER_DEPTH,
                                   seed=options.seed, threshold=options.threshold,
                                   batch_size=min(options.batch_size, 3), progress=progress)
-    return _plain(res.to_dict())
+    return plain(res.to_dict())

@@ -7,34 +7,13 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from drope_lens.atomic import atomic_write_text
+from drope_lens.jsonio import atomic_write_json
 
 
 def fingerprint(options: dict) -> str:
     """A short stable hash of the options a step ran with (changing them reruns the step)."""
     blob = json.dumps(options, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _to_jsonable(obj: Any) -> Any:
-    import numpy as np
-    import torch
-
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().tolist()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (torch.dtype, torch.device, Path)):
-        return str(obj)
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
-
-
-def atomic_write_json(path: Path, payload: Any) -> None:
-    atomic_write_text(Path(path), json.dumps(payload, indent=2, default=_to_jsonable, allow_nan=True))
 
 
 class PartStore:

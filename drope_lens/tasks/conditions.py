@@ -1,6 +1,6 @@
 """Conditions of the knowledge tasks: baseline, Q/K mean replacement, BOS-MLP ablation, combined.
 
-The hooks come from :func:`drope_lens.analysis.phase.condition_hooks` (the one place where the
+The hooks come from :func:`drope_lens.hooks.conditions.condition_hooks` (the one place where the
 interventions are combined): ``qk`` = Jin-style mean replacement of the top-1 Q/K dim per head
 (pre-RoPE, the study's J-A), ``bos_mlp`` = zeroing ``blocks.{bos_layer}.hook_mlp_out`` at absolute
 position 0, ``combined`` = both. They are attached for the whole scoring call and act on the
@@ -17,12 +17,11 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from transformer_lens import HookedTransformer
 
+from drope_lens.hooks.conditions import CONDITIONS, NEEDS_BOS, NEEDS_QK, QK_DEFAULTS
 from drope_lens.hooks.types import FwdHooks
 
 from drope_lens.errors import DropeLensInputError
 
-CONDITIONS = ("baseline", "qk", "bos_mlp", "combined")
-NEEDS_BOS = ("bos_mlp", "combined")
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class Condition:
     """A named intervention: ``make_hooks(model)`` returns fresh hooks for one scoring call.
 
     ``batch_safe``: the hooks treat rows and positions independently, or read the real-token mask
-    (:func:`drope_lens.hooks.channels.real_token_mask`), so right-padded batches are exact.
+    (:func:`drope_lens.hooks.mask.real_token_mask`), so right-padded batches are exact.
     Otherwise the runner feeds prompts one at a time.
     """
 
@@ -53,7 +52,7 @@ def standard_condition(name: str, *, bos_layer: Optional[int] = None, bos_mode: 
     def make(model: HookedTransformer) -> FwdHooks:
         if name == "baseline":
             return []
-        from drope_lens.analysis.phase import condition_hooks
+        from drope_lens.hooks.conditions import condition_hooks
 
         return condition_hooks(model, name, bos_layer=bos_layer, bos_mode=bos_mode,
                                qk_kwargs=qk_kwargs)
@@ -61,8 +60,8 @@ def standard_condition(name: str, *, bos_layer: Optional[int] = None, bos_mode: 
     info: dict[str, Any] = {}
     if name in NEEDS_BOS:
         info.update(bos_layer=bos_layer, bos_mode=bos_mode)
-    if name in ("qk", "combined"):
-        info.update(qk={"k": 1, "rotary": "pre", "decode": "skip", **qk_kwargs})
+    if name in NEEDS_QK:
+        info.update(qk={**QK_DEFAULTS, **qk_kwargs})
     return Condition(name, make, batch_safe=True, info=info)
 
 
@@ -84,7 +83,7 @@ def resolve_conditions(conditions: Sequence[Union[str, Condition]], *, bos_layer
 
 def default_bos_layer(model: HookedTransformer, *, batch_size: int = 8) -> int:
     """The BOS spike layer (argmax of the mean BOS ratio, the study's rule) on the built-in texts."""
-    from drope_lens.analysis.phase import phase_profile
+    from drope_lens.analysis.profile_pass import phase_profile
     from drope_lens.data import builtin_texts
 
     layer = phase_profile(model, builtin_texts(), batch_size=batch_size).spike_layer("argmax")

@@ -29,6 +29,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from drope_lens.errors import DropeLensInputError
+from drope_lens.loading.forward import model_label
 from drope_lens.loading.tokens import encode
 from drope_lens.tasks import parsing
 import numpy as np
@@ -38,13 +39,14 @@ from drope_lens.tasks.calibration import (
     CONTENT_FREE, auroc, build_prompt, content_free_prompts, draw_demonstrations, log_prior,
 )
 from drope_lens.tasks.conditions import (
-    CONDITIONS, NEEDS_BOS, Condition, default_bos_layer, resolve_conditions, standard_condition,
+    Condition, default_bos_layer, resolve_conditions, standard_condition,
 )
+from drope_lens.hooks.conditions import CONDITIONS, NEEDS_BOS
 from drope_lens.tasks.results import ItemResult, TaskComparison, TaskResults, TaskScore, wilson_interval
+from drope_lens.tasks.sizes import DEFAULT_N
 from drope_lens.tasks.scoring import format_prompt, greedy_generate_batch, option_logprobs, option_token_ids
 
 TASKS = ("cities", "sports", "sentiment", "passkey")
-DEFAULT_N = {"cities": 200, "sports": 100, "sentiment": 100, "passkey": 20}
 SCORING = ("logprob", "calibrated", "study")
 STUDY_MAX_NEW_TOKENS = 20
 PASSKEY_MAX_NEW_TOKENS = 12
@@ -194,11 +196,6 @@ def _summarise(ds: TaskDataset, cond: Condition, items: list[ItemResult], second
                             if prior is not None else None))
 
 
-def _label(model) -> str:
-    describe = getattr(model.cfg, "describe", None)
-    return describe() if callable(describe) else str(model.cfg.model_name)
-
-
 @torch.no_grad()
 def run_tasks(
     model: HookedTransformer,
@@ -256,7 +253,7 @@ def run_tasks(
                               n_ctx=model.cfg.n_ctx)
     demos = {d.name: draw_demonstrations(d, n_shot, seed) if d.kind == "choice" else []
              for d in datasets}
-    label = label or _label(model)
+    label = label or model_label(model)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-from drope_lens.hooks.channels import real_token_mask
+from drope_lens.hooks.mask import real_token_mask
 from drope_lens.loading.numerics import check_logits_finite
 from drope_lens.loading.tokens import TokenBatch
 
@@ -110,7 +110,7 @@ def option_logprobs(
     ``padded=True`` batches right-padded prompts (exact with causal attention, but only valid
     for hooks that treat rows and positions independently), ``padded=False`` runs prompts one by
     one. Each padded batch's real-token mask is declared with
-    :func:`~drope_lens.hooks.channels.real_token_mask` for hooks that compute statistics (Q/K mean
+    :func:`~drope_lens.hooks.mask.real_token_mask` for hooks that compute statistics (Q/K mean
     replacement). Multi-token options: the prompt is prefilled with a KV cache and each option's further
     tokens are fed as one-token decode steps (from a copy of the cache).
     """

@@ -1,0 +1,47 @@
+"""Inputs to a right-padded batch, one forward pass with its real-token mask declared, a model's label."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from drope_lens.hooks.mask import real_token_mask
+from drope_lens.loading.tokens import TokenBatch, as_batch
+
+
+def model_label(model) -> str:
+    """What a model is, for results and progress bars (``cfg.describe()`` where the config has one)."""
+    describe = getattr(model.cfg, "describe", None)
+    return describe() if callable(describe) else str(model.cfg.model_name)
+
+
+def to_batch(model, inputs, *, max_length: Optional[int] = None) -> TokenBatch:
+    """Texts, a TokenBatch or an id tensor -> a right-padded :class:`TokenBatch`."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if isinstance(inputs, TokenBatch):
+        batch = inputs
+        if max_length is not None and batch.tokens.shape[1] > max_length:
+            batch = TokenBatch(batch.tokens[:, :max_length], batch.lengths.clamp(max=max_length))
+        return batch
+    if isinstance(inputs, torch.Tensor):
+        return as_batch(model, inputs[..., :max_length] if max_length else inputs)
+    return as_batch(model, list(inputs), max_length=max_length)
+
+
+def forward_batch(model, batch: TokenBatch, *, return_type: Optional[str] = "logits"):
+    """One forward pass on a right-padded batch, with its real-token mask declared to hooks.
+
+    An attention mask is passed only when the tokenizer pads on the left (TransformerLens would
+    otherwise infer one from pad ids); for right padding causal attention already hides the pads.
+    """
+    device = model.cfg.device
+    tokens = batch.tokens.to(device)
+    mask = batch.mask.to(device)
+    kwargs = {}
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None and getattr(tok, "padding_side", "right") == "left":
+        kwargs["attention_mask"] = mask.long()
+    with real_token_mask(mask):
+        return model(tokens, return_type=return_type, **kwargs)
