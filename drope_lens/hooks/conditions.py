@@ -8,11 +8,14 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import torch
 
 from drope_lens.errors import DropeLensInputError
+from drope_lens.hooks.bos import bos_mlp_ablation_hooks
+from drope_lens.hooks.mean_replacement import mean_replacement_hooks, qk_mean_replacement_hooks
 from drope_lens.hooks.types import FwdHooks
 
 CONDITIONS = ("baseline", "bos_mlp", "qk", "combined")
@@ -20,9 +23,11 @@ CONDITIONS = ("baseline", "bos_mlp", "qk", "combined")
 NEEDS_BOS = ("bos_mlp", "combined")
 #: Conditions that mean-replace Q/K.
 NEEDS_QK = ("qk", "combined")
-#: Defaults of :func:`~drope_lens.hooks.mean_replacement.qk_mean_replacement_hooks` (top-1 dim,
-#: pre-RoPE, decode steps untouched): what ``qk`` means when no ``qk_kwargs`` are given.
-QK_DEFAULTS = {"k": 1, "rotary": "pre", "decode": "skip"}
+#: What ``qk`` means when no ``qk_kwargs`` are given: the defaults of
+#: :func:`~drope_lens.hooks.mean_replacement.mean_replacement_hooks` (top-1 dim, pre-RoPE, decode
+#: steps untouched), read from its signature.
+QK_DEFAULTS = {name: inspect.signature(mean_replacement_hooks).parameters[name].default
+               for name in ("k", "rotary", "decode")}
 
 
 def check_conditions(conditions) -> tuple[str, ...]:
@@ -45,9 +50,6 @@ def condition_hooks(
     qk_kwargs: Optional[dict] = None,
 ) -> FwdHooks:
     """The hooks of one Exp-4 condition. ``combined`` = BOS-MLP ablation + Q/K mean replacement."""
-    from drope_lens.hooks.bos import bos_mlp_ablation_hooks
-    from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks
-
     if condition not in CONDITIONS:
         raise DropeLensInputError(f"Unknown condition {condition!r}; choose from {CONDITIONS}.")
     hooks: FwdHooks = []

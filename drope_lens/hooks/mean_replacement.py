@@ -153,21 +153,15 @@ def mean_replacement_hooks(
     return hooks
 
 
-def qk_mean_replacement_hooks(
-    model,
-    *,
-    k: int = 1,
-    rotary: str = "pre",
-    layers: Optional[Sequence[int]] = None,
-    decode: str = "skip",
-    threshold: Optional[float] = None,
-    largest: bool = True,
-) -> FwdHooks:
+def qk_mean_replacement_hooks(model, **options) -> FwdHooks:
     """Jin-style mean replacement on Q and K of all (or the given) layers.
+
+    ``options`` are those of :func:`mean_replacement_hooks` except ``tensors``: ``k`` (1), ``rotary``
+    (``"pre"``), ``layers`` (all), ``decode`` (``"skip"``), ``threshold`` (None), ``largest`` (True).
 
     On every full (prefill / cache-free) pass, per sequence and head, the ``k`` dims with the largest
     L2 norm over the real tokens are replaced at every real position by that channel's mean over the
-    real tokens (BOS included, padding excluded; see :func:`real_token_mask`). ``threshold`` (e.g.
+    real tokens (BOS included, padding excluded; see :func:`~drope_lens.hooks.mask.real_token_mask`). ``threshold`` (e.g.
     5.0) adds the study's J-B gate: replace only dims whose norm exceeds ``threshold`` x the head's
     mean norm. With ``threshold=None`` this is the study's J-A (``rotary="pre"``: ``hook_q/hook_k``,
     the study) or Jin's own variant (``rotary="post"``: ``hook_rot_q/hook_rot_k``).
@@ -185,7 +179,4 @@ def qk_mean_replacement_hooks(
     refused (layer 0 cannot tell them from a prompt). ``decode="raise"`` refuses any decode step.
     ``largest=False`` replaces the ``k`` smallest-norm dims instead (Jin et al.'s control).
     """
-    return mean_replacement_hooks(
-        model, tensors=("q", "k"), k=k, rotary=rotary, layers=layers, decode=decode, threshold=threshold,
-        largest=largest,
-    )
+    return mean_replacement_hooks(model, tensors=("q", "k"), **options)
