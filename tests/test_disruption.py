@@ -192,13 +192,15 @@ def test_embedded_pair_short_run(embedded_rope, embedded_nope):
 def test_cli_detect_and_disrupt_json(tmp_path, tokenizer, capsys):
     import argparse
 
-    from drope_lens.cli import massive as cli
+    from drope_lens.cli import detect, disrupt
 
     folder = tmp_path / "tiny"
     tiny_llama(seed=6).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     parser = argparse.ArgumentParser()
-    cli.add_parser(parser.add_subparsers(dest="command"))
+    sub = parser.add_subparsers(dest="command")
+    detect.add_parser(sub)
+    disrupt.add_parser(sub)
     texts = sum([["--text", t] for t in TINY_TEXTS], [])
     args = parser.parse_args(["detect", "--rope", str(folder), "--threshold", "1.5", "--json", "-", *texts])
     assert args.func(args) == 0

@@ -54,7 +54,7 @@ def _texts(args) -> tuple[list[str], list[str]]:
 
 
 def _models(args):
-    from drope_lens.cli.massive import _models as models
+    from drope_lens.cli.massive_args import models_from_args as models
 
     return models(args)
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args
+from drope_lens.cli.lists import add_list_argument, float_list, int_list
 
 HELP = "context-length experiment: passkey by depth, perplexity, sink rate, BOS ratio, massive Q/K vs length"
 
@@ -15,10 +16,10 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("context", help=HELP, description=HELP + ". Seeded; both models of the pair.")
     add_model_args(p)
-    p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096],
-                   help="input lengths in tokens, BOS included (default: 512 1024 2048 4096)")
-    p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9],
-                   help="passkey needle depths in [0, 1] (default: 0.1 0.5 0.9)")
+    add_list_argument(p, "--lengths", item=int_list, default=[512, 1024, 2048, 4096], metavar="N,N",
+                      help="input lengths in tokens, BOS included (default: 512,1024,2048,4096)")
+    add_list_argument(p, "--depths", item=float_list, default=[0.1, 0.5, 0.9], metavar="D,D",
+                      help="passkey needle depths in [0, 1] (default: 0.1,0.5,0.9)")
     p.add_argument("--n-per-depth", type=int, default=2, help="passkey prompts per depth and length (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tau", type=float, default=DEFAULT_TAU, help="sink-rate threshold (>=)")

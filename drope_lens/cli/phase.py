@@ -7,6 +7,7 @@ import sys
 import time
 
 from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args
+from drope_lens.cli.lists import add_list_argument
 
 HELP = "attention sinks, BOS norm/ratio, entropy per layer; perplexity under BOS-MLP / Q/K ablation"
 
@@ -35,7 +36,7 @@ def add_parser(sub) -> None:
     m.add_argument("--attention", choices=["native", "pre_rope_manual"], default="native",
                    help="native hook_pattern (default) or the study's manual pre-RoPE Q/K softmax (bug B1)")
     c = p.add_argument_group("interventions")
-    c.add_argument("--conditions", default=",".join(CONDITIONS),
+    add_list_argument(c, "--conditions", default=list(CONDITIONS),
                    help=f"comma-separated subset of {','.join(CONDITIONS)} (default: all)")
     c.add_argument("--profile-only", action="store_true", help="no interventions, no perplexity")
     c.add_argument("--bos-layer", type=int, help="BOS-MLP layer (default: the spike layer by --spike-rule)")
@@ -69,7 +70,7 @@ def _texts(args) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from drope_lens.analysis.interventions import phase_experiment
 
-    conditions = () if args.profile_only else tuple(c.strip() for c in args.conditions.split(",") if c.strip())
+    conditions = () if args.profile_only else tuple(args.conditions)
     t0 = time.perf_counter()
     texts = _texts(args)
     pair = load_pair_from_args(args)

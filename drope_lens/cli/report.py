@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from drope_lens.cli.common import add_model_args
+from drope_lens.cli.lists import add_list_argument, int_list
 
 HELP = "run every experiment on a RoPE/DroPE pair and write report.md, results.json, figures, views"
 
@@ -33,7 +34,7 @@ def add_parser(sub) -> None:
     add_model_args(p)
     p.add_argument("--out", default="drope_lens_results", help="results folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="reduced experiments (fewer texts, seeds, items)")
-    p.add_argument("--steps", default=",".join(DEFAULT_STEPS),
+    add_list_argument(p, "--steps", default=list(DEFAULT_STEPS),
                    help="comma-separated subset of: " + ", ".join(STEPS + OPTIONAL_STEPS) + " (default: "
                         + ",".join(DEFAULT_STEPS) + "); the optional 'extended' (residual massive "
                         "activations, study Exp 5-9) and 'context' (context-length experiment) run only "
@@ -46,7 +47,7 @@ def add_parser(sub) -> None:
     p.add_argument("--scoring", default="calibrated", choices=("logprob", "calibrated", "study"),
                    help="choice-task scoring (default: calibrated, contextual calibration)")
     p.add_argument("--n-shot", type=int, default=0, help="demonstrations per choice item (default 0)")
-    p.add_argument("--passkey-lengths", type=int, nargs="+", default=[256], metavar="N",
+    add_list_argument(p, "--passkey-lengths", item=int_list, default=[256], metavar="N,N",
                    help="passkey prompt lengths in tokens (default: 256; --quick: 128)")
     p.add_argument("--max-length", type=int, default=512,
                    help="cut texts at this many tokens, BOS included (default 512; --quick: 128)")
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = ReportOptions(
         quick=args.quick, seed=args.seed, threshold=args.threshold, n_seeds=args.n_seeds,
-        task_n=args.task_n, task_scoring=args.scoring, n_shot=args.n_shot, steps=tuple(s.strip() for s in args.steps.split(",") if s.strip()),
+        task_n=args.task_n, task_scoring=args.scoring, n_shot=args.n_shot, steps=tuple(args.steps),
         passkey_lengths=tuple(args.passkey_lengths), max_length=args.max_length, batch_size=args.batch_size,
     )
     out = check_out_dir(args.out)

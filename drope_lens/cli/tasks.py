@@ -8,19 +8,9 @@ import sys
 import time
 
 from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args
+from drope_lens.cli.lists import add_list_argument, int_list
 
 HELP = "knowledge tasks (cities, sports, sentiment, passkey) under baseline / qk / bos_mlp / combined"
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _ints(value: str) -> list[int]:
-    try:
-        return [int(v) for v in _csv(value)]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from exc
 
 
 def add_parser(sub) -> None:
@@ -31,8 +21,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("tasks", help=HELP, description=HELP + ".")
     add_model_args(p)
     add_output_args(p)
-    p.add_argument("--tasks", type=_csv, default=list(TASKS), help=f"comma-separated, from {','.join(TASKS)}")
-    p.add_argument("--conditions", type=_csv, default=list(CONDITIONS),
+    add_list_argument(p, "--tasks", default=list(TASKS), help=f"comma-separated, from {','.join(TASKS)}")
+    add_list_argument(p, "--conditions", default=list(CONDITIONS),
                    help=f"comma-separated, from {','.join(CONDITIONS)}")
     p.add_argument("--n", type=int, help="items per task (passkey: per length); default "
                    + ", ".join(f"{task} {n}" for task, n in DEFAULT_N.items()))
@@ -44,10 +34,10 @@ def add_parser(sub) -> None:
     p.add_argument("--n-shot", type=int, default=0,
                    help="balanced demonstrations before each choice item (default 0)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
-    p.add_argument("--bos-layer", type=_ints, metavar="L[,L_DROPE]",
+    p.add_argument("--bos-layer", type=int_list, metavar="L[,L_DROPE]",
                    help="BOS-MLP ablation layer for both models, or one per model; "
                    "default: each model's BOS spike layer on the built-in texts")
-    p.add_argument("--passkey-lengths", type=_ints, default=[256, 512], metavar="N,N")
+    add_list_argument(p, "--passkey-lengths", item=int_list, default=[256, 512], metavar="N,N")
     p.add_argument("--passkey-depth", type=float, default=0.5)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-items", action="store_true", help="leave per-item predictions out of the JSON")

@@ -37,7 +37,7 @@ def extended_texts(options) -> tuple[list[str], list[str], int]:
 def run_extended(pair, options, context, *, progress: bool = True) -> dict:
     """Both models: residual massive activations (+ set to zero / mean), Exp 5–9."""
     from drope_lens.analysis.extended import run_extended as run
-    from drope_lens.report.steps import _plain
+    from drope_lens.jsonio import plain
 
     texts, ppl_texts, max_length = extended_texts(options)
     out: dict[str, Any] = {"n_texts": len(texts), "n_ppl_texts": len(ppl_texts), "max_length": max_length}
@@ -51,7 +51,7 @@ def run_extended(pair, options, context, *, progress: bool = True) -> dict:
 
         out["residual_comparison"] = compare_residual_massive(results["rope"].residual,
                                                               results["drope"].residual).to_dict()
-    return _plain(out)
+    return plain(out)
 
 
 def write_extended_figures(lab: dict, exp: dict, save) -> None:
