@@ -360,10 +360,13 @@ def case_phase(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -
     return CaseSpec("phase", secs, analysis_needs_logits=False, label="BOS norm/ratio, entropy, sinks")
 
 
-def sink_rates(model, batch, batch_size: int, tau: float = 0.3) -> torch.Tensor:
-    """Sink rate per text and layer from ``hook_pattern`` with :mod:`drope_lens.analysis.sinks`."""
+def sink_rates(model, batch, batch_size: int, tau: Optional[float] = None) -> torch.Tensor:
+    """Sink rate per text and layer from ``hook_pattern`` with :mod:`drope_lens.analysis.sinks`
+    (``tau``: its ``DEFAULT_TAU``)."""
     from drope_lens.analysis import sinks
     from drope_lens.loading.forward import forward_batch
+
+    tau = sinks.DEFAULT_TAU if tau is None else tau
 
     out = torch.zeros(len(batch), model.cfg.n_layers, dtype=torch.float64)
     state: dict = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from drope_lens.cli.common import add_model_args, add_output_args, emit_json
+from drope_lens.cli.common import add_pair_texts_args, emit_json
 
 ACT_HELP = "residual-stream massive activations (top-k |resid_post| vs layer median), set-to-zero/mean PPL"
 EXT_HELP = "the study's Exp 5-9: BOS write, layer ablations, head classes, attention/MLP norms and fractions"
@@ -29,12 +29,7 @@ def add_parser(sub) -> None:
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    add_output_args(p)
-    p.add_argument("--only", choices=["rope", "drope"], help="run one model of the pair only")
-    g = p.add_argument_group("texts (default: built-in 'identify' texts; perplexity on the 'eval' texts)")
-    g.add_argument("--text", action="append", metavar="TEXT", help="a text (repeatable)")
-    g.add_argument("--texts-file", metavar="PATH", help="UTF-8 file, one text per paragraph")
+    g = add_pair_texts_args(p, "texts (default: built-in 'identify' texts; perplexity on the 'eval' texts)")
     g.add_argument("--max-length", type=int, default=256, help="tokens per text, BOS included (default 256)")
     g.add_argument("--batch-size", type=int, default=8)
 

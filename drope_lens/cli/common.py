@@ -46,6 +46,18 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     atomic_write_json(Path(path), payload)
 
 
+def add_pair_texts_args(parser: argparse.ArgumentParser, texts_title: str):
+    """Model and output options, ``--only rope|drope``, and a texts group with ``--text`` /
+    ``--texts-file`` (returned, for the command's own text options)."""
+    add_model_args(parser)
+    add_output_args(parser)
+    parser.add_argument("--only", choices=["rope", "drope"], help="run one model of the pair only")
+    g = parser.add_argument_group(texts_title)
+    g.add_argument("--text", action="append", metavar="TEXT", help="a text (repeatable)")
+    g.add_argument("--texts-file", metavar="PATH", help="UTF-8 file, one text per paragraph")
+    return g
+
+
 def emit_json(args: argparse.Namespace, payload: Any) -> None:
     if not getattr(args, "json_out", None):
         return

@@ -5,16 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from drope_lens.cli.common import add_model_args, add_output_args, load_pair_from_args
+from drope_lens.cli.common import add_pair_texts_args, load_pair_from_args
 
 
 def add_massive_args(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    add_output_args(p)
-    p.add_argument("--only", choices=["rope", "drope"], help="run one model of the pair only")
-    g = p.add_argument_group("texts (detect default: all built-in texts; disrupt default: built-in 'eval' split)")
-    g.add_argument("--text", action="append", metavar="TEXT", help="a text (repeatable)")
-    g.add_argument("--texts-file", metavar="PATH", help="UTF-8 file, one text per paragraph")
+    g = add_pair_texts_args(p, "texts (detect default: all built-in texts; disrupt default: built-in 'eval' split)")
     g.add_argument("--genre", help="one genre of the built-in texts")
     g.add_argument("--hf-dataset", metavar="NAME", help="Hugging Face dataset (needs `datasets` and network)")
     g.add_argument("--hf-config", help="dataset config, e.g. wikitext-2-raw-v1")
