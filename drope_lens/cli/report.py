@@ -28,6 +28,7 @@ examples:
 
 def add_parser(sub) -> None:
     from drope_lens.report.runner import DEFAULT_STEPS, OPTIONAL_STEPS, STEPS
+    from drope_lens.tasks.sizes import QUICK_N, REPORT_N
 
     p = sub.add_parser("report", help=HELP, description=HELP + ".", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,8 +43,9 @@ def add_parser(sub) -> None:
     p.add_argument("--threshold", type=float, default=5.0, help="massive-value λ (default 5)")
     p.add_argument("--n-seeds", type=int, default=10, help="random controls for disruption (default 10)")
     p.add_argument("--task-n", type=int, default=None,
-                   help="items per task, passkey: per length (default: cities 100, sports 64, "
-                        "sentiment 48, passkey 12; --quick: 8, 8, 4, 2)")
+                   help="items per task, passkey: per length (default: "
+                        + ", ".join(f"{task} {n}" for task, n in REPORT_N.items())
+                        + "; --quick: " + ", ".join(map(str, QUICK_N.values())) + ")")
     p.add_argument("--scoring", default="calibrated", choices=("logprob", "calibrated", "study"),
                    help="choice-task scoring (default: calibrated, contextual calibration)")
     p.add_argument("--n-shot", type=int, default=0, help="demonstrations per choice item (default 0)")
