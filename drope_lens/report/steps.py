@@ -135,7 +135,7 @@ def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
         bos_layer = (phase.get(role) or {}).get("bos_layer")
         results[role] = run_tasks(model, seed=options.seed, bos_layer=bos_layer, n=task_sizes(options),
                                   batch_size=options.batch_size, scoring=options.task_scoring,
-                                  n_shot=options.n_shot,
+                                  n_shot=options.n_shot, task_format=options.task_format,
                                   passkey_lengths=tuple(options.passkey_lengths), progress=progress)
     return _plain(compare_tasks(results["rope"], results["drope"]).to_dict())
 
