@@ -14,7 +14,7 @@ from typing import Any, Optional
 from drope_lens.report.store import _to_jsonable
 
 #: Items per task in the report (passkey: per length), sized for the 2-core CPU budget.
-TASK_N = {"cities": 100, "sports": 64, "sentiment": 48, "passkey": 12}
+TASK_N = {"cities": 100, "sports": 60, "sentiment": 48, "passkey": 12}
 QUICK_TASK_N = {"cities": 8, "sports": 8, "sentiment": 4, "passkey": 2}
 
 
