@@ -254,3 +254,16 @@ def test_gini_on_input_device_and_known_values():
     assert float(gini(torch.tensor([0.0, 0.0, 0.0, 4.0]))) == pytest.approx(0.75)
     x = torch.rand(3, 10)
     assert gini(x).device == x.device
+
+
+def test_weights_hash_samples_a_large_tensor_within_bounds():
+    """28,311,552 elements (SmolLM2's embedding): a float32 linspace put the last index past the end."""
+    import torch
+
+    from drope_lens.report.provenance import weights_hash
+
+    m = torch.nn.Module()
+    m.register_buffer("big", torch.zeros(28311552, dtype=torch.uint8))
+    h0 = weights_hash(m)
+    m.big[-1] = 1  # the last element is sampled
+    assert weights_hash(m) != h0
