@@ -14,7 +14,7 @@ from typing import Any, Optional
 from drope_lens.report.store import _to_jsonable
 
 #: Items per task in the report (passkey: per length), sized for the 2-core CPU budget.
-TASK_N = {"cities": 100, "sports": 64, "sentiment": 48, "passkey": 12}
+TASK_N = {"cities": 100, "sports": 60, "sentiment": 48, "passkey": 12}
 QUICK_TASK_N = {"cities": 8, "sports": 8, "sentiment": 4, "passkey": 2}
 
 
@@ -135,7 +135,7 @@ def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
         bos_layer = (phase.get(role) or {}).get("bos_layer")
         results[role] = run_tasks(model, seed=options.seed, bos_layer=bos_layer, n=task_sizes(options),
                                   batch_size=options.batch_size, scoring=options.task_scoring,
-                                  n_shot=options.n_shot,
+                                  n_shot=options.n_shot, task_format=options.task_format,
                                   passkey_lengths=tuple(options.passkey_lengths), progress=progress)
     return _plain(compare_tasks(results["rope"], results["drope"]).to_dict())
 
