@@ -212,3 +212,16 @@ def test_weights_hash_sample_index_exact_past_float32_range():
     big = torch.nn.Module()
     big.register_buffer("b", torch.zeros(28311552, dtype=torch.int8))
     weights_hash(big)  # raised IndexError before
+
+
+def test_weights_hash_samples_a_large_tensor_within_bounds():
+    """28,311,552 elements (SmolLM2's embedding): a float32 linspace put the last index past the end."""
+    import torch
+
+    from drope_lens.report.provenance import weights_hash
+
+    m = torch.nn.Module()
+    m.register_buffer("big", torch.zeros(28311552, dtype=torch.uint8))
+    h0 = weights_hash(m)
+    m.big[-1] = 1  # the last element is sampled
+    assert weights_hash(m) != h0

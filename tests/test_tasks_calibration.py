@@ -209,9 +209,97 @@ def test_report_section_reads_above_chance_tasks_and_validates(tiny):
     assert "AUROC" in text and "2-shot" in text and "calibrated" in text
     base = r.score("cue", "baseline")
     assert (AT_CHANCE in text) == (not base.above_chance)
-    assert ("cue above chance" in text) == base.above_chance
+    assert ("above chance at baseline — cue" in text) == base.above_chance
     schema = results_schema()
     jsonschema.validate(d, {**schema["$defs"]["tasks"], "$defs": schema["$defs"]})
     d["rope"]["degradation"]["cue/qk"] = "n/a"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(d, {**schema["$defs"]["tasks"], "$defs": schema["$defs"]})
+
+
+def completion_dataset(n=8, pool=4):
+    """Completion items over the tiny vocabulary: each its own two continuations."""
+    words = "cat dog red blue sky sun two three".split()
+
+    def item(i):
+        a, b = words[i % len(words)], words[(i + 3) % len(words)]
+        return TaskItem(TEMPLATE.format(q=f"w{i}"), "A" if i % 2 == 0 else "B",
+                        {"q": f"w{i}", "choices": [a, b]})
+
+    return TaskDataset("comp", "parametric", "choice", [item(i) for i in range(n)], ("A", "B"),
+                       template=TEMPLATE, slot="q", content_key="q",
+                       demo_pool=[item(i) for i in range(n, n + pool)], choices_key="choices")
+
+
+def test_completion_items_scored_on_their_own_continuations_and_calibrated_per_item(tiny, tokenizer):
+    from drope_lens.loading import encode
+    from drope_lens.tasks.scoring import option_token_ids
+
+    ds = completion_dataset()
+    res = run_tasks(tiny, tasks=[ds], conditions=["baseline"], scoring="calibrated", n_shot=2, seed=1)
+    demos = draw_demonstrations(ds, 2, 1)
+    assert {d.text for d in demos}.isdisjoint(it.text for it in ds.items)
+    prompt0 = build_prompt(tokenizer, ds, ds.items[0].text, demos)
+    assert prompt0.startswith(f"{demos[0].text} {ds.answer_text(demos[0])}\n\n")
+
+    @torch.no_grad()
+    def direct(prompt, cont):  # independent: one plain forward of prompt + continuation
+        p = encode(tokenizer, [prompt]).tokens[0].tolist()
+        c = option_token_ids(tokenizer, [cont])[0]
+        logp = torch.log_softmax(tiny(torch.tensor([p + c]))[0].double(), -1)
+        return float(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(c)))
+
+    cf = content_free_prompts(tokenizer, ds, demos)
+    score = res.score("comp", "baseline")
+    for i, it in enumerate(ds.items):
+        r = res.items[i]
+        prompt = build_prompt(tokenizer, ds, it.text, demos)
+        raw = [direct(prompt, c) for c in ds.choices(it)]
+        assert [r.logprobs["A"], r.logprobs["B"]] == pytest.approx(raw, abs=1e-4)
+        prior = log_prior(np.array([[direct(p, c) for c in ds.choices(it)] for p in cf]))
+        cal = np.array(raw) - prior
+        k = ds.options.index(it.answer)
+        assert r.margin == pytest.approx(cal[k] - cal[1 - k], abs=1e-4)
+        assert r.prediction == ds.options[int(np.argmax(cal))]
+    assert set(score.prior) == {c for it in ds.items for c in ds.choices(it)}
+    with pytest.raises(ValueError, match="completion"):
+        run_tasks(tiny, tasks=[ds], conditions=["baseline"], scoring="study")
+
+
+def test_report_reading_names_above_chance_tasks_and_their_degradation_only(tiny, tokenizer):
+    """One task made above chance by a cue the model is forced to read, one left at chance."""
+    import json
+
+    from drope_lens.report.markdown import AT_CHANCE, _tasks
+    from drope_lens.tasks import compare_tasks
+
+    yes, no, cat, dog = (_ids(tokenizer, w) for w in ("yes", "no", "cat", "dog"))
+    store = {}
+
+    def logits(x, hook):  # 'cat' in the prompt -> yes, 'dog' -> no (every condition)
+        toks = store["tokens"]
+        sign = (toks == cat).any(-1).float() - (toks == dog).any(-1).float()
+        x = x.clone()
+        x[..., yes] += 5.0 * sign[:, None]
+        x[..., no] -= 5.0 * sign[:, None]
+        return x
+
+    cue = cue_dataset(24)
+    blind = TaskDataset("blind", "contextual", "choice",
+                        [TaskItem(TEMPLATE.format(q=f"x {i}"), OPTS[i % 2], {"q": f"x {i}"})
+                         for i in range(24)], OPTS, template=TEMPLATE, slot="q", content_key="q")
+    h = tiny.embed.register_forward_pre_hook(lambda mod, args: store.__setitem__("tokens", args[0]))
+    try:
+        with tiny.hooks(fwd_hooks=[("unembed.hook_out", logits)]):
+            r = run_tasks(tiny, tasks=[cue, blind], conditions=["baseline", "qk"], scoring="calibrated")
+    finally:
+        h.remove()
+    assert r.score("cue", "baseline").above_chance and not r.score("blind", "baseline").above_chance
+    d = json.loads(json.dumps(compare_tasks(r, r).to_dict(include_items=False)))
+    text = _tasks({}, {"tasks": d})
+    deg = r.degradation("cue", "qk")
+    assert deg is not None and r.degradation("blind", "qk") is None
+    assert f"above chance at baseline — cue (qk {deg:.0f} %) degradation; at chance (not read): blind" in text
+    rows = [line for line in text.splitlines() if line.startswith("| rope | ") and "| qk |" in line]
+    assert any("| blind |" in row and AT_CHANCE in row for row in rows)
+    assert any("| cue |" in row and AT_CHANCE not in row for row in rows)

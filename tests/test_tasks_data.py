@@ -217,3 +217,49 @@ def test_passkey_length_includes_the_chat_template(smol_tokenizer):
     for it in ds.items:
         n_tok = len(_ids(tok, format_prompt(tok, it.text, chat=True)))
         assert abs(n_tok - 256) <= 0.02 * 256
+
+
+@pytest.mark.parametrize("loader,n,pool_of", [("cities", 60, "city"), ("sports", 40, "athlete")])
+def test_completion_form_counts_balance_disjointness(loader, n, pool_of):
+    from drope_lens.tasks import load_cities, load_sports
+    from drope_lens.tasks.cities import COMPLETION_PROMPT as CITY_PROMPT, city_pool
+    from drope_lens.tasks.sports import COMPLETION_PROMPT as SPORT_PROMPT
+
+    load = load_cities if loader == "cities" else load_sports
+    ds = load(n, seed=4, form="completion")
+    assert len(ds) == n and ds.options == ("A", "B") and ds.label_counts() == {"A": n // 2, "B": n // 2}
+    truth_key = "correct_country" if loader == "cities" else "correct_sport"
+    if loader == "cities":
+        truth = {c.name: c.country for c in city_pool()}
+    else:
+        truth = dict(read_facts())
+    for it in [*ds.items, *ds.demo_pool]:
+        a, b = it.meta["choices"]
+        assert a != b and ds.answer_text(it) == it.meta[truth_key] == truth[it.meta[pool_of]]
+        # the prompt names the entity and neither option: the answer must come from the weights
+        assert it.text == (CITY_PROMPT if loader == "cities" else SPORT_PROMPT).format(
+            **{pool_of: it.meta[pool_of]})
+        assert a not in it.text and b not in it.text
+    used = {it.meta[pool_of] for it in ds.items}
+    assert len(used) == n  # each entity once
+    assert used.isdisjoint(it.meta[pool_of] for it in ds.demo_pool) and ds.demo_pool
+    again = load(n, seed=4, form="completion")
+    assert [it.to_dict() for it in again.items] == [it.to_dict() for it in ds.items]
+    assert [it.text for it in load(n, seed=5, form="completion").items] != [it.text for it in ds.items]
+    assert "CC BY" in ds.source if loader == "cities" else "project" in ds.source
+    with pytest.raises(ValueError, match="form"):
+        load(4, form="multiple")
+
+
+def test_completion_items_need_their_continuations():
+    from drope_lens.tasks import TaskDataset, TaskItem
+
+    good = TaskItem("q", "A", {"c": ["x", "y"]})
+    TaskDataset("t", "parametric", "choice", [good], ("A", "B"), choices_key="c")
+    for bad in ({"c": ["x"]}, {"c": ["x", "x"]}, {}):
+        with pytest.raises(ValueError, match="continuations"):
+            TaskDataset("t", "parametric", "choice", [TaskItem("q", "A", bad)], ("A", "B"),
+                        choices_key="c")
+    with pytest.raises(ValueError, match="sports facts"):
+        from drope_lens.tasks import load_sports
+        load_sports(len(read_facts()) + 1, form="completion")

@@ -184,3 +184,23 @@ def test_padded_batch_generation_equals_one_by_one(tiny, tokenizer, nope):
         assert together == alone
     with pytest.raises(ValueError, match="lengths"):
         greedy_generate_batch(model, batch.tokens, 2, lengths=batch.lengths + 100)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_per_row_options_equal_direct_computation(tiny, tokenizer, padded):
+    """Completion items: each row its own continuations (mixed single / multi-token rows)."""
+    batch = encode(tokenizer, PROMPTS)
+    rows = [[" yes", " no"], [" red sky", " blue"], [" two three four", " cat"], [" a", " the"]]
+    row_ids = [option_token_ids(tokenizer, r, prefix="") for r in rows]
+    got = option_logprobs(tiny, batch, [], batch_size=3, padded=padded, row_option_ids=row_ids)
+    for i in range(len(PROMPTS)):
+        prompt = batch.tokens[i, : int(batch.lengths[i])].tolist()
+        for j, opt in enumerate(row_ids[i]):
+            assert got[i, j] == pytest.approx(direct_logprob(tiny, prompt, opt), abs=1e-4)
+    # shared options given per row give the shared result
+    shared = option_token_ids(tokenizer, (" red sky", " blue"), prefix="")
+    assert torch.allclose(option_logprobs(tiny, batch, shared, batch_size=3),
+                          option_logprobs(tiny, batch, [], batch_size=3,
+                                          row_option_ids=[shared] * len(PROMPTS)), atol=1e-9)
+    with pytest.raises(ValueError, match="rows"):
+        option_logprobs(tiny, batch, [], row_option_ids=row_ids[:2])

@@ -49,6 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("--scoring", default="calibrated", choices=("logprob", "calibrated", "study"),
                    help="choice-task scoring (default: calibrated, contextual calibration)")
     p.add_argument("--n-shot", type=int, default=0, help="demonstrations per choice item (default 0)")
+    p.add_argument("--task-format", default="completion", choices=("yes_no", "completion"),
+                   help="cities/sports as two-way completions (default) or the study's yes/no questions")
     add_list_argument(p, "--passkey-lengths", item=int_list, default=[256], metavar="N,N",
                    help="passkey prompt lengths in tokens (default: 256; --quick: 128)")
     p.add_argument("--max-length", type=int, default=512,
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = ReportOptions(
         quick=args.quick, seed=args.seed, threshold=args.threshold, n_seeds=args.n_seeds,
-        task_n=args.task_n, task_scoring=args.scoring, n_shot=args.n_shot, steps=tuple(args.steps),
+        task_n=args.task_n, task_scoring=args.scoring, n_shot=args.n_shot, task_format=args.task_format,
+        steps=tuple(args.steps),
         passkey_lengths=tuple(args.passkey_lengths), max_length=args.max_length, batch_size=args.batch_size,
     )
     out = check_out_dir(args.out)

@@ -33,6 +33,9 @@ def add_parser(sub) -> None:
                    "study: 20-token greedy generation + the study's parsing, one denominator")
     p.add_argument("--n-shot", type=int, default=0,
                    help="balanced demonstrations before each choice item (default 0)")
+    p.add_argument("--task-format", choices=("yes_no", "completion"), default="yes_no",
+                   help="cities/sports as the study's yes/no questions (default) or as two-way "
+                   "completions ('In which country is X?': true country vs a distractor)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
     p.add_argument("--bos-layer", type=int_list, metavar="L[,L_DROPE]",
                    help="BOS-MLP ablation layer for both models, or one per model; "
@@ -49,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n_shot < 0:
         raise ValueError(f"--n-shot must be >= 0, got {args.n_shot}")
+    if args.task_format == "completion" and args.scoring == "study":
+        raise ValueError("--task-format completion needs --scoring logprob or calibrated.")
     layers = args.bos_layer
     if layers is not None and len(layers) not in (1, 2):
         raise ValueError("--bos-layer takes one layer or two (rope,drope).")
@@ -57,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     pair = load_pair_from_args(args)
     cmp = run_pair_tasks(pair, tasks=args.tasks, conditions=args.conditions, n=args.n,
-                         seed=args.seed, scoring=args.scoring, n_shot=args.n_shot, chat=args.chat, bos_layer=bos,
+                         seed=args.seed, scoring=args.scoring, n_shot=args.n_shot, task_format=args.task_format,
+                         chat=args.chat, bos_layer=bos,
                          passkey_lengths=args.passkey_lengths, passkey_depth=args.passkey_depth,
                          batch_size=args.batch_size, progress=True)
     _print(cmp)

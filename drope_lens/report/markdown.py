@@ -236,6 +236,21 @@ def _deg_cell(value: Any, above: bool) -> Any:
     return value if above else AT_CHANCE
 
 
+def _task_reading(res: dict, above: list[str], who: str) -> str:
+    """Which tasks are above chance at baseline, their degradation per intervention, and the rest."""
+    if not above:
+        return f"{who}: no task above chance at baseline, so no degradation is read"
+    degs = []
+    for task in above:
+        cells = [f"{sc['condition']} {res['degradation'][task + '/' + sc['condition']]:.0f} %"
+                 for sc in res["scores"] if sc["task"] == task and sc["condition"] != "baseline"
+                 and res["degradation"].get(task + "/" + sc["condition"]) is not None]
+        degs.append(f"{task} ({', '.join(cells)})" if cells else task)
+    rest = [sc["task"] for sc in res["scores"] if sc["condition"] == "baseline" and sc["task"] not in above]
+    out = f"{who}: above chance at baseline — {'; '.join(degs)} degradation"
+    return out + (f"; at chance (not read): {', '.join(rest)}" if rest else "")
+
+
 def _tasks(results: dict, exp: dict) -> str:
     t = exp.get("tasks")
     if not t:
@@ -271,13 +286,15 @@ def _tasks(results: dict, exp: dict) -> str:
                          "(contextual calibration, Zhao et al. 2021)",
            "logprob": "log-probability of the answer options",
            "study": "greedy generation and the study's parsing"}.get(scoring, scoring)
-    reading = [f"{'RoPE' if r == 'rope' else 'NoPE/DroPE'}: "
-               + (", ".join(above[r]) + " above chance at baseline" if above[r]
-                  else "no task above chance at baseline") for r in ROLES]
+    reading = [_task_reading(t[r], above[r], "RoPE" if r == "rope" else "NoPE/DroPE") for r in ROLES]
+    fmt = t["rope"].get("task_format", "yes_no")
+    form = ("cities and sports as two-way completions (\"Q: In which country is X?\\nA:\" → the true "
+            "country vs a distractor; the prompt names neither)" if fmt == "completion"
+            else "cities and sports as yes/no questions")
     return "\n".join([
         "## 4. Parametric vs contextual knowledge under each intervention",
         "",
-        f"Scoring `{scoring}`, {n_shot}-shot ({how}; passkey by greedy "
+        f"Scoring `{scoring}`, {n_shot}-shot, {form} ({how}; passkey by greedy "
         "generation with KV cache and exact match); accuracy with Wilson 95 % CI; AUROC of the option "
         "margin with a bootstrap 95 % CI (threshold-free); degradation = (baseline − condition) / "
         "baseline × 100, only where the baseline CI lies above chance. Interventions act on the prompt only.",

@@ -38,9 +38,11 @@ class ReportOptions:
     max_length: int = 512
     batch_size: int = 8
     task_n: Optional[int] = None
-    #: Choice-task protocol: contextual calibration, zero-shot (measured on the embedded pair: see README).
+    #: Choice-task protocol: contextual calibration, zero-shot, cities/sports as two-way completions
+    #: (measured on the embedded pair: see README and benchmarks/README.md).
     task_scoring: str = "calibrated"
     n_shot: int = 0
+    task_format: str = "completion"
     passkey_lengths: Sequence[int] = (256,)
     steps: Sequence[str] = DEFAULT_STEPS
 
@@ -62,6 +64,13 @@ class ReportOptions:
             raise DropeLensInputError(f"task_scoring must be one of {SCORING}, got {self.task_scoring!r}")
         if isinstance(self.n_shot, bool) or not isinstance(self.n_shot, int) or self.n_shot < 0:
             raise DropeLensInputError(f"n_shot must be an int >= 0, got {self.n_shot!r}")
+        from drope_lens.tasks.base import FORMATS
+
+        if self.task_format not in FORMATS:
+            raise DropeLensInputError(f"task_format must be one of {FORMATS}, got {self.task_format!r}")
+        if self.task_format == "completion" and self.task_scoring == "study":
+            raise DropeLensInputError("task_format 'completion' needs log-prob scoring ('logprob' or "
+                                      "'calibrated'); use task_format 'yes_no' with scoring 'study'.")
         if not self.passkey_lengths or min(self.passkey_lengths) < 1:
             raise DropeLensInputError(f"passkey_lengths must be positive token counts, got {list(self.passkey_lengths)}")
         if self.quick:
@@ -77,7 +86,8 @@ class ReportOptions:
             "disruption": {"threshold": self.threshold, "n_seeds": self.n_seeds},
             "phase": {},
             "tasks": {"task_n": self.task_n, "passkey_lengths": list(self.passkey_lengths),
-                      "scoring": self.task_scoring, "n_shot": self.n_shot},
+                      "scoring": self.task_scoring, "n_shot": self.n_shot,
+                      "task_format": self.task_format},
             "extended": {},
         }.get(step, {})
         return {**common, **specific}
@@ -87,7 +97,7 @@ class ReportOptions:
                 "n_seeds": self.n_seeds, "max_length": self.max_length, "batch_size": self.batch_size,
                 "task_n": self.task_n, "passkey_lengths": list(self.passkey_lengths),
                 "task_scoring": self.task_scoring, "n_shot": self.n_shot,
-                "steps": list(self.steps)}
+                "task_format": self.task_format, "steps": list(self.steps)}
 
 
 @dataclass

@@ -13,7 +13,6 @@ from typing import Optional
 from drope_lens.jsonio import plain
 from drope_lens.tasks.sizes import QUICK_N, REPORT_N
 
-#: Items per task in the report (passkey: per length), sized for the 2-core CPU budget.
 
 
 def text_sets(options) -> dict[str, list[str]]:
@@ -128,7 +127,7 @@ def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
         bos_layer = (phase.get(role) or {}).get("bos_layer")
         results[role] = run_tasks(model, seed=options.seed, bos_layer=bos_layer, n=task_sizes(options),
                                   batch_size=options.batch_size, scoring=options.task_scoring,
-                                  n_shot=options.n_shot,
+                                  n_shot=options.n_shot, task_format=options.task_format,
                                   passkey_lengths=tuple(options.passkey_lengths), progress=progress)
     return plain(compare_tasks(results["rope"], results["drope"]).to_dict())
 

@@ -4,6 +4,10 @@ A :class:`TaskDataset` is a list of :class:`TaskItem` plus how to score it: ``ki
 (compare the log-probabilities of ``options``; ``item.answer`` is one of them) or
 ``kind="passkey"`` (generate and match ``item.answer``, a digit string). ``item.text`` is the
 plain prompt, exactly as a base model sees it; the runner may wrap it in a chat template.
+
+Completion items (``choices_key`` set): each item carries its own candidate continuations in
+``item.meta[choices_key]`` (one string per option label, e.g. ``("A", "B")`` → the true country
+and a distractor); the prompt never lists them, so the answer must come from the weights.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ CATEGORIES = {"cities": "parametric", "sports": "parametric", "sentiment": "cont
               "passkey": "contextual"}
 
 YES_NO_PROMPT = "Answer with only 'Yes' or 'No'.\n\nQuestion: {question}\nAnswer:"
+#: Item formats of the parametric tasks: yes/no questions (the study's) or two-way completion.
+FORMATS = ("yes_no", "completion")
+#: Option labels of completion items (positions in ``item.meta[choices_key]``).
+SLOTS = ("A", "B")
 
 
 def read_rows(path: Path, what: str = "columns/keys") -> list:
@@ -80,6 +88,16 @@ class TaskDataset:
     content_key: str = ""
     #: Items disjoint from ``items`` (no shared city / athlete / review) to draw demonstrations from.
     demo_pool: list[TaskItem] = field(default_factory=list)
+    #: Completion items: the meta key holding each item's continuations (one per option label).
+    choices_key: str = ""
+
+    def choices(self, item: TaskItem) -> tuple[str, ...]:
+        """The text scored for each option of ``item`` (its own continuations, or the options)."""
+        return tuple(item.meta[self.choices_key]) if self.choices_key else tuple(self.options)
+
+    def answer_text(self, item: TaskItem) -> str:
+        """The correct continuation of ``item`` (what a demonstration shows after its prompt)."""
+        return self.choices(item)[self.options.index(item.answer)]
 
     def fill(self, content: str) -> str:
         """The task's template with ``content`` in its slot."""
@@ -100,6 +118,13 @@ class TaskDataset:
             if bad:
                 raise DropeLensInputError(f"Task {self.name!r}: answers {sorted(set(bad))[:5]} are not in "
                                  f"the options {self.options}.")
+            if self.choices_key:
+                for it in [*self.items, *self.demo_pool]:
+                    got = it.meta.get(self.choices_key)
+                    if (not isinstance(got, (list, tuple)) or len(got) != len(self.options)
+                            or len(set(got)) != len(got)):
+                        raise ValueError(f"Task {self.name!r}: item meta[{self.choices_key!r}] must "
+                                         f"hold {len(self.options)} distinct continuations, got {got!r}.")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -112,7 +137,7 @@ class TaskDataset:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "category": self.category, "kind": self.kind,
-                "options": list(self.options), "source": self.source,
+                "options": list(self.options), "source": self.source, "choices_key": self.choices_key,
                 "label_counts": self.label_counts(), "items": [it.to_dict() for it in self.items]}
 
     def to_dataframe(self):

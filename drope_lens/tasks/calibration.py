@@ -9,7 +9,9 @@
   as the items. Per filler the option probabilities are renormalised over the options, the
   *probabilities* are averaged over the fillers, and ``log prior = log(mean)``. An item's calibrated
   score is ``log p(option | item) − log prior(option)`` (the arg-max equals Zhao et al.'s
-  ``W = diag(p_cf)^-1``). No label is used.
+  ``W = diag(p_cf)^-1``). No label is used. Completion items (each with its own continuations):
+  the content-free log-probs of every distinct continuation are measured once per filler, and each
+  item's prior is :func:`log_prior` of its own continuations' columns (:func:`item_log_priors`).
 * AUROC (:func:`auroc`): for an option ``o``, the items whose answer is ``o`` are positives and the
   score is ``s(o) − max s(other)``; binary tasks use the first option (one-vs-rest macro average
   otherwise). A constant shift of the scores (calibration of a binary task) leaves it unchanged.
@@ -55,12 +57,13 @@ def build_prompt(tokenizer, ds: TaskDataset, text: str, demos: Sequence[TaskItem
     if not demos:
         return format_prompt(tokenizer, text, chat=chat)
     if not chat:
-        return "".join(f"{d.text} {d.answer}\n\n" for d in demos) + text
+        return "".join(f"{d.text} {ds.answer_text(d)}\n\n" for d in demos) + text
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("chat=True needs a tokenizer with a chat template (an instruct model).")
     msgs = []
     for d in demos:
-        msgs += [{"role": "user", "content": d.text}, {"role": "assistant", "content": d.answer}]
+        msgs += [{"role": "user", "content": d.text},
+                 {"role": "assistant", "content": ds.answer_text(d)}]
     msgs.append({"role": "user", "content": text})
     out = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     bos = getattr(tokenizer, "bos_token", None)
@@ -77,6 +80,15 @@ def log_prior(cf_logprobs: np.ndarray) -> np.ndarray:
     lp = np.asarray(cf_logprobs, dtype=np.float64)
     lp = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
     return np.log(np.exp(lp).mean(0))
+
+
+def item_log_priors(ds: TaskDataset, cf_logprobs: np.ndarray, continuations: Sequence[str]
+                    ) -> np.ndarray:
+    """``[n_items, n_options]`` log priors of completion items from ``[n_fillers, n_continuations]``
+    content-free log-probs of ``continuations`` (each item: :func:`log_prior` of its columns)."""
+    col = {c: j for j, c in enumerate(continuations)}
+    lp = np.asarray(cf_logprobs, dtype=np.float64)
+    return np.stack([log_prior(lp[:, [col[c] for c in ds.choices(it)]]) for it in ds.items])
 
 
 def _auc(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -9,6 +9,12 @@ at most ``per_country`` per country and only from sovereign-country codes. ``n``
 are drawn with ``random.Random(seed)``; half of them (rounded up) give their true statement, the
 other half a false one with a country drawn from the other pool countries. Each city appears once,
 so a true and a false version of the same city never both appear.
+
+``form="completion"``: the same cities, each asked as ``Q: In which country is X?\nA:`` and scored
+by the log-probability of its true country against one distractor country (drawn as above); the
+true country is option ``A`` for half of the items (rounded up) and ``B`` for the rest. The prompt
+never names a country, so the answer comes from the weights. A 135M model answers these (it fails
+the yes/no verification of the same facts; measured in ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from typing import Optional, Union
 
 from drope_lens.errors import DropeLensInputError
 from drope_lens.tasks.base import (
-    YES_NO_PROMPT, TaskDataset, TaskItem, check_n, convert_to_question, read_rows, sample_balanced,
+    FORMATS, SLOTS, YES_NO_PROMPT, TaskDataset, TaskItem, check_n, convert_to_question, read_rows,
+    sample_balanced,
 )
 
 OPTIONS = ("Yes", "No")
@@ -34,6 +41,7 @@ WITH_THE = frozenset({"United States", "United Kingdom", "Netherlands", "Philipp
                       "United Arab Emirates", "Czech Republic", "Dominican Republic",
                       "Central African Republic", "Bahamas", "Gambia", "Ivory Coast"})
 GEOTEXT_HINT = "pip install geotext==0.4.0"
+COMPLETION_PROMPT = "Q: In which country is {city}?\nA:"
 
 
 @dataclass(frozen=True)
@@ -129,14 +137,26 @@ def city_item(city: str, country: str, correct_country: str) -> TaskItem:
     )
 
 
+def completion_item(city: str, correct_country: str, distractor: str, true_first: bool) -> TaskItem:
+    """"In which country is X?" with the true country and a distractor as options A / B."""
+    choices = [correct_country, distractor] if true_first else [distractor, correct_country]
+    return TaskItem(COMPLETION_PROMPT.format(city=city), SLOTS[0] if true_first else SLOTS[1],
+                    {"city": city, "choices": choices, "correct_country": correct_country})
+
+
 def load_cities(n: Optional[int] = 200, seed: int = 0, *, pool_size: int = 500,
-                per_country: int = 20, data_dir: Optional[Path] = None) -> TaskDataset:
-    """Balanced true/false "Is the city of X in Y?" items from GeoNames (via geotext)."""
+                per_country: int = 20, data_dir: Optional[Path] = None,
+                form: str = "yes_no") -> TaskDataset:
+    """Balanced GeoNames city items (via geotext): yes/no "Is the city of X in Y?" or completion."""
+    if form not in FORMATS:
+        raise ValueError(f"Unknown form {form!r}; choose from {FORMATS}.")
     pool = city_pool(pool_size=pool_size, per_country=per_country, data_dir=data_dir)
     n = check_n(n, len(pool), f"the GeoNames city pool (pool_size={pool_size})")
     rng = random.Random(seed)
     chosen = rng.sample(pool, n)
     countries = sorted({c.country for c in pool})
+    if form == "completion":
+        return _completion_cities(pool, chosen, countries, rng, seed)
     items = []
     for i, city in enumerate(chosen):
         if i < (n + 1) // 2:
@@ -157,6 +177,23 @@ def load_cities(n: Optional[int] = 200, seed: int = 0, *, pool_size: int = 500,
                        source="GeoNames cities15000 via geotext (CC BY 4.0)",
                        template=YES_NO_PROMPT, slot="question", content_key="question",
                        demo_pool=demos)
+
+
+def _completion_cities(pool: list[City], chosen: list[City], countries: list[str],
+                       rng: random.Random, seed: int) -> TaskDataset:
+    n = len(chosen)
+    items = [completion_item(c.name, c.country, rng.choice([k for k in countries if k != c.country]),
+                             i < (n + 1) // 2) for i, c in enumerate(chosen)]
+    rng.shuffle(items)
+    used = {c.name for c in chosen}
+    demo_rng = random.Random(seed + 1)
+    demos = [completion_item(c.name, c.country,
+                             demo_rng.choice([k for k in countries if k != c.country]), i % 2 == 0)
+             for i, c in enumerate(c for c in pool if c.name not in used)]
+    return TaskDataset("cities", "parametric", "choice", items, SLOTS,
+                       source="GeoNames cities15000 via geotext (CC BY 4.0)",
+                       template=COMPLETION_PROMPT, slot="city", content_key="city",
+                       demo_pool=demos, choices_key="choices")
 
 
 def load_cities_csv(path: Union[str, Path], n: Optional[int] = None, seed: int = 0) -> TaskDataset:

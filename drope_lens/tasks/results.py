@@ -107,6 +107,7 @@ class TaskResults:
     condition_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     wall_seconds: float = 0.0
     n_shot: int = 0
+    task_format: str = "yes_no"
     demonstrations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     content_free: list[str] = field(default_factory=list)
 
@@ -168,7 +169,7 @@ class TaskResults:
     def to_dict(self, *, include_items: bool = True) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("model", "scoring", "chat", "seed", "tasks",
                                              "categories", "conditions", "datasets",
-                                             "condition_info", "wall_seconds", "n_shot",
+                                             "condition_info", "wall_seconds", "n_shot", "task_format",
                                              "demonstrations", "content_free")}
         out["scores"] = [{**s.to_dict(), "above_chance": s.above_chance} for s in self.scores]
         out["degradation"] = {s.task + "/" + s.condition: self.degradation(s.task, s.condition)
@@ -187,7 +188,7 @@ class TaskComparison:
     drope: TaskResults
 
     def __post_init__(self) -> None:
-        for attr in ("tasks", "conditions", "scoring", "seed", "n_shot"):
+        for attr in ("tasks", "conditions", "scoring", "seed", "n_shot", "task_format"):
             if getattr(self.rope, attr) != getattr(self.drope, attr):
                 raise ValueError(f"The two results differ in {attr}: {getattr(self.rope, attr)} vs "
                                  f"{getattr(self.drope, attr)}; run both with the same settings.")

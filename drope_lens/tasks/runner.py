@@ -34,9 +34,10 @@ from drope_lens.loading.tokens import encode
 from drope_lens.tasks import parsing
 import numpy as np
 
-from drope_lens.tasks.base import CATEGORIES, TaskDataset, TaskItem
+from drope_lens.tasks.base import CATEGORIES, FORMATS, TaskDataset, TaskItem
 from drope_lens.tasks.calibration import (
-    CONTENT_FREE, auroc, build_prompt, content_free_prompts, draw_demonstrations, log_prior,
+    CONTENT_FREE, auroc, build_prompt, content_free_prompts, draw_demonstrations, item_log_priors,
+    log_prior,
 )
 from drope_lens.tasks.conditions import (
     Condition, default_bos_layer, resolve_conditions, standard_condition,
@@ -75,12 +76,17 @@ def build_datasets(
     passkey_lengths: Sequence[int] = (256, 512),
     passkey_depth: float = 0.5,
     n_ctx: Optional[int] = None,
+    task_format: str = "yes_no",
 ) -> list[TaskDataset]:
     """The datasets for ``tasks`` (names or ready :class:`TaskDataset` objects).
 
     ``n``: items per task (passkey: per length), an int for all tasks or a ``{task: n}`` mapping;
-    defaults: cities 200, sports 100, sentiment 100, passkey 20 per length.
+    defaults: cities 200, sports 100, sentiment 100, passkey 20 per length. ``task_format``: the
+    parametric tasks as the study's yes/no questions or as two-way completions (see
+    :func:`~drope_lens.tasks.cities.load_cities`).
     """
+    if task_format not in FORMATS:
+        raise ValueError(f"Unknown task_format {task_format!r}; choose from {FORMATS}.")
     from drope_lens.tasks.cities import load_cities
     from drope_lens.tasks.passkey import load_passkey
     from drope_lens.tasks.sentiment import load_sentiment
@@ -93,9 +99,9 @@ def build_datasets(
         if isinstance(task, TaskDataset):
             out.append(task)
         elif task == "cities":
-            out.append(load_cities(_n_for(task, n), seed))
+            out.append(load_cities(_n_for(task, n), seed, form=task_format))
         elif task == "sports":
-            out.append(load_sports(_n_for(task, n), seed))
+            out.append(load_sports(_n_for(task, n), seed, form=task_format))
         elif task == "sentiment":
             out.append(load_sentiment(_n_for(task, n), seed))
         elif task == "passkey":
@@ -134,14 +140,23 @@ def _score_dataset(model, ds: TaskDataset, cond: Condition, *, scoring: str, cha
     batch = encode(tok, prompts, n_ctx=model.cfg.n_ctx)
     results: list[ItemResult] = []
     if ds.kind == "choice" and scoring in ("logprob", "calibrated"):
-        ids = option_token_ids(tok, ds.options, prefix="" if chat else " ")
+        prefix = "" if chat else " "
+        ids = option_token_ids(tok, ds.options, prefix=prefix)
+        row_ids = ([option_token_ids(tok, ds.choices(it), prefix=prefix) for it in ds.items]
+                   if ds.choices_key else None)
         prior = None
         if scoring == "calibrated":
             cf = encode(tok, content_free_prompts(tok, ds, demos, chat=chat), n_ctx=model.cfg.n_ctx)
-            prior = log_prior(option_logprobs(model, cf, ids, batch_size=batch_size,
-                                              padded=cond.batch_safe).numpy())
+            if ds.choices_key:  # every distinct continuation once per filler, then per item
+                conts = sorted({c for it in ds.items for c in ds.choices(it)})
+                cf_lp = option_logprobs(model, cf, option_token_ids(tok, conts, prefix=prefix),
+                                        batch_size=batch_size, padded=cond.batch_safe).numpy()
+                prior = item_log_priors(ds, cf_lp, conts)
+            else:
+                prior = log_prior(option_logprobs(model, cf, ids, batch_size=batch_size,
+                                                  padded=cond.batch_safe).numpy())
         logp = option_logprobs(model, batch, ids, batch_size=batch_size, padded=cond.batch_safe,
-                               on_batch=tick)
+                               on_batch=tick, row_option_ids=row_ids)
         score = logp - torch.from_numpy(prior) if prior is not None else logp
         for i, it in enumerate(ds.items):
             row = score[i]
@@ -153,6 +168,9 @@ def _score_dataset(model, ds: TaskDataset, cond: Condition, *, scoring: str, cha
                                       {o: float(v) for o, v in zip(ds.options, logp[i])}))
         return results, prior
     study = scoring == "study"
+    if ds.choices_key:
+        raise ValueError(f"Task {ds.name!r} is a completion task; scoring={scoring!r} generates and "
+                         "parses Yes/No answers — use task_format='yes_no' or log-prob scoring.")
     max_new = STUDY_MAX_NEW_TOKENS if study or ds.kind == "choice" else PASSKEY_MAX_NEW_TOKENS
     done: dict[int, ItemResult] = {}
     size = batch_size if cond.batch_safe else 1
@@ -192,8 +210,21 @@ def _summarise(ds: TaskDataset, cond: Condition, items: list[ItemResult], second
                      lo, hi, sum(margins) / len(margins) if margins else float("nan"),
                      sum(it.prediction is not None for it in items) / n if n else float("nan"),
                      seconds, auroc=auc[0], auroc_low=auc[1], auroc_high=auc[2], chance=chance,
-                     prior=({o: float(v) for o, v in zip(ds.options, prior)}
-                            if prior is not None else None))
+                     prior=_prior_dict(ds, prior))
+
+
+def _prior_dict(ds: TaskDataset, prior: Optional[np.ndarray]) -> Optional[dict[str, float]]:
+    """The log option prior as reported: per option, or for completion items the mean log prior of
+    each continuation over the items offering it."""
+    if prior is None:
+        return None
+    if prior.ndim == 1:
+        return {o: float(v) for o, v in zip(ds.options, prior)}
+    acc: dict[str, list[float]] = {}
+    for it, row in zip(ds.items, prior):
+        for c, v in zip(ds.choices(it), row):
+            acc.setdefault(c, []).append(float(v))
+    return {c: float(np.mean(v)) for c, v in sorted(acc.items())}
 
 
 @torch.no_grad()
@@ -207,6 +238,7 @@ def run_tasks(
     bos_layer: Optional[int] = None,
     scoring: str = "logprob",
     n_shot: int = 0,
+    task_format: str = "yes_no",
     chat: bool = False,
     batch_size: int = 8,
     passkey_lengths: Sequence[int] = (256, 512),
@@ -227,11 +259,19 @@ def run_tasks(
         scoring: ``"logprob"``, ``"calibrated"`` or ``"study"``. ``chat``: wrap prompts in the chat template.
         n_shot: demonstrations before each choice item (balanced over the options, drawn with
             ``seed`` from each task's demo pool; the same for every condition and model).
+        task_format: cities and sports as ``"yes_no"`` questions (the study's) or ``"completion"``
+            ("Q: In which country is X?" → log p(true country) vs log p(a distractor)); log-prob
+            scoring only.
     """
     if scoring not in SCORING:
         raise DropeLensInputError(f"Unknown scoring {scoring!r}; choose from {SCORING}.")
     if isinstance(n_shot, bool) or not isinstance(n_shot, int) or n_shot < 0:
         raise DropeLensInputError(f"n_shot must be an int >= 0, got {n_shot!r}")
+    if task_format not in FORMATS:
+        raise DropeLensInputError(f"Unknown task_format {task_format!r}; choose from {FORMATS}.")
+    if task_format == "completion" and scoring == "study":
+        raise DropeLensInputError("task_format='completion' needs log-prob scoring ('logprob' or 'calibrated'); "
+                         "the study's generation + parsing reads Yes/No answers.")
     if batch_size < 1:
         raise DropeLensInputError(f"batch_size must be >= 1, got {batch_size}")
     if model.tokenizer is None:
@@ -250,7 +290,7 @@ def run_tasks(
     conds = resolve_conditions(conditions, bos_layer=bos_layer, bos_mode=bos_mode, qk_kwargs=qk_kwargs)
     datasets = build_datasets(model.tokenizer, tasks=tasks, n=n, seed=seed, chat=chat,
                               passkey_lengths=passkey_lengths, passkey_depth=passkey_depth,
-                              n_ctx=model.cfg.n_ctx)
+                              n_ctx=model.cfg.n_ctx, task_format=task_format)
     demos = {d.name: draw_demonstrations(d, n_shot, seed) if d.kind == "choice" else []
              for d in datasets}
     label = label or model_label(model)
@@ -283,9 +323,11 @@ def run_tasks(
         categories={d.name: d.category for d in datasets}, conditions=[c.name for c in conds],
         scores=scores, items=items,
         datasets={d.name: {"n": len(d), "label_counts": d.label_counts(), "source": d.source,
-                           "kind": d.kind, "options": list(d.options)} for d in datasets},
+                           "kind": d.kind, "options": list(d.options),
+                           "completion": bool(d.choices_key)} for d in datasets},
         condition_info={c.name: dict(c.info) for c in conds},
         n_shot=n_shot,
+        task_format=task_format,
         demonstrations={k: [d.to_dict() for d in v] for k, v in demos.items() if v},
         content_free=list(CONTENT_FREE) if scoring == "calibrated" else [],
         wall_seconds=time.perf_counter() - t0,
@@ -304,7 +346,7 @@ def run_pair_tasks(pair, *, bos_layer: Union[None, int, Mapping[str, Optional[in
     The datasets are built once and shared. ``bos_layer``: one layer for both, ``{"rope": l1,
     "drope": l2}``, or ``None`` (each model's own spike layer, as the study).
     """
-    build_keys = ("n", "seed", "chat", "passkey_lengths", "passkey_depth")  # n_shot: drawn per run, seeded
+    build_keys = ("n", "seed", "chat", "passkey_lengths", "passkey_depth", "task_format")  # n_shot: drawn per run, seeded
     build_kw = {k: kwargs[k] for k in build_keys if k in kwargs}
     datasets = build_datasets(pair.tokenizer, tasks=kwargs.pop("tasks", TASKS),
                               n_ctx=pair.n_ctx, **build_kw)

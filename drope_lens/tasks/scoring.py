@@ -103,6 +103,7 @@ def option_logprobs(
     batch_size: int = 8,
     padded: bool = True,
     on_batch: Optional[Callable[[int], None]] = None,
+    row_option_ids: Optional[Sequence[Sequence[Sequence[int]]]] = None,
 ) -> Float[torch.Tensor, "n_items n_options"]:
     """``log p(option | prompt)`` summed over each option's tokens, for every prompt of ``batch``.
 
@@ -111,38 +112,65 @@ def option_logprobs(
     for hooks that treat rows and positions independently), ``padded=False`` runs prompts one by
     one. Each padded batch's real-token mask is declared with
     :func:`~drope_lens.hooks.mask.real_token_mask` for hooks that compute statistics (Q/K mean
-    replacement). Multi-token options: the prompt is prefilled with a KV cache and each option's further
-    tokens are fed as one-token decode steps (from a copy of the cache).
+    replacement). Multi-token options: the prompts are prefilled with a KV cache (same batches) and
+    each option's further tokens are fed as one-token decode steps from a copy of the cache, every
+    row decoding as it would alone (see :func:`greedy_generate_batch`).
+
+    ``row_option_ids``: each row's own options (completion items; ``option_ids`` is then ignored).
+    Rows whose options are all single-token take the batched path, the others the KV-cache path.
     """
     n = len(batch)
-    out = torch.empty((n, len(option_ids)), dtype=torch.float64)
-    single = all(len(ids) == 1 for ids in option_ids)
-    first = torch.tensor([ids[0] for ids in option_ids])
+    rows = ([list(option_ids)] * n if row_option_ids is None
+            else [list(r) for r in row_option_ids])
+    if len(rows) != n:
+        raise ValueError(f"row_option_ids has {len(rows)} rows for {n} prompts.")
+    k = len(rows[0]) if rows else len(option_ids)
+    if any(len(r) != k for r in rows):
+        raise ValueError("Every row needs the same number of options.")
+    out = torch.empty((n, k), dtype=torch.float64)
+    single = [i for i, r in enumerate(rows) if all(len(ids) == 1 for ids in r)]
     if single:
         size = batch_size if padded else 1
-        for idx, sub in batch.batches(size):
+        first = torch.tensor([[ids[0] for ids in rows[i]] for i in single])
+        sub_all = batch.select(single)
+        for pos, sub in sub_all.batches(size):
             sub = sub.to(model.cfg.device)
             with real_token_mask(sub.mask):  # hook statistics over real tokens only
                 last = logits_at(model, sub.tokens, sub.lengths - 1)
             logp = torch.log_softmax(last.double(), -1).cpu()
-            out[idx] = logp[:, first]
+            out[[single[p] for p in pos]] = torch.gather(logp, 1, first[pos])
             if on_batch:
-                on_batch(len(idx))
-        return out
-    for i in range(n):
-        tokens = batch.tokens[i, : int(batch.lengths[i])]
-        last, cache = prefill(model, tokens)
-        logp0 = torch.log_softmax(last.double(), -1).cpu()
-        for j, ids in enumerate(option_ids):
-            total = float(logp0[ids[0]])
-            if len(ids) > 1:
-                branch = copy.deepcopy(cache)
-                for prev, nxt in zip(ids[:-1], ids[1:]):
-                    step = torch.log_softmax(decode_step(model, prev, branch).double(), -1)
-                    total += float(step[nxt])
-            out[i, j] = total
-        if on_batch:
-            on_batch(1)
+                on_batch(len(pos))
+    multi = [i for i in range(n) if i not in set(single)]
+    if multi:
+        size = batch_size if padded else 1
+        device = model.cfg.device
+        for pos, sub in batch.select(multi).batches(size):
+            rows_b = [rows[multi[p]] for p in pos]
+            b, t = sub.tokens.shape
+            mask = sub.mask.to(device)
+            cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, b)
+            with real_token_mask(mask):  # one prompt pass; pads stay masked in the cache
+                last = logits_at(model, sub.tokens.to(device), sub.lengths - 1, past_kv_cache=cache,
+                                 attention_mask=mask.long())
+            logp0 = torch.log_softmax(last.double(), -1).cpu()
+            for j in range(k):
+                ids_j = [r[j] for r in rows_b]
+                total = logp0[torch.arange(b), torch.tensor([ids[0] for ids in ids_j])]
+                steps = max(len(ids) for ids in ids_j) - 1
+                branch = copy.deepcopy(cache) if steps else None
+                for s_ in range(steps):  # one decode step for every row (finished rows idle along)
+                    feed = [ids[min(s_, len(ids) - 1)] for ids in ids_j]
+                    logits = model(torch.tensor(feed, device=device)[:, None], past_kv_cache=branch,
+                                   attention_mask=torch.ones((b, 1), dtype=torch.long, device=device))
+                    check_logits_finite(logits)
+                    step = torch.log_softmax(logits[:, -1].double(), -1).cpu()
+                    for r, ids in enumerate(ids_j):
+                        if s_ + 1 < len(ids):
+                            total[r] += step[r, ids[s_ + 1]]
+                out[[multi[p] for p in pos], j] = total
+            if on_batch:
+                on_batch(len(pos))
     return out
 
 
