@@ -91,3 +91,21 @@ def save_tensor_file(path: Union[str, os.PathLike], tensors: dict) -> None:
 
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+
+
+
+
+def cached_recalibrated(variant: Optional[str] = None) -> Path:
+    """The latest checkpoint of the cached embedded default run (``drope-lens recalibrate``);
+    ``variant=None`` prefers ``nope``, then ``qk_norm_nope``."""
+    from drope_lens.errors import DropeLensInputError
+    from drope_lens.recalibrate.train import default_run_dir
+
+    for v in ((variant,) if variant else ("nope", "qk_norm_nope")):
+        ckpts = [p for p in list_checkpoints(default_run_dir(v)) if read_meta(p)["step"] > 0]
+        if ckpts:
+            return ckpts[-1]
+    raise DropeLensInputError(
+        f"no recalibrated twin is cached under {default_run_dir(variant or 'nope').parent}; run "
+        "`drope-lens recalibrate` first (about 20-30 min on 2 idle CPU cores), or leave --drope out "
+        "for the zero-shot NoPE twin")
