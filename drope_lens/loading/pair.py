@@ -179,7 +179,7 @@ def load_pair(
 
         drope_model = load_hooked(cached_recalibrated(), dtype=dtype, device=device,
                                   process_weights=process_weights, n_devices=n_devices, lean=lean,
-                                  model_name=f"{EMBEDDED_NAME}-DroPE-recalibrated")
+                                  model_name=EMBEDDED_NAME)
     else:
         drope_model = load_hooked(drope, dtype=dtype, device=device, process_weights=process_weights,
                                   n_devices=n_devices, lean=lean)
