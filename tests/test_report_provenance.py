@@ -254,3 +254,17 @@ def test_gini_on_input_device_and_known_values():
     assert float(gini(torch.tensor([0.0, 0.0, 0.0, 4.0]))) == pytest.approx(0.75)
     x = torch.rand(3, 10)
     assert gini(x).device == x.device
+
+
+def test_weights_hash_of_a_tensor_beyond_float32_index_precision():
+    """SmolLM2's embedding has 49152 x 576 = 28,311,552 entries: a float32 linspace put the last
+    sampled index one past the end (IndexError); the sample must stay inside and see the last entry."""
+    import torch
+    from torch import nn
+
+    m = nn.Module()
+    m.w = nn.Parameter(torch.zeros(49152 * 576), requires_grad=False)
+    before = weights_hash(m)
+    with torch.no_grad():
+        m.w[-1] = 1.0
+    assert weights_hash(m) != before

@@ -76,7 +76,9 @@ def weights_hash(model: Any, sample: int = 64) -> str:
             if t.numel() == 0:
                 continue
             flat = t.detach().reshape(-1)
-            idx = torch.linspace(0, flat.numel() - 1, min(sample, flat.numel()), device=flat.device).long()
+            # float64: a float32 linspace rounds the last index of a > 2^24-element tensor past its end
+            idx = torch.linspace(0, flat.numel() - 1, min(sample, flat.numel()), dtype=torch.float64,
+                                 device="cpu").long().to(flat.device)
             vals = flat[idx].float()
             total = flat.float().sum() if flat.is_floating_point() else flat.sum().float()
             h.update(vals.cpu().numpy().tobytes())
