@@ -26,6 +26,7 @@ when both match.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,8 +262,8 @@ def track(
     t0 = time.perf_counter()
     for i, pt in enumerate(points):
         if progress:
-            print(f"[track {i + 1}/{len(points)}] {pt.name} ({pt.tokens if pt.tokens is not None else 'RoPE'} tokens)",
-                  flush=True)
+            what = "RoPE reference" if pt.tokens is None else f"{pt.tokens:,} tokens"
+            print(f"[track {i + 1}/{len(points)}] {pt.name} ({what})", file=sys.stderr, flush=True)
         model = _load(pt, dtype, device)
         ident = model_identity(model)
         got: dict[str, dict] = {}
