@@ -127,3 +127,19 @@ def test_load_pair_recalibrated_needs_the_cache(tmp_path, monkeypatch):
         load_pair(drope="recalibrated")
     with pytest.raises(DropeLensInputError, match="embedded"):
         load_pair(str(tmp_path), drope="recalibrated")
+
+
+def test_load_pair_recalibrated_uses_the_cached_default_run(rope_dir, toy_data, tmp_path, monkeypatch, capsys):  # noqa: F811
+    from drope_lens.cli import main
+    from drope_lens.loading import load_hooked, load_pair
+    from drope_lens.recalibrate import default_run_dir, recalibrate
+
+    monkeypatch.setenv("DROPE_LENS_CACHE", str(tmp_path))
+    monkeypatch.setattr("drope_lens.loading.embedded.load_embedded",
+                        lambda **kw: load_hooked(rope_dir, dtype=kw.get("dtype", "float32")))
+    recalibrate(rope_dir, _recipe(max_steps=2, save_every=1), default_run_dir("nope"), data=toy_data, progress=False)
+    pair = load_pair(drope="recalibrated")
+    assert pair.drope.cfg.source == str(default_run_dir("nope") / "checkpoint-000002")
+    assert "RoPE removed, recalibrated on 256 tokens" in pair.labels["drope"]
+    assert main(["track", "--metrics", "bos", "--no-rope"]) == 0  # no folder: the cached run
+    assert "checkpoint-000002" in capsys.readouterr().out
