@@ -143,3 +143,16 @@ def test_load_pair_recalibrated_uses_the_cached_default_run(rope_dir, toy_data, 
     assert "RoPE removed, recalibrated on 256 tokens" in pair.labels["drope"]
     assert main(["track", "--metrics", "bos", "--no-rope"]) == 0  # no folder: the cached run
     assert "checkpoint-000002" in capsys.readouterr().out
+
+
+def test_summary_single_text_with_spaces_is_not_called_empty(capsys):
+    import argparse
+
+    from drope_lens.cli.common import validate_common_args
+    from drope_lens.errors import DropeLensInputError
+
+    validate_common_args(argparse.Namespace(text="two words"))  # summary's --text is one string
+    with pytest.raises(DropeLensInputError, match="empty"):
+        validate_common_args(argparse.Namespace(text="   "))
+    with pytest.raises(DropeLensInputError, match="empty"):
+        validate_common_args(argparse.Namespace(text=["ok", ""]))
