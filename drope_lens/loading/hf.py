@@ -295,7 +295,7 @@ def load_hooked(
             raise CorruptFileError(f"could not load the tokenizer of {source} ({type(exc).__name__}: {exc}); "
                                    "check the tokenizer files or pass tokenizer=") from exc
     use_nope = is_drope or bool(nope)
-    origin = DROPE_CHECKPOINT if is_drope else (
+    origin = (_recalibrated_origin(source) or DROPE_CHECKPOINT) if is_drope else (
         "zero-shot NoPE (RoPE removed, not recalibrated)" if use_nope else None
     )
     folder = checkpoint_folder(source) if lean and not process_weights else None
@@ -332,6 +332,17 @@ def load_hooked(
         install_qk_norm(model, q_w, k_w)
     del hf_model
     return model
+
+
+def _recalibrated_origin(source) -> Optional[str]:
+    """"RoPE removed, recalibrated on N tokens (recipe)" for a drope_lens recalibration checkpoint."""
+    from drope_lens.recalibrate.checkpoint import read_meta
+
+    path = Path(os.path.expanduser(str(source)))
+    meta = read_meta(path) if path.is_dir() else None
+    if not meta:
+        return None
+    return f"{meta['label']}; {meta.get('recipe_label', '')}".rstrip("; ")
 
 
 class _Raw:

@@ -13,6 +13,8 @@ from drope_lens.errors import TokenizerMismatchError
 from drope_lens.loading.forward import model_label
 from drope_lens.loading.tokens import TokenBatch, encode
 
+RECALIBRATED = "recalibrated"  # load_pair(drope=...) value: the cached default recalibration
+
 PROBE_TEXT = (
     "The 3 quick brown foxes — naïve, café-loving — jumped over 42 lazy dogs in Zürich!\n"
     "def f(x): return x**2  # code, émojis 🙂 and 漢字 too."
@@ -127,14 +129,26 @@ def load_pair(
 ) -> ModelPair:
     """Load a RoPE/DroPE pair. With no arguments: the embedded SmolLM2-135M and its zero-shot NoPE twin.
 
-    ``drope`` may be a DroPE checkpoint (hub id or folder) or omitted, in which case the twin is
-    ``rope`` with RoPE dropped and no recalibration (labelled so everywhere).
+    ``drope`` may be a DroPE checkpoint (hub id or folder), ``"recalibrated"`` (with ``rope=None``:
+    the latest checkpoint of the cached ``drope-lens recalibrate`` run, labelled "RoPE removed,
+    recalibrated on N tokens" with its recipe) or omitted, in which case the twin is ``rope``
+    with RoPE dropped and no recalibration (labelled so everywhere).
 
     ``offload="cpu"``: the models load onto ``offload`` and only the one in use sits on ``device``
     (see :class:`ModelPair`), so a pair that does not fit the device together still runs.
     ``n_devices`` splits each model's blocks over that many devices. ``lean=False``: the old
     loader through an HF model (see :func:`~drope_lens.loading.hf.load_hooked`).
     """
+    if drope == RECALIBRATED and rope is not None:
+        from drope_lens.errors import DropeLensInputError
+
+        raise DropeLensInputError(
+            "--drope recalibrated is the cached recalibration of the embedded model; leave --rope "
+            "out, or pass your own recalibrated checkpoint folder as --drope")
+    if drope == RECALIBRATED:
+        from drope_lens.recalibrate.checkpoint import cached_recalibrated
+
+        cached_recalibrated()  # a missing cache fails here, before any model is loaded
     if offload is not None:
         torch.device(offload)  # a bad name fails here, before any model is loaded
     torch.device(device)
@@ -155,6 +169,13 @@ def load_pair(
         raise ValueError(f"{rope} has no RoPE; pass it as --drope and a RoPE model as --rope.")
     if drope is None:
         drope_model = to_nope(rope_model)
+    elif drope == RECALIBRATED:
+        from drope_lens.loading.embedded import EMBEDDED_NAME
+        from drope_lens.recalibrate.checkpoint import cached_recalibrated
+
+        drope_model = load_hooked(cached_recalibrated(), dtype=dtype, device=device,
+                                  process_weights=process_weights, n_devices=n_devices, lean=lean,
+                                  model_name=EMBEDDED_NAME)
     else:
         drope_model = load_hooked(drope, dtype=dtype, device=device, process_weights=process_weights,
                                   n_devices=n_devices, lean=lean)

@@ -44,7 +44,8 @@ def short_label(label: str, *, max_len: int = 42) -> str:
 
     ``"SmolLM2-135M-Instruct (RoPE, theta=100000)"`` -> ``"SmolLM2-135M-Instruct (RoPE)"``;
     ``"… (zero-shot NoPE (RoPE removed, not recalibrated))"`` -> ``"… (zero-shot NoPE)"``;
-    ``"org/Model (DroPE checkpoint (RoPE removed, recalibrated))"`` -> ``"Model (DroPE)"``.
+    ``"org/Model (DroPE checkpoint (RoPE removed, recalibrated))"`` -> ``"Model (DroPE)"``;
+    ``"… (RoPE removed, recalibrated on 122,880 tokens; recipe)"`` -> ``"… (DroPE, 122,880 tok)"``.
     """
     s = str(label)
     s = re.sub(r",\s*theta\s*=\s*[^,()]*", "", s)
@@ -53,6 +54,7 @@ def short_label(label: str, *, max_len: int = 42) -> str:
         prev = s
         s = re.sub(r"(\([^()]*?)\s*\([^()]*\)", r"\1", s)
     s = s.replace("DroPE checkpoint", "DroPE")
+    s = re.sub(r"\(RoPE removed, recalibrated on ([\d,]+) tokens[^()]*\)", r"(DroPE, \1 tok)", s)
     s = re.sub(r"^[^\s()]*/", "", s)  # hub org or folder path before the model name
     s = re.sub(r"\s+", " ", s).strip()
     return s if len(s) <= max_len else s[: max_len - 1].rstrip() + "…"

@@ -1,0 +1,77 @@
+"""``drope-lens track``: analyses over the checkpoints of a recalibration (metric vs tokens)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "track massive values, sinks, BOS, perplexity (...) over recalibration checkpoints"
+
+EPILOG = """\
+Give a recalibration run folder (its RoPE source, step 0 and every checkpoint are measured) or
+checkpoint folders. Each (checkpoint, metric group) is saved under --out/parts as it finishes;
+rerun the same command and finished ones are reused (keyed by options and model identity).
+
+examples:
+  drope-lens track ~/.cache/drope_lens/recalibrated/smollm2-135m-instruct-nope \\
+      --metrics ppl,massive,sinks,bos --json track.json --figure track.png
+"""
+
+
+def add_parser(sub) -> None:
+    from drope_lens.analysis.track import DEFAULT_METRICS, METRIC_GROUPS
+
+    p = sub.add_parser("track", help=HELP, description=HELP + ".", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="*", metavar="DIR",
+                   help="run folder or checkpoint folders (default: the cached embedded run)")
+    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                   help=f"comma-separated subset of {','.join(METRIC_GROUPS)} (default %(default)s)")
+    p.add_argument("--out", metavar="DIR", help="parts folder for resume (default: <run>/track)")
+    p.add_argument("--json", metavar="PATH", dest="json_out", help="write the rows as JSON here ('-': stdout)")
+    p.add_argument("--figure", metavar="PNG", help="save the metric-vs-tokens figure here")
+    p.add_argument("--max-length", type=int, default=256, help="cut analysis texts at N tokens (default 256)")
+    p.add_argument("--heldout-blocks", type=int, default=32, help="held-out blocks for ppl (default 32)")
+    p.add_argument("--n-seeds", type=int, default=3, help="random controls for disruption (default 3)")
+    p.add_argument("--no-rope", action="store_true", help="leave out the RoPE reference of a run folder")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--force", action="store_true", help="recompute saved parts")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from drope_lens.analysis.track import check_metrics, checkpoint_points, track
+    from drope_lens.cli.common import check_out_dir, emit_json
+    from drope_lens.errors import DropeLensInputError
+
+    metrics = check_metrics(args.metrics)
+    for name in ("heldout_blocks",):
+        if getattr(args, name) < 1:
+            raise DropeLensInputError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.figure and not Path(args.figure).parent.resolve().is_dir():
+        raise DropeLensInputError(f"--figure {args.figure}: its folder does not exist")
+    folders = list(args.checkpoints)
+    if not folders:
+        from drope_lens.recalibrate.checkpoint import cached_recalibrated
+
+        folders = [str(cached_recalibrated().parent)]
+    points = checkpoint_points(folders, include_rope=not args.no_rope)  # bad folders fail before loading
+    out = args.out
+    if out is None and len(folders) == 1 and (Path(folders[0]) / "recalibrate.json").is_file():
+        out = str(Path(folders[0]) / "track")
+    if out is not None:
+        check_out_dir(out)
+    res = track(points, metrics, out=out, max_length=args.max_length, heldout_blocks=args.heldout_blocks,
+                n_seeds=args.n_seeds, dtype=args.dtype, device=args.device, force=args.force)
+    print(res.summary())
+    if args.figure:
+        from drope_lens.views.figures import save_figure
+        from drope_lens.views.track_figure import plot_track
+
+        save_figure(plot_track(res), args.figure)
+        print(f"wrote {args.figure}", file=sys.stderr)
+    emit_json(args, res.to_dict())
+    return 0

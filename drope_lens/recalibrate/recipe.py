@@ -1,0 +1,129 @@
+"""The recalibration recipe: every option of a run, frozen and typed.
+
+The defaults follow SakanaAI/DroPE's configs where they apply (RoPE removed from step 0, all
+parameters trained, AdamW β 0.9/0.999, ε 1e-8, weight decay 0, gradient clipping 1.0, warm-up then
+constant or cosine LR in 1e-4–3e-4, variants ``nope`` / ``qk_norm_nope``) and are sized for the
+embedded SmolLM2-135M on a 2-core CPU (~20–30 min). ``kl_weight`` (a KL term to the frozen RoPE
+teacher) is **not part of DroPE's recipe**; it is off by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from drope_lens.errors import DropeLensInputError
+
+VARIANTS = ("nope", "qk_norm_nope")
+SCHEDULES = ("constant", "cosine")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Options of one recalibration run (see the module docstring for their provenance).
+
+    ``dtype``: ``float32`` trains in fp32; ``bfloat16``/``float16`` keep fp32 master weights and
+    run the forward/backward under autocast (DroPE trains in bf16). ``max_tokens`` (if set)
+    overrides ``max_steps`` with ``ceil(max_tokens / tokens_per_step)``.
+    """
+
+    variant: str = "nope"
+    lr: float = 1e-4
+    warmup_steps: int = 10
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    seq_len: int = 256
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_steps: int = 120
+    max_tokens: Optional[int] = None
+    save_every: int = 20
+    heldout_blocks: int = 32
+    bos: bool = True
+    dtype: str = "float32"
+    device: str = "cpu"
+    seed: int = 0
+    grad_checkpointing: bool = False
+    kl_weight: float = 0.0  # NOT part of DroPE's recipe
+    kl_temperature: float = 1.0
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    clip_grad: float = 1.0
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise DropeLensInputError(msg)
+
+        if self.variant not in VARIANTS:
+            bad(f"--variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.schedule not in SCHEDULES:
+            bad(f"--schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.dtype not in DTYPES:
+            bad(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            bad(f"--lr must be a finite number > 0, got {self.lr}")
+        for name, lo in (("seq_len", 2), ("batch_size", 1), ("grad_accum", 1), ("max_steps", 1),
+                         ("save_every", 1), ("heldout_blocks", 1), ("warmup_steps", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                bad(f"--{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            bad(f"--max-tokens must be >= 1, got {self.max_tokens}")
+        if not (0.0 <= self.min_lr_ratio <= 1.0):
+            bad(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
+            bad(f"--kl-weight must be >= 0, got {self.kl_weight}")
+        if not self.kl_temperature > 0:
+            bad(f"--kl-temperature must be > 0, got {self.kl_temperature}")
+        if not self.clip_grad > 0:
+            bad(f"clip_grad must be > 0, got {self.clip_grad}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.batch_size * self.grad_accum
+
+    @property
+    def total_steps(self) -> int:
+        if self.max_tokens is not None:
+            return max(1, math.ceil(self.max_tokens / self.tokens_per_step))
+        return self.max_steps
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate used for optimizer step ``step`` (0-based): linear warm-up, then constant
+        or cosine down to ``min_lr_ratio * lr`` at the last step."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        span = max(1, self.total_steps - self.warmup_steps - 1)
+        frac = min(1.0, (step - self.warmup_steps) / span)
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: (tuple(v) if k == "betas" else v) for k, v in d.items() if k in known})
+
+    def training_identity(self) -> dict:
+        """The fields a resumed run must share with the saved one (all but ``save_every``)."""
+        d = self.to_dict()
+        d.pop("save_every")
+        return d
+
+    def describe(self) -> str:
+        """Short label, e.g. ``nope, lr 1e-04 cosine, 256x4x1 tokens/step, seed 0``."""
+        s = (f"{self.variant}, lr {self.lr:.0e} {self.schedule} (warm-up {self.warmup_steps}), "
+             f"{self.seq_len}x{self.batch_size}x{self.grad_accum} tokens/step, {self.dtype}, seed {self.seed}")
+        if self.kl_weight:
+            s += f", KL-to-RoPE {self.kl_weight:g} (not DroPE's recipe)"
+        return s
