@@ -46,7 +46,7 @@ def test_track_three_checkpoints_one_row_per_checkpoint_and_metric(run_dir, tmp_
     got = df[(df.checkpoint == "checkpoint-000002") & (df.metric == "ppl_heldout")].value.item()
     assert got == pytest.approx(ref, rel=1e-4)
     # resume: every part is reused, no analysis runs again
-    for mod, name in (("massive", "detect_massive"), ("phase", "phase_profile"), ("perplexity", "perplexity")):
+    for mod, name in (("massive", "detect_massive"), ("profile_pass", "phase_profile"), ("perplexity", "perplexity")):
         monkeypatch.setattr(sys.modules[f"drope_lens.analysis.{mod}"], name, lambda *a, **k: pytest.fail("reran"))
     again = track_mod.track(ckpts, "ppl,massive,sinks,bos", out=tmp_path / "t", progress=False)
     assert again.rows() == res.rows()
