@@ -146,3 +146,19 @@ def test_target_nll_checks_real_positions_only():
     big = torch.full((2, 4, 10), 1e38)  # finite, but the per-position sums overflow to inf
     assert not bool(torch.isfinite(big.sum(-1)).all())
     assert bool(torch.isfinite(target_nll(big, batch)[0]).all())
+
+
+def test_target_nll_equals_cross_entropy_of_each_row():
+    """log-sum-exp minus the target logit == torch's cross-entropy over the real targets."""
+    from drope_lens.analysis.perplexity import target_nll
+    from drope_lens.loading.tokens import TokenBatch
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 500, (3, 40), generator=g)
+    batch = TokenBatch(tokens, torch.tensor([40, 17, 2]))
+    logits = 4 * torch.randn(3, 40, 500, generator=g)
+    nll, count = target_nll(logits, batch)
+    for i, n in enumerate(batch.lengths.tolist()):
+        ref = torch.nn.functional.cross_entropy(logits[i, : n - 1].double(), tokens[i, 1:n], reduction="sum")
+        assert float(nll[i]) == pytest.approx(float(ref), rel=1e-6)
+        assert int(count[i]) == n - 1

@@ -22,6 +22,7 @@ from torch import nn
 from transformer_lens import HookedTransformer
 
 from drope_lens.errors import NonFiniteError
+from drope_lens.loading.zero_bias import project_qkv
 
 _PATCHED = "_drope_lens_numerics"
 
@@ -64,7 +65,7 @@ def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def _qkv_with_norm(self, query_input, key_input, value_input):
-    q, k, v = type(self).calculate_qkv_matrices(self, query_input, key_input, value_input)
+    q, k, v = project_qkv(self, query_input, key_input, value_input)
     if getattr(self, "drope_q_norm", None) is not None:
         q = self.drope_q_norm(q)
     if getattr(self, "drope_k_norm", None) is not None:
