@@ -21,7 +21,6 @@ the explicit path.
 from __future__ import annotations
 
 import contextlib
-import types
 from typing import Iterator, Optional, Union
 
 import einops
@@ -32,6 +31,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities.activation_functions import softcap_enabled
 
 from drope_lens.errors import NonFiniteError
+from drope_lens.loading.patching import patch_method
 from drope_lens.loading.zero_bias import bias_or_none
 
 _FAST = "_drope_lens_fast_attention"
@@ -157,11 +157,7 @@ def install_fast_attention(model: HookedTransformer) -> HookedTransformer:
     if not hasattr(model.cfg, "fast_attention"):
         model.cfg.fast_attention = True
     for block in model.blocks:
-        attn = block.attn
-        if getattr(attn, _FAST, False):
-            continue
-        attn.forward = types.MethodType(_forward, attn)
-        object.__setattr__(attn, _FAST, True)
+        patch_method(block.attn, "forward", _forward, _FAST)
     return model
 
 

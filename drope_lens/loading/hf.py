@@ -28,7 +28,6 @@ from drope_lens.errors import CorruptFileError, MissingFileError, UnsupportedMod
 from drope_lens.loading.config import (
     DROPE_ATTENTION_TYPES,
     DROPE_CHECKPOINT,
-    DropeLensConfig,
     check_supported,
     config_from_hf,
 )

@@ -22,6 +22,7 @@ from torch import nn
 from transformer_lens import HookedTransformer
 
 from drope_lens.errors import NonFiniteError
+from drope_lens.loading.patching import patch_method
 from drope_lens.loading.zero_bias import project_qkv
 
 _PATCHED = "_drope_lens_numerics"
@@ -80,11 +81,7 @@ def install_attention_numerics(model: HookedTransformer) -> HookedTransformer:
     time, so flipping those flags on the config takes effect immediately.
     """
     for block in model.blocks:
-        attn = block.attn
-        if getattr(attn, _PATCHED, False):
-            continue
-        attn.calculate_attention_scores = types.MethodType(_scores, attn)
-        object.__setattr__(attn, _PATCHED, True)
+        patch_method(block.attn, "calculate_attention_scores", _scores, _PATCHED)
     from drope_lens.loading.fast_attention import install_fast_attention
     from drope_lens.loading.zero_bias import install_zero_bias_skip
 

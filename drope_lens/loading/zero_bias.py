@@ -12,7 +12,6 @@ TransformerLens's own q/k norm, solu/layer-norm activations) use TransformerLens
 
 from __future__ import annotations
 
-import types
 from typing import Optional
 
 import einops
@@ -22,6 +21,8 @@ from jaxtyping import Float
 from transformer_lens import HookedTransformer
 from transformer_lens.components import GroupedQueryAttention
 from transformer_lens.components.mlps.gated_mlp import GatedMLP
+
+from drope_lens.loading.patching import patch_method
 
 _SKIP = "_drope_lens_zero_bias_skip"
 
@@ -76,18 +77,12 @@ def _unembed_forward(self, residual: Float[torch.Tensor, "batch pos d_model"]) -
     return self.hook_out(F.linear(residual, self.W_U.T.contiguous(), bias_or_none(self.b_U)))
 
 
-def _patch(module: torch.nn.Module, method: str, fn) -> None:
-    if not getattr(module, _SKIP, False) and method not in module.__dict__:  # keep other patches
-        setattr(module, method, types.MethodType(fn, module))
-    object.__setattr__(module, _SKIP, True)
-
-
 def install_zero_bias_skip(model: HookedTransformer) -> HookedTransformer:
     """Give the attention projections, gated MLPs and unembedding the zero-bias skip (idempotent)."""
     for block in model.blocks:
-        _patch(block.attn, "calculate_qkv_matrices", project_qkv)
+        patch_method(block.attn, "calculate_qkv_matrices", project_qkv, _SKIP, keep_existing=True)
         if type(block.mlp) is GatedMLP:
-            _patch(block.mlp, "forward", _gated_mlp_forward)
+            patch_method(block.mlp, "forward", _gated_mlp_forward, _SKIP, keep_existing=True)
     if hasattr(model.unembed, "b_U"):
-        _patch(model.unembed, "forward", _unembed_forward)
+        patch_method(model.unembed, "forward", _unembed_forward, _SKIP, keep_existing=True)
     return model

@@ -57,6 +57,7 @@ def run_extended(pair, options, context, *, progress: bool = True) -> dict:
 def write_extended_figures(lab: dict, exp: dict, save) -> None:
     """Figures of the extended step into the report (``save(fig, name)``)."""
     from drope_lens.views import extended_figures as X
+    from drope_lens.views.figures import plot_layer_metric
 
     e = exp.get("extended")
     if not e:
@@ -69,8 +70,8 @@ def write_extended_figures(lab: dict, exp: dict, save) -> None:
              "residual_massive.png")
     bw = {r: e[r]["bos_write"] for r in roles if e[r].get("bos_write")}
     if bw:
-        save(X.plot_lines({lab[r]: bw[r]["layer_write"] for r in bw}, ylabel="attention to BOS × ‖v_BOS‖",
-                          title="BOS write by layer (head mean)"), "bos_write.png")
+        save(plot_layer_metric({lab[r]: bw[r]["layer_write"] for r in bw}, ylabel="attention to BOS × ‖v_BOS‖",
+                               title="BOS write by layer (head mean)"), "bos_write.png")
     hc = {r: e[r]["head_classes"] for r in roles if e[r].get("head_classes")}
     if hc:
         import numpy as np
@@ -80,8 +81,8 @@ def write_extended_figures(lab: dict, exp: dict, save) -> None:
         save(X.plot_head_classes(counts), "head_classes.png")
     ln = {r: e[r]["layer_norms"] for r in roles if e[r].get("layer_norms")}
     if ln:
-        save(X.plot_lines({lab[r]: ln[r]["attn_fraction"] for r in ln}, ylabel="attn / (attn + MLP) norm",
-                          title="Attention fraction by layer"), "attention_fraction.png")
+        save(plot_layer_metric({lab[r]: ln[r]["attn_fraction"] for r in ln}, ylabel="attn / (attn + MLP) norm",
+                               title="Attention fraction by layer"), "attention_fraction.png")
     ppl = {}
     for r in roles:
         d: dict[str, float] = {}

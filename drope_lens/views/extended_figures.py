@@ -59,26 +59,6 @@ def plot_head_classes(layer_counts: Mapping[str, Any], *, classes=tuple(CLASS_CO
     return fig
 
 
-def plot_lines(values: Mapping[str, Any], *, ylabel: str, title: str, log: bool = False,
-               xlabel: str = "layer") -> Figure:
-    """Per-layer lines, one per model (BOS write, attention fraction, norms …)."""
-    _require(values, "values")
-    fig = _fig(8.0, 4.2)
-    ax = fig.add_subplot()
-    for i, (label, v) in enumerate(values.items()):
-        a = _array(v, f"values[{label!r}]")
-        ax.plot(np.arange(a.size), a, marker="o", ms=3, label=short_label(label),
-                color=MODEL_COLORS[i % len(MODEL_COLORS)])
-    if log:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return fig
-
-
 def plot_ppl_conditions(ppl: Mapping[str, Mapping[str, float]], *, title: str) -> Figure:
     """Grouped bars (log scale): ``ppl[model][condition]`` perplexity."""
     _require(ppl, "ppl")

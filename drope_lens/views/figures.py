@@ -300,8 +300,9 @@ def plot_layer_metric(
     ylabel: str,
     title: str,
     log: bool = False,
+    xlabel: str = "layer",
 ) -> Figure:
-    """Per-layer lines, one per model (sink rate, BOS norm, BOS ratio, entropy …)."""
+    """Per-layer lines, one per model (sink rate, BOS norm, BOS ratio, entropy, BOS write …)."""
     _require(values, "values")
     fig = _fig(8.0, 4.2)
     ax = fig.add_subplot()
@@ -311,7 +312,7 @@ def plot_layer_metric(
                 color=MODEL_COLORS[i % len(MODEL_COLORS)])
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel("layer")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
