@@ -27,9 +27,10 @@ import torch
 from transformer_lens import HookedTransformer
 
 from drope_lens.analysis.sinks import DEFAULT_GU_EPS, DEFAULT_TAU
+from drope_lens.options import ContextOptions
 
-DEFAULT_LENGTHS = (512, 1024, 2048, 4096)
-DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
+DEFAULT_LENGTHS = ContextOptions.default("lengths")
+DEFAULT_DEPTHS = ContextOptions.default("depths")
 METRICS = ("passkey_accuracy", "ppl", "sink_rate", "gu_sink", "max_bos_ratio", "massive_q", "massive_k")
 
 
@@ -151,22 +152,9 @@ class ContextExperiment:
 
 
 def check_lengths(lengths: Sequence[int], depths: Sequence[float], n_per_depth: int) -> tuple[list[int], list[float]]:
-    """Validate the options before any model work (clear messages)."""
-    if isinstance(lengths, (int, str)) or not lengths:
-        raise ValueError("lengths must be a non-empty list of token counts, e.g. [512, 1024, 2048].")
-    out = []
-    for n in lengths:
-        if isinstance(n, bool) or int(n) != n or int(n) < 64:
-            raise ValueError(f"Every length must be an int >= 64 tokens, got {n!r}.")
-        out.append(int(n))
-    if sorted(set(out)) != sorted(out):
-        raise ValueError(f"lengths contain duplicates: {out}")
-    ds = [float(d) for d in depths]
-    if not ds or any(not 0.0 <= d <= 1.0 for d in ds):
-        raise ValueError(f"depths must be fractions in [0, 1], got {list(depths)}")
-    if isinstance(n_per_depth, bool) or int(n_per_depth) != n_per_depth or n_per_depth < 0:
-        raise ValueError(f"n_per_depth must be an int >= 0 (0 skips the passkey), got {n_per_depth!r}")
-    return sorted(out), ds
+    """Validate the options before any model work (clear messages; :class:`~drope_lens.options.ContextOptions`)."""
+    opts = ContextOptions(lengths=lengths, depths=depths, n_per_depth=n_per_depth)
+    return list(opts.lengths), list(opts.depths)
 
 
 def _passkey(model, length: int, depths: Sequence[float], n: int, seed: int, batch_size: int):

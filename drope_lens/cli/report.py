@@ -28,7 +28,7 @@ examples:
 
 def add_parser(sub) -> None:
     from drope_lens.report.runner import DEFAULT_STEPS, OPTIONAL_STEPS, STEPS
-    from drope_lens.tasks.sizes import QUICK_N, REPORT_N
+    from drope_lens.options import QUICK_N, REPORT_N
 
     p = sub.add_parser("report", help=HELP, description=HELP + ".", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,21 +60,25 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="discard saved parts and rerun everything")
     p.add_argument("--allow-partial", action="store_true",
                    help="exit 0 even if a figure or view could not be written (it is listed in report.md)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, build_options=options_from_args)
 
 
-def run(args: argparse.Namespace) -> int:
-    from drope_lens.cli.common import check_model_args, check_out_dir
-    from drope_lens.loading import load_pair
-    from drope_lens.report.runner import ReportOptions, run_report
-    from drope_lens.report.store import ResultsLock
+def options_from_args(args: argparse.Namespace):
+    from drope_lens.report.runner import ReportOptions
 
-    options = ReportOptions(
+    return ReportOptions(
         quick=args.quick, seed=args.seed, threshold=args.threshold, n_seeds=args.n_seeds,
         task_n=args.task_n, task_scoring=args.scoring, n_shot=args.n_shot, task_format=args.task_format,
         steps=tuple(args.steps),
         passkey_lengths=tuple(args.passkey_lengths), max_length=args.max_length, batch_size=args.batch_size,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from drope_lens.cli.common import check_model_args, check_out_dir
+    from drope_lens.report.store import ResultsLock
+
+    options = args.options
     out = check_out_dir(args.out)
     check_model_args(args)
     # refuse a concurrent writer before spending time loading models (run_report locks again itself)
@@ -83,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     lock.release()
     if args.force and (out / "parts").exists():
         shutil.rmtree(out / "parts")
+    from drope_lens.loading import load_pair
+    from drope_lens.report.runner import run_report
+
     t0 = time.perf_counter()
     pair = load_pair(args.rope, args.drope, dtype=args.dtype, device=args.device,
                      offload=getattr(args, "offload", None), n_devices=getattr(args, "n_devices", 1))
