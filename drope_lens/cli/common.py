@@ -58,6 +58,14 @@ def add_pair_texts_args(parser: argparse.ArgumentParser, texts_title: str):
     return g
 
 
+def command_options(args: argparse.Namespace):
+    """The command's options object (``build_options``): built and validated by
+    :func:`validate_common_args` before any model code, or here when a run function is called directly."""
+    if getattr(args, "options", None) is None:
+        args.options = args.build_options(args)
+    return args.options
+
+
 def emit_json(args: argparse.Namespace, payload: Any) -> None:
     if not getattr(args, "json_out", None):
         return

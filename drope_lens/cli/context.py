@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args
+from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args, command_options
 from drope_lens.cli.lists import add_list_argument, float_list, int_list
 from drope_lens.options import ContextOptions as O
 
@@ -43,11 +43,8 @@ def options_from_args(args: argparse.Namespace) -> O:
 def run(args: argparse.Namespace) -> int:
     from drope_lens.analysis.context import pair_context_experiment
 
-    o = args.options
     pair = load_pair_from_args(args)
-    res = pair_context_experiment(pair, list(o.lengths), depths=list(o.depths), n_per_depth=o.n_per_depth,
-                                  seed=o.seed, tau=o.tau, threshold=o.threshold,
-                                  batch_size=args.batch_size, beyond_context=o.beyond_context,
+    res = pair_context_experiment(pair, options=command_options(args), batch_size=args.batch_size,
                                   progress=sys.stderr.isatty(),
                                   log=lambda line: print(line, file=sys.stderr, flush=True))
     print(res.summary())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from drope_lens.cli.common import emit_json
+from drope_lens.cli.common import emit_json, command_options
 from drope_lens.cli.lists import add_list_argument
 from drope_lens.cli.massive_args import add_massive_args, models_from_args, texts_from_args
 from drope_lens.options import MassiveOptions
@@ -33,7 +33,7 @@ def run_detect(args: argparse.Namespace) -> int:
     texts = texts_from_args(args)
     out: dict = {"command": "detect", "n_texts": len(texts), "models": {}}
     for role, model in models_from_args(args):
-        res = detect_massive(model, texts, args.options, batch_size=args.batch_size, max_length=args.max_length,
+        res = detect_massive(model, texts, command_options(args), batch_size=args.batch_size, max_length=args.max_length,
                              progress=True)
         out["models"][role] = res.to_dict()
         print(f"[{role}] {res.summary()}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from drope_lens.cli.common import emit_json
+from drope_lens.cli.common import emit_json, command_options
 from drope_lens.cli.massive_args import add_massive_args, models_from_args, texts_from_args
 from drope_lens.options import DisruptionOptions as O
 
@@ -46,7 +46,7 @@ def run_disrupt(args: argparse.Namespace) -> int:
     eval_texts = texts_from_args(args) if has_eval else None
     results = {}
     for role, model in models_from_args(args):
-        results[role] = run_disruption(model, args.options, identify_texts=identify, eval_texts=eval_texts,
+        results[role] = run_disruption(model, command_options(args), identify_texts=identify, eval_texts=eval_texts,
                                        batch_size=args.batch_size, max_length=args.max_length, progress=True)
         print(f"[{role}] {results[role].summary()}")
     out: dict = {"command": "disrupt", "models": {r: x.to_dict() for r, x in results.items()}}

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args
+from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args, command_options
 from drope_lens.cli.lists import add_list_argument
 from drope_lens.options import PhaseOptions as O
 
@@ -77,7 +77,7 @@ def _texts(args) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from drope_lens.analysis.interventions import phase_experiment
 
-    conditions = args.options.conditions
+    conditions = command_options(args).conditions
     t0 = time.perf_counter()
     texts = _texts(args)
     pair = load_pair_from_args(args)
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     for role, model in pair.items():
         print(f"[{role}] phase metrics ...", file=sys.stderr)
         exp = phase_experiment(
-            model, texts, args.options, bos_layer=args.bos_layer,
+            model, texts, command_options(args), bos_layer=args.bos_layer,
             qk_kwargs={"rotary": args.qk_rotary, "threshold": args.qk_threshold},
             batch_size=args.batch_size, max_length=args.max_length, progress=True,
         )

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from drope_lens.cli.common import add_model_args
+from drope_lens.cli.common import add_model_args, command_options
 from drope_lens.cli.lists import add_list_argument, int_list
 
 HELP = "run every experiment on a RoPE/DroPE pair and write report.md, results.json, figures, views"
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from drope_lens.cli.common import check_model_args, check_out_dir
     from drope_lens.report.store import ResultsLock
 
-    options = args.options
+    options = command_options(args)
     out = check_out_dir(args.out)
     check_model_args(args)
     # refuse a concurrent writer before spending time loading models (run_report locks again itself)

@@ -7,7 +7,7 @@ import math
 import sys
 import time
 
-from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args
+from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args, command_options
 from drope_lens.cli.lists import add_list_argument, int_list
 from drope_lens.options import TaskOptions as O
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     pair = load_pair_from_args(args)
     cmp = run_pair_tasks(pair, bos_layer=bos, batch_size=args.batch_size, progress=True,
-                         **args.options.run_kwargs())
+                         **command_options(args).run_kwargs())
     _print(cmp)
     print(f"\nwall time {time.perf_counter() - t0:.1f} s (models: "
           f"{cmp.rope.wall_seconds:.1f} s + {cmp.drope.wall_seconds:.1f} s)")

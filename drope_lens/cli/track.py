@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from drope_lens.cli.common import command_options
+
 HELP = "track massive values, sinks, BOS, perplexity (...) over recalibration checkpoints"
 
 EPILOG = """\
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from drope_lens.cli.common import check_out_dir, emit_json
     from drope_lens.errors import DropeLensInputError
 
-    metrics = args.options
+    metrics = command_options(args)
     for name in ("heldout_blocks",):
         if getattr(args, name) < 1:
             raise DropeLensInputError(f"--{name.replace('_', '-')} must be >= 1")
