@@ -14,7 +14,7 @@ HELP = "attention sinks, BOS norm/ratio, entropy per layer; perplexity under BOS
 
 
 def add_parser(sub) -> None:
-    from drope_lens.options import CONDITIONS
+    from drope_lens.options import CONDITIONS, ROTARY_MODES
 
     p = sub.add_parser("phase", help=HELP, description=HELP + ". Runs on both models of the pair.")
     add_model_args(p)
@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
     c.add_argument("--qk-threshold", type=float,
                    help="Q/K mean replacement gate: only dims with norm > X x the head mean "
                         "(the study's Exp-4 J-B used 5); default: always top-1 (J-A)")
-    c.add_argument("--qk-rotary", choices=["pre", "post"], default="pre",
+    c.add_argument("--qk-rotary", choices=ROTARY_MODES, default="pre",
                    help="Q/K mean replacement on pre-RoPE hook_q/k (study) or post-RoPE hook_rot_q/k (Jin)")
     c.add_argument("--profile-conditions", action="store_true",
                    help="also compute the phase profile under each intervention")
