@@ -97,7 +97,7 @@ def test_cli_bad_options_refused_before_loading(argv, match, tmp_path, monkeypat
 def test_cli_recalibrate_without_the_builtin_corpus_says_how_to_fetch_it(tmp_path, monkeypatch, capsys):
     from drope_lens.cli import main
 
-    monkeypatch.setenv("DROPE_LENS_CORPUS", str(tmp_path / "missing.tar.gz"))
+    monkeypatch.setenv("DROPE_LENS_CORPUS", str(tmp_path / "no-corpus-here"))
     monkeypatch.setattr("drope_lens.recalibrate.recalibrate", lambda *a, **k: pytest.fail("trained"))
     assert main(["recalibrate", "--out", str(tmp_path / "run")]) == 1
     assert "make corpus" in capsys.readouterr().err

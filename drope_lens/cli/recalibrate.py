@@ -84,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
             if not item.startswith("hf:") and not Path(item).exists():
                 raise DropeLensInputError(f"--data {item}: no such file or folder")
     else:
-        from drope_lens.recalibrate.corpus import builtin_corpus_path
+        from drope_lens.recalibrate.corpus import builtin_corpus_files
 
-        builtin_corpus_path()  # missing corpus: say how to fetch it, before loading anything
+        builtin_corpus_files()  # missing corpus: say how to fetch it, before loading anything
     print(f"recipe: {recipe.describe()}; {recipe.total_steps} steps x {recipe.tokens_per_step} tokens",
           file=sys.stderr)
     res = recalibrate(args.rope, recipe, args.out, data=args.data, force=args.force,
