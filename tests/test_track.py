@@ -156,3 +156,21 @@ def test_summary_single_text_with_spaces_is_not_called_empty(capsys):
         validate_common_args(argparse.Namespace(text="   "))
     with pytest.raises(DropeLensInputError, match="empty"):
         validate_common_args(argparse.Namespace(text=["ok", ""]))
+
+
+def test_cache_key_is_the_budget_and_the_default_run_is_preferred(rope_dir, toy_data, tmp_path, monkeypatch):  # noqa: F811
+    from drope_lens.recalibrate import Recipe, default_run_dir, recalibrate
+    from drope_lens.recalibrate.checkpoint import cached_recalibrated
+
+    monkeypatch.setenv("DROPE_LENS_CACHE", str(tmp_path))
+    d = Recipe()
+    assert default_run_dir("nope").name == f"smollm2-135m-instruct-nope-{d.max_steps * 1024}tok"
+    assert default_run_dir("nope", _recipe(max_steps=3)) != default_run_dir("nope")
+    for steps in (2, 3):  # two non-default budgets: the one with more tokens wins
+        r = _recipe(max_steps=steps, save_every=steps)
+        recalibrate(rope_dir, r, default_run_dir("nope", r), data=toy_data, progress=False)
+    assert cached_recalibrated().parent == default_run_dir("nope", _recipe(max_steps=3))
+    default = default_run_dir("nope")
+    r = _recipe(max_steps=1, save_every=1)
+    recalibrate(rope_dir, r, default, data=toy_data, progress=False)  # stands in for the default run
+    assert cached_recalibrated() == default / "checkpoint-000001"

@@ -7,26 +7,36 @@ import sys
 
 HELP = "recalibrate a RoPE model into a DroPE model (RoPE removed, all parameters trained), with checkpoints"
 
+IDLE_TOKENS_PER_S = 125  # the default recipe on 2 idle CPU cores, measured (README)
+
 EPILOG = """\
-With no arguments: the embedded SmolLM2-135M on the built-in corpus (Project Gutenberg, public
-domain), 120 steps of 4x256 tokens (122,880 tokens; about 15-20 min on 2 idle CPU cores, estimated; 67 min measured under load), saved in
-the drope_lens cache, where `drope-lens report --drope recalibrated` finds it. Rerun the same
-command after an interruption and it resumes from the latest checkpoint.
+With no arguments: the embedded SmolLM2-135M on the built-in corpus (3.36 M tokens: Gutenberg
+Shakespeare/Milton, Wikipedia sample, Jane Austen; `make corpus` fetches it), {steps} steps of
+{batch}x{seq} tokens ({tokens:,} tokens; about {minutes:.0f} min at the ~125 tokens/s of 2 idle CPU
+cores), a checkpoint every {every} steps, saved in the drope_lens cache ({cache}), where
+`drope-lens report --drope recalibrated` and `drope-lens track` find it. Rerun the same command
+after an interruption and it resumes from the latest checkpoint.
 
 examples:
   drope-lens recalibrate
   drope-lens recalibrate --variant qk_norm_nope --max-tokens 2000000 --out runs/qk
   drope-lens recalibrate --device cuda --dtype bfloat16 --seq-len 1024 --batch-size 16 \\
       --max-steps 600 --save-every 100 --lr 3e-4 --out runs/gpu
-  drope-lens track ~/.cache/drope_lens/recalibrated/smollm2-135m-instruct-nope
+  drope-lens track          # every checkpoint of the cached default run
 """
 
 
 def add_parser(sub) -> None:
     from drope_lens.recalibrate.recipe import DTYPES, SCHEDULES, VARIANTS, Recipe
 
+    from drope_lens.recalibrate.train import default_run_dir
+
     d = Recipe()
-    p = sub.add_parser("recalibrate", help=HELP, description=HELP + ".", epilog=EPILOG,
+    tokens = d.total_steps * d.tokens_per_step
+    epilog = EPILOG.format(steps=d.total_steps, batch=d.batch_size, seq=d.seq_len, tokens=tokens,
+                           minutes=tokens / IDLE_TOKENS_PER_S / 60, every=d.save_every,
+                           cache=f"recalibrated/{default_run_dir(d.variant).name}")
+    p = sub.add_parser("recalibrate", help=HELP, description=HELP + ".", epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rope", metavar="ID_OR_DIR", help="RoPE model to recalibrate (default: embedded SmolLM2-135M)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: the drope_lens cache, for the embedded model)")

@@ -13,8 +13,8 @@ checkpoint folders. Each (checkpoint, metric group) is saved under --out/parts a
 rerun the same command and finished ones are reused (keyed by options and model identity).
 
 examples:
-  drope-lens track ~/.cache/drope_lens/recalibrated/smollm2-135m-instruct-nope \\
-      --metrics ppl,massive,sinks,bos --json track.json --figure track.png
+  drope-lens track --json track.json --figure track.png     # the cached default run
+  drope-lens track runs/qk --metrics ppl,massive,sinks,bos
 """
 
 

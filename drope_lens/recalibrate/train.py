@@ -34,11 +34,18 @@ LOG_FILE = "train_log.jsonl"
 HELDOUT_FILE = "heldout.safetensors"
 
 
-def default_run_dir(variant: str = "nope") -> Path:
-    """Where the embedded default run is cached (``$DROPE_LENS_CACHE/recalibrated/...``)."""
+CACHE_PREFIX = "smollm2-135m-instruct-"
+
+
+def default_run_dir(variant: str = "nope", recipe: Optional[Recipe] = None) -> Path:
+    """Where a run of the embedded model is cached: ``$DROPE_LENS_CACHE/recalibrated/`` +
+    ``smollm2-135m-instruct-<variant>-<token budget>tok`` (``recipe=None``: the default recipe of
+    ``variant``), so runs of different budgets never share a folder."""
     from drope_lens.loading.embedded import cache_root
 
-    return cache_root() / "recalibrated" / f"smollm2-135m-instruct-{variant}"
+    recipe = recipe or Recipe(variant=variant)
+    budget = recipe.total_steps * recipe.tokens_per_step
+    return cache_root() / "recalibrated" / f"{CACHE_PREFIX}{variant}-{budget}tok"
 
 
 @dataclass
@@ -158,7 +165,7 @@ def recalibrate(
 
         source = embedded_checkpoint()
     source = str(source)
-    run_dir = Path(out) if out is not None else default_run_dir(recipe.variant)
+    run_dir = Path(out) if out is not None else default_run_dir(recipe.variant, recipe)
     if force and run_dir.exists():
         import shutil
 
