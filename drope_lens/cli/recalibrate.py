@@ -56,7 +56,7 @@ def add_parser(sub) -> None:
     p.add_argument("--heldout-blocks", type=int, default=d.heldout_blocks,
                    help="blocks set aside, never trained on (default %(default)s)")
     p.add_argument("--dtype", default=d.dtype, choices=DTYPES,
-                   help="float32, or bf16/fp16 autocast with fp32 master weights (default %(default)s)")
+                   help="float32, or bfloat16 autocast with fp32 master weights (default %(default)s)")
     p.add_argument("--device", default=d.device, help="torch device (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="data split, order and init seed (default %(default)s)")
     p.add_argument("--grad-checkpointing", action="store_true", help="trade compute for activation memory")
@@ -67,8 +67,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from drope_lens.cli.common import check_model_path, check_out_dir
     from drope_lens.errors import DropeLensInputError
     from drope_lens.recalibrate import Recipe, recalibrate
@@ -78,10 +76,9 @@ def run(args: argparse.Namespace) -> int:
                     max_steps=args.max_steps, max_tokens=args.max_tokens, save_every=args.save_every,
                     heldout_blocks=args.heldout_blocks, dtype=args.dtype, device=args.device, seed=args.seed,
                     grad_checkpointing=args.grad_checkpointing, kl_weight=args.kl_weight)
-    try:
-        torch.device(args.device)
-    except RuntimeError as exc:
-        raise DropeLensInputError(f"--device {args.device}: {exc}") from exc
+    from drope_lens.recalibrate.train import check_device
+
+    check_device(args.device)
     check_model_path(args.rope, "--rope")
     if args.out:
         check_out_dir(args.out)

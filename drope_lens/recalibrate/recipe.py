@@ -20,15 +20,17 @@ from drope_lens.errors import DropeLensInputError
 
 VARIANTS = ("nope", "qk_norm_nope")
 SCHEDULES = ("constant", "cosine")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16")  # fp16 would need loss scaling; DroPE trains in bf16
 
 
 @dataclass(frozen=True)
 class Recipe:
     """Options of one recalibration run (see the module docstring for their provenance).
 
-    ``dtype``: ``float32`` trains in fp32; ``bfloat16``/``float16`` keep fp32 master weights and
-    run the forward/backward under autocast (DroPE trains in bf16). ``max_tokens`` (if set)
+    ``dtype``: ``float32`` trains in fp32; ``bfloat16`` keeps fp32 master weights (and optimizer
+    state, and saved checkpoints) and runs the forward/backward under ``torch.autocast`` on the
+    run's device (DroPE trains in bf16). ``float16`` is refused: it would need loss scaling.
+    ``grad_checkpointing``: HF gradient checkpointing (recompute activations in the backward). ``max_tokens`` (if set)
     overrides ``max_steps`` with ``ceil(max_tokens / tokens_per_step)``.
     """
 
@@ -65,7 +67,8 @@ class Recipe:
         if self.schedule not in SCHEDULES:
             bad(f"--schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.dtype not in DTYPES:
-            bad(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+            bad(f"--dtype must be one of {DTYPES}, got {self.dtype!r}"
+                + (" (fp16 training would need loss scaling; use bfloat16)" if self.dtype == "float16" else ""))
         if not (math.isfinite(self.lr) and self.lr > 0):
             bad(f"--lr must be a finite number > 0, got {self.lr}")
         for name, lo in (("seq_len", 2), ("batch_size", 1), ("grad_accum", 1), ("max_steps", 1),
