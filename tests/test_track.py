@@ -174,3 +174,22 @@ def test_cache_key_is_the_budget_and_the_default_run_is_preferred(rope_dir, toy_
     r = _recipe(max_steps=1, save_every=1)
     recalibrate(rope_dir, r, default, data=toy_data, progress=False)  # stands in for the default run
     assert cached_recalibrated() == default / "checkpoint-000001"
+
+
+def test_cli_track_default_metrics_cover_every_group_on_every_checkpoint(run_dir, tmp_path):
+    """`drope-lens track RUN` with the default --metrics (the full set) over RoPE + 3 checkpoints."""
+    from drope_lens.analysis.track import DEFAULT_METRICS, METRIC_GROUPS
+    from drope_lens.cli import main
+
+    assert DEFAULT_METRICS == METRIC_GROUPS
+    j = tmp_path / "t.json"
+    assert main(["track", str(run_dir), "--out", str(tmp_path / "parts"), "--json", str(j),
+                 "--max-length", "32", "--heldout-blocks", "2", "--passkey-n", "2"]) == 0
+    rows = json.loads(j.read_text())["rows"]
+    got = {(r["checkpoint"], r["group"]) for r in rows}
+    names = ["rope", "checkpoint-000000", "checkpoint-000001", "checkpoint-000002"]
+    assert got == {(n, g) for n in names for g in METRIC_GROUPS}
+    by = {(r["checkpoint"], r["metric"]): r["value"] for r in rows}
+    for n in names:
+        assert 0.0 <= by[(n, "passkey_acc")] <= 1.0
+        assert by[(n, "bos_mlp_ppl_factor")] > 0 and by[(n, "qk_mean_ppl_factor")] > 0

@@ -37,7 +37,23 @@ import torch
 from drope_lens.errors import DropeLensInputError
 
 METRIC_GROUPS = ("ppl", "massive", "sinks", "bos", "disruption", "passkey")
-DEFAULT_METRICS = ("ppl", "massive", "sinks", "bos")
+DEFAULT_METRICS = METRIC_GROUPS
+
+
+@dataclass(frozen=True)
+class TrackSizes:
+    """How much each metric group measures per checkpoint -- the one place these sizes live (the
+    defaults of :func:`track` and of ``drope-lens track``). Sized so that every group on the
+    embedded model takes well under 2 min per checkpoint on 2 idle CPU cores (README: measured)."""
+
+    max_length: int = 256  # massive/sinks/bos/disruption texts cut at this many tokens
+    heldout_blocks: int = 16  # ppl: held-out blocks of the run (16 x 256 tokens)
+    n_seeds: int = 2  # disruption: seeded random-channel controls
+    passkey_n: int = 8  # passkey prompts
+    passkey_length: int = 256  # passkey prompt length in tokens
+
+
+SIZES = TrackSizes()
 
 
 @dataclass(frozen=True)
@@ -198,17 +214,28 @@ def _phase(profile, group: str) -> dict:
 
 
 def _disruption(model, texts, max_length, n_seeds) -> dict:
+    """BOS-MLP / Q/K-mean perplexity factors on ``texts``; massive-channel zeroing as in
+    :func:`~drope_lens.analysis.disruption.run_disruption` (its default texts and selection). A
+    checkpoint without massive Q/K channels gets None for the zeroing metrics, with a note."""
     from drope_lens.analysis.disruption import run_disruption
     from drope_lens.analysis.interventions import phase_experiment
+    from drope_lens.analysis.massive import detect_massive
+    from drope_lens.data.texts import builtin_split
 
     exp = phase_experiment(model, texts, conditions=("baseline", "bos_mlp", "qk"), max_length=max_length)
     base = exp.conditions["baseline"].ppl["ppl"]
-    dis = run_disruption(model, n_seeds=n_seeds, max_length=max_length, n_resamples=999)
-    return {"scalars": {"bos_mlp_ppl_factor": exp.conditions["bos_mlp"].ppl["ppl"] / base,
-                        "qk_mean_ppl_factor": exp.conditions["qk"].ppl["ppl"] / base,
-                        "massive_zero_pct": dis.massive_pct, "random_zero_pct": dis.random_mean,
-                        "m_minus_r": dis.m_minus_r},
-            "bos_layer": exp.bos_layer}
+    scalars = {"bos_mlp_ppl_factor": exp.conditions["bos_mlp"].ppl["ppl"] / base,
+               "qk_mean_ppl_factor": exp.conditions["qk"].ppl["ppl"] / base}
+    sel = detect_massive(model, builtin_split()["identify"], tensors=("q", "k"), rotary="pre",
+                         max_length=max_length, top=0).selection("mean_norm")
+    out = {"scalars": scalars, "bos_layer": exp.bos_layer}
+    if sel.total() == 0:
+        scalars.update(massive_zero_pct=None, random_zero_pct=None, m_minus_r=None)
+        out["note"] = "no massive Q/K channels: nothing to zero"
+        return out
+    dis = run_disruption(model, massive=sel, n_seeds=n_seeds, max_length=max_length, n_resamples=999)
+    scalars.update(massive_zero_pct=dis.massive_pct, random_zero_pct=dis.random_mean, m_minus_r=dis.m_minus_r)
+    return out
 
 
 def _passkey(model, n, length) -> dict:
@@ -225,11 +252,11 @@ def track(
     *,
     out: Union[str, os.PathLike, None] = None,
     texts: Optional[Sequence[str]] = None,
-    max_length: int = 256,
-    heldout_blocks: int = 32,
-    n_seeds: int = 3,
-    passkey_n: int = 8,
-    passkey_length: int = 256,
+    max_length: int = SIZES.max_length,
+    heldout_blocks: int = SIZES.heldout_blocks,
+    n_seeds: int = SIZES.n_seeds,
+    passkey_n: int = SIZES.passkey_n,
+    passkey_length: int = SIZES.passkey_length,
     dtype: Union[str, torch.dtype] = torch.float32,
     device: str = "cpu",
     include_rope: bool = True,
