@@ -51,8 +51,9 @@ FORMATS: tuple[str, ...] = typing.get_args(TaskFormat)
 SINK_SOURCES: tuple[str, ...] = typing.get_args(SinkSource)
 
 #: What :func:`~drope_lens.analysis.track.track` can measure per checkpoint, and its default.
-METRIC_GROUPS = ("ppl", "massive", "sinks", "bos", "disruption", "passkey")
-DEFAULT_METRICS = ("ppl", "massive", "sinks", "bos")
+MetricGroup = Literal["ppl", "massive", "sinks", "bos", "disruption", "passkey"]
+METRIC_GROUPS: tuple[str, ...] = typing.get_args(MetricGroup)
+DEFAULT_METRICS = METRIC_GROUPS
 #: Massive-value λ (Jin et al.; the study): M > λ · mean(M).
 DEFAULT_THRESHOLD = 5.0
 #: Sink-rate threshold τ (inclusive ``≥``) and Gu et al.'s ε (strict ``>``): the study's 0.3 both.
@@ -352,10 +353,50 @@ def check_metrics(metrics: Union[str, Sequence[str]]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+@dataclass(frozen=True)
+class TrackSizes(Options):
+    """How much each :func:`~drope_lens.analysis.track.track` metric group measures per checkpoint --
+    the one place these sizes live (defaults of ``track`` and ``drope-lens track``). Sized so that
+    every group on the embedded model takes well under 2 min per checkpoint on 2 idle CPU cores."""
+
+    max_length: int = 256  # massive/sinks/bos/disruption texts cut at this many tokens
+    heldout_blocks: int = 16  # ppl: held-out blocks of the run (16 x 256 tokens)
+    n_seeds: int = 2  # disruption: seeded random-channel controls
+    passkey_n: int = 8  # passkey prompts
+    passkey_length: int = 256  # passkey prompt length in tokens
+
+    def __post_init__(self) -> None:
+        for name, lo in (("heldout_blocks", 1), ("passkey_n", 1), ("n_seeds", 2), ("max_length", 2),
+                         ("passkey_length", 1)):
+            _check_int(name, getattr(self, name), lo)
+
+    def sizes(self) -> "TrackSizes":
+        """Just the sizes (what the saved parts are keyed on)."""
+        return TrackSizes(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrackSizes)})
+
+
+SIZES = TrackSizes()
+
+
+@dataclass(frozen=True)
+class TrackOptions(TrackSizes):
+    """:func:`~drope_lens.analysis.track.track` / ``drope-lens track``: the :class:`TrackSizes`,
+    the metric groups (comma-separated or a sequence of :data:`METRIC_GROUPS`) and whether a run
+    folder's RoPE source is measured as the reference."""
+
+    metrics: tuple[MetricGroup, ...] = DEFAULT_METRICS  # type: ignore[assignment]
+    include_rope: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._set("metrics", check_metrics(self.metrics))
+
+
 __all__ = [
     "Options", "MassiveOptions", "DisruptionOptions", "PhaseOptions", "TaskOptions", "ContextOptions",
     "TENSORS", "SCOPES", "ROTARY_MODES", "AGGREGATES", "CONDITIONS", "SPIKE_RULES", "BOS_MODES",
     "LAST_LAYER_MODES", "ATTENTION_SOURCES", "TASKS", "SCORING", "FORMATS", "DEFAULT_THRESHOLD",
     "DEFAULT_TAU", "DEFAULT_GU_EPS", "DEFAULT_N", "REPORT_N", "QUICK_N", "scaled_n", "check_tensors",
     "check_conditions", "check_metrics", "check_task_protocol", "check_profile_options", "SINK_SOURCES", "PROFILE_FIELDS", "METRIC_GROUPS", "DEFAULT_METRICS",
+    "TrackSizes", "TrackOptions", "SIZES",
 ]

@@ -36,7 +36,9 @@ import torch
 
 from drope_lens.errors import DropeLensInputError
 
-from drope_lens.options import DEFAULT_METRICS, METRIC_GROUPS, check_metrics  # noqa: E402,F401  (re-exported)
+from drope_lens.options import (  # noqa: F401  (re-exported)
+    DEFAULT_METRICS, METRIC_GROUPS, SIZES, TrackOptions, TrackSizes, check_metrics,
+)
 
 
 @dataclass(frozen=True)
@@ -189,17 +191,28 @@ def _phase(profile, group: str) -> dict:
 
 
 def _disruption(model, texts, max_length, n_seeds) -> dict:
+    """BOS-MLP / Q/K-mean perplexity factors on ``texts``; massive-channel zeroing as in
+    :func:`~drope_lens.analysis.disruption.run_disruption` (its default texts and selection). A
+    checkpoint without massive Q/K channels gets None for the zeroing metrics, with a note."""
     from drope_lens.analysis.disruption import run_disruption
     from drope_lens.analysis.interventions import phase_experiment
+    from drope_lens.analysis.massive import detect_massive
+    from drope_lens.data.texts import builtin_split
 
     exp = phase_experiment(model, texts, conditions=("baseline", "bos_mlp", "qk"), max_length=max_length)
     base = exp.conditions["baseline"].ppl["ppl"]
-    dis = run_disruption(model, n_seeds=n_seeds, max_length=max_length, n_resamples=999)
-    return {"scalars": {"bos_mlp_ppl_factor": exp.conditions["bos_mlp"].ppl["ppl"] / base,
-                        "qk_mean_ppl_factor": exp.conditions["qk"].ppl["ppl"] / base,
-                        "massive_zero_pct": dis.massive_pct, "random_zero_pct": dis.random_mean,
-                        "m_minus_r": dis.m_minus_r},
-            "bos_layer": exp.bos_layer}
+    scalars = {"bos_mlp_ppl_factor": exp.conditions["bos_mlp"].ppl["ppl"] / base,
+               "qk_mean_ppl_factor": exp.conditions["qk"].ppl["ppl"] / base}
+    sel = detect_massive(model, builtin_split()["identify"], tensors=("q", "k"), rotary="pre",
+                         max_length=max_length, top=0).selection("mean_norm")
+    out = {"scalars": scalars, "bos_layer": exp.bos_layer}
+    if sel.total() == 0:
+        scalars.update(massive_zero_pct=None, random_zero_pct=None, m_minus_r=None)
+        out["note"] = "no massive Q/K channels: nothing to zero"
+        return out
+    dis = run_disruption(model, massive=sel, n_seeds=n_seeds, max_length=max_length, n_resamples=999)
+    scalars.update(massive_zero_pct=dis.massive_pct, random_zero_pct=dis.random_mean, m_minus_r=dis.m_minus_r)
+    return out
 
 
 def _passkey(model, n, length) -> dict:
@@ -212,32 +225,34 @@ def _passkey(model, n, length) -> dict:
 
 def track(
     checkpoints: Sequence[Union[str, os.PathLike, TrackPoint]],
-    metrics: Union[str, Sequence[str]] = DEFAULT_METRICS,
+    metrics: Union[str, Sequence[str], None] = None,
     *,
+    options: Optional[TrackOptions] = None,
     out: Union[str, os.PathLike, None] = None,
     texts: Optional[Sequence[str]] = None,
-    max_length: int = 256,
-    heldout_blocks: int = 32,
-    n_seeds: int = 3,
-    passkey_n: int = 8,
-    passkey_length: int = 256,
     dtype: Union[str, torch.dtype] = torch.float32,
     device: str = "cpu",
-    include_rope: bool = True,
     force: bool = False,
     progress: bool = True,
+    **overrides: Any,
 ) -> TrackResult:
-    """Run ``metrics`` on every checkpoint (see the module docstring); resumable with ``out``.
+    """Run the metric groups on every checkpoint (see the module docstring); resumable with ``out``.
 
-    ``checkpoints``: folders (a recalibration run folder expands to RoPE source + all checkpoints)
-    or :class:`TrackPoint` s. ``texts``: texts for massive/sinks/bos/disruption (default: the 15
-    built-in texts), cut at ``max_length`` tokens.
+    ``checkpoints``: folders (a recalibration run folder expands to RoPE source + all checkpoints,
+    unless ``include_rope=False``) or :class:`TrackPoint` s. ``options``:
+    :class:`~drope_lens.options.TrackOptions` (``metrics``, the :class:`TrackSizes`,
+    ``include_rope``); ``metrics`` and keywords (``max_length=``, ``n_seeds=``, ...) override its
+    fields. ``texts``: texts for massive/sinks/bos/disruption (default: the 15 built-in texts), cut
+    at ``max_length`` tokens.
     """
-    metrics = check_metrics(metrics)
+    o = TrackOptions.resolve(options, {**overrides, **({} if metrics is None else {"metrics": metrics})})
+    metrics = o.metrics
+    max_length, heldout_blocks, n_seeds = o.max_length, o.heldout_blocks, o.n_seeds
+    passkey_n, passkey_length = o.passkey_n, o.passkey_length
     points = [c for c in checkpoints if isinstance(c, TrackPoint)]
     folders = [c for c in checkpoints if not isinstance(c, TrackPoint)]
     if folders:
-        points += checkpoint_points(folders, include_rope=include_rope)
+        points += checkpoint_points(folders, include_rope=o.include_rope)
     if not points:
         raise DropeLensInputError("no checkpoints to track")
     from drope_lens.data.texts import builtin_texts
@@ -245,8 +260,7 @@ def track(
     from drope_lens.report.store import PartStore, fingerprint
 
     texts = list(texts) if texts is not None else builtin_texts()
-    options = {"max_length": max_length, "heldout_blocks": heldout_blocks, "n_seeds": n_seeds,
-               "passkey_n": passkey_n, "passkey_length": passkey_length, "n_texts": len(texts),
+    options = {**o.sizes().to_dict(), "n_texts": len(texts),
                "texts_hash": fingerprint({"texts": texts})}
     store = PartStore(Path(out)) if out is not None else None
     result = TrackResult(points, metrics, options=options)

@@ -15,13 +15,13 @@ checkpoint folders. Each (checkpoint, metric group) is saved under --out/parts a
 rerun the same command and finished ones are reused (keyed by options and model identity).
 
 examples:
-  drope-lens track ~/.cache/drope_lens/recalibrated/smollm2-135m-instruct-nope \\
-      --metrics ppl,massive,sinks,bos --json track.json --figure track.png
+  drope-lens track --json track.json --figure track.png     # the cached default run
+  drope-lens track runs/qk --metrics ppl,massive,sinks,bos
 """
 
 
 def add_parser(sub) -> None:
-    from drope_lens.options import DEFAULT_METRICS, METRIC_GROUPS, check_metrics
+    from drope_lens.options import DEFAULT_METRICS, METRIC_GROUPS, SIZES
 
     p = sub.add_parser("track", help=HELP, description=HELP + ".", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,14 +32,26 @@ def add_parser(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="parts folder for resume (default: <run>/track)")
     p.add_argument("--json", metavar="PATH", dest="json_out", help="write the rows as JSON here ('-': stdout)")
     p.add_argument("--figure", metavar="PNG", help="save the metric-vs-tokens figure here")
-    p.add_argument("--max-length", type=int, default=256, help="cut analysis texts at N tokens (default 256)")
-    p.add_argument("--heldout-blocks", type=int, default=32, help="held-out blocks for ppl (default 32)")
-    p.add_argument("--n-seeds", type=int, default=3, help="random controls for disruption (default 3)")
+    p.add_argument("--max-length", type=int, default=SIZES.max_length,
+                   help="cut analysis texts at N tokens (default %(default)s)")
+    p.add_argument("--heldout-blocks", type=int, default=SIZES.heldout_blocks,
+                   help="held-out blocks for ppl (default %(default)s)")
+    p.add_argument("--n-seeds", type=int, default=SIZES.n_seeds,
+                   help="random controls for disruption (default %(default)s)")
+    p.add_argument("--passkey-n", type=int, default=SIZES.passkey_n, help="passkey prompts (default %(default)s)")
     p.add_argument("--no-rope", action="store_true", help="leave out the RoPE reference of a run folder")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="recompute saved parts")
-    p.set_defaults(func=run, build_options=lambda args: check_metrics(args.metrics))
+    p.set_defaults(func=run, build_options=build_options)
+
+
+def build_options(args: argparse.Namespace):
+    """The :class:`~drope_lens.options.TrackOptions` of the parsed arguments."""
+    from drope_lens.options import TrackOptions
+
+    return TrackOptions(metrics=args.metrics, max_length=args.max_length, heldout_blocks=args.heldout_blocks,
+                        n_seeds=args.n_seeds, passkey_n=args.passkey_n, include_rope=not args.no_rope)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,10 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from drope_lens.cli.common import check_out_dir, emit_json
     from drope_lens.errors import DropeLensInputError
 
-    metrics = command_options(args)
-    for name in ("heldout_blocks",):
-        if getattr(args, name) < 1:
-            raise DropeLensInputError(f"--{name.replace('_', '-')} must be >= 1")
+    opts = command_options(args)
     if args.figure and not Path(args.figure).parent.resolve().is_dir():
         raise DropeLensInputError(f"--figure {args.figure}: its folder does not exist")
     folders = list(args.checkpoints)
@@ -60,14 +69,13 @@ def run(args: argparse.Namespace) -> int:
         from drope_lens.recalibrate.checkpoint import cached_recalibrated
 
         folders = [str(cached_recalibrated().parent)]
-    points = checkpoint_points(folders, include_rope=not args.no_rope)  # bad folders fail before loading
+    points = checkpoint_points(folders, include_rope=opts.include_rope)  # bad folders fail before loading
     out = args.out
     if out is None and len(folders) == 1 and (Path(folders[0]) / "recalibrate.json").is_file():
         out = str(Path(folders[0]) / "track")
     if out is not None:
         check_out_dir(out)
-    res = track(points, metrics, out=out, max_length=args.max_length, heldout_blocks=args.heldout_blocks,
-                n_seeds=args.n_seeds, dtype=args.dtype, device=args.device, force=args.force)
+    res = track(points, options=opts, out=out, dtype=args.dtype, device=args.device, force=args.force)
     print(res.summary())
     if args.figure:
         from drope_lens.views.figures import save_figure
