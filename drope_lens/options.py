@@ -13,12 +13,14 @@ refused in well under a second. Each choice is a ``Literal`` type; its tuple of 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence, TypeVar, Union
 
 from drope_lens.errors import DropeLensInputError
-from drope_lens.validation import check_choice, check_tau, check_threshold
+from drope_lens.validation import check_choice, check_layer, check_tau, check_threshold
 
 TensorName = Literal["q", "k", "v"]
 Scope = Literal["layer", "head"]
@@ -33,6 +35,7 @@ TaskName = Literal["cities", "sports", "sentiment", "passkey"]
 Scoring = Literal["logprob", "calibrated", "study"]
 TaskFormat = Literal["yes_no", "completion"]
 SinkSource = Literal["stream", "pattern"]
+DecodeMode = Literal["skip", "raise"]
 
 TENSORS: tuple[str, ...] = typing.get_args(TensorName)
 SCOPES: tuple[str, ...] = typing.get_args(Scope)
@@ -49,6 +52,8 @@ SCORING: tuple[str, ...] = typing.get_args(Scoring)
 FORMATS: tuple[str, ...] = typing.get_args(TaskFormat)
 #: Native sink scores streamed from ``hook_rot_q/k`` in query chunks (O(chunk·T)) or read from ``hook_pattern`` (O(T²)).
 SINK_SOURCES: tuple[str, ...] = typing.get_args(SinkSource)
+#: Mean replacement on KV-cache decode steps: leave generated tokens alone (the study's, Jin's) or refuse.
+DECODE_MODES: tuple[str, ...] = typing.get_args(DecodeMode)
 
 #: What :func:`~drope_lens.analysis.track.track` can measure per checkpoint, and its default.
 MetricGroup = Literal["ppl", "massive", "sinks", "bos", "disruption", "passkey"]
@@ -101,6 +106,35 @@ def _check_int(name: str, value: Any, lo: int) -> None:
 
 
 O = TypeVar("O", bound="Options")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def takes_options(cls: type["Options"]) -> Callable[[F], F]:
+    """Give a function whose keyword defaults are ``cls``'s an ``options=`` keyword: the fields of
+    ``options`` fill every such keyword the call leaves out; keywords given override them. The
+    signature (and so its defaults) is unchanged."""
+
+    def wrap(func: F) -> F:
+        sig = inspect.signature(func)
+        names = [f.name for f in dataclasses.fields(cls) if f.name in sig.parameters]
+
+        @functools.wraps(func)
+        def call(*args: Any, options: Optional["Options"] = None, **kwargs: Any) -> Any:
+            if options is not None:
+                if not isinstance(options, cls):
+                    raise TypeError(f"options must be a {cls.__name__}, got {type(options).__name__}")
+                given = sig.bind_partial(*args, **kwargs).arguments
+                kwargs.update({n: getattr(options, n) for n in names if n not in given})
+            return func(*args, **kwargs)
+
+        params = list(sig.parameters.values())
+        at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))
+        params.insert(at, inspect.Parameter("options", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=f"Optional[{cls.__name__}]"))
+        call.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        return call  # type: ignore[return-value]
+
+    return wrap
 
 
 @dataclass(frozen=True)
@@ -196,6 +230,59 @@ class DisruptionOptions(Options):
         return MassiveOptions(threshold=self.threshold, scope=self.scope, rotary=self.rotary, tensors=self.tensors)
 
 
+@dataclass(frozen=True)
+class MeanReplacementOptions(Options):
+    """:func:`~drope_lens.hooks.mean_replacement.mean_replacement_hooks` (Jin-style Q/K mean
+    replacement, the ``qk`` condition): the ``k`` largest-norm dims per head (``largest=False``: the
+    smallest, Jin's control) of ``tensors``, pre- or post-RoPE, on ``layers`` (None: all), gated by
+    ``threshold`` x the head's mean norm (None: no gate, the study's J-A; 5.0: J-B), ``decode``
+    policy on KV-cache steps. ``k <= d_head`` and the layers are checked against the model."""
+
+    tensors: tuple[TensorName, ...] = ("q", "k")
+    k: int = 1
+    rotary: Rotary = "pre"
+    layers: Optional[tuple[int, ...]] = None
+    decode: DecodeMode = "skip"
+    threshold: Optional[float] = None
+    largest: bool = True
+
+    def __post_init__(self) -> None:
+        self._set("tensors", check_tensors(self.tensors))
+        check_choice("rotary", self.rotary, ROTARY_MODES)
+        check_choice("decode", self.decode, DECODE_MODES)
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
+        if self.threshold is not None and not self.threshold > 0:
+            raise ValueError(f"threshold must be > 0 (or None for no gate), got {self.threshold}")
+        if not self.largest and self.threshold is not None:
+            raise ValueError("threshold gates the largest dims; it cannot be combined with largest=False.")
+        if self.layers is not None:
+            self._set("layers", (self.layers,) if isinstance(self.layers, int) else tuple(self.layers))
+
+    def qk_kwargs(self) -> dict:
+        """The ``qk_kwargs`` of the ``qk`` condition (every field but ``tensors``, which is Q and K)."""
+        if self.tensors != ("q", "k"):
+            raise DropeLensInputError(f"the qk condition replaces Q and K; got tensors={self.tensors}")
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "tensors"}
+
+
+@dataclass(frozen=True)
+class BosAblationOptions(Options):
+    """:func:`~drope_lens.hooks.bos.bos_mlp_ablation_hooks` (the ``bos_mlp`` condition): ``layer``
+    (None: the model's BOS spike layer, where an analysis finds it), ``mode`` (``"zero"`` or
+    ``"mean"``), ``study_compatible`` (ablate index 0 of every call, decode steps included: bug B3)."""
+
+    layer: Optional[int] = None
+    mode: BosMode = "zero"
+    study_compatible: bool = False
+
+    def __post_init__(self) -> None:
+        if self.layer is not None:
+            check_layer(None, self.layer)
+        if self.mode not in BOS_MODES:
+            raise DropeLensInputError(f"Unknown mode {self.mode!r}; choose one of {BOS_MODES}.")
+
+
 def check_profile_options(tau: float, gu_eps: float, last_layer: str, attention: str,
                           sinks_from: str = "stream") -> None:
     """The phase profile's choices (shared by :class:`PhaseOptions` and ``phase_profile``)."""
@@ -237,6 +324,10 @@ class PhaseOptions(Options):
         check_profile_options(self.tau, self.gu_eps, self.last_layer, self.attention, self.sinks_from)
         if self.bos_mode not in BOS_MODES:
             raise DropeLensInputError(f"Unknown mode {self.bos_mode!r}; choose one of {BOS_MODES}.")
+
+    def bos_ablation(self, layer: Optional[int] = None) -> BosAblationOptions:
+        """The BOS-MLP ablation of the ``bos_mlp`` / ``combined`` conditions at ``layer``."""
+        return BosAblationOptions(layer=layer, mode=self.bos_mode, study_compatible=self.study_compatible)
 
     def profile_kwargs(self) -> dict:
         """The ``phase_profile`` keywords."""
@@ -300,6 +391,10 @@ class TaskOptions(Options):
         if self.bos_mode not in BOS_MODES:
             raise DropeLensInputError(f"Unknown mode {self.bos_mode!r}; choose one of {BOS_MODES}.")
 
+    def bos_ablation(self, layer: Optional[int] = None) -> BosAblationOptions:
+        """The BOS-MLP ablation of the ``bos_mlp`` / ``combined`` conditions at ``layer``."""
+        return BosAblationOptions(layer=layer, mode=self.bos_mode)
+
     def run_kwargs(self) -> dict:
         """Keywords for ``run_tasks`` / ``run_pair_tasks``."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -342,6 +437,11 @@ class ContextOptions(Options):
         self._set("tau", check_tau(self.tau))
         self._set("gu_eps", check_tau(self.gu_eps, "gu_eps"))
         self._set("threshold", check_threshold(self.threshold))
+
+
+#: The report's ``context`` step, sized for the 2-core CPU budget (its lengths are cut to the pair's
+#: smaller ``n_ctx``; seed and threshold come from the report's options).
+REPORT_CONTEXT = ContextOptions(lengths=(512, 1024, 2048), n_per_depth=1)
 
 
 def check_metrics(metrics: Union[str, Sequence[str]]) -> tuple[str, ...]:
@@ -398,5 +498,6 @@ __all__ = [
     "LAST_LAYER_MODES", "ATTENTION_SOURCES", "TASKS", "SCORING", "FORMATS", "DEFAULT_THRESHOLD",
     "DEFAULT_TAU", "DEFAULT_GU_EPS", "DEFAULT_N", "REPORT_N", "QUICK_N", "scaled_n", "check_tensors",
     "check_conditions", "check_metrics", "check_task_protocol", "check_profile_options", "SINK_SOURCES", "PROFILE_FIELDS", "METRIC_GROUPS", "DEFAULT_METRICS",
-    "TrackSizes", "TrackOptions", "SIZES",
+    "TrackSizes", "TrackOptions", "SIZES", "takes_options", "REPORT_CONTEXT",
+    "MeanReplacementOptions", "BosAblationOptions", "DECODE_MODES",
 ]

@@ -159,11 +159,11 @@ def test_figure_and_cli(result, tmp_path, monkeypatch, pair, capsys):
 
 
 def test_report_context_step(pair, tmp_path, monkeypatch):
-    from drope_lens.report import steps
+    from drope_lens.options import REPORT_CONTEXT
     from drope_lens.report.runner import ReportOptions, run_report
     from drope_lens.report.schema import validate_results
 
-    monkeypatch.setattr(steps, "CONTEXT_LENGTHS", (80, 120))
+    monkeypatch.setattr("drope_lens.options.REPORT_CONTEXT", REPORT_CONTEXT.replace(lengths=(80, 120)))
     res = run_report(pair, tmp_path, ReportOptions(steps=("context",), max_length=48), progress=False)
     validate_results(res)
     assert [p["length"] for p in res["experiments"]["context"]["rope"]["points"]] == [80, 120]

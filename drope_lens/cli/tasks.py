@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     pair = load_pair_from_args(args)
     cmp = run_pair_tasks(pair, bos_layer=bos, batch_size=args.batch_size, progress=True,
-                         **command_options(args).run_kwargs())
+                         options=command_options(args))
     _print(cmp)
     print(f"\nwall time {time.perf_counter() - t0:.1f} s (models: "
           f"{cmp.rope.wall_seconds:.1f} s + {cmp.drope.wall_seconds:.1f} s)")

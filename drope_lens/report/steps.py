@@ -117,24 +117,19 @@ def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
     for role, model in pair.items():
         bos_layer = (phase.get(role) or {}).get("bos_layer")
         results[role] = run_tasks(model, bos_layer=bos_layer, batch_size=options.batch_size, progress=progress,
-                                  **options.analysis_options("tasks").run_kwargs())
+                                  options=options.analysis_options("tasks"))
     return plain(compare_tasks(results["rope"], results["drope"]).to_dict())
 
 
 from drope_lens.report.extended import run_extended  # noqa: E402,F401  (optional step)
-#: The context step's sizes on the 2-core CPU budget (lengths up to the smaller model n_ctx).
-CONTEXT_LENGTHS = (512, 1024, 2048)
-CONTEXT_DEPTHS = (0.1, 0.5, 0.9)
-CONTEXT_N_PER_DEPTH = 1
 
 
 def run_context(pair, options, context, *, progress: bool = True) -> dict:
     """The context-length experiment on both models (passkey by depth, PPL, sinks, BOS, massive)."""
     from drope_lens.analysis.context import pair_context_experiment
 
+    o = options.analysis_options("context")  # drope_lens.options.REPORT_CONTEXT, the report's seed and λ
     n_ctx = min(int(pair.rope.cfg.n_ctx), int(pair.drope.cfg.n_ctx))
-    lengths = [n for n in CONTEXT_LENGTHS if n <= n_ctx] or [n_ctx]
-    res = pair_context_experiment(pair, lengths, depths=CONTEXT_DEPTHS, n_per_depth=CONTEXT_N_PER_DEPTH,
-                                  seed=options.seed, threshold=options.threshold,
-                                  batch_size=min(options.batch_size, 3), progress=progress)
+    lengths = [n for n in o.lengths if n <= n_ctx] or [n_ctx]
+    res = pair_context_experiment(pair, lengths, o, batch_size=min(options.batch_size, 3), progress=progress)
     return plain(res.to_dict())

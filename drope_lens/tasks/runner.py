@@ -47,7 +47,9 @@ from drope_lens.tasks.results import ItemResult, TaskComparison, TaskResults, Ta
 from drope_lens.tasks.sizes import DEFAULT_N
 from drope_lens.tasks.scoring import format_prompt, greedy_generate_batch, option_logprobs, option_token_ids
 
-from drope_lens.options import SCORING, TASKS, TaskOptions, check_task_protocol  # noqa: E402,F401  (re-exported)
+from drope_lens.options import (  # noqa: E402,F401  (SCORING, TASKS re-exported)
+    SCORING, TASKS, MeanReplacementOptions, TaskOptions, check_task_protocol, takes_options,
+)
 
 _D = TaskOptions.default  # run_tasks's defaults are TaskOptions' (drope_lens.options)
 STUDY_MAX_NEW_TOKENS = 20
@@ -228,6 +230,7 @@ def _prior_dict(ds: TaskDataset, prior: Optional[np.ndarray]) -> Optional[dict[s
     return {c: float(np.mean(v)) for c, v in sorted(acc.items())}
 
 
+@takes_options(TaskOptions)
 @torch.no_grad()
 def run_tasks(
     model: HookedTransformer,
@@ -245,7 +248,7 @@ def run_tasks(
     passkey_lengths: Sequence[int] = _D("passkey_lengths"),
     passkey_depth: float = _D("passkey_depth"),
     bos_mode: str = _D("bos_mode"),
-    qk_kwargs: Optional[dict] = None,
+    qk_kwargs: Union[None, dict, MeanReplacementOptions] = None,
     progress: bool = False,
     label: Optional[str] = None,
 ) -> TaskResults:
@@ -263,6 +266,8 @@ def run_tasks(
         task_format: cities and sports as ``"yes_no"`` questions (the study's) or ``"completion"``
             ("Q: In which country is X?" → log p(true country) vs log p(a distractor)); log-prob
             scoring only.
+        options: (keyword) a :class:`~drope_lens.options.TaskOptions` filling every keyword above
+            the call leaves out; keywords given override its fields.
     """
     check_task_protocol(scoring, n_shot, task_format)
     if batch_size < 1:
@@ -333,15 +338,20 @@ def compare_tasks(rope_results: TaskResults, drope_results: TaskResults) -> Task
 
 
 def run_pair_tasks(pair, *, bos_layer: Union[None, int, Mapping[str, Optional[int]]] = None,
-                   **kwargs: Any) -> TaskComparison:
+                   options: Optional[TaskOptions] = None, **kwargs: Any) -> TaskComparison:
     """:func:`run_tasks` on both models of a :class:`~drope_lens.loading.pair.ModelPair`.
 
     The datasets are built once and shared. ``bos_layer``: one layer for both, ``{"rope": l1,
-    "drope": l2}``, or ``None`` (each model's own spike layer, as the study).
+    "drope": l2}``, or ``None`` (each model's own spike layer, as the study). ``options``: a
+    :class:`~drope_lens.options.TaskOptions`; ``kwargs`` override its fields.
     """
+    if options is not None:
+        if not isinstance(options, TaskOptions):
+            raise TypeError(f"options must be a TaskOptions, got {type(options).__name__}")
+        kwargs = {**options.run_kwargs(), **kwargs}
     build_keys = ("n", "seed", "chat", "passkey_lengths", "passkey_depth", "task_format")  # n_shot: drawn per run, seeded
     build_kw = {k: kwargs[k] for k in build_keys if k in kwargs}
-    datasets = build_datasets(pair.tokenizer, tasks=kwargs.pop("tasks", TASKS),
+    datasets = build_datasets(pair.tokenizer, tasks=kwargs.pop("tasks", _D("tasks")),
                               n_ctx=pair.n_ctx, **build_kw)
     out = {}
     for role, model in pair.items():
