@@ -28,3 +28,14 @@ def check_tau(tau: float, name: str = "tau") -> float:
     if not (0.0 < tau <= 1.0):
         raise DropeLensInputError(f"{name} must be in (0, 1], got {tau}")
     return tau
+
+
+def check_layer(model: Any, layer: int) -> int:
+    """Refuse a layer that is not an int >= 0 (and, given a model, below its ``cfg.n_layers``)."""
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise DropeLensInputError(f"layer must be an int, got {layer!r}")
+    n_layers = model.cfg.n_layers if model is not None else None
+    if layer < 0 or (n_layers is not None and layer >= n_layers):
+        limit = f"the model has {n_layers} layers, 0…{n_layers - 1}" if n_layers is not None else ">= 0"
+        raise DropeLensInputError(f"layer {layer} is out of range ({limit}); pass a layer in that range.")
+    return layer

@@ -21,7 +21,7 @@ from drope_lens.analysis.profile import PhaseProfile
 from drope_lens.analysis.profile_pass import Inputs, measure, phase_profile
 from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.bos import mlp_out_mean
-from drope_lens.hooks.conditions import NEEDS_BOS, condition_hooks
+from drope_lens.hooks.conditions import NEEDS_BOS, QkSettings, condition_hooks, qk_settings
 
 
 @dataclass
@@ -84,7 +84,7 @@ def phase_experiment(
     *,
     ppl_texts: Optional[Inputs] = None,
     bos_layer: Optional[int] = None,
-    qk_kwargs: Optional[dict] = None,
+    qk_kwargs: QkSettings = None,
     batch_size: int = 8,
     max_length: Optional[int] = None,
     progress: bool = False,
@@ -98,7 +98,8 @@ def phase_experiment(
     ``bos_layer`` or else the baseline spike layer by ``spike_rule`` (``"argmax"``, the study's
     code, by default). ``bos_mode="mean"`` replaces the BOS MLP output by the mean MLP output over
     the non-BOS tokens of ``inputs``. Perplexity is computed on ``ppl_texts`` (default: ``inputs``,
-    as the study's Exp 4). ``qk_kwargs`` go to the Q/K mean replacement hooks.
+    as the study's Exp 4). ``qk_kwargs`` (a :class:`~drope_lens.options.MeanReplacementOptions` or a
+    dict of its keywords) go to the Q/K mean replacement hooks.
     """
     t0 = time.perf_counter()
     o = PhaseOptions.resolve(options, overrides)
@@ -118,7 +119,7 @@ def phase_experiment(
     if needs_bos and bos_mode == "mean":
         mean_vec = mlp_out_mean(model, inputs, bos_layer, batch_size=batch_size, max_length=max_length)
     exp = PhaseExperiment(baseline=baseline, bos_layer=bos_layer, spike_rule=spike_rule,
-                          bos_mode=bos_mode, qk_kwargs=dict(qk_kwargs or {}))
+                          bos_mode=bos_mode, qk_kwargs=qk_settings(qk_kwargs))
     for cond in conditions:
         if cond == "baseline" and base_ppl is not None:
             exp.conditions[cond] = ConditionResult(cond, ppl=base_ppl.to_dict(), profile=baseline)

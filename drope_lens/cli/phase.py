@@ -8,6 +8,7 @@ import time
 
 from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args, command_options
 from drope_lens.cli.lists import add_list_argument
+from drope_lens.options import MeanReplacementOptions
 from drope_lens.options import PhaseOptions as O
 
 HELP = "attention sinks, BOS norm/ratio, entropy per layer; perplexity under BOS-MLP / Q/K ablation"
@@ -49,7 +50,7 @@ def add_parser(sub) -> None:
     c.add_argument("--qk-threshold", type=float,
                    help="Q/K mean replacement gate: only dims with norm > X x the head mean "
                         "(the study's Exp-4 J-B used 5); default: always top-1 (J-A)")
-    c.add_argument("--qk-rotary", choices=ROTARY_MODES, default="pre",
+    c.add_argument("--qk-rotary", choices=ROTARY_MODES, default=MeanReplacementOptions.default("rotary"),
                    help="Q/K mean replacement on pre-RoPE hook_q/k (study) or post-RoPE hook_rot_q/k (Jin)")
     c.add_argument("--profile-conditions", action="store_true",
                    help="also compute the phase profile under each intervention")
@@ -57,7 +58,13 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run, build_options=options_from_args)
 
 
+def qk_options(args: argparse.Namespace) -> MeanReplacementOptions:
+    """The ``qk`` condition's mean replacement of ``--qk-rotary`` / ``--qk-threshold``."""
+    return MeanReplacementOptions(rotary=args.qk_rotary, threshold=args.qk_threshold)
+
+
 def options_from_args(args: argparse.Namespace) -> O:
+    qk_options(args)  # refuse bad --qk-* values before any model code too
     return O(tau=args.tau, gu_eps=args.gu_eps, include_bos_row=args.include_bos_row, last_layer=args.last_layer,
              attention=args.attention, conditions=() if args.profile_only else tuple(args.conditions),
              spike_rule=args.spike_rule, bos_mode=args.bos_mode, study_compatible=args.study_compatible,
@@ -88,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{role}] phase metrics ...", file=sys.stderr)
         exp = phase_experiment(
             model, texts, command_options(args), bos_layer=args.bos_layer,
-            qk_kwargs={"rotary": args.qk_rotary, "threshold": args.qk_threshold},
+            qk_kwargs=qk_options(args),
             batch_size=args.batch_size, max_length=args.max_length, progress=True,
         )
         out["models"][role] = {"label": pair.labels[role], **exp.to_dict(per_text=args.per_text)}

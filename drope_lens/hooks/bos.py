@@ -20,30 +20,26 @@ from drope_lens.hooks.mask import current_real_mask, real_token_mask
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHooks
 
-from drope_lens.options import BOS_MODES  # noqa: E402  (re-exported)
+from drope_lens.options import BOS_MODES, BosAblationOptions, takes_options  # noqa: E402  (BOS_MODES re-exported)
+from drope_lens.validation import check_layer  # noqa: E402,F401  (re-exported)
 
 
-def check_layer(model: Optional[HookedTransformer], layer: int) -> int:
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise DropeLensInputError(f"layer must be an int, got {layer!r}")
-    n_layers = model.cfg.n_layers if model is not None else None
-    if layer < 0 or (n_layers is not None and layer >= n_layers):
-        limit = f"the model has {n_layers} layers, 0…{n_layers - 1}" if n_layers is not None else ">= 0"
-        raise DropeLensInputError(f"layer {layer} is out of range ({limit}); pass a layer in that range.")
-    return layer
 
-
+@takes_options(BosAblationOptions)
 def bos_mlp_ablation_hooks(
-    layer: int,
+    layer: Optional[int] = BosAblationOptions.default("layer"),
     *,
-    mode: str = "zero",
+    mode: str = BosAblationOptions.default("mode"),
     mean_vector: Optional[Float[torch.Tensor, "d_model"]] = None,
-    study_compatible: bool = False,
+    study_compatible: bool = BosAblationOptions.default("study_compatible"),
     model: Optional[HookedTransformer] = None,
 ) -> FwdHooks:
     """Hooks ablating ``blocks.{layer}.hook_mlp_out`` at absolute position 0.
 
     Args:
+        layer: the MLP's layer (required, here or as ``options.layer``).
+        options: (keyword) a :class:`~drope_lens.options.BosAblationOptions` filling ``layer``,
+            ``mode`` and ``study_compatible`` where the call leaves them out.
         mode: ``"zero"`` sets the BOS MLP output to 0; ``"mean"`` replaces it by ``mean_vector``
             (e.g. from :func:`mlp_out_mean`) or, without one, by the mean MLP output over the real
             positions 1… of the same row (the batch's declared real-token mask; a multi-row pass
@@ -51,9 +47,11 @@ def bos_mlp_ablation_hooks(
         study_compatible: ablate index 0 of every forward call, decode steps included (bug B3).
         model: if given, ``layer`` is range-checked against it.
     """
+    if layer is None:
+        raise DropeLensInputError("bos_mlp_ablation_hooks needs a layer (the spike layer): pass layer or "
+                                  "options=BosAblationOptions(layer=...).")
     check_layer(model, layer)
-    if mode not in BOS_MODES:
-        raise DropeLensInputError(f"Unknown mode {mode!r}; choose one of {BOS_MODES}.")
+    BosAblationOptions(layer=layer, mode=mode, study_compatible=study_compatible)  # the other checks
     if mean_vector is not None and mode != "mean":
         raise DropeLensInputError("mean_vector is only used with mode='mean'.")
     tracker = PositionTracker()

@@ -13,12 +13,12 @@ import torch
 from jaxtyping import Bool, Float
 
 from drope_lens.hooks.mask import current_real_mask
-from drope_lens.hooks.points import ROTARY_MODES, check_layers, check_tensors, hook_name
+from drope_lens.hooks.points import check_layers, hook_name
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHooks, HookFn
-from drope_lens.validation import check_choice
+from drope_lens.options import DECODE_MODES, MeanReplacementOptions, takes_options  # noqa: F401  (re-exported)
 
-DECODE_MODES = ("skip", "raise")
+_D = MeanReplacementOptions.default
 
 
 def mean_replace(
@@ -117,31 +117,30 @@ class _MeanReplacement:
         return fn
 
 
+@takes_options(MeanReplacementOptions)
 def mean_replacement_hooks(
     model,
     *,
-    tensors: Sequence[str] = ("q", "k"),
-    k: int = 1,
-    rotary: str = "pre",
-    layers: Optional[Sequence[int]] = None,
-    decode: str = "skip",
-    threshold: Optional[float] = None,
-    largest: bool = True,
+    tensors: Sequence[str] = _D("tensors"),
+    k: int = _D("k"),
+    rotary: str = _D("rotary"),
+    layers: Optional[Sequence[int]] = _D("layers"),
+    decode: str = _D("decode"),
+    threshold: Optional[float] = _D("threshold"),
+    largest: bool = _D("largest"),
 ) -> FwdHooks:
     """Jin-style mean replacement on the given tensors; see :func:`qk_mean_replacement_hooks`.
 
-    ``largest=False``: replace the ``k`` smallest-norm dims instead (Jin et al.'s control)."""
-    tensors = check_tensors(tensors)
-    check_choice("rotary", rotary, ROTARY_MODES)
-    check_choice("decode", decode, DECODE_MODES)
+    ``options=``: a :class:`~drope_lens.options.MeanReplacementOptions` filling the keywords left
+    out (keywords given override it). ``largest=False``: replace the ``k`` smallest-norm dims
+    instead (Jin et al.'s control)."""
     d_head = model.cfg.d_head
     if not isinstance(k, int) or not 1 <= k <= d_head:
         raise ValueError(f"k must be an integer in 1..d_head={d_head}, got {k!r}")
-    if threshold is not None and not threshold > 0:
-        raise ValueError(f"threshold must be > 0 (or None for no gate), got {threshold}")
-    if not largest and threshold is not None:
-        raise ValueError("threshold gates the largest dims; it cannot be combined with largest=False.")
-    layers = check_layers(model, layers)
+    o = MeanReplacementOptions(tensors=tensors, k=k, rotary=rotary, layers=layers, decode=decode,
+                               threshold=threshold, largest=largest)  # the other checks
+    tensors, k, rotary, decode, threshold, largest = o.tensors, o.k, o.rotary, o.decode, o.threshold, o.largest
+    layers = check_layers(model, o.layers)
     tracker = PositionTracker()
     state = _MeanReplacement(tracker, k=k, threshold=threshold, decode=decode, rotary=rotary, largest=largest)
     hooks: FwdHooks = list(tracker.hooks())
@@ -153,11 +152,13 @@ def mean_replacement_hooks(
     return hooks
 
 
-def qk_mean_replacement_hooks(model, **options) -> FwdHooks:
+def qk_mean_replacement_hooks(model, options: Optional[MeanReplacementOptions] = None, **kwargs) -> FwdHooks:
     """Jin-style mean replacement on Q and K of all (or the given) layers.
 
-    ``options`` are those of :func:`mean_replacement_hooks` except ``tensors``: ``k`` (1), ``rotary``
-    (``"pre"``), ``layers`` (all), ``decode`` (``"skip"``), ``threshold`` (None), ``largest`` (True).
+    ``options`` (a :class:`~drope_lens.options.MeanReplacementOptions`) and the keywords (which
+    override it) are those of :func:`mean_replacement_hooks` except ``tensors``: ``k`` (1),
+    ``rotary`` (``"pre"``), ``layers`` (all), ``decode`` (``"skip"``), ``threshold`` (None),
+    ``largest`` (True).
 
     On every full (prefill / cache-free) pass, per sequence and head, the ``k`` dims with the largest
     L2 norm over the real tokens are replaced at every real position by that channel's mean over the
@@ -179,4 +180,8 @@ def qk_mean_replacement_hooks(model, **options) -> FwdHooks:
     refused (layer 0 cannot tell them from a prompt). ``decode="raise"`` refuses any decode step.
     ``largest=False`` replaces the ``k`` smallest-norm dims instead (Jin et al.'s control).
     """
-    return mean_replacement_hooks(model, tensors=("q", "k"), **options)
+    if options is not None:
+        if not isinstance(options, MeanReplacementOptions):
+            raise TypeError(f"options must be a MeanReplacementOptions, got {type(options).__name__}")
+        kwargs = {**options.qk_kwargs(), **kwargs}
+    return mean_replacement_hooks(model, tensors=("q", "k"), **kwargs)

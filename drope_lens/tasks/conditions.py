@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from transformer_lens import HookedTransformer
 
-from drope_lens.hooks.conditions import CONDITIONS, NEEDS_BOS, NEEDS_QK, QK_DEFAULTS
+from drope_lens.hooks.conditions import CONDITIONS, NEEDS_BOS, NEEDS_QK, QK_DEFAULTS, QkSettings, qk_settings
 from drope_lens.hooks.types import FwdHooks
 
 from drope_lens.errors import DropeLensInputError
@@ -40,14 +40,15 @@ class Condition:
 
 
 def standard_condition(name: str, *, bos_layer: Optional[int] = None, bos_mode: str = "zero",
-                       qk_kwargs: Optional[dict] = None) -> Condition:
-    """One of :data:`CONDITIONS` (``bos_layer`` required for ``bos_mlp`` / ``combined``)."""
+                       qk_kwargs: QkSettings = None) -> Condition:
+    """One of :data:`CONDITIONS` (``bos_layer`` required for ``bos_mlp`` / ``combined``; ``qk_kwargs``:
+    a :class:`~drope_lens.options.MeanReplacementOptions` or a dict of its keywords)."""
     if name not in CONDITIONS:
         raise DropeLensInputError(f"Unknown condition {name!r}; choose from {CONDITIONS} "
                          "or pass a Condition for your own hooks.")
     if name in NEEDS_BOS and bos_layer is None:
         raise DropeLensInputError(f"Condition {name!r} needs bos_layer (the BOS spike layer).")
-    qk_kwargs = dict(qk_kwargs or {})
+    qk_kwargs = qk_settings(qk_kwargs)
 
     def make(model: HookedTransformer) -> FwdHooks:
         if name == "baseline":
@@ -66,7 +67,7 @@ def standard_condition(name: str, *, bos_layer: Optional[int] = None, bos_mode: 
 
 
 def resolve_conditions(conditions: Sequence[Union[str, Condition]], *, bos_layer: Optional[int],
-                       bos_mode: str = "zero", qk_kwargs: Optional[dict] = None) -> list[Condition]:
+                       bos_mode: str = "zero", qk_kwargs: QkSettings = None) -> list[Condition]:
     """Names and :class:`Condition` objects → conditions (names must be unique)."""
     if isinstance(conditions, (str, Condition)):
         conditions = [conditions]
