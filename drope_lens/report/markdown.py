@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Optional, Sequence
 
+from drope_lens.options import DEFAULT_GU_EPS, DEFAULT_TAU
+
 ROLES = ("rope", "drope")
 
 
@@ -156,8 +158,8 @@ def _phase(results: dict, exp: dict) -> str:
         return ""
     sm = {r: p[r]["baseline"]["summary"] for r in ROLES}
     summary_rows = [
-        ["mean sink rate (τ = 0.3)", sm["rope"]["mean_sink_rate"], sm["drope"]["mean_sink_rate"]],
-        ["Gu et al. Sink^ε (ε = 0.3)", sm["rope"]["gu_sink"], sm["drope"]["gu_sink"]],
+        [f"mean sink rate (τ = {DEFAULT_TAU:g})", sm["rope"]["mean_sink_rate"], sm["drope"]["mean_sink_rate"]],
+        [f"Gu et al. Sink^ε (ε = {DEFAULT_GU_EPS:g})", sm["rope"]["gu_sink"], sm["drope"]["gu_sink"]],
         ["BOS spike layer, arg-max of ratio (code; used for ablation)",
          sm["rope"]["spike_layer_argmax"], sm["drope"]["spike_layer_argmax"]],
         ["BOS spike layer, first ratio > 2 (prose)",

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 from jaxtyping import Float
 
+from drope_lens.options import DEFAULT_TAU
 from drope_lens.views.html import HtmlView
 
 __all__ = ["heatmap_view", "sink_score_map", "massive_channel_map", "as_numpy"]
@@ -219,7 +220,7 @@ def sink_score_map(
     sink_scores: Float[Any, "layers heads"],
     *,
     title: str = "Sink score by layer and head",
-    threshold: Optional[float] = 0.3,
+    threshold: Optional[float] = DEFAULT_TAU,
     cmap: str = "viridis",
     vmin: float = 0.0,
     vmax: float = 1.0,

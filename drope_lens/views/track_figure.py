@@ -7,6 +7,7 @@ from typing import Optional
 
 from matplotlib.figure import Figure
 
+from drope_lens.options import DEFAULT_TAU
 from drope_lens.views.figures import MODEL_COLORS
 
 #: Panels drawn when present: (metric, axis label, log y).
@@ -16,7 +17,7 @@ TRACK_PANELS = (
     ("massive_k_total", "massive K channels (total)", False),
     ("massive_v_total", "massive V channels (total)", False),
     ("massive_q_gini", "Gini of Q norms (mean layer)", False),
-    ("sink_rate", "sink rate (τ = 0.3)", False),
+    ("sink_rate", f"sink rate (τ = {DEFAULT_TAU:g})", False),
     ("max_bos_ratio", "max BOS ratio", True),
     ("spike_layer", "BOS spike layer (argmax)", False),
     ("bos_mlp_ppl_factor", "BOS-MLP ablation ppl factor", True),
