@@ -15,11 +15,14 @@ from drope_lens.errors import (
     UnsupportedModelError,
 )
 from drope_lens.options import (
+    BosAblationOptions,
     ContextOptions,
     DisruptionOptions,
     MassiveOptions,
+    MeanReplacementOptions,
     PhaseOptions,
     TaskOptions,
+    TrackOptions,
 )
 
 __version__ = "0.1.0"
@@ -33,7 +36,7 @@ __all__ = [
     "UnsupportedModelError", "DropeLensConfig", "ModelPair", "TokenBatch", "encode",
     "load_embedded", "load_hooked", "load_pair", "to_nope",
     "explicit_attention", "MassiveOptions", "DisruptionOptions", "PhaseOptions", "TaskOptions",
-    "ContextOptions",
+    "ContextOptions", "MeanReplacementOptions", "BosAblationOptions", "TrackOptions",
 ]
 
 
