@@ -27,15 +27,13 @@ examples:
 
 
 def add_parser(sub) -> None:
-    from drope_lens.recalibrate.recipe import DTYPES, SCHEDULES, VARIANTS, Recipe
-
-    from drope_lens.recalibrate.train import default_run_dir
+    from drope_lens.recalibrate.recipe import DTYPES, SCHEDULES, VARIANTS, Recipe, run_dir_name
 
     d = Recipe()
     tokens = d.total_steps * d.tokens_per_step
     epilog = EPILOG.format(steps=d.total_steps, batch=d.batch_size, seq=d.seq_len, tokens=tokens,
                            minutes=tokens / IDLE_TOKENS_PER_S / 60, every=d.save_every,
-                           cache=f"recalibrated/{default_run_dir(d.variant).name}")
+                           cache=f"recalibrated/{run_dir_name(d.variant)}")
     p = sub.add_parser("recalibrate", help=HELP, description=HELP + ".", epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rope", metavar="ID_OR_DIR", help="RoPE model to recalibrate (default: embedded SmolLM2-135M)")

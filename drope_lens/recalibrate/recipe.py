@@ -132,3 +132,13 @@ class Recipe:
         if self.kl_weight:
             s += f", KL-to-RoPE {self.kl_weight:g} (not DroPE's recipe)"
         return s
+
+
+#: Cached runs of the embedded model: ``$DROPE_LENS_CACHE/recalibrated/<CACHE_PREFIX><variant>-<budget>tok``.
+CACHE_PREFIX = "smollm2-135m-instruct-"
+
+
+def run_dir_name(variant: str = "nope", recipe: Optional[Recipe] = None) -> str:
+    """The cache folder name of an embedded-model run (``recipe=None``: the default recipe of ``variant``)."""
+    recipe = recipe or Recipe(variant=variant)
+    return f"{CACHE_PREFIX}{variant}-{recipe.total_steps * recipe.tokens_per_step}tok"

@@ -27,14 +27,11 @@ from drope_lens.errors import DropeLensInputError
 from drope_lens.recalibrate import checkpoint as ck
 from drope_lens.recalibrate.blocks import BlockSplit, check_disjoint, make_split
 from drope_lens.recalibrate.corpus import documents_fingerprint, load_documents
-from drope_lens.recalibrate.recipe import Recipe
+from drope_lens.recalibrate.recipe import CACHE_PREFIX, Recipe, run_dir_name  # noqa: F401  (CACHE_PREFIX re-exported)
 
 RUN_FILE = "recalibrate.json"
 LOG_FILE = "train_log.jsonl"
 HELDOUT_FILE = "heldout.safetensors"
-
-
-CACHE_PREFIX = "smollm2-135m-instruct-"
 
 
 def default_run_dir(variant: str = "nope", recipe: Optional[Recipe] = None) -> Path:
@@ -43,9 +40,7 @@ def default_run_dir(variant: str = "nope", recipe: Optional[Recipe] = None) -> P
     ``variant``), so runs of different budgets never share a folder."""
     from drope_lens.loading.embedded import cache_root
 
-    recipe = recipe or Recipe(variant=variant)
-    budget = recipe.total_steps * recipe.tokens_per_step
-    return cache_root() / "recalibrated" / f"{CACHE_PREFIX}{variant}-{budget}tok"
+    return cache_root() / "recalibrated" / run_dir_name(variant, recipe)
 
 
 @dataclass
