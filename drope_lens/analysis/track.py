@@ -36,24 +36,8 @@ import torch
 
 from drope_lens.errors import DropeLensInputError
 
-METRIC_GROUPS = ("ppl", "massive", "sinks", "bos", "disruption", "passkey")
-DEFAULT_METRICS = METRIC_GROUPS
-
-
-@dataclass(frozen=True)
-class TrackSizes:
-    """How much each metric group measures per checkpoint -- the one place these sizes live (the
-    defaults of :func:`track` and of ``drope-lens track``). Sized so that every group on the
-    embedded model takes well under 2 min per checkpoint on 2 idle CPU cores (README: measured)."""
-
-    max_length: int = 256  # massive/sinks/bos/disruption texts cut at this many tokens
-    heldout_blocks: int = 16  # ppl: held-out blocks of the run (16 x 256 tokens)
-    n_seeds: int = 2  # disruption: seeded random-channel controls
-    passkey_n: int = 8  # passkey prompts
-    passkey_length: int = 256  # passkey prompt length in tokens
-
-
-SIZES = TrackSizes()
+from drope_lens.options import DEFAULT_METRICS, METRIC_GROUPS, check_metrics  # noqa: E402,F401  (re-exported)
+from drope_lens.options import TRACK_SIZES as SIZES  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -66,14 +50,6 @@ class TrackPoint:
     step: Optional[int] = None
     tokens: Optional[int] = None
     heldout: Optional[str] = None  # held-out token file of the run, if known
-
-
-def check_metrics(metrics: Union[str, Sequence[str]]) -> tuple[str, ...]:
-    items = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
-    bad = [m for m in items if m not in METRIC_GROUPS]
-    if bad or not items:
-        raise DropeLensInputError(f"--metrics: unknown {bad or 'empty list'}; choose from {','.join(METRIC_GROUPS)}")
-    return tuple(dict.fromkeys(items))
 
 
 def checkpoint_points(paths: Sequence[Union[str, os.PathLike]], *, include_rope: bool = True) -> list[TrackPoint]:

@@ -20,6 +20,7 @@ from drope_lens.errors import DropeLensInputError
 
 VARIANTS = ("nope", "qk_norm_nope")
 SCHEDULES = ("constant", "cosine")
+CACHE_PREFIX = "smollm2-135m-instruct-"  # cached runs of the embedded model
 DTYPES = ("float32", "bfloat16")  # fp16 would need loss scaling; DroPE trains in bf16
 
 
@@ -124,6 +125,10 @@ class Recipe:
         d = self.to_dict()
         d.pop("save_every")
         return d
+
+    def cache_name(self) -> str:
+        """The cache folder of this recipe's run of the embedded model (variant and token budget)."""
+        return f"{CACHE_PREFIX}{self.variant}-{self.total_steps * self.tokens_per_step}tok"
 
     def describe(self) -> str:
         """Short label, e.g. ``nope, lr 1e-04 cosine, 256x4x1 tokens/step, seed 0``."""

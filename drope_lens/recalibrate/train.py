@@ -34,18 +34,13 @@ LOG_FILE = "train_log.jsonl"
 HELDOUT_FILE = "heldout.safetensors"
 
 
-CACHE_PREFIX = "smollm2-135m-instruct-"
-
-
 def default_run_dir(variant: str = "nope", recipe: Optional[Recipe] = None) -> Path:
     """Where a run of the embedded model is cached: ``$DROPE_LENS_CACHE/recalibrated/`` +
     ``smollm2-135m-instruct-<variant>-<token budget>tok`` (``recipe=None``: the default recipe of
     ``variant``), so runs of different budgets never share a folder."""
     from drope_lens.loading.embedded import cache_root
 
-    recipe = recipe or Recipe(variant=variant)
-    budget = recipe.total_steps * recipe.tokens_per_step
-    return cache_root() / "recalibrated" / f"{CACHE_PREFIX}{variant}-{budget}tok"
+    return cache_root() / "recalibrated" / (recipe or Recipe(variant=variant)).cache_name()
 
 
 @dataclass
