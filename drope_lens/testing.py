@@ -1,10 +1,28 @@
-"""Tiny Llama-family models and references built offline for the tests."""
+"""Tiny Llama-family models and known-answer models for tests, built offline (no hub access).
+
+Use them in your own tests the way drope_lens's tests do::
+
+    from drope_lens.testing import TINY_TEXTS, plant_channels, tiny_hooked
+
+    model = plant_channels(tiny_hooked(), {"q": [(0, 1, 5)]})   # one massive Q channel, known in advance
+    assert detect_massive(model, list(TINY_TEXTS)).top_channels("q")[0]["dim"] == 5
+
+* :func:`tiny_tokenizer`, :func:`tiny_config`, :func:`tiny_llama` (HF ``LlamaForCausalLM``, GQA by
+  default, ``gqa=False`` for MHA), :func:`tiny_hooked` (the same as a drope_lens ``HookedTransformer``,
+  RoPE or NoPE);
+* :func:`save_drope_checkpoint` / :func:`tiny_drope_checkpoint`: a folder in SakanaAI's DroPE format
+  (``model_type: llama_drope``, ``attention_type``, ``softmax_scale``, q/k norm gains), what
+  ``load_hooked`` reads; :func:`hf_nope_reference` is the matching plain-HF reference;
+* known answers: :func:`plant_channels` (massive channels where you put them),
+  :func:`analytic_sink_model` (attention to BOS in closed form).
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -23,7 +41,7 @@ WORDS = (
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_tokenizer():
+def tiny_tokenizer() -> Any:
     """A word-level fast tokenizer (BOS/EOS/PAD/UNK + ~180 words), built without any download."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -37,11 +55,11 @@ def tiny_tokenizer():
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
-    return _round_trip(fast)
+    return round_trip_tokenizer(fast)
 
 
-def _round_trip(tok):
-    """Save and reload: TransformerLens re-opens tokenizers from their ``name_or_path``."""
+def round_trip_tokenizer(tok: Any) -> Any:
+    """Save to a temporary folder and reload: TransformerLens re-opens tokenizers from their ``name_or_path``."""
     import tempfile
 
     from transformers import AutoTokenizer
@@ -51,7 +69,9 @@ def _round_trip(tok):
     return AutoTokenizer.from_pretrained(path)
 
 
-def tiny_config(**kw):
+def tiny_config(*, gqa: bool = True, **kw: Any) -> Any:
+    """A 2-layer Llama config for :func:`tiny_tokenizer`: d_model 64, 4 heads of 24 dims (``head_dim`` !=
+    d_model / heads), 2 KV heads (``gqa=False``: 4, MHA); ``kw`` overrides any ``LlamaConfig`` field."""
     from transformers import LlamaConfig
 
     tok_vocab = len(tiny_tokenizer())
@@ -71,15 +91,18 @@ def tiny_config(**kw):
         eos_token_id=2,
         pad_token_id=3,
     )
+    if not gqa:
+        base["num_key_value_heads"] = base["num_attention_heads"]
     base.update(kw)
     return LlamaConfig(**base)
 
 
-def tiny_llama(seed: int = 0, **kw):
+def tiny_llama(seed: int = 0, *, gqa: bool = True, **kw: Any) -> Any:
+    """A seeded random HF ``LlamaForCausalLM`` (eval mode) with :func:`tiny_config` (``gqa``, ``kw``)."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_config(**kw)).eval()
+    model = LlamaForCausalLM(tiny_config(gqa=gqa, **kw)).eval()
     with torch.no_grad():  # larger weights than the default init, so the models are not trivial
         for p in model.parameters():
             if p.ndim == 2:
@@ -87,7 +110,20 @@ def tiny_llama(seed: int = 0, **kw):
     return model
 
 
-def hf_nope_reference(hf_model, softmax_scale=None, q_norms=None, k_norms=None):
+def tiny_hooked(seed: int = 0, *, position_encoding: str = "rope", tokenizer: Any = None, **kw: Any) -> Any:
+    """:func:`tiny_llama` as a drope_lens ``HookedTransformer`` (``position_encoding`` ``"rope"`` or ``"nope"``)."""
+    from drope_lens.loading import hooked_from_hf
+
+    tok = tiny_tokenizer() if tokenizer is None else tokenizer
+    return hooked_from_hf(tiny_llama(seed, **kw), tok, position_encoding=position_encoding)
+
+
+def hf_nope_reference(
+    hf_model: Any,
+    softmax_scale: Optional[float] = None,
+    q_norms: Optional[Sequence[torch.Tensor]] = None,
+    k_norms: Optional[Sequence[torch.Tensor]] = None,
+) -> Any:
     """Patch an HF Llama in place into the DroPE reference: identity rotation, scale, q/k norms."""
     hf_model.model.rotary_emb = IdentityRotary(hf_model.model.rotary_emb)
     for i, layer in enumerate(hf_model.model.layers):
@@ -104,7 +140,7 @@ def hf_nope_reference(hf_model, softmax_scale=None, q_norms=None, k_norms=None):
     return hf_model
 
 
-def save_drope_checkpoint(hf_model, tokenizer, path: Path, **drope_fields) -> Path:
+def save_drope_checkpoint(hf_model: Any, tokenizer: Any, path: Path, **drope_fields: Any) -> Path:
     """Save ``hf_model`` in SakanaAI's DroPE format: model_type llama_drope + remote-code auto_map."""
     hf_model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
@@ -120,7 +156,9 @@ def save_drope_checkpoint(hf_model, tokenizer, path: Path, **drope_fields) -> Pa
     return path
 
 
-def analytic_sink_model(tokenizer, bos_logits, *, bos_scale: float = 3.0):
+def analytic_sink_model(
+    tokenizer: Any, bos_logits: Sequence[Sequence[float]], *, bos_scale: float = 3.0
+) -> tuple[Any, int]:
     """A NoPE HookedTransformer whose attention to position 0 is known in closed form.
 
     ``bos_logits[layer][head] = b``: every query's score for the BOS key is ``b`` and for any other
@@ -158,8 +196,8 @@ def analytic_sink_model(tokenizer, bos_logits, *, bos_scale: float = 3.0):
     return model, bos
 
 
-# --- massive-values helpers (test_channels / test_massive / test_disruption) -------------------
-TINY_TEXTS = (
+# --- massive values ---------------------------------------------------------------------------
+TINY_TEXTS = (  # five texts in :func:`tiny_tokenizer`'s vocabulary
     "the cat saw a dog in the city and the dog ran to the river",
     "one two three four five six seven eight nine ten one two three four",
     "paris is in france . rome is in italy . tokyo is in japan",
@@ -168,7 +206,7 @@ TINY_TEXTS = (
 )
 
 
-def plant_channels(model, plants, scale: float = 40.0):
+def plant_channels(model: Any, plants: Mapping[str, Sequence[tuple[int, int, int]]], scale: float = 40.0) -> Any:
     """Scale the projection columns of the given ``{tensor: [(layer, head, dim), ...]}`` channels.
 
     Q uses ``W_Q[head]``; K and V use the KV-head weights ``_W_K`` / ``_W_V`` when the model has GQA.
@@ -184,71 +222,47 @@ def plant_channels(model, plants, scale: float = 40.0):
     return model
 
 
-EMBEDDED_TEXTS = (
-    "Paris is the capital of France. It has many museums and a famous iron tower.",
-    "The river flows past the old mill.",
-    "def add(a, b):\n    return a + b  # a tiny function with a comment",
-)
+def tiny_drope_checkpoint(
+    path: Path,
+    *,
+    attention_type: str = "qk_norm_nope",
+    softmax_scale: Optional[float] = 0.07,
+    gain_seed: Optional[int] = 0,
+    seed: int = 5,
+    tokenizer: Any = None,
+    **kw: Any,
+) -> Path:
+    """Save a tiny random DroPE checkpoint in SakanaAI's format to ``path`` and return it.
 
-
-@functools.lru_cache(maxsize=4)
-def embedded_phase_case(model, hf):
-    """Shared by the slow phase tests: TL profiles of EMBEDDED_TEXTS (one padded batch) and HF
-    references per unpadded text (fp32 eager attentions, hidden states, raw last residual)."""
-    from drope_lens.analysis.profile_pass import phase_profile
-    from drope_lens.loading import encode
-
-    batch = encode(model.tokenizer, list(EMBEDDED_TEXTS))
-    resid = phase_profile(model, batch, batch_size=len(batch))
-    final = phase_profile(model, batch, batch_size=len(batch), last_layer="final_norm")
-    refs = []
-    for i, n in enumerate(batch.lengths.tolist()):
-        grabbed = {}
-
-        def grab(module, args, out):
-            grabbed["last"] = out[0] if isinstance(out, tuple) else out
-
-        handle = hf.model.layers[-1].register_forward_hook(grab)
-        try:
-            with torch.no_grad():
-                out = hf(batch.tokens[i : i + 1, :n], output_attentions=True, output_hidden_states=True)
-        finally:
-            handle.remove()
-        hidden = [h[0].double() for h in out.hidden_states]
-        refs.append({
-            "attentions": [a[0].double() for a in out.attentions],  # [head, q, k] per layer
-            "hidden": hidden,  # [0] embeddings, [l+1] after block l, [-1] final norm output
-            "last_raw": grabbed["last"].reshape(hidden[-1].shape).double(),
-        })
-    return batch, resid, final, refs
-
-
-def hf_nope_twin(hf):
-    """Cached HF NoPE reference (identity rotary) of ``hf`` (a deep copy; ``hf`` is untouched)."""
-    return _hf_nope_twin(hf)
-
-
-@functools.lru_cache(maxsize=2)
-def _hf_nope_twin(hf):
-    import copy
-
-    return hf_nope_reference(copy.deepcopy(hf))
-
-
-def qk_norm_drope_model(tokenizer, path: Path, *, gain_seed: int):
-    """A tiny ``qk_norm_nope`` DroPE checkpoint (softmax_scale 0.07) with random q/k norm gains, loaded."""
-    import torch
+    ``attention_type`` is any DroPE variant (``nope``, ``qk_norm_nope``, ``q_norm_nope``, ``k_norm_nope``);
+    the q/k norm variants get RMSNorm gains drawn uniformly in [0, 3) from ``gain_seed`` (``None``: the
+    all-ones gains the variant starts from). ``kw`` goes to :func:`tiny_llama` (e.g. ``gqa=False``).
+    """
     from safetensors.torch import load_file, save_file
 
-    from drope_lens.loading import load_hooked
-
-    hf = tiny_llama(seed=5)
-    path = save_drope_checkpoint(hf, tokenizer, path, attention_type="qk_norm_nope", softmax_scale=0.07)
-    g = torch.Generator().manual_seed(gain_seed)
+    tok = tiny_tokenizer() if tokenizer is None else tokenizer
+    hf = tiny_llama(seed=seed, **kw)
+    fields: dict = {"attention_type": attention_type}
+    if softmax_scale is not None:
+        fields["softmax_scale"] = softmax_scale
+    path = save_drope_checkpoint(hf, tok, Path(path), **fields)
+    norms = [n for n in ("q", "k") if attention_type in (f"{n}_norm_nope", "qk_norm_nope")]
+    if not norms:
+        return path
+    g = torch.Generator().manual_seed(gain_seed) if gain_seed is not None else None
     sd = load_file(str(path / "model.safetensors"))
     c = hf.config
+    width = {"q": c.num_attention_heads * c.head_dim, "k": c.num_key_value_heads * c.head_dim}
     for i in range(c.num_hidden_layers):
-        sd[f"model.layers.{i}.self_attn.q_norm.weight"] = torch.rand(c.num_attention_heads * c.head_dim, generator=g) * 3
-        sd[f"model.layers.{i}.self_attn.k_norm.weight"] = torch.rand(c.num_key_value_heads * c.head_dim, generator=g) * 3
+        for n in norms:
+            gain = torch.ones(width[n]) if g is None else torch.rand(width[n], generator=g) * 3
+            sd[f"model.layers.{i}.self_attn.{n}_norm.weight"] = gain
     save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
-    return load_hooked(path)
+    return path
+
+
+def qk_norm_drope_model(tokenizer: Any, path: Path, *, gain_seed: int) -> Any:
+    """A tiny ``qk_norm_nope`` DroPE checkpoint (softmax_scale 0.07) with random q/k norm gains, loaded."""
+    from drope_lens.loading import load_hooked
+
+    return load_hooked(tiny_drope_checkpoint(path, gain_seed=gain_seed, tokenizer=tokenizer))
