@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import hf_nope_reference, tiny_llama
+from drope_lens.testing import hf_nope_reference, tiny_llama
 
 from drope_lens.analysis.context import (
     ContextExperiment,

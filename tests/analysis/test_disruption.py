@@ -14,7 +14,7 @@ from drope_lens.analysis.perplexity import perplexity
 from drope_lens.hooks.selection import random_control
 from drope_lens.hooks.zeroing import zero_channel_hooks
 from drope_lens.loading import hooked_from_hf, to_nope
-from helpers import TINY_TEXTS, plant_channels, tiny_llama
+from drope_lens.testing import TINY_TEXTS, plant_channels, tiny_llama
 
 PLANTS = {"q": [(0, 1, 4), (1, 0, 2), (1, 3, 9)], "k": [(0, 0, 9), (1, 1, 3)]}
 IDENTIFY = list(TINY_TEXTS[:3])

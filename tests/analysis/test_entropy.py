@@ -6,7 +6,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import analytic_sink_model, embedded_phase_case, hf_nope_twin
+from drope_lens.testing import analytic_sink_model
+from tests.support import embedded_phase_case, hf_nope_twin
 
 from drope_lens.analysis.entropy import spectrum_metrics
 from drope_lens.analysis.profile_pass import phase_profile

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import EMBEDDED_TEXTS, TINY_TEXTS, analytic_sink_model, tiny_llama
+from drope_lens.testing import TINY_TEXTS, analytic_sink_model, tiny_llama
+from tests.support import EMBEDDED_TEXTS
 
 from drope_lens.analysis.bos_write import bos_v_ablation_hooks, bos_write, bos_write_experiment, bos_write_from
 from drope_lens.analysis.head_classes import CLASSES, classify_heads, head_classes, pattern_metrics

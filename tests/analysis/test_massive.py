@@ -10,7 +10,7 @@ import torch
 from drope_lens.analysis.massive import detect_massive, gini, massive_mask, top_share
 from drope_lens.analysis.rotary import band_of, rotary_bands, rotary_frequencies
 from drope_lens.loading import hooked_from_hf, to_nope
-from helpers import TINY_TEXTS, plant_channels, tiny_llama
+from drope_lens.testing import TINY_TEXTS, plant_channels, tiny_llama
 
 PLANTS = {
     "q": [(0, 0, 3), (0, 2, 10), (1, 1, 5), (1, 3, 20)],

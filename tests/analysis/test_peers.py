@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_TEXTS, analytic_sink_model, plant_channels, tiny_llama
+from drope_lens.testing import TINY_TEXTS, analytic_sink_model, plant_channels, tiny_llama
 
 from drope_lens.analysis.massive import detect_massive
 from drope_lens.analysis.peers import concentration, key_importance, key_importance_from, massive_similarity

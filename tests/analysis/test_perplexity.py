@@ -10,7 +10,7 @@ from drope_lens.analysis.perplexity import perplexity
 from drope_lens.data.texts import GENRES, builtin_split, builtin_texts, load_hf_texts, load_text_file
 from drope_lens.errors import NonFiniteError
 from drope_lens.loading import hooked_from_hf
-from helpers import TINY_TEXTS, tiny_llama
+from drope_lens.testing import TINY_TEXTS, tiny_llama
 
 
 def hf_ppl(hf, tokenizer, texts):

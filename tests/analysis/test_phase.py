@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import tiny_llama
+from drope_lens.testing import tiny_llama
 
 from drope_lens.analysis.profile import PhaseProfile
 from drope_lens.hooks.conditions import condition_hooks

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import EMBEDDED_TEXTS, TINY_TEXTS, tiny_llama
+from drope_lens.testing import TINY_TEXTS, tiny_llama
+from tests.support import EMBEDDED_TEXTS
 
 from drope_lens.analysis.perplexity import perplexity
 from drope_lens.analysis.residual import (

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import analytic_sink_model, embedded_phase_case, hf_nope_twin, tiny_llama
+from drope_lens.testing import analytic_sink_model, tiny_llama
+from tests.support import embedded_phase_case, hf_nope_twin
 
 from drope_lens import NonFiniteError
 from drope_lens.analysis import sinks

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_TEXTS, analytic_sink_model, qk_norm_drope_model, tiny_llama
+from drope_lens.testing import TINY_TEXTS, analytic_sink_model, qk_norm_drope_model, tiny_llama
 
 from drope_lens.hooks.conditions import condition_hooks
 from drope_lens.analysis.interventions import phase_experiment

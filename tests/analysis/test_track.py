@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from tests.test_recalibrate import _recipe, rope_dir, toy_data  # noqa: F401  (fixtures)
+from tests.recalibrate.test_recalibrate import _recipe, rope_dir, toy_data  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
-from benchmarks import report_table as rt  # noqa: E402
+from benchmarks import report_table as rt
 
 
 def _sec(t, mem=None, passes=1, status="ok"):
@@ -179,7 +177,7 @@ def test_study_parsers():
 
 def test_study_detection_agrees_with_drope_lens(tokenizer):
     """The baseline measures the same thing: per-text massive counts equal drope_lens's."""
-    from helpers import TINY_TEXTS, plant_channels, tiny_llama
+    from drope_lens.testing import TINY_TEXTS, plant_channels, tiny_llama
 
     from benchmarks import study_way
     from drope_lens.analysis.massive import detect_massive
@@ -216,7 +214,7 @@ def test_llama2_shaped_path_on_cpu_with_a_tiny_shape():
 
 
 def test_llama2_shaped_refused_on_cpu_by_the_cli():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--model", "llama2-7b-shaped",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--model", "llama2-7b-shaped",
                            "--device", "cpu", "--cases", "detection", "--no-readme", "--out", "/dev/null"],
                           capture_output=True, text=True, cwd=str(ROOT), timeout=300)
     assert proc.returncode == 2
@@ -229,7 +227,7 @@ def test_quick_tiny_run_writes_well_formed_json(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{rt.RESULTS_START}\nold\n{rt.RESULTS_END}\n")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--model", "tiny", "--cases", "detection",
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--model", "tiny", "--cases", "detection",
          "--out", str(out), "--readme", str(readme), "--threads", "1"],
         capture_output=True, text=True, cwd=str(ROOT), timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

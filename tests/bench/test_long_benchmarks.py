@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from helpers import TINY_TEXTS, tiny_llama
+from drope_lens.testing import TINY_TEXTS, tiny_llama
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks import long_cases
 
-from benchmarks import long_cases  # noqa: E402
-
-from drope_lens.analysis.perplexity import perplexity  # noqa: E402
-from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks  # noqa: E402
-from drope_lens.loading import encode, hooked_from_hf  # noqa: E402
+from drope_lens.analysis.perplexity import perplexity
+from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks
+from drope_lens.loading import encode, hooked_from_hf
 
 
 def test_jin_peer_equals_drope_lens_mean_replacement(tokenizer):

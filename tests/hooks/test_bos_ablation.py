@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import tiny_llama
+from drope_lens.testing import tiny_llama
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from drope_lens.hooks.bos import bos_mlp_ablation_hooks, mlp_out_mean

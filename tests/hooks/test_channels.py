@@ -10,7 +10,7 @@ from drope_lens.hooks.selection import ChannelSelection, random_control
 from drope_lens.hooks.mean_replacement import mean_replace, qk_mean_replacement_hooks
 from drope_lens.hooks.zeroing import zero_channel_hooks
 from drope_lens.loading import hooked_from_hf, to_nope
-from helpers import TINY_TEXTS, plant_channels, tiny_llama
+from drope_lens.testing import TINY_TEXTS, plant_channels, tiny_llama
 
 PLANTS = {"q": [(0, 1, 4), (1, 0, 2), (1, 2, 17)], "k": [(0, 0, 9), (1, 1, 3)]}
 

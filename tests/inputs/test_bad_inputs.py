@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import save_drope_checkpoint, tiny_llama, tiny_tokenizer
+from drope_lens.testing import save_drope_checkpoint, tiny_llama, tiny_tokenizer
 
 import drope_lens.loading
 import drope_lens.loading.embedded

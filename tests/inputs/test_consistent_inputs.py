@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import tiny_llama
+from drope_lens.testing import tiny_llama
 
 from drope_lens.loading.forward import to_batch
 from drope_lens.loading import hooked_from_hf

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import qk_norm_drope_model, tiny_llama, tiny_tokenizer
+from drope_lens.testing import qk_norm_drope_model, tiny_llama, tiny_tokenizer
 
 import drope_lens as dl
 from drope_lens.errors import NonFiniteError

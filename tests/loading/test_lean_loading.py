@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from helpers import save_drope_checkpoint, tiny_llama, tiny_tokenizer
+from drope_lens.testing import save_drope_checkpoint, tiny_llama, tiny_tokenizer
 
 from drope_lens.loading import load_hooked, load_pair, to_nope
 from drope_lens.loading.layout import _RULES
@@ -134,7 +134,7 @@ def test_to_nope_inplace_equals_copy_and_shares_memory(tmp_path):
 
 @pytest.fixture(scope="module")
 def planted_models(tokenizer):
-    from helpers import plant_channels
+    from drope_lens.testing import plant_channels
 
     from drope_lens.loading import hooked_from_hf
 
@@ -277,7 +277,7 @@ def test_memory_benchmark_tiny(tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "mem.json"
     proc = subprocess.run([sys.executable, str(root / "benchmarks" / "memory.py"), "--tiny", "--out", str(out)],
                           capture_output=True, text=True, cwd=str(root), timeout=600)
@@ -296,7 +296,7 @@ def test_gpu_script_tiny_rehearsal(tmp_path):
     import subprocess
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, DROPE_GPU_TINY="1", DROPE_GPU_OUT=str(tmp_path), PYTHON=__import__("sys").executable)
     proc = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh")], capture_output=True, text=True,
                           cwd=str(root), env=env, timeout=1500)

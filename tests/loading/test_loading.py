@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from helpers import hf_nope_reference, save_drope_checkpoint, tiny_llama, tiny_tokenizer
+from drope_lens.testing import hf_nope_reference, save_drope_checkpoint, tiny_llama, tiny_tokenizer
 
 from drope_lens import (
     InputTooLongError,
@@ -171,7 +171,7 @@ def test_pair_rejects_tokenizer_mismatch(tokenizer):
     vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "the", "dog", "cat"])}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    from helpers import _round_trip
+    from drope_lens.testing import round_trip_tokenizer as _round_trip
 
     other = _round_trip(PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>"))
     b = to_nope(hooked_from_hf(tiny_llama(), other))

@@ -3,7 +3,7 @@ hook with the same tensor and honours a bias that is not zero."""
 
 import pytest
 import torch
-from helpers import TINY_TEXTS, tiny_llama
+from drope_lens.testing import TINY_TEXTS, tiny_llama
 from transformer_lens.components import Unembed
 from transformer_lens.components.mlps.gated_mlp import GatedMLP
 

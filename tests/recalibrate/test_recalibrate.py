@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.helpers import tiny_llama, tiny_tokenizer
+from drope_lens.testing import tiny_llama, tiny_tokenizer
 
 TOY = ("one two three four five six seven eight nine ten . " * 40).strip()
 

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from helpers import plant_channels, tiny_llama
+from drope_lens.testing import plant_channels, tiny_llama
 
 from drope_lens.loading import ModelPair, hooked_from_hf, to_nope
 from drope_lens.report import steps as report_steps

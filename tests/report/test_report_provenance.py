@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from helpers import tiny_llama
+from drope_lens.testing import tiny_llama
 
 import drope_lens
 from drope_lens.errors import ReportLockedError

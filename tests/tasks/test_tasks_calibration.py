@@ -19,7 +19,7 @@ TEMPLATE = "question : {q} answer :"
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
-    from helpers import tiny_llama
+    from drope_lens.testing import tiny_llama
 
     return hooked_from_hf(tiny_llama(seed=5), tokenizer)
 

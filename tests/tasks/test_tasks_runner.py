@@ -20,14 +20,14 @@ YES_NO = ("yes", "no")
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
-    from helpers import tiny_llama
+    from drope_lens.testing import tiny_llama
 
     return hooked_from_hf(tiny_llama(seed=5), tokenizer)
 
 
 @pytest.fixture(scope="module")
 def tiny_nope(tokenizer):
-    from helpers import tiny_llama
+    from drope_lens.testing import tiny_llama
 
     return hooked_from_hf(tiny_llama(seed=5), tokenizer, position_encoding="nope")
 

@@ -20,7 +20,7 @@ PROMPTS = ["the cat is in the house . answer :", "is paris in france ? answer :"
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
-    from helpers import tiny_llama
+    from drope_lens.testing import tiny_llama
 
     return hooked_from_hf(tiny_llama(seed=3), tokenizer)
 

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_llama
+from drope_lens.testing import tiny_llama
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
