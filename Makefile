@@ -47,7 +47,7 @@ test: setup
 	$(PY) -m pytest -q $(ARGS)
 
 benchmark: setup
-	$(PY) benchmarks/run.py $(ARGS)
+	$(PY) -m benchmarks.run $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
