@@ -2,10 +2,11 @@
 
 Use them in your own tests the way drope_lens's tests do::
 
+    from drope_lens.analysis import detect_massive
     from drope_lens.testing import TINY_TEXTS, plant_channels, tiny_hooked
 
     model = plant_channels(tiny_hooked(), {"q": [(0, 1, 5)]})   # one massive Q channel, known in advance
-    assert detect_massive(model, list(TINY_TEXTS)).top_channels("q")[0]["dim"] == 5
+    assert detect_massive(model, list(TINY_TEXTS)).top_channels("q", n=1)[0]["dim"] == 5
 
 * :func:`tiny_tokenizer`, :func:`tiny_config`, :func:`tiny_llama` (HF ``LlamaForCausalLM``, GQA by
   default, ``gqa=False`` for MHA), :func:`tiny_hooked` (the same as a drope_lens ``HookedTransformer``,
