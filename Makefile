@@ -13,7 +13,7 @@ STAMP       := $(VENV)/.drope-lens-installed
 CONSTRAINTS := $(VENV)/constraints.txt
 ARGS        ?=
 
-.PHONY: setup report test quick-report benchmark clean-venv corpus recalibrate
+.PHONY: setup report test quick-report benchmark clean-venv corpus recalibrate notebooks
 
 setup: $(STAMP)
 
@@ -45,6 +45,10 @@ quick-report: setup
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)
+
+# the notebooks' single source is notebooks/*.py (jupytext percent scripts); this writes .ipynb beside them (not committed)
+notebooks: setup
+	$(PY) -m jupytext --to ipynb notebooks/*.py
 
 benchmark: setup
 	$(PY) -m benchmarks.run $(ARGS)
