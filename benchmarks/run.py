@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from benchmarks import report_table
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-
-from benchmarks import report_table
 
 ALL_CASES = ("detection", "disruption", "phase", "sinks", "tasks", "report", "scaling")
 #: Long-context cases (benchmarks/long_cases.py), run only when named in --cases.

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
 from benchmarks import report_table as rt
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sec(t, mem=None, passes=1, status="ok"):
