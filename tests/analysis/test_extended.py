@@ -182,7 +182,7 @@ def test_layer_ablation_tasks_run_under_each_condition(model):
     Independent reference: the margins of a plain ``run_tasks`` call with the same hooks as a
     hand-made condition; the baseline equals a hook-free ``run_tasks``.
     """
-    from test_tasks_runner import tiny_tasks
+    from tests.tasks.test_tasks_runner import tiny_tasks
 
     from drope_lens.tasks import run_tasks
     from drope_lens.tasks.conditions import Condition
