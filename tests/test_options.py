@@ -88,7 +88,7 @@ def test_cli_defaults_come_from_the_options():
 def test_options_object_and_keywords_give_the_same_result(tokenizer):
     from drope_lens.analysis.massive import detect_massive
     from drope_lens.loading import hooked_from_hf
-    from helpers import TINY_TEXTS, tiny_llama
+    from drope_lens.testing import TINY_TEXTS, tiny_llama
 
     model = hooked_from_hf(tiny_llama(seed=3), tokenizer)
     a = detect_massive(model, list(TINY_TEXTS), MassiveOptions(threshold=2.0, scope="head", tensors=("q", "k")))
