@@ -13,7 +13,7 @@ STAMP       := $(VENV)/.drope-lens-installed
 CONSTRAINTS := $(VENV)/constraints.txt
 ARGS        ?=
 
-.PHONY: setup report test quick-report benchmark clean-venv corpus recalibrate
+.PHONY: setup report test quick-report benchmark clean-venv corpus recalibrate notebooks
 
 setup: $(STAMP)
 
@@ -47,8 +47,12 @@ quick-report: setup
 test: setup
 	$(PY) -m pytest -q $(ARGS)
 
+# the notebooks' single source is notebooks/*.py (jupytext percent scripts); this writes .ipynb beside them (not committed)
+notebooks: setup
+	$(PY) -m jupytext --to ipynb notebooks/*.py
+
 benchmark: setup
-	$(PY) benchmarks/run.py $(ARGS)
+	$(PY) -m benchmarks.run $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -17,15 +17,11 @@ Sections:
 from __future__ import annotations
 
 import functools
-import importlib
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL_KINDS = ("embedded", "tiny", "llama2-7b-shaped", "llama2-shaped-tiny")
 #: random-weight, tokenizer-less Llama-2-shaped pairs: the GPU run and its CPU rehearsal (same code path)
 LLAMA2_KINDS = ("llama2-7b-shaped", "llama2-shaped-tiny")
@@ -65,13 +61,6 @@ class Models:
         return sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20
 
 
-def _tests_helpers():
-    tests = str(ROOT / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    return importlib.import_module("helpers")
-
-
 def _hf_nope(hf):
     from drope_lens.loading.parity import IdentityRotary
 
@@ -88,7 +77,7 @@ def load_models(kind: str, device: str = "cpu") -> Models:
     if kind == "llama2-shaped-tiny":
         return load_llama2_shaped(device, LLAMA2_TINY_SHAPE, allow_cpu=True)
     if kind == "tiny":
-        helpers = _tests_helpers()
+        from drope_lens import testing as helpers
         from drope_lens.loading import hooked_from_hf, to_nope
 
         tok = helpers.tiny_tokenizer()
@@ -203,7 +192,9 @@ class Workload:
 
 def _source_words(models: Models) -> str:
     if models.kind == "tiny":
-        return " . ".join(_tests_helpers().TINY_TEXTS)
+        from drope_lens.testing import TINY_TEXTS
+
+        return " . ".join(TINY_TEXTS)
     from drope_lens.data.texts import builtin_texts
 
     return "\n\n".join(builtin_texts())

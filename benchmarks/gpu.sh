@@ -24,6 +24,6 @@ fi
 echo "== [1/2] loading memory: Llama-shaped bf16 checkpoint on disk, old vs lean loader, offload =="
 timeout 240 $PY benchmarks/memory.py "${MEM_ARGS[@]}" --out "$OUT/results-gpu-memory.json"
 echo "== [2/2] Llama-2-shaped random bf16 pair: detection, phase, sinks, disruption (10 seeds), long inputs =="
-timeout 420 $PY benchmarks/run.py "${RUN_ARGS[@]}" --cases detection,phase,sinks,disruption,scaling --seeds 10 \
+timeout 420 $PY -m benchmarks.run "${RUN_ARGS[@]}" --cases detection,phase,sinks,disruption,scaling --seeds 10 \
     --scaling-texts 1 --repeat 1 --out "$OUT/results-gpu.json"
 echo "wrote $OUT/results-gpu.json, $OUT/results-gpu-memory.json (and, on the GPU, the README rows)"

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # this checkout's drope_lens
 SHAPES = {  # Llama-shaped; "default" is ~0.55B parameters
     "default": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=16,
                     num_attention_heads=12, num_key_value_heads=12, vocab_size=32000),
@@ -53,8 +52,7 @@ def write_checkpoint(folder: Path, shape: dict, seed: int = 0) -> int:
     import torch
     from safetensors.torch import save_file
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from helpers import tiny_tokenizer
+    from drope_lens.testing import tiny_tokenizer
 
     h, m, n = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
     d = h // shape["num_attention_heads"]

@@ -1,7 +1,7 @@
 """Pure logic of the benchmark: ratios, target verdicts, the Markdown table.
 
 Nothing here times anything or loads a model, so it is tested directly on synthetic numbers
-(``tests/test_benchmarks.py``). :mod:`benchmarks.run` feeds it the raw records it measured.
+(``tests/bench/test_benchmarks.py``). :mod:`benchmarks.run` feeds it the raw records it measured.
 
 A *case record* (one per case, as written to ``results.json``) looks like::
 

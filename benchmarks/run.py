@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """drope_lens benchmarks: time and memory of each analysis vs bare forwards and vs the study's way.
 
-    python benchmarks/run.py                  # everything, embedded pair, ~15 min on 2 CPU cores
-    python benchmarks/run.py --quick          # short smoke run (~3 min)
-    python benchmarks/run.py --cases detection,phase --repeat 3
-    python benchmarks/run.py --model llama2-7b-shaped --device cuda   # GPU only
+    python -m benchmarks.run                  # everything, embedded pair, ~15 min on 2 CPU cores
+    python -m benchmarks.run --quick          # short smoke run (~3 min)
+    python -m benchmarks.run --cases detection,phase --repeat 3
+    python -m benchmarks.run --model llama2-7b-shaped --device cuda   # GPU only
 
 Each case runs in a fresh child process (``--child CASE``) that loads the models, then times each
 section (best of ``--repeat``) and measures its peak memory above what the process held before it
@@ -31,12 +31,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from benchmarks import report_table
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import report_table  # noqa: E402
 
 ALL_CASES = ("detection", "disruption", "phase", "sinks", "tasks", "report", "scaling")
 #: Long-context cases (benchmarks/long_cases.py), run only when named in --cases.
@@ -333,7 +331,7 @@ def child_argv(args: argparse.Namespace, jobs: list[dict]) -> list[str]:
     vals = dict(model=args.model, device=args.device, n_texts=args.n_texts, seq_len=args.seq_len,
                 batch_size=args.batch_size, seeds=args.seeds, repeat=args.repeat, threads=args.threads,
                 roles=args.roles, heavy_repeat=args.heavy_repeat, task_n=args.task_n)
-    argv = [sys.executable, str(HERE / "run.py"), "--child", jobs[0]["case"], "--jobs", json.dumps(jobs)]
+    argv = [sys.executable, "-m", "benchmarks.run", "--child", jobs[0]["case"], "--jobs", json.dumps(jobs)]
     for k, v in vals.items():
         if v is None or v == "":
             continue
@@ -485,7 +483,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    command = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     payload: dict[str, Any] = {
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "command": command.strip(),
         "machine": machine_info(args.device), "repeat": args.repeat, "load_avg_start": load_avg(),

@@ -475,7 +475,7 @@ class TrackSizes(Options):
         return TrackSizes(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrackSizes)})
 
 
-SIZES = TrackSizes()
+SIZES = TRACK_SIZES = TrackSizes()
 
 
 @dataclass(frozen=True)
@@ -498,6 +498,6 @@ __all__ = [
     "LAST_LAYER_MODES", "ATTENTION_SOURCES", "TASKS", "SCORING", "FORMATS", "DEFAULT_THRESHOLD",
     "DEFAULT_TAU", "DEFAULT_GU_EPS", "DEFAULT_N", "REPORT_N", "QUICK_N", "scaled_n", "check_tensors",
     "check_conditions", "check_metrics", "check_task_protocol", "check_profile_options", "SINK_SOURCES", "PROFILE_FIELDS", "METRIC_GROUPS", "DEFAULT_METRICS",
-    "TrackSizes", "TrackOptions", "SIZES", "takes_options", "REPORT_CONTEXT",
+    "TrackSizes", "TrackOptions", "SIZES", "TRACK_SIZES", "takes_options", "REPORT_CONTEXT",
     "MeanReplacementOptions", "BosAblationOptions", "DECODE_MODES",
 ]

@@ -1,11 +1,8 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
@@ -16,7 +13,7 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from helpers import tiny_tokenizer
+    from drope_lens.testing import tiny_tokenizer
 
     return tiny_tokenizer()
 

@@ -90,7 +90,7 @@ def test_cli_defaults_come_from_the_options():
 def test_options_object_and_keywords_give_the_same_result(tokenizer):
     from drope_lens.analysis.massive import detect_massive
     from drope_lens.loading import hooked_from_hf
-    from helpers import TINY_TEXTS, tiny_llama
+    from drope_lens.testing import TINY_TEXTS, tiny_llama
 
     model = hooked_from_hf(tiny_llama(seed=3), tokenizer)
     a = detect_massive(model, list(TINY_TEXTS), MassiveOptions(threshold=2.0, scope="head", tensors=("q", "k")))
@@ -140,7 +140,7 @@ def _no_times(d):
 def test_run_tasks_options_object_and_keywords_give_the_same_result(tokenizer):
     from drope_lens.loading import hooked_from_hf
     from drope_lens.tasks.runner import run_pair_tasks, run_tasks
-    from helpers import tiny_llama
+    from drope_lens.testing import tiny_llama
 
     model = hooked_from_hf(tiny_llama(seed=3), tokenizer)
     kw = dict(tasks=("sports",), conditions=("baseline", "qk"), n=3, seed=2, scoring="calibrated")
@@ -197,7 +197,7 @@ def test_track_options_object_and_keywords_give_the_same_parts(tokenizer, tmp_pa
     from drope_lens.analysis.track import TrackPoint, track
     from drope_lens.loading import hooked_from_hf
     from drope_lens.options import TrackOptions, TrackSizes
-    from helpers import TINY_TEXTS, tiny_llama
+    from drope_lens.testing import TINY_TEXTS, tiny_llama
 
     monkeypatch.setattr(track_mod, "_load", lambda pt, dtype, device: hooked_from_hf(tiny_llama(seed=3), tokenizer))
     pts = [TrackPoint(name="a", path=str(tmp_path), role="drope", step=0, tokens=0)]
@@ -278,7 +278,7 @@ def test_intervention_options_object_and_keywords_give_the_same_hooks(tokenizer)
     from drope_lens.hooks.bos import bos_mlp_ablation_hooks
     from drope_lens.hooks.mean_replacement import mean_replacement_hooks, qk_mean_replacement_hooks
     from drope_lens.loading import hooked_from_hf
-    from helpers import TINY_TEXTS, tiny_llama
+    from drope_lens.testing import TINY_TEXTS, tiny_llama
 
     model = hooked_from_hf(tiny_llama(seed=3), tokenizer)
     texts = list(TINY_TEXTS)

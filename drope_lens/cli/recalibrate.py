@@ -12,7 +12,7 @@ IDLE_TOKENS_PER_S = 125  # the default recipe on 2 idle CPU cores, measured (REA
 EPILOG = """\
 With no arguments: the embedded SmolLM2-135M on the built-in corpus (3.36 M tokens: Gutenberg
 Shakespeare/Milton, Wikipedia sample, Jane Austen; `make corpus` fetches it), {steps} steps of
-{batch}x{seq} tokens ({tokens:,} tokens; about {minutes:.0f} min at the ~125 tokens/s of 2 idle CPU
+{batch}x{seq} tokens ({tokens:,} tokens; about {minutes:.0f} min at the ~{rate} tokens/s of 2 idle CPU
 cores), a checkpoint every {every} steps, saved in the drope_lens cache ({cache}), where
 `drope-lens report --drope recalibrated` and `drope-lens track` find it. Rerun the same command
 after an interruption and it resumes from the latest checkpoint.
@@ -27,13 +27,13 @@ examples:
 
 
 def add_parser(sub) -> None:
-    from drope_lens.recalibrate.recipe import DTYPES, SCHEDULES, VARIANTS, Recipe, run_dir_name
+    from drope_lens.recalibrate.recipe import DTYPES, SCHEDULES, VARIANTS, Recipe
 
     d = Recipe()
     tokens = d.total_steps * d.tokens_per_step
     epilog = EPILOG.format(steps=d.total_steps, batch=d.batch_size, seq=d.seq_len, tokens=tokens,
-                           minutes=tokens / IDLE_TOKENS_PER_S / 60, every=d.save_every,
-                           cache=f"recalibrated/{run_dir_name(d.variant)}")
+                           minutes=tokens / IDLE_TOKENS_PER_S / 60, rate=IDLE_TOKENS_PER_S, every=d.save_every,
+                           cache=f"recalibrated/{d.cache_name()}")
     p = sub.add_parser("recalibrate", help=HELP, description=HELP + ".", epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rope", metavar="ID_OR_DIR", help="RoPE model to recalibrate (default: embedded SmolLM2-135M)")

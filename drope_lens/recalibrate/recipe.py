@@ -20,6 +20,7 @@ from drope_lens.errors import DropeLensInputError
 
 VARIANTS = ("nope", "qk_norm_nope")
 SCHEDULES = ("constant", "cosine")
+CACHE_PREFIX = "smollm2-135m-instruct-"  # cached runs of the embedded model
 DTYPES = ("float32", "bfloat16")  # fp16 would need loss scaling; DroPE trains in bf16
 
 
@@ -125,6 +126,10 @@ class Recipe:
         d.pop("save_every")
         return d
 
+    def cache_name(self) -> str:
+        """The cache folder of this recipe's run of the embedded model (variant and token budget)."""
+        return f"{CACHE_PREFIX}{self.variant}-{self.total_steps * self.tokens_per_step}tok"
+
     def describe(self) -> str:
         """Short label, e.g. ``nope, lr 1e-04 cosine, 256x4x1 tokens/step, seed 0``."""
         s = (f"{self.variant}, lr {self.lr:.0e} {self.schedule} (warm-up {self.warmup_steps}), "
@@ -132,13 +137,3 @@ class Recipe:
         if self.kl_weight:
             s += f", KL-to-RoPE {self.kl_weight:g} (not DroPE's recipe)"
         return s
-
-
-#: Cached runs of the embedded model: ``$DROPE_LENS_CACHE/recalibrated/<CACHE_PREFIX><variant>-<budget>tok``.
-CACHE_PREFIX = "smollm2-135m-instruct-"
-
-
-def run_dir_name(variant: str = "nope", recipe: Optional[Recipe] = None) -> str:
-    """The cache folder name of an embedded-model run (``recipe=None``: the default recipe of ``variant``)."""
-    recipe = recipe or Recipe(variant=variant)
-    return f"{CACHE_PREFIX}{variant}-{recipe.total_steps * recipe.tokens_per_step}tok"

@@ -27,7 +27,7 @@ from drope_lens.errors import DropeLensInputError
 from drope_lens.recalibrate import checkpoint as ck
 from drope_lens.recalibrate.blocks import BlockSplit, check_disjoint, make_split
 from drope_lens.recalibrate.corpus import documents_fingerprint, load_documents
-from drope_lens.recalibrate.recipe import CACHE_PREFIX, Recipe, run_dir_name  # noqa: F401  (CACHE_PREFIX re-exported)
+from drope_lens.recalibrate.recipe import Recipe
 
 RUN_FILE = "recalibrate.json"
 LOG_FILE = "train_log.jsonl"
@@ -40,7 +40,7 @@ def default_run_dir(variant: str = "nope", recipe: Optional[Recipe] = None) -> P
     ``variant``), so runs of different budgets never share a folder."""
     from drope_lens.loading.embedded import cache_root
 
-    return cache_root() / "recalibrated" / run_dir_name(variant, recipe)
+    return cache_root() / "recalibrated" / (recipe or Recipe(variant=variant)).cache_name()
 
 
 @dataclass

@@ -1,0 +1,269 @@
+"""Tiny Llama-family models and known-answer models for tests, built offline (no hub access).
+
+Use them in your own tests the way drope_lens's tests do::
+
+    from drope_lens.analysis import detect_massive
+    from drope_lens.testing import TINY_TEXTS, plant_channels, tiny_hooked
+
+    model = plant_channels(tiny_hooked(), {"q": [(0, 1, 5)]})   # one massive Q channel, known in advance
+    assert detect_massive(model, list(TINY_TEXTS)).top_channels("q", n=1)[0]["dim"] == 5
+
+* :func:`tiny_tokenizer`, :func:`tiny_config`, :func:`tiny_llama` (HF ``LlamaForCausalLM``, GQA by
+  default, ``gqa=False`` for MHA), :func:`tiny_hooked` (the same as a drope_lens ``HookedTransformer``,
+  RoPE or NoPE);
+* :func:`save_drope_checkpoint` / :func:`tiny_drope_checkpoint`: a folder in SakanaAI's DroPE format
+  (``model_type: llama_drope``, ``attention_type``, ``softmax_scale``, q/k norm gains), what
+  ``load_hooked`` reads; :func:`hf_nope_reference` is the matching plain-HF reference;
+* known answers: :func:`plant_channels` (massive channels where you put them),
+  :func:`analytic_sink_model` (attention to BOS in closed form).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from drope_lens.loading.parity import IdentityRotary
+
+WORDS = (
+    "the a an of to in is was it that he she they we you i and or but not on at by for with "
+    "from as this be have has had do does did will would can could may might one two three four "
+    "five six seven eight nine ten cat dog bird fish tree house car road city river sea sky sun "
+    "moon star rain snow wind fire water stone gold red blue green black white big small old new "
+    "good bad long short high low fast slow hot cold yes no paris france rome italy tokyo japan "
+    "positive negative passkey secret number remember answer question review movie film great "
+    "awful love hate say said go went come came see saw know knew think thought run ran"
+).split()
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_tokenizer() -> Any:
+    """A word-level fast tokenizer (BOS/EOS/PAD/UNK + ~180 words), built without any download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    vocab = {tok: i for i, tok in enumerate(specials + WORDS + [str(d) for d in range(10)] + list(".,?!:;'\"-"))}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    return round_trip_tokenizer(fast)
+
+
+def round_trip_tokenizer(tok: Any) -> Any:
+    """Save to a temporary folder and reload: TransformerLens re-opens tokenizers from their ``name_or_path``."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    path = tempfile.mkdtemp(prefix="drope-lens-tok-")
+    tok.save_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def tiny_config(*, gqa: bool = True, **kw: Any) -> Any:
+    """A 2-layer Llama config for :func:`tiny_tokenizer`: d_model 64, 4 heads of 24 dims (``head_dim`` !=
+    d_model / heads), 2 KV heads (``gqa=False``: 4, MHA); ``kw`` overrides any ``LlamaConfig`` field."""
+    from transformers import LlamaConfig
+
+    tok_vocab = len(tiny_tokenizer())
+    base = dict(
+        vocab_size=tok_vocab,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # GQA
+        head_dim=24,  # != hidden_size / heads
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+    if not gqa:
+        base["num_key_value_heads"] = base["num_attention_heads"]
+    base.update(kw)
+    return LlamaConfig(**base)
+
+
+def tiny_llama(seed: int = 0, *, gqa: bool = True, **kw: Any) -> Any:
+    """A seeded random HF ``LlamaForCausalLM`` (eval mode) with :func:`tiny_config` (``gqa``, ``kw``)."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_config(gqa=gqa, **kw)).eval()
+    with torch.no_grad():  # larger weights than the default init, so the models are not trivial
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(5.0)
+    return model
+
+
+def tiny_hooked(seed: int = 0, *, position_encoding: str = "rope", tokenizer: Any = None, **kw: Any) -> Any:
+    """:func:`tiny_llama` as a drope_lens ``HookedTransformer`` (``position_encoding`` ``"rope"`` or ``"nope"``)."""
+    from drope_lens.loading import hooked_from_hf
+
+    tok = tiny_tokenizer() if tokenizer is None else tokenizer
+    return hooked_from_hf(tiny_llama(seed, **kw), tok, position_encoding=position_encoding)
+
+
+def hf_nope_reference(
+    hf_model: Any,
+    softmax_scale: Optional[float] = None,
+    q_norms: Optional[Sequence[torch.Tensor]] = None,
+    k_norms: Optional[Sequence[torch.Tensor]] = None,
+) -> Any:
+    """Patch an HF Llama in place into the DroPE reference: identity rotation, scale, q/k norms."""
+    hf_model.model.rotary_emb = IdentityRotary(hf_model.model.rotary_emb)
+    for i, layer in enumerate(hf_model.model.layers):
+        attn = layer.self_attn
+        if softmax_scale is not None:
+            attn.scaling = softmax_scale
+        for proj, norms in (("q_proj", q_norms), ("k_proj", k_norms)):
+            if norms is None:
+                continue
+            lin = getattr(attn, proj)
+            norm = nn.RMSNorm(lin.out_features, eps=hf_model.config.rms_norm_eps)
+            norm.weight.data.copy_(norms[i])
+            setattr(attn, proj, nn.Sequential(lin, norm))
+    return hf_model
+
+
+def save_drope_checkpoint(hf_model: Any, tokenizer: Any, path: Path, **drope_fields: Any) -> Path:
+    """Save ``hf_model`` in SakanaAI's DroPE format: model_type llama_drope + remote-code auto_map."""
+    hf_model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["model_type"] = "llama_drope"
+    cfg["architectures"] = ["DroPELlamaForCausalLM"]
+    cfg["auto_map"] = {
+        "AutoConfig": "custom_models.drope.DroPELlamaConfig",
+        "AutoModelForCausalLM": "custom_models.drope.DroPELlamaForCausalLM",
+    }
+    cfg.update(drope_fields)
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path
+
+
+def analytic_sink_model(
+    tokenizer: Any, bos_logits: Sequence[Sequence[float]], *, bos_scale: float = 3.0
+) -> tuple[Any, int]:
+    """A NoPE HookedTransformer whose attention to position 0 is known in closed form.
+
+    ``bos_logits[layer][head] = b``: every query's score for the BOS key is ``b`` and for any other
+    key 0, so ``A[q, 0] = e^b / (e^b + q)``. The residual stream stays the embedding in every layer
+    (W_O = 0, MLP out = 0): BOS = ``bos_scale · e_0``, every other token = ``e_1``.
+    Returns ``(model, bos_id)``.
+    """
+    from drope_lens.loading import hooked_from_hf
+
+    model = hooked_from_hf(tiny_llama(), tokenizer, position_encoding="nope")
+    cfg = model.cfg
+    bos = tokenizer.bos_token_id
+    # RMSNorm maps a·e_i to a / sqrt(a²/d + eps) · e_i
+    s_other = 1.0 / (1.0 / cfg.d_model + cfg.eps) ** 0.5
+    s_bos = bos_scale / (bos_scale**2 / cfg.d_model + cfg.eps) ** 0.5
+    group = cfg.n_heads // cfg.n_key_value_heads
+    with torch.no_grad():
+        model.W_E.zero_()
+        model.W_E[:, 1] = 1.0
+        model.W_E[bos, 1] = 0.0
+        model.W_E[bos, 0] = bos_scale
+        for layer, logits in enumerate(bos_logits):
+            attn = model.blocks[layer].attn
+            attn.W_Q.zero_()
+            attn._W_K.zero_()
+            attn.W_O.zero_()
+            model.blocks[layer].mlp.W_out.zero_()
+            for g in range(cfg.n_key_value_heads):
+                attn._W_K[g, 0, 0] = 1.0
+            for h, b in enumerate(logits):
+                c = b * cfg.attn_scale / (s_other * s_bos)
+                attn.W_Q[h, 0, 0] = c
+                attn.W_Q[h, 1, 0] = c
+            assert len(logits) == cfg.n_heads and group >= 1
+    return model, bos
+
+
+# --- massive values ---------------------------------------------------------------------------
+TINY_TEXTS = (  # five texts in :func:`tiny_tokenizer`'s vocabulary
+    "the cat saw a dog in the city and the dog ran to the river",
+    "one two three four five six seven eight nine ten one two three four",
+    "paris is in france . rome is in italy . tokyo is in japan",
+    "the old man said that he would go to the sea with a small red car",
+    "i think you know the answer to the question , but can you say it ?",
+)
+
+
+def plant_channels(model: Any, plants: Mapping[str, Sequence[tuple[int, int, int]]], scale: float = 40.0) -> Any:
+    """Scale the projection columns of the given ``{tensor: [(layer, head, dim), ...]}`` channels.
+
+    Q uses ``W_Q[head]``; K and V use the KV-head weights ``_W_K`` / ``_W_V`` when the model has GQA.
+    The planted channels' activations become ``scale`` times larger at every token.
+    """
+    with torch.no_grad():
+        for tensor, channels in plants.items():
+            for layer, head, dim in channels:
+                attn = model.blocks[layer].attn
+                name = {"q": "W_Q", "k": "_W_K", "v": "_W_V"}[tensor]
+                weight = getattr(attn, name) if hasattr(attn, name) else getattr(attn, name.lstrip("_"))
+                weight[head, :, dim] *= scale
+    return model
+
+
+def tiny_drope_checkpoint(
+    path: Path,
+    *,
+    attention_type: str = "qk_norm_nope",
+    softmax_scale: Optional[float] = 0.07,
+    gain_seed: Optional[int] = 0,
+    seed: int = 5,
+    tokenizer: Any = None,
+    **kw: Any,
+) -> Path:
+    """Save a tiny random DroPE checkpoint in SakanaAI's format to ``path`` and return it.
+
+    ``attention_type`` is any DroPE variant (``nope``, ``qk_norm_nope``, ``q_norm_nope``, ``k_norm_nope``);
+    the q/k norm variants get RMSNorm gains drawn uniformly in [0, 3) from ``gain_seed`` (``None``: the
+    all-ones gains the variant starts from). ``kw`` goes to :func:`tiny_llama` (e.g. ``gqa=False``).
+    """
+    from safetensors.torch import load_file, save_file
+
+    tok = tiny_tokenizer() if tokenizer is None else tokenizer
+    hf = tiny_llama(seed=seed, **kw)
+    fields: dict = {"attention_type": attention_type}
+    if softmax_scale is not None:
+        fields["softmax_scale"] = softmax_scale
+    path = save_drope_checkpoint(hf, tok, Path(path), **fields)
+    norms = [n for n in ("q", "k") if attention_type in (f"{n}_norm_nope", "qk_norm_nope")]
+    if not norms:
+        return path
+    g = torch.Generator().manual_seed(gain_seed) if gain_seed is not None else None
+    sd = load_file(str(path / "model.safetensors"))
+    c = hf.config
+    width = {"q": c.num_attention_heads * c.head_dim, "k": c.num_key_value_heads * c.head_dim}
+    for i in range(c.num_hidden_layers):
+        for n in norms:
+            gain = torch.ones(width[n]) if g is None else torch.rand(width[n], generator=g) * 3
+            sd[f"model.layers.{i}.self_attn.{n}_norm.weight"] = gain
+    save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+def qk_norm_drope_model(tokenizer: Any, path: Path, *, gain_seed: int) -> Any:
+    """A tiny ``qk_norm_nope`` DroPE checkpoint (softmax_scale 0.07) with random q/k norm gains, loaded."""
+    from drope_lens.loading import load_hooked
+
+    return load_hooked(tiny_drope_checkpoint(path, gain_seed=gain_seed, tokenizer=tokenizer))

@@ -1,0 +1,217 @@
+"""The sdpa fast path equals TransformerLens's explicit attention, and steps aside for pattern hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from drope_lens.testing import qk_norm_drope_model, tiny_llama, tiny_tokenizer
+
+import drope_lens as dl
+from drope_lens.errors import NonFiniteError
+from drope_lens.loading import encode, hooked_from_hf
+from drope_lens.loading import fast_attention as fa
+
+LOGIT_TOL = 1e-5
+HOOKS = ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_z", "hook_attn_out")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+def _ids(n: int, vocab: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, vocab, (batch, n), generator=g)
+
+
+class _SdpaSpy:
+    """Counts calls of the fast path's kernel (so a test knows which path ran)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        real = fa.F.scaled_dot_product_attention
+
+        def spy(*a, **kw):
+            self.calls += 1
+            return real(*a, **kw)
+
+        monkeypatch.setattr(fa.F, "scaled_dot_product_attention", spy)
+
+
+def _drope_qk_norm_model(tokenizer, tmp_path):
+    return qk_norm_drope_model(tokenizer, tmp_path / "drope", gain_seed=0)
+
+
+MODELS = {
+    "rope_gqa": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=1), tok),
+    "rope_mha": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=2, num_key_value_heads=4), tok),
+    "nope_gqa": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=3), tok, position_encoding="nope"),
+    "nope_mha": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=4, num_key_value_heads=4), tok,
+                                                position_encoding="nope"),
+    "drope_qk_norm": _drope_qk_norm_model,
+}
+
+
+def _run_both(model, tokens, **kw):
+    """Logits and every non-pattern attention hook, fast then explicit."""
+    names = lambda n: n.rsplit(".", 1)[-1] in HOOKS  # noqa: E731
+    with torch.no_grad():
+        fast_logits, fast_cache = model.run_with_cache(tokens, names_filter=names, **kw)
+        with dl.explicit_attention(model):
+            slow_logits, slow_cache = model.run_with_cache(tokens, names_filter=names, **kw)
+    return fast_logits, fast_cache, slow_logits, slow_cache
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_fast_path_equals_explicit_path(kind, tokenizer, tmp_path, monkeypatch):
+    model = MODELS[kind](tokenizer, tmp_path)
+    assert model.cfg.fast_attention and "fast" in model.cfg.describe(attention=True)
+    if kind == "drope_qk_norm":
+        assert model.cfg.drope_attention_type == "qk_norm_nope" and model.cfg.softmax_scale == 0.07
+    spy = _SdpaSpy(monkeypatch)
+    fl, fc, sl, sc = _run_both(model, _ids(37, model.cfg.d_vocab))
+    assert spy.calls == model.cfg.n_layers  # the fast run used sdpa in every layer, the explicit none
+    assert (fl - sl).abs().max() <= LOGIT_TOL
+    for name in sc.keys():
+        if name.startswith("blocks.0.") and not name.endswith(("hook_z", "hook_attn_out")):
+            assert torch.equal(fc[name], sc[name]), name  # before the first attention: same ops
+        else:  # after it: fp32 rounding of the kernel only
+            torch.testing.assert_close(fc[name], sc[name], atol=1e-5, rtol=1e-5, msg=name)
+    assert set(fc.keys()) == set(sc.keys())
+
+
+@pytest.mark.parametrize("kind", ["rope_gqa", "nope_gqa", "drope_qk_norm"])
+def test_padding_and_attention_mask(kind, tokenizer, tmp_path):
+    model = MODELS[kind](tokenizer, tmp_path)
+    batch = encode(tokenizer, ["the cat saw the dog", "a big red car went fast on the long road to rome"])
+    fl, _, sl, _ = _run_both(model, batch.tokens)  # right padding, no mask (drope_lens's batches)
+    m = batch.mask
+    assert (fl[m] - sl[m]).abs().max() <= LOGIT_TOL
+    # an explicit attention_mask, left padding included (fully masked pad rows: z = 0 like TL's)
+    left = torch.full_like(batch.tokens, tokenizer.pad_token_id)
+    left_mask = torch.zeros_like(batch.tokens)
+    for i, n in enumerate(batch.lengths.tolist()):
+        left[i, -n:] = batch.tokens[i, :n]
+        left_mask[i, -n:] = 1
+    for toks, mask in ((batch.tokens, m.long()), (left, left_mask)):
+        with torch.no_grad():
+            fast = model(toks, attention_mask=mask)
+            with dl.explicit_attention(model):
+                slow = model(toks, attention_mask=mask)
+        assert torch.isfinite(fast).all()
+        assert (fast - slow).abs().max() <= LOGIT_TOL
+
+
+@pytest.mark.parametrize("kind", ["rope_gqa", "nope_mha", "drope_qk_norm"])
+def test_kv_cache_greedy_generation_is_identical(kind, tokenizer, tmp_path, monkeypatch):
+    model = MODELS[kind](tokenizer, tmp_path)
+    prompt = encode(tokenizer, "the cat saw a dog in the city and").tokens
+    spy = _SdpaSpy(monkeypatch)
+    kw = dict(max_new_tokens=12, do_sample=False, use_past_kv_cache=True, verbose=False)
+    fast = model.generate(prompt, **kw)
+    assert spy.calls >= model.cfg.n_layers * 12  # prefill + decode steps went through sdpa
+    with dl.explicit_attention(model):
+        slow = model.generate(prompt, **kw)
+    assert torch.equal(fast, slow)
+    # decoding with the cache equals one full forward of the generated sequence (fast path both)
+    with torch.no_grad():
+        full = model(fast[:, :-1]).argmax(-1)
+    assert torch.equal(full[:, prompt.shape[1] - 1:], fast[:, prompt.shape[1]:])
+
+
+def test_pattern_hook_switches_only_that_layer_back(tokenizer, monkeypatch):
+    model = hooked_from_hf(tiny_llama(seed=1, num_hidden_layers=3), tokenizer)
+    ids = _ids(21, model.cfg.d_vocab)
+    spy = _SdpaSpy(monkeypatch)
+    seen = {}
+
+    def grab(pattern, hook):
+        seen[hook.name] = pattern.detach().clone()
+
+    with torch.no_grad():
+        ref = model(ids)
+        assert spy.calls == 3
+        for name in ("blocks.1.attn.hook_pattern", "blocks.1.attn.hook_attn_scores"):
+            spy.calls = 0
+            assert fa.fast_path_applies(model.blocks[1].attn)
+            with model.hooks(fwd_hooks=[(name, grab)]):
+                assert not fa.fast_path_applies(model.blocks[1].attn)
+                assert fa.fast_path_applies(model.blocks[0].attn)
+                out = model(ids)
+            assert spy.calls == 2 and name in seen  # layers 0 and 2 fast, layer 1 explicit
+            assert (out - ref).abs().max() <= LOGIT_TOL
+        # run_with_cache without a filter caches real patterns (every layer explicit)
+        spy.calls = 0
+        _, cache = model.run_with_cache(ids)
+        assert spy.calls == 0
+        assert torch.allclose(cache["pattern", 1], seen["blocks.1.attn.hook_pattern"])
+        rows = cache["pattern", 2].sum(-1)
+        assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5)
+    # the hooks are gone again: the fast path is back
+    assert all(fa.fast_path_applies(b.attn) for b in model.blocks)
+
+
+def test_config_flag_and_context_manager(tokenizer, monkeypatch):
+    model = hooked_from_hf(tiny_llama(), tokenizer)
+    ids = _ids(9, model.cfg.d_vocab)
+    spy = _SdpaSpy(monkeypatch)
+    with pytest.raises(RuntimeError, match="boom"):
+        with dl.explicit_attention(model):
+            assert model.cfg.fast_attention is False and "explicit" in model.cfg.describe(attention=True)
+            model(ids)
+            raise RuntimeError("boom")
+    assert spy.calls == 0 and model.cfg.fast_attention is True  # restored after the exception
+    model.cfg.fast_attention = False
+    model(ids)
+    assert spy.calls == 0 and "fast_attention=False" in repr(model.cfg)
+    model.cfg.fast_attention = True
+    model(ids)
+    assert spy.calls == model.cfg.n_layers
+    twin = dl.to_nope(model)
+    assert twin.cfg.fast_attention and fa.fast_path_applies(twin.blocks[0].attn)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_nan_still_raises_naming_the_layer(fast, tokenizer):
+    model = hooked_from_hf(tiny_llama(), tokenizer, position_encoding="nope")
+    model.cfg.fast_attention = fast
+
+    def poison(q, hook):
+        q = q.clone()
+        q[0, 3, 1, 0] = float("nan")
+        return q
+
+    with pytest.raises(NonFiniteError, match="Layer 1.*NaN"):
+        model.run_with_hooks(_ids(10, model.cfg.d_vocab), fwd_hooks=[("blocks.1.attn.hook_q", poison)])
+    assert all(len(hp.fwd_hooks) == 0 for hp in model.hook_dict.values())
+    # a model with a NaN weight in layer 0 (every position's q of head 0 is NaN)
+    bad = hooked_from_hf(tiny_llama(seed=6), tokenizer)
+    bad.cfg.fast_attention = fast
+    with torch.no_grad():
+        bad.blocks[0].attn.W_Q[0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="Layer 0.*NaN"):
+        bad(_ids(20, bad.cfg.d_vocab))
+    # fp16 weights whose q·k overflows fp16: fp32 attention keeps both paths finite
+    half = hooked_from_hf(tiny_llama(seed=6), tokenizer, position_encoding="nope", dtype=torch.float16)
+    half.cfg.fast_attention = fast
+    with torch.no_grad():
+        half.blocks[0].attn.W_Q.mul_(200.0)
+        half.blocks[0].attn._W_K.mul_(200.0)
+    assert torch.isfinite(half(_ids(20, half.cfg.d_vocab))).all()
+    if not fast:  # the explicit fp16 product overflows (sdpa kernels accumulate in fp32 instead)
+        half.cfg.fp32_attention = False
+        with pytest.raises(NonFiniteError, match="Layer 0"):
+            half(_ids(20, half.cfg.d_vocab))
+
+
+def test_half_precision_fast_path_upcasts(tokenizer):
+    model = hooked_from_hf(tiny_llama(seed=6), tokenizer, position_encoding="nope", dtype=torch.bfloat16)
+    ids = _ids(25, model.cfg.d_vocab)
+    fl, fc, sl, sc = _run_both(model, ids)
+    assert fc["blocks.0.attn.hook_z"].dtype == torch.bfloat16
+    ref = hooked_from_hf(tiny_llama(seed=6), tokenizer, position_encoding="nope")
+    with torch.no_grad(), dl.explicit_attention(ref):
+        exact = ref(ids)
+    # fast bf16 (fp32 kernel, z cast once) is at least as close to fp32 as explicit bf16
+    assert (fl.float() - exact).abs().max() <= (sl.float() - exact).abs().max() * 1.5 + 1e-3
