@@ -35,7 +35,7 @@ from drope_lens.hooks.types import FwdHooks
 def bos_write_from(
     pattern: Float[torch.Tensor, "batch head q k"],
     v: Float[torch.Tensor, "batch pos kv_head d_head"],
-    lengths: Int[torch.Tensor, "batch"],
+    lengths: Int[torch.Tensor, " batch"],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(attn, v_norm, write)``, each ``[batch, head]`` float64, for one layer's pattern and values."""
     H, G = pattern.shape[1], v.shape[2]

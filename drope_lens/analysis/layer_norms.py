@@ -40,13 +40,13 @@ class LayerNorms:
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def attn_fraction(self) -> Float[np.ndarray, "layer"]:
+    def attn_fraction(self) -> Float[np.ndarray, " layer"]:
         """Exp 9: ratio of the text averages."""
         a, m = self.norms["attn"].mean(0), self.norms["mlp"].mean(0)
         return a / (a + m)
 
     @property
-    def attn_fraction_per_text(self) -> Float[np.ndarray, "layer"]:
+    def attn_fraction_per_text(self) -> Float[np.ndarray, " layer"]:
         """Exp 8: per-text fraction, then averaged over texts."""
         a, m = self.norms["attn"], self.norms["mlp"]
         return (a / (a + m)).mean(0)

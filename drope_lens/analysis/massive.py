@@ -84,7 +84,7 @@ class MassiveValues:
     """Result of :func:`detect_massive`. Tensors are on CPU; ``sumsq[t]`` is ``[text, layer, head, d_head]``."""
 
     sumsq: dict[str, Float[torch.Tensor, "text layer head d_head"]]
-    lengths: Int[torch.Tensor, "text"]
+    lengths: Int[torch.Tensor, " text"]
     threshold: float
     scope: str
     rotary: str
@@ -124,7 +124,7 @@ class MassiveValues:
     def counts(self, tensor: str) -> Int[torch.Tensor, "text layer"]:
         return self.masks(tensor).flatten(2).sum(-1)
 
-    def totals(self, tensor: str) -> Int[torch.Tensor, "text"]:
+    def totals(self, tensor: str) -> Int[torch.Tensor, " text"]:
         return self.counts(tensor).sum(-1)
 
     def total_mean(self, tensor: str) -> float:
@@ -134,10 +134,10 @@ class MassiveValues:
         """Population std over texts (ddof=0, like the study)."""
         return float(self.totals(tensor).double().std(unbiased=False)) if self.n_texts > 1 else 0.0
 
-    def per_layer_mean(self, tensor: str) -> Float[torch.Tensor, "layer"]:
+    def per_layer_mean(self, tensor: str) -> Float[torch.Tensor, " layer"]:
         return self.counts(tensor).double().mean(0)
 
-    def per_layer_std(self, tensor: str) -> Float[torch.Tensor, "layer"]:
+    def per_layer_std(self, tensor: str) -> Float[torch.Tensor, " layer"]:
         return self.counts(tensor).double().std(0, unbiased=False) if self.n_texts > 1 else torch.zeros(self.n_layers)
 
     def subset(self, indices: Sequence[int]) -> "MassiveValues":

@@ -42,7 +42,7 @@ class KeyImportance:
     resid_norm: Float[np.ndarray, "layer pos"]
     k_norm: Float[np.ndarray, "layer pos"]
     v_norm: Float[np.ndarray, "layer pos"]
-    n_texts: Float[np.ndarray, "pos"]
+    n_texts: Float[np.ndarray, " pos"]
     options: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:

@@ -96,7 +96,7 @@ class NLLAccumulator:
 
 def target_nll(
     logits: Float[torch.Tensor, "batch pos vocab"], batch: TokenBatch
-) -> tuple[Float[torch.Tensor, "batch"], Int[torch.Tensor, "batch"]]:
+) -> tuple[Float[torch.Tensor, " batch"], Int[torch.Tensor, " batch"]]:
     """Summed next-token NLL (float64) and target count per row; pads and BOS are never targets.
 
     Over the real positions only, in chunks of ``_CE_ROWS`` positions: the log-softmax temporary

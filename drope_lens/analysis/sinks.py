@@ -39,7 +39,7 @@ def check_tau(tau: float, name: str = "tau") -> float:
 
 
 def query_rows(
-    lengths: Int[torch.Tensor, "batch"], n_pos: int, *, include_bos_row: bool
+    lengths: Int[torch.Tensor, " batch"], n_pos: int, *, include_bos_row: bool
 ) -> Bool[torch.Tensor, "batch pos"]:
     """Query rows that count: real tokens (not padding), optionally without row 0."""
     pos = torch.arange(n_pos, device=lengths.device)
@@ -50,7 +50,7 @@ def query_rows(
 
 
 def check_pattern(
-    pattern: Float[torch.Tensor, "batch head q k"], lengths: Int[torch.Tensor, "batch"], layer: int
+    pattern: Float[torch.Tensor, "batch head q k"], lengths: Int[torch.Tensor, " batch"], layer: int
 ) -> None:
     """Raise :class:`NonFiniteError` on NaN/inf or on real rows that do not sum to 1.
 
@@ -74,7 +74,7 @@ def check_pattern(
 
 def sink_scores(
     pattern: Float[torch.Tensor, "batch head q k"],
-    lengths: Int[torch.Tensor, "batch"],
+    lengths: Int[torch.Tensor, " batch"],
     *,
     include_bos_row: bool = False,
 ) -> Float[torch.Tensor, "batch head"]:
@@ -84,7 +84,7 @@ def sink_scores(
 
 def sink_scores_from_column(
     col0: Float[torch.Tensor, "batch head q"],
-    lengths: Int[torch.Tensor, "batch"],
+    lengths: Int[torch.Tensor, " batch"],
     *,
     include_bos_row: bool = False,
 ) -> Float[torch.Tensor, "batch head"]:
@@ -98,7 +98,7 @@ def sink_scores_from_column(
 
 
 def gu_importance(
-    pattern: Float[torch.Tensor, "batch head q k"], lengths: Int[torch.Tensor, "batch"]
+    pattern: Float[torch.Tensor, "batch head q k"], lengths: Int[torch.Tensor, " batch"]
 ) -> Float[torch.Tensor, "batch head"]:
     """Gu et al. 2025 importance of the first token: mean of ``A[q, 0]`` over all real rows."""
     return sink_scores(pattern, lengths, include_bos_row=True)

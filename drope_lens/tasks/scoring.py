@@ -54,7 +54,7 @@ def _ones(n: int, device) -> torch.Tensor:
 
 
 def logits_at(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"],
-              index: Int[torch.Tensor, "batch"], **kwargs) -> Float[torch.Tensor, "batch d_vocab"]:
+              index: Int[torch.Tensor, " batch"], **kwargs) -> Float[torch.Tensor, "batch d_vocab"]:
     """Logits at one position per row (``index``), unembedding only those positions.
 
     Same as ``model(tokens, **kwargs)[arange, index]`` (final norm and unembedding act per
@@ -73,8 +73,8 @@ def logits_at(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"],
 
 
 @torch.no_grad()
-def prefill(model: HookedTransformer, tokens: Int[torch.Tensor, "pos"]
-            ) -> tuple[Float[torch.Tensor, "d_vocab"], TransformerLensKeyValueCache]:
+def prefill(model: HookedTransformer, tokens: Int[torch.Tensor, " pos"]
+            ) -> tuple[Float[torch.Tensor, " d_vocab"], TransformerLensKeyValueCache]:
     """Run one unpadded prompt with a fresh KV cache; return the last position's logits and the cache."""
     device = model.cfg.device
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
@@ -85,7 +85,7 @@ def prefill(model: HookedTransformer, tokens: Int[torch.Tensor, "pos"]
 
 @torch.no_grad()
 def decode_step(model: HookedTransformer, token: int, cache: TransformerLensKeyValueCache
-                ) -> Float[torch.Tensor, "d_vocab"]:
+                ) -> Float[torch.Tensor, " d_vocab"]:
     """Feed one token as a KV-cache decode step; return its logits."""
     device = model.cfg.device
     logits = model(torch.tensor([[token]], device=device), past_kv_cache=cache,
@@ -180,7 +180,7 @@ def greedy_generate_batch(
     tokens: Int[torch.Tensor, "batch pos"],
     max_new_tokens: int,
     *,
-    lengths: Optional[Int[torch.Tensor, "batch"]] = None,
+    lengths: Optional[Int[torch.Tensor, " batch"]] = None,
     stop: Optional[Callable[[int, str], bool]] = None,
     stop_at_eos: bool = True,
 ) -> list[tuple[list[int], str]]:
@@ -234,7 +234,7 @@ def greedy_generate_batch(
 
 def greedy_generate(
     model: HookedTransformer,
-    tokens: Int[torch.Tensor, "pos"],
+    tokens: Int[torch.Tensor, " pos"],
     max_new_tokens: int,
     *,
     stop: Optional[Callable[[str], bool]] = None,
