@@ -80,7 +80,7 @@ def test_mean_replacement_sets_top_channel_to_token_mean(planted, threshold):
         _, hooked = planted.run_with_cache(toks, names_filter=name)
     x, y = base[name][0], hooked[name][0]  # [T, H, D]
     top = x.norm(dim=0).argmax(-1)  # top-1 dim per head by token-L2
-    planted_heads = {h: d for (l, h, d) in PLANTS["q"] if l == 1}
+    planted_heads = {h: d for (layer, h, d) in PLANTS["q"] if layer == 1}
     for h in range(planted.cfg.n_heads):
         if h in planted_heads:
             assert int(top[h]) == planted_heads[h]
@@ -137,7 +137,7 @@ def prompt_only_reference_hooks(model, n_prompt, rotary):
                 out[b, :n_prompt, h, d] = p[b, :, h, d].mean()
         return out
     kind = "hook_rot_" if rotary == "post" else "hook_"
-    return [(f"blocks.{l}.attn.{kind}{t}", fn) for l in range(model.cfg.n_layers) for t in "qk"]
+    return [(f"blocks.{layer}.attn.{kind}{t}", fn) for layer in range(model.cfg.n_layers) for t in "qk"]
 
 
 @pytest.mark.parametrize("rotary", ["pre", "post"])

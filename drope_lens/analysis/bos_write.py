@@ -52,7 +52,7 @@ def bos_v_ablation_hooks(model, layers: Union[int, Sequence[int], str] = "all") 
         layers = list(range(model.cfg.n_layers))
     elif isinstance(layers, int):
         layers = [layers]
-    layers = [check_layer(model, l) for l in layers]
+    layers = [check_layer(model, li) for li in layers]
     tracker = PositionTracker()
 
     def zero_bos(v: torch.Tensor, hook) -> Optional[torch.Tensor]:
@@ -62,7 +62,7 @@ def bos_v_ablation_hooks(model, layers: Union[int, Sequence[int], str] = "all") 
         v[:, 0] = 0
         return v
 
-    return tracker.hooks() + [(f"blocks.{l}.attn.hook_v", zero_bos) for l in layers]
+    return tracker.hooks() + [(f"blocks.{li}.attn.hook_v", zero_bos) for li in layers]
 
 
 @dataclass
@@ -108,9 +108,9 @@ class BosWrite:
         import pandas as pd
 
         _, L, H = self.write.shape
-        return pd.DataFrame([{"model": self.model, "layer": l, "head": h, "v_norm": self.v_norm[:, l, h].mean(),
-                              "attn": self.attn[:, l, h].mean(), "write": self.write[:, l, h].mean()}
-                             for l in range(L) for h in range(H)])
+        return pd.DataFrame([{"model": self.model, "layer": li, "head": h, "v_norm": self.v_norm[:, li, h].mean(),
+                              "attn": self.attn[:, li, h].mean(), "write": self.write[:, li, h].mean()}
+                             for li in range(L) for h in range(H)])
 
 
 @torch.no_grad()
@@ -141,9 +141,9 @@ def bos_write(model, inputs, *, batch_size: int = 8, max_length: Optional[int] =
         ratio[state["idx"], hook.layer()] = (bos / other).cpu().numpy()
 
     hooks = list(fwd_hooks)
-    for l in range(L):
-        hooks += [(f"blocks.{l}.attn.hook_v", stash_v), (f"blocks.{l}.attn.hook_pattern", on_pattern),
-                  (f"blocks.{l}.hook_resid_post", on_resid)]
+    for li in range(L):
+        hooks += [(f"blocks.{li}.attn.hook_v", stash_v), (f"blocks.{li}.attn.hook_pattern", on_pattern),
+                  (f"blocks.{li}.hook_resid_post", on_resid)]
     for idx, sub in batch.batches(batch_size):
         state["idx"], state["lengths"] = idx, sub.lengths
         with model.hooks(fwd_hooks=hooks):

@@ -130,9 +130,9 @@ class HeadClasses:
         import pandas as pd
 
         L, H = self.classes.shape
-        rows = [{"model": self.model, "layer": l, "head": h, "class": CLASSES[self.classes[l, h]],
-                 "bos": self.bos[:, l, h].mean(), "local": self.local[:, l, h].mean(),
-                 "entropy": self.entropy[:, l, h].mean()} for l in range(L) for h in range(H)]
+        rows = [{"model": self.model, "layer": li, "head": h, "class": CLASSES[self.classes[li, h]],
+                 "bos": self.bos[:, li, h].mean(), "local": self.local[:, li, h].mean(),
+                 "entropy": self.entropy[:, li, h].mean()} for li in range(L) for h in range(H)]
         return pd.DataFrame(rows)
 
 
@@ -177,7 +177,7 @@ def head_classes(
             decay_sum[layer][ok] += d[ok]
             decay_n[layer] += ok
 
-    hooks = list(fwd_hooks) + [(f"blocks.{l}.attn.hook_pattern", collect) for l in range(L)]
+    hooks = list(fwd_hooks) + [(f"blocks.{li}.attn.hook_pattern", collect) for li in range(L)]
     for idx, sub in batch.batches(batch_size):
         state["idx"] = idx
         with model.hooks(fwd_hooks=hooks):

@@ -58,9 +58,9 @@ class LayerNorms:
         f = self.attn_fraction
         out = {"model": self.model, "attn_fraction": f.tolist(),
                "attn_fraction_rest_mean": float(f[2:].mean()) if f.size > 2 else None}
-        for l in range(min(3, f.size)):
-            out[f"layer{l}"] = {k: float(v[l]) for k, v in self.layer_means().items()}
-            out[f"layer{l}"]["attn_fraction_per_text"] = float(self.attn_fraction_per_text[l])
+        for li in range(min(3, f.size)):
+            out[f"layer{li}"] = {k: float(v[li]) for k, v in self.layer_means().items()}
+            out[f"layer{li}"]["attn_fraction_per_text"] = float(self.attn_fraction_per_text[li])
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,9 +107,9 @@ def layer_norms(model, inputs, *, exclude_bos: bool = False, batch_size: int = 8
             norms[q][text, layer] = float(vals.mean())
 
     hooks = list(fwd_hooks)
-    for l in range(L):
+    for li in range(L):
         for q, name in _HOOKS.items():
-            hooks.append((f"blocks.{l}.{name}", lambda x, hook, q=q: collect(x, hook, q)))
+            hooks.append((f"blocks.{li}.{name}", lambda x, hook, q=q: collect(x, hook, q)))
     for idx, sub in batch.batches(batch_size):
         state["idx"] = idx
         with model.hooks(fwd_hooks=hooks):

@@ -311,7 +311,7 @@ def detect_massive(
             return None
         return hook
 
-    hooks = [(hook_name(l, t, rotary), make_hook(l, t)) for l in range(cfg.n_layers) for t in tensors]
+    hooks = [(hook_name(li, t, rotary), make_hook(li, t)) for li in range(cfg.n_layers) for t in tensors]
     from tqdm.auto import tqdm
 
     parts = list(batch.batches(batch_size))

@@ -128,8 +128,8 @@ def _rewrite_log(path: Path, upto_step: int) -> None:
         return
     from drope_lens.atomic import atomic_write_text
 
-    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= upto_step]
-    atomic_write_text(path, "".join(l + "\n" for l in keep))
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= upto_step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def recalibrate(
