@@ -428,7 +428,7 @@ def task_workload(models: Models, opts: dict):
         prompts = [format_prompt(models.tokenizer, it.text) for it in ds.items]
         batch = encode(models.tokenizer, prompts)
         rows = [batch.tokens[i, : int(batch.lengths[i])] for i in range(len(batch))]
-        study_items.append((kinds.get(ds.name, "yes_no"), list(zip(rows, [it.answer for it in ds.items]))))
+        study_items.append((kinds.get(ds.name, "yes_no"), list(zip(rows, [it.answer for it in ds.items], strict=True))))
     return datasets, study_items
 
 

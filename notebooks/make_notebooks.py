@@ -31,7 +31,7 @@ QUICKSTART = [
         "from drope_lens.analysis.massive import detect_massive\n\n"
         "texts = builtin_texts()[:4]\n"
         "found = {role: detect_massive(model, texts, max_length=128) for role, model in pair.items()}\n"
-        "for role, res in found.items():\n"
+        "for res in found.values():\n"
         "    print(res.summary())\n"
         "found['rope'].to_dataframe().query(\"tensor == 'q'\").head()"
     ),
@@ -77,7 +77,7 @@ COMPOSE = [
     new_markdown_cell("## run_with_cache on a few hook points (names_filter keeps memory small)"),
     new_code_cell(
         "logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith('hook_pattern') or n.endswith('hook_resid_pre'))\n"
-        "bos_attention = torch.stack([cache['pattern', l][0, :, 1:, 0].mean(-1) for l in range(model.cfg.n_layers)])\n"
+        "bos_attention = torch.stack([cache['pattern', layer][0, :, 1:, 0].mean(-1) for layer in range(model.cfg.n_layers)])\n"
         "print('mean attention to BOS per layer:', bos_attention.mean(-1)[:6])"
     ),
     new_markdown_cell("## drope_lens interventions stacked with a user hook\n\n"

@@ -169,7 +169,7 @@ def test_mean_replacement_with_kv_cache_perturbs_the_prompt_only(planted, rotary
         hooks = qk_mean_replacement_hooks(planted, rotary="post")
         broken = [(n, prefill_only(f) if n.endswith("rot_k") and getattr(f, "__name__", "") == "fn" else f)
                   for n, f in hooks]
-        assert sum(b[1] is not h[1] for b, h in zip(broken, hooks)) == planted.cfg.n_layers
+        assert sum(b[1] is not h[1] for b, h in zip(broken, hooks, strict=True)) == planted.cfg.n_layers
         with planted.hooks(fwd_hooks=broken):
             wrong = cached_logits(planted, toks, n_prompt)
         assert (wrong[:, n_prompt:] - ref[:, n_prompt:]).abs().max() > 1e-3

@@ -238,10 +238,10 @@ def test_embedded_attention_fraction_matches_hf(embedded_rope, embedded_hf):
     for t, n in enumerate(batch.lengths.tolist()):
         handles = []
         for li, layer in enumerate(embedded_hf.model.layers):
-            def ga(mod, args, out, li=li):
+            def ga(mod, args, out, li=li, t=t):
                 attn_ref[t, li] = float((out[0] if isinstance(out, tuple) else out)[0].double().norm(dim=-1).mean())
 
-            def gm(mod, args, out, li=li):
+            def gm(mod, args, out, li=li, t=t):
                 mlp_ref[t, li] = float(out[0].double().norm(dim=-1).mean())
             handles += [layer.self_attn.register_forward_hook(ga), layer.mlp.register_forward_hook(gm)]
         try:

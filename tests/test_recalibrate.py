@@ -122,7 +122,9 @@ def test_resume_equals_uninterrupted(rope_dir, toy_data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log_a = (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()
     log_b = (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "wall_s")} for line in lines]
+    def strip(lines):
+        return [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "wall_s")} for line in lines]
+
     assert strip(log_a) == strip(log_b)
     with pytest.raises(Exception, match="different recipe.lr"):
         recalibrate(rope_dir, _recipe(max_steps=5, save_every=2, schedule="cosine", lr=1e-3),

@@ -163,7 +163,7 @@ def test_embedded_matches_hf_hidden_states(embedded_rope, embedded_hf):
     for t, n in enumerate(batch.lengths.tolist()):
         grabbed = {}
         handle = embedded_hf.model.layers[-1].register_forward_hook(
-            lambda mod, args, out: grabbed.__setitem__("last", out[0] if isinstance(out, tuple) else out))
+            lambda mod, args, out, grabbed=grabbed: grabbed.__setitem__("last", out[0] if isinstance(out, tuple) else out))
         try:
             with torch.no_grad():
                 out = embedded_hf(batch.tokens[t: t + 1, :n], output_hidden_states=True)

@@ -185,10 +185,12 @@ def _passkey(model, length: int, depths: Sequence[float], n: int, seed: int, bat
         batch = encode(tok, [it.text for it in items])
         correct = 0
         for idx, sub in batch.batches(batch_size):
-            stop = lambda r, s, idx=idx: parsing.passkey_done(s, len(items[idx[r]].answer))  # noqa: E731
+            def stop(r, s, idx=idx, items=items):
+                return parsing.passkey_done(s, len(items[idx[r]].answer))
+
             gen = greedy_generate_batch(model, sub.tokens.to(model.cfg.device), PASSKEY_MAX_NEW_TOKENS,
                                         lengths=sub.lengths, stop=stop)
-            for i, (_, text) in zip(idx, gen):
+            for i, (_, text) in zip(idx, gen, strict=True):
                 correct += bool(parsing.passkey_exact(text, items[i].answer))
         by_depth[d] = correct / n
     return by_depth

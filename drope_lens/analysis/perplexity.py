@@ -41,7 +41,7 @@ class PerplexityResult:
 
     @property
     def per_text_ppl(self) -> list[float]:
-        return [math.exp(n / c) if c else float("nan") for n, c in zip(self.per_text_nll, self.per_text_targets)]
+        return [math.exp(n / c) if c else float("nan") for n, c in zip(self.per_text_nll, self.per_text_targets, strict=True)]
 
     def to_dict(self) -> dict:
         return {

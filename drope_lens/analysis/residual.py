@@ -199,7 +199,7 @@ class ResidualMassive:
             "text": t.ravel(), "layer": li.ravel(), "rank": k.ravel(),
             "value": self.value.ravel(), "signed": self.signed.ravel(),
             "position": self.position.ravel(), "channel": self.channel.ravel(),
-            "token": [self.token[a][b][c] for a, b, c in zip(t.ravel(), li.ravel(), k.ravel())],
+            "token": [self.token[a][b][c] for a, b, c in zip(t.ravel(), li.ravel(), k.ravel(), strict=True)],
             "median": np.repeat(self.median.ravel(), K), "ratio": ratio.ravel(),
             "at_bos": self.at_bos.ravel(), "at_first_delimiter": self.at_first_delimiter.ravel(),
         })

@@ -55,7 +55,7 @@ def to_nope(model: HookedTransformer, *, origin: str = ZERO_SHOT_NOPE,
         if "rotary_" not in name:
             module_name, _, leaf = name.rpartition(".")
             (twin.get_submodule(module_name) if module_name else twin)._buffers[leaf] = buf.clone()
-    for block, src in zip(twin.blocks, model.blocks):  # rotary tables where the block lives
+    for block, src in zip(twin.blocks, model.blocks, strict=True):  # rotary tables where the block lives
         for leaf in ("rotary_sin", "rotary_cos"):
             if leaf in block.attn._buffers:
                 block.attn._buffers[leaf] = block.attn._buffers[leaf].to(src.attn.W_Q.device)

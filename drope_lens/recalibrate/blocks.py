@@ -107,6 +107,6 @@ def check_disjoint(split: BlockSplit) -> None:
     if set(split.train_ids) & set(split.heldout_ids):
         raise AssertionError("held-out block ids overlap the training ids")
     rows = {r.numpy().tobytes() for r in split.train}
-    same = [i for i, r in zip(split.heldout_ids, split.heldout) if r.numpy().tobytes() in rows]
+    same = [i for i, r in zip(split.heldout_ids, split.heldout, strict=True) if r.numpy().tobytes() in rows]
     if same:
         raise AssertionError(f"held-out blocks {same[:5]} also appear among the training blocks")

@@ -43,7 +43,7 @@ def format_prompt(tokenizer, text: str, *, chat: bool = False) -> str:
 def option_token_ids(tokenizer, options: Sequence[str], *, prefix: str = " ") -> list[list[int]]:
     """Token ids of each answer option (``prefix`` + option, no special tokens)."""
     ids = [list(tokenizer(prefix + opt, add_special_tokens=False)["input_ids"]) for opt in options]
-    for opt, row in zip(options, ids):
+    for opt, row in zip(options, ids, strict=True):
         if not row:
             raise ValueError(f"Option {opt!r} tokenizes to nothing.")
     return ids
@@ -229,7 +229,7 @@ def greedy_generate_batch(
         logits = model(torch.tensor(nxt, device=device)[:, None], past_kv_cache=cache,
                        attention_mask=torch.ones((b, 1), dtype=torch.long, device=device))[:, -1]
         check_logits_finite(logits)
-    return list(zip(outs, texts))
+    return list(zip(outs, texts, strict=True))
 
 
 def greedy_generate(
