@@ -50,7 +50,8 @@ QUICKSTART = [
     new_markdown_cell("## Attention heads, side by side (renders offline)"),
     new_code_cell(
         "from drope_lens.views import pair_attention_view, sink_score_map\n\n"
-        "view = pair_attention_view(pair, 'The river flows past the old mill where the miller counts sacks of grain.', layer=1)\n"
+        "view = pair_attention_view(pair, 'The river flows past the old mill where the miller counts sacks of grain.', "
+        "layer=1)\n"
         "view"
     ),
     new_code_cell("sink_score_map(profiles['drope'].sink_score, title=pair.labels['drope'])"),
@@ -71,13 +72,16 @@ COMPOSE = [
         "torch.manual_seed(0)\n"
         "pair = dl.load_pair()\n"
         "model = pair.rope\n"
-        "tokens = pair.encode('Mount Everest is the highest mountain on Earth. The highest mountain on Earth is Mount').tokens\n"
+        "tokens = pair.encode('Mount Everest is the highest mountain on Earth. "
+        "The highest mountain on Earth is Mount').tokens\n"
         "tokens.shape"
     ),
     new_markdown_cell("## run_with_cache on a few hook points (names_filter keeps memory small)"),
     new_code_cell(
-        "logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith('hook_pattern') or n.endswith('hook_resid_pre'))\n"
-        "bos_attention = torch.stack([cache['pattern', layer][0, :, 1:, 0].mean(-1) for layer in range(model.cfg.n_layers)])\n"
+        "logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith('hook_pattern') "
+        "or n.endswith('hook_resid_pre'))\n"
+        "bos_attention = torch.stack([cache['pattern', layer][0, :, 1:, 0].mean(-1) "
+        "for layer in range(model.cfg.n_layers)])\n"
         "print('mean attention to BOS per layer:', bos_attention.mean(-1)[:6])"
     ),
     new_markdown_cell("## drope_lens interventions stacked with a user hook\n\n"
@@ -88,7 +92,8 @@ COMPOSE = [
         "    with torch.no_grad():\n"
         "        return model(tokens, return_type='loss', **kw).item()\n\n"
         "norms = []\n"
-        "record = (f'blocks.{model.cfg.n_layers - 1}.hook_resid_post', lambda x, hook: norms.append(x.norm(dim=-1).mean().item()))\n"
+        "record = (f'blocks.{model.cfg.n_layers - 1}.hook_resid_post', "
+        "lambda x, hook: norms.append(x.norm(dim=-1).mean().item()))\n"
         "qk = qk_mean_replacement_hooks(model)\n"
         "with model.hooks(fwd_hooks=qk + [record]):\n"
         "    disrupted = loss()\n"

@@ -5,7 +5,8 @@ Definitions (``A`` = one head's attention pattern of one text, rows = queries, `
 * **Sink score** (study §7.6): ``s_h = mean_q A[q, 0]`` over the real query rows; ``include_bos_row``
   keeps row 0 (where ``A[0, 0] = 1`` always, which adds ≈1/T — the study's choice) or drops it
   (default, rows 1…T−1). Padding rows are never counted.
-* **Sink rate** at τ: the share of a layer's heads with ``s_h ≥ τ`` (inclusive, τ = :data:`DEFAULT_TAU` = 0.3 by default).
+* **Sink rate** at τ: the share of a layer's heads with ``s_h ≥ τ`` (inclusive, τ = :data:`DEFAULT_TAU` = 0.3 by
+  default).
 * **Gu et al. 2025** ("When Attention Sink Emerges in Language Models", ICLR 2025): the importance
   of key ``j`` is ``α_j = 1/(T−j) Σ_{q≥j} A[q, j]`` (mean over the queries that can see it). For
   ``j = 0`` this is the mean over **all** real rows, BOS row included. ``Sink^ε`` is the share of

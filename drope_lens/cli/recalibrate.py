@@ -9,7 +9,8 @@ HELP = "recalibrate a RoPE model into a DroPE model (RoPE removed, all parameter
 
 EPILOG = """\
 With no arguments: the embedded SmolLM2-135M on the built-in corpus (Project Gutenberg, public
-domain), 120 steps of 4x256 tokens (122,880 tokens; about 15-20 min on 2 idle CPU cores, estimated; 67 min measured under load), saved in
+domain), 120 steps of 4x256 tokens (122,880 tokens; about 15-20 min on 2 idle CPU cores, estimated; 67 min measured
+under load), saved in
 the drope_lens cache, where `drope-lens report --drope recalibrated` finds it. Rerun the same
 command after an interruption and it resumes from the latest checkpoint.
 

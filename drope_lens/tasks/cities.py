@@ -4,7 +4,8 @@ GeoNames data (CC BY 4.0, geonames.org) is read at run time from the files shipp
 ``geotext`` package (``cities15000.txt``, ``countryInfo.txt``); nothing is copied into drope_lens.
 
 Construction (:func:`load_cities`): the well-known pool is the most populous cities whose ASCII
-name is unambiguous (every namesake in the file has < 10% of its population), is not a country name and does not contain its own country's name,
+name is unambiguous (every namesake in the file has < 10% of its population), is not a country name and does not
+contain its own country's name,
 at most ``per_country`` per country and only from sovereign-country codes. ``n`` distinct cities
 are drawn with ``random.Random(seed)``; half of them (rounded up) give their true statement, the
 other half a false one with a country drawn from the other pool countries. Each city appears once,

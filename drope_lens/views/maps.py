@@ -166,7 +166,8 @@ def heatmap_view(
                 )
                 out.append(
                     f'<rect x="{left + j * cell_w:.2f}" y="{top + i * cell_h:.2f}" width="{cell_w + 0.05:.2f}" '
-                    f'height="{cell_h + 0.05:.2f}" fill="#{r:02x}{g:02x}{b:02x}"><title>{_html.escape(tip)}</title></rect>'
+                    f'height="{cell_h + 0.05:.2f}" fill="#{r:02x}{g:02x}{b:02x}">'
+                    f'<title>{_html.escape(tip)}</title></rect>'
                 )
     else:
         out.append(
