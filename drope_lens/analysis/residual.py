@@ -310,11 +310,11 @@ def massive_activation_hooks(
 
     ``layer`` defaults to the first layer of ``result`` whose top-1 entry exceeds ``ratio ×`` the
     median in at least half the texts (where they appear; later layers carry them on the residual
-    stream). The default ``ratio = 1000`` is Sun et al.'s "about 10,000× / ≥ 1000×" scale. The targeted channels are those
-    of ``result``'s top entries
-    above ``ratio × median`` at that layer. In each pass, every real entry of a targeted channel
-    with ``|h| > ratio ×`` its row's median ``|h|`` (real tokens) is set to 0 (``mode="zero"``) or
-    to the mean of that channel's massive entries over ``result``'s texts (``mode="mean"``, signed).
+    stream). The default ``ratio = 1000`` is Sun et al.'s "about 10,000× / ≥ 1000×" scale. The targeted
+    channels are those of ``result``'s top entries above ``ratio × median`` at that layer. In each pass,
+    every real entry of a targeted channel with ``|h| > ratio ×`` its row's median ``|h|`` (real tokens) is
+    set to 0 (``mode="zero"``) or to the mean of that channel's massive entries over ``result``'s texts
+    (``mode="mean"``, signed).
     """
     if mode not in INTERVENTION_MODES:
         raise ValueError(f"Unknown mode {mode!r}; choose one of {INTERVENTION_MODES}.")
