@@ -18,7 +18,7 @@ the cached BOS value stays ablated.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from drope_lens.analysis.perplexity import PerplexityResult, perplexity
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.hooks.bos import check_layer
 from drope_lens.hooks.positions import PositionTracker
-from drope_lens.hooks.types import FwdHooks
+from drope_lens.hooks.types import FwdHook, FwdHooks
 
 
 def bos_write_from(
@@ -52,7 +52,7 @@ def bos_v_ablation_hooks(model, layers: Union[int, Sequence[int], str] = "all") 
         layers = list(range(model.cfg.n_layers))
     elif isinstance(layers, int):
         layers = [layers]
-    layers = [check_layer(model, li) for li in layers]
+    layers = [check_layer(model, li) for li in cast(Sequence[int], layers)]
     tracker = PositionTracker()
 
     def zero_bos(v: torch.Tensor, hook) -> Optional[torch.Tensor]:
@@ -115,7 +115,7 @@ class BosWrite:
 
 @torch.no_grad()
 def bos_write(model, inputs, *, batch_size: int = 8, max_length: Optional[int] = None,
-              fwd_hooks: FwdHooks = ()) -> BosWrite:
+              fwd_hooks: Sequence[FwdHook] = ()) -> BosWrite:
     """BOS write per text, layer and head, and the BOS ratio per layer, in one pass per batch."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -168,7 +168,7 @@ def bos_write_experiment(
     res = bos_write(model, inputs, batch_size=batch_size, max_length=max_length)
     ppl_inputs = inputs if ppl_inputs is None else ppl_inputs
     spike = res.spike_layer if spike_layer is None else check_layer(model, spike_layer)
-    kw = dict(batch_size=batch_size, max_length=max_length)
+    kw: dict[str, Any] = dict(batch_size=batch_size, max_length=max_length)
     res.ppl = {"baseline": baseline or perplexity(model, ppl_inputs, **kw),
                "spike": perplexity(model, ppl_inputs, fwd_hooks=bos_v_ablation_hooks(model, spike), **kw),
                "all": perplexity(model, ppl_inputs, fwd_hooks=bos_v_ablation_hooks(model, "all"), **kw)}

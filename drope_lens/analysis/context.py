@@ -258,6 +258,7 @@ def context_experiment(
             batch = TokenBatch(ids, torch.tensor([ids.shape[1]]))
             prof, ppl = measure(model, batch, profile=True, ppl=True, batch_size=1, tau=tau, gu_eps=gu_eps)
             mv = detect_massive(model, batch, threshold=threshold, tensors=("q", "k"), batch_size=1)
+            assert prof is not None and ppl is not None  # measure(profile=True, ppl=True)
             st, s = prof.layer_stats(), prof.summary()
             acc = (sum(by_depth.values()) / len(by_depth)) if n_per_depth else float("nan")
             points.append(ContextPoint(

@@ -18,7 +18,7 @@ are tested on constructed patterns.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from jaxtyping import Float, Int
 
 from drope_lens.analysis import sinks
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
-from drope_lens.hooks.types import FwdHooks
+from drope_lens.hooks.types import FwdHook
 
 CLASSES = ("sink", "local", "distributed", "mixed")
 
@@ -148,7 +148,7 @@ def head_classes(
     include_bos_row: bool = False,
     batch_size: int = 8,
     max_length: Optional[int] = None,
-    fwd_hooks: FwdHooks = (),
+    fwd_hooks: Sequence[FwdHook] = (),
 ) -> HeadClasses:
     """Head metrics from ``hook_pattern`` per text, and the study's classes (see module docstring)."""
     for name, v in (("sink_threshold", sink_threshold), ("local_threshold", local_threshold)):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -214,7 +214,7 @@ class MassiveValues:
 
     # -- export -----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        out = {
+        out: dict[str, Any] = {
             "model": self.model_label, "position_encoding": self.position_encoding,
             "threshold": self.threshold, "scope": self.scope, "rotary": self.rotary,
             "n_texts": self.n_texts, "text_lengths": self.lengths.tolist(), "n_layers": self.n_layers,

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from jaxtyping import Float
 
 from drope_lens.analysis import sinks
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
-from drope_lens.hooks.types import FwdHooks
+from drope_lens.hooks.types import FwdHook
 
 
 def key_importance_from(pattern: Float[torch.Tensor, "head q k"]) -> Float[torch.Tensor, "head k"]:
@@ -72,7 +72,7 @@ class KeyImportance:
 
 @torch.no_grad()
 def key_importance(model, inputs, *, max_positions: int = 64, batch_size: int = 8,
-                   max_length: Optional[int] = None, fwd_hooks: FwdHooks = ()) -> KeyImportance:
+                   max_length: Optional[int] = None, fwd_hooks: Sequence[FwdHook] = ()) -> KeyImportance:
     """Gu et al.'s key importance at every position and per-token ‖h‖, ‖k‖, ‖v‖ (pre-RoPE k)."""
     if max_positions < 1 or batch_size < 1:
         raise ValueError("max_positions and batch_size must be >= 1")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
-from drope_lens.hooks.types import FwdHooks
+from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.numerics import check_logits_finite
 from drope_lens.loading.forward import forward_batch, to_batch
 from drope_lens.loading.tokens import TokenBatch
@@ -130,7 +130,7 @@ def perplexity(
     model,
     inputs: Union[Sequence[str], TokenBatch, torch.Tensor],
     *,
-    fwd_hooks: FwdHooks = (),
+    fwd_hooks: Sequence[FwdHook] = (),
     batch_size: int = 8,
     max_length: Optional[int] = None,
     progress: bool = False,

@@ -25,7 +25,7 @@ from drope_lens.analysis.profile import LAST_LAYER_MODES, PROFILE_DEFAULTS, SINK
 from drope_lens.analysis.profile_collector import ProfileCollector
 from drope_lens.analysis.sinks import DEFAULT_GU_EPS, DEFAULT_TAU
 from drope_lens.errors import DropeLensInputError
-from drope_lens.hooks.types import FwdHooks
+from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.forward import forward_batch
 from drope_lens.loading.tokens import TokenBatch, as_batch
 
@@ -65,7 +65,7 @@ def phase_profile(
     spike_threshold: float = 2.0,
     batch_size: int = 8,
     max_length: Optional[int] = None,
-    fwd_hooks: FwdHooks = (),
+    fwd_hooks: Sequence[FwdHook] = (),
     progress: bool = False,
     sinks_from: str = "stream",
 ) -> PhaseProfile:
@@ -88,6 +88,7 @@ def phase_profile(
                           tau=tau, include_bos_row=include_bos_row, last_layer=last_layer,
                           attention=attention, gu_eps=gu_eps, spike_threshold=spike_threshold,
                           sinks_from=sinks_from)
+    assert profile is not None  # measure(profile=True)
     return profile
 
 
@@ -98,7 +99,7 @@ def measure(
     *,
     profile: bool,
     ppl: bool,
-    fwd_hooks: FwdHooks = (),
+    fwd_hooks: Sequence[FwdHook] = (),
     batch_size: int = 8,
     max_length: Optional[int] = None,
     progress: bool = False,

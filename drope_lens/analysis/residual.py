@@ -31,7 +31,7 @@ from drope_lens.analysis.perplexity import PerplexityResult, perplexity
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.errors import NonFiniteError
 from drope_lens.hooks.mask import current_real_mask
-from drope_lens.hooks.types import FwdHooks
+from drope_lens.hooks.types import FwdHook, FwdHooks
 
 DEFAULT_RATIOS = (100.0, 1000.0)
 DEFAULT_DELIMITERS = (".", "\n")
@@ -241,7 +241,7 @@ def residual_massive_activations(
     delimiters: Sequence[str] = DEFAULT_DELIMITERS,
     batch_size: int = 8,
     max_length: Optional[int] = None,
-    fwd_hooks: FwdHooks = (),
+    fwd_hooks: Sequence[FwdHook] = (),
     progress: bool = False,
 ) -> ResidualMassive:
     """Top-``top_k`` ``|resid_post|`` entries per text and layer, with the layer median (Sun et al.).
@@ -347,7 +347,7 @@ def massive_activation_hooks(
             out[row][:, ci] = torch.where(hit, repl, sub).to(x.dtype)
         return out
 
-    fn.channels, fn.layer, fn.means = chans, layer, means  # for inspection
+    fn.channels, fn.layer, fn.means = chans, layer, means  # type: ignore[attr-defined]  # for inspection
     return [(f"blocks.{layer}.hook_resid_post", fn)]
 
 
@@ -392,7 +392,8 @@ def residual_intervention(
     ppl = {"baseline": baseline or perplexity(model, inputs, batch_size=batch_size, max_length=max_length)}
     for m, h in hooks.items():
         ppl[m] = perplexity(model, inputs, fwd_hooks=h, batch_size=batch_size, max_length=max_length)
-    return ResidualIntervention(model=result.model, layer=fn.layer, channels=fn.channels, means=fn.means,
+    return ResidualIntervention(model=result.model, layer=fn.layer, channels=fn.channels,  # type: ignore[attr-defined]
+                                means=fn.means,  # type: ignore[attr-defined]
                                 ratio=ratio, ppl=ppl)
 
 
@@ -435,7 +436,7 @@ class ResidualComparison:
 
         rows = []
         for li in range(len(self.top1_channel[0])):
-            row = {"layer": li}
+            row: dict[str, Any] = {"layer": li}
             for i, tag in enumerate(("a", "b")):
                 row.update({f"massive_{tag}": li in self.massive_layers[i], f"channel_{tag}": self.top1_channel[i][li],
                             f"top1_{tag}": self.top1_mean[i][li], f"ratio_{tag}": self.ratio_mean[i][li]})

@@ -80,7 +80,7 @@ def checkpoint_points(paths: Sequence[Union[str, os.PathLike]], *, include_rope:
             if include_rope:
                 points.append(TrackPoint("rope", run["source"], "rope", heldout=held))
             for c in ck.list_checkpoints(p):
-                m = ck.read_meta(c)
+                m = ck.checkpoint_meta(c)
                 points.append(TrackPoint(c.name, str(c), "drope", m["step"], m["tokens"], held))
             continue
         if not (p / "config.json").is_file():
@@ -202,10 +202,11 @@ def _disruption(model, texts, max_length, n_seeds) -> dict:
     from drope_lens.analysis.interventions import phase_experiment
 
     exp = phase_experiment(model, texts, conditions=("baseline", "bos_mlp", "qk"), max_length=max_length)
-    base = exp.conditions["baseline"].ppl["ppl"]
+    ppl = {c: r.ppl for c, r in exp.conditions.items() if r.ppl is not None}  # measured for each condition
+    base = ppl["baseline"]["ppl"]
     dis = run_disruption(model, n_seeds=n_seeds, max_length=max_length, n_resamples=999)
-    return {"scalars": {"bos_mlp_ppl_factor": exp.conditions["bos_mlp"].ppl["ppl"] / base,
-                        "qk_mean_ppl_factor": exp.conditions["qk"].ppl["ppl"] / base,
+    return {"scalars": {"bos_mlp_ppl_factor": ppl["bos_mlp"]["ppl"] / base,
+                        "qk_mean_ppl_factor": ppl["qk"]["ppl"] / base,
                         "massive_zero_pct": dis.massive_pct, "random_zero_pct": dis.random_mean,
                         "m_minus_r": dis.m_minus_r},
             "bos_layer": exp.bos_layer}

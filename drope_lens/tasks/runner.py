@@ -160,7 +160,7 @@ def _score_dataset(model, ds: TaskDataset, cond: Condition, *, scoring: str, cha
         score = logp - torch.from_numpy(prior) if prior is not None else logp
         for i, it in enumerate(ds.items):
             row = score[i]
-            pred = ds.options[int(row.argmax())]
+            pred: Optional[str] = ds.options[int(row.argmax())]
             k = ds.options.index(it.answer)
             others = torch.cat([row[:k], row[k + 1:]])
             results.append(ItemResult(ds.name, cond.name, i, it.answer, pred, pred == it.answer,

@@ -198,6 +198,7 @@ def greedy_generate_batch(
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
     tok = model.tokenizer
+    assert tok is not None, "greedy generation needs the model's tokenizer"
     eos = getattr(tok, "eos_token_id", None) if stop_at_eos else None
     device = model.cfg.device
     b, t = tokens.shape
@@ -221,7 +222,7 @@ def greedy_generate_batch(
                 done[row] = True
                 continue
             outs[row].append(nxt[row])
-            texts[row] = tok.decode(outs[row], skip_special_tokens=True)
+            texts[row] = tok.decode(outs[row], skip_special_tokens=True)  # type: ignore[assignment]  # str for one sequence
             if stop is not None and stop(row, texts[row]):
                 done[row] = True
         if all(done) or step == max_new_tokens - 1:
