@@ -1,5 +1,12 @@
-"""drope_lens: a TransformerLens plugin comparing RoPE language models with their DroPE/NoPE twins."""
+"""drope_lens: a TransformerLens plugin comparing RoPE language models with their DroPE/NoPE twins.
 
+The names below are imported on first use (PEP 562), so ``import drope_lens`` and the CLI's
+argument checks do not import torch; ``dl.load_pair`` etc. work as usual.
+"""
+
+from __future__ import annotations
+
+from drope_lens._lazy import lazy_exports
 from drope_lens.errors import (
     DropeLensError,
     InputTooLongError,
@@ -7,23 +14,27 @@ from drope_lens.errors import (
     TokenizerMismatchError,
     UnsupportedModelError,
 )
-from drope_lens.loading import (
-    DropeLensConfig,
-    ModelPair,
-    TokenBatch,
-    encode,
-    explicit_attention,
-    load_embedded,
-    load_hooked,
-    load_pair,
-    to_nope,
+from drope_lens.options import (
+    ContextOptions,
+    DisruptionOptions,
+    MassiveOptions,
+    PhaseOptions,
+    TaskOptions,
 )
 
 __version__ = "0.1.0"
+
+#: Public names imported from ``drope_lens.loading`` when first used.
+_LAZY = ("DropeLensConfig", "ModelPair", "TokenBatch", "encode", "explicit_attention", "load_embedded",
+         "load_hooked", "load_pair", "to_nope")
 
 __all__ = [
     "DropeLensError", "InputTooLongError", "NonFiniteError", "TokenizerMismatchError",
     "UnsupportedModelError", "DropeLensConfig", "ModelPair", "TokenBatch", "encode",
     "load_embedded", "load_hooked", "load_pair", "to_nope",
-    "explicit_attention",
+    "explicit_attention", "MassiveOptions", "DisruptionOptions", "PhaseOptions", "TaskOptions",
+    "ContextOptions",
 ]
+
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {name: "drope_lens.loading" for name in _LAZY})

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
+
+from drope_lens.errors import DropeLensInputError
 
 
 def check_choice(name: str, value: Any, allowed: Sequence) -> None:
     """Refuse ``value`` unless it is one of ``allowed`` (``ValueError`` naming ``name`` and the choices)."""
     if value not in allowed:
         raise ValueError(f"Unknown {name} {value!r}; use one of {tuple(allowed)}.")
+
+
+def check_threshold(threshold: float, name: str = "threshold (lambda)") -> float:
+    """Validate a massive-value λ: a finite number > 0."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
+            or threshold <= 0:
+        raise DropeLensInputError(f"{name} must be a finite number > 0, e.g. 5.0; got {threshold!r}")
+    return float(threshold)
+
+
+def check_tau(tau: float, name: str = "tau") -> float:
+    """Validate a threshold in (0, 1]."""
+    tau = float(tau)
+    if not (0.0 < tau <= 1.0):
+        raise DropeLensInputError(f"{name} must be in (0, 1], got {tau}")
+    return tau

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-SPIKE_RULES = ("argmax", "first_above")
+from drope_lens.options import SPIKE_RULES  # noqa: E402  (re-exported)
 
 
 def bos_norms(

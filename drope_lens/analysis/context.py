@@ -26,10 +26,10 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from transformer_lens import HookedTransformer
 
-from drope_lens.analysis.sinks import DEFAULT_GU_EPS, DEFAULT_TAU
+from drope_lens.options import ContextOptions
 
-DEFAULT_LENGTHS = (512, 1024, 2048, 4096)
-DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
+DEFAULT_LENGTHS = ContextOptions.default("lengths")
+DEFAULT_DEPTHS = ContextOptions.default("depths")
 METRICS = ("passkey_accuracy", "ppl", "sink_rate", "gu_sink", "max_bos_ratio", "massive_q", "massive_k")
 
 
@@ -151,22 +151,10 @@ class ContextExperiment:
 
 
 def check_lengths(lengths: Sequence[int], depths: Sequence[float], n_per_depth: int) -> tuple[list[int], list[float]]:
-    """Validate the options before any model work (clear messages)."""
-    if isinstance(lengths, (int, str)) or not lengths:
-        raise ValueError("lengths must be a non-empty list of token counts, e.g. [512, 1024, 2048].")
-    out = []
-    for n in lengths:
-        if isinstance(n, bool) or int(n) != n or int(n) < 64:
-            raise ValueError(f"Every length must be an int >= 64 tokens, got {n!r}.")
-        out.append(int(n))
-    if sorted(set(out)) != sorted(out):
-        raise ValueError(f"lengths contain duplicates: {out}")
-    ds = [float(d) for d in depths]
-    if not ds or any(not 0.0 <= d <= 1.0 for d in ds):
-        raise ValueError(f"depths must be fractions in [0, 1], got {list(depths)}")
-    if isinstance(n_per_depth, bool) or int(n_per_depth) != n_per_depth or n_per_depth < 0:
-        raise ValueError(f"n_per_depth must be an int >= 0 (0 skips the passkey), got {n_per_depth!r}")
-    return sorted(out), ds
+    """Validate the options before any model work (clear messages; :class:`~drope_lens.options.ContextOptions`)."""
+    # any sequence: ContextOptions validates it and stores a tuple
+    opts = ContextOptions(lengths=lengths, depths=depths, n_per_depth=n_per_depth)  # type: ignore[arg-type]
+    return list(opts.lengths), list(opts.depths)
 
 
 def _passkey(model, length: int, depths: Sequence[float], n: int, seed: int, batch_size: int):
@@ -199,41 +187,38 @@ def _passkey(model, length: int, depths: Sequence[float], n: int, seed: int, bat
 @torch.no_grad()
 def context_experiment(
     model: HookedTransformer,
-    lengths: Sequence[int] = DEFAULT_LENGTHS,
+    lengths: Optional[Sequence[int]] = None,
+    options: Optional[ContextOptions] = None,
     *,
-    depths: Sequence[float] = DEFAULT_DEPTHS,
-    n_per_depth: int = 2,
-    seed: int = 0,
     texts: Optional[Sequence[str]] = None,
-    tau: float = DEFAULT_TAU,
-    gu_eps: float = DEFAULT_GU_EPS,
-    threshold: float = 5.0,
     batch_size: int = 4,
-    beyond_context: bool = False,
     progress: bool = False,
     log: Optional[Callable[[str], None]] = None,
+    **overrides,
 ) -> ContextExperiment:
     """Passkey accuracy, perplexity, sink rate, BOS ratio and massive Q/K counts per length.
 
     Args:
-        lengths: token counts (BOS included), each ≥ 64; sorted ascending in the result.
-        depths: needle depths (fraction of filler before the passkey); ``n_per_depth`` prompts each
-            (0 skips the passkey; accuracy is then NaN).
+        lengths: token counts (BOS included), each ≥ 64; sorted ascending in the result (default:
+            ``options.lengths``).
+        options: :class:`~drope_lens.options.ContextOptions` (``depths``, ``n_per_depth``, ``seed``,
+            ``tau``, ``gu_eps``, ``threshold``, ``beyond_context``); keyword arguments override its
+            fields. ``n_per_depth`` prompts per needle depth (0 skips the passkey; accuracy is then
+            NaN); ``beyond_context`` allows lengths above ``model.cfg.n_ctx`` (raised for the run,
+            then restored).
         texts: the long texts to measure perplexity/sinks on (default: the built-in texts + filler).
-        beyond_context: allow lengths above ``model.cfg.n_ctx`` (raised for the run, then restored).
         log: called with a one-line summary after each length (e.g. ``print``).
     """
-    from drope_lens.analysis import sinks
-    from drope_lens.analysis.massive import check_threshold, detect_massive
+    from drope_lens.analysis.massive import detect_massive
     from drope_lens.loading.forward import model_label
     from drope_lens.analysis.profile_pass import measure
     from drope_lens.loading.fast_attention import attention_path
     from drope_lens.loading.tokens import TokenBatch
 
-    lengths, depths = check_lengths(lengths, depths, n_per_depth)
-    sinks.check_tau(tau)
-    sinks.check_tau(gu_eps, "gu_eps")
-    check_threshold(threshold)
+    o = ContextOptions.resolve(options, {**overrides, **({} if lengths is None else {"lengths": lengths})})
+    lengths, depths = list(o.lengths), list(o.depths)
+    n_per_depth, seed, tau, gu_eps, threshold = o.n_per_depth, o.seed, o.tau, o.gu_eps, o.threshold
+    beyond_context = o.beyond_context
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n_ctx = int(model.cfg.n_ctx)
@@ -306,8 +291,10 @@ class ContextComparison:
         return self.rope.summary() + "\n" + self.drope.summary()
 
 
-def pair_context_experiment(pair, lengths: Sequence[int] = DEFAULT_LENGTHS, **kwargs) -> ContextComparison:
+def pair_context_experiment(pair, lengths: Optional[Sequence[int]] = None, options: Optional[ContextOptions] = None,
+                            **kwargs) -> ContextComparison:
     """:func:`context_experiment` on both models of a :class:`~drope_lens.loading.pair.ModelPair`."""
-    check_lengths(lengths, kwargs.get("depths", DEFAULT_DEPTHS), kwargs.get("n_per_depth", 2))
-    return ContextComparison(rope=context_experiment(pair.rope, lengths, **kwargs),
-                             drope=context_experiment(pair.drope, lengths, **kwargs))
+    fields = {k: kwargs.pop(k) for k in list(kwargs) if k in ContextOptions.__dataclass_fields__}
+    o = ContextOptions.resolve(options, {**fields, **({} if lengths is None else {"lengths": lengths})})
+    return ContextComparison(rope=context_experiment(pair.rope, options=o, **kwargs),
+                             drope=context_experiment(pair.drope, options=o, **kwargs))

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from drope_lens.analysis import stats
-from drope_lens.analysis.massive import AGGREGATES, detect_massive
+from drope_lens.analysis.massive import detect_massive
 from drope_lens.analysis.perplexity import PerplexityResult, perplexity
 from drope_lens.loading.forward import model_label, to_batch
 from drope_lens.hooks.selection import ChannelSelection, random_control
-from drope_lens.validation import check_choice
+from drope_lens.options import DisruptionOptions
 from drope_lens.hooks.zeroing import zero_channel_hooks
 from drope_lens.loading.tokens import TokenBatch
 
@@ -188,26 +188,16 @@ class DisruptionComparison:
 
 def run_disruption(
     model,
+    options: Optional[DisruptionOptions] = None,
     *,
     identify_texts: Optional[Inputs] = None,
     eval_texts: Optional[Inputs] = None,
-    n_seeds: int = 10,
-    first_seed: int = 42,
-    threshold: float = 5.0,
-    scope: str = "layer",
-    rotary: str = "pre",
-    tensors: Sequence[str] = ("q", "k"),
-    aggregate: str = "mean_norm",
-    eval_on_identify: bool = False,
-    exclude_massive: bool = True,
     batch_size: int = 8,
     max_length: Optional[int] = 512,
-    confidence: float = 0.95,
-    n_resamples: int = 9999,
-    bootstrap_seed: int = 0,
     massive: Optional[ChannelSelection] = None,
     baseline: Optional[PerplexityResult] = None,
     progress: bool = False,
+    **overrides,
 ) -> DisruptionResult:
     """Zero massive Q/K channels vs ``n_seeds`` random controls and measure perplexity.
 
@@ -220,14 +210,18 @@ def run_disruption(
     Work already done elsewhere can be passed in: ``massive``, the channels to zero (then
     ``identify_texts`` only labels the result), and ``baseline``, the perplexity of ``eval_texts``
     without hooks (checked against their token counts).
+
+    ``options``: :class:`~drope_lens.options.DisruptionOptions` (λ, scope, rotary, tensors,
+    aggregate, seeds, overlap, bootstrap); keyword arguments override its fields.
     """
     from tqdm.auto import tqdm
 
     from drope_lens.data.texts import builtin_split
 
-    check_choice("aggregate", aggregate, AGGREGATES)
-    if n_seeds < 2:
-        raise ValueError(f"n_seeds must be >= 2 for the t-test and the bootstrap, got {n_seeds}")
+    o = DisruptionOptions.resolve(options, overrides)
+    threshold, scope, rotary, tensors, aggregate = o.threshold, o.scope, o.rotary, o.tensors, o.aggregate
+    n_seeds, first_seed, eval_on_identify, exclude_massive = o.n_seeds, o.first_seed, o.eval_on_identify, o.exclude_massive
+    confidence, n_resamples, bootstrap_seed = o.confidence, o.n_resamples, o.bootstrap_seed
     split = builtin_split()
     identify_texts = _inputs(identify_texts) if identify_texts is not None else split["identify"]
     if eval_on_identify:
@@ -238,8 +232,8 @@ def run_disruption(
 
     given = massive is not None
     if massive is None:
-        found = detect_massive(model, identify_texts, threshold=threshold, scope=scope, rotary=rotary,
-                               tensors=tensors, batch_size=batch_size, max_length=max_length, top=0)
+        found = detect_massive(model, identify_texts, o.massive(), top=0, batch_size=batch_size,
+                               max_length=max_length)
         massive = found.selection(aggregate)
     elif massive.rotary != rotary or set(massive.tensors) != set(tensors):
         raise ValueError(f"The given selection is {massive.rotary}-RoPE on {massive.tensors}; this run "

@@ -15,13 +15,13 @@ from typing import Any, Optional, Sequence
 import torch
 from transformer_lens import HookedTransformer
 
-from drope_lens.analysis import bos_metrics
+from drope_lens.options import PhaseOptions
 from drope_lens.analysis.perplexity import perplexity
 from drope_lens.analysis.profile import PhaseProfile
 from drope_lens.analysis.profile_pass import Inputs, measure, phase_profile
 from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.bos import mlp_out_mean
-from drope_lens.hooks.conditions import CONDITIONS, NEEDS_BOS, check_conditions, condition_hooks
+from drope_lens.hooks.conditions import NEEDS_BOS, condition_hooks
 
 
 @dataclass
@@ -80,33 +80,31 @@ class PhaseExperiment:
 def phase_experiment(
     model: HookedTransformer,
     inputs: Inputs,
+    options: Optional[PhaseOptions] = None,
     *,
-    conditions: Sequence[str] = CONDITIONS,
     ppl_texts: Optional[Inputs] = None,
     bos_layer: Optional[int] = None,
-    spike_rule: str = "argmax",
-    bos_mode: str = "zero",
-    study_compatible: bool = False,
     qk_kwargs: Optional[dict] = None,
-    profile_conditions: bool = False,
     batch_size: int = 8,
     max_length: Optional[int] = None,
     progress: bool = False,
-    **profile_kwargs,
+    **overrides,
 ) -> PhaseExperiment:
     """Phase profile + per-condition perplexity (baseline, bos_mlp, qk, combined).
 
-    The BOS-MLP layer is ``bos_layer`` or else the baseline spike layer by ``spike_rule``
-    (``"argmax"``, the study's code, by default). ``bos_mode="mean"`` replaces the BOS MLP output by
-    the mean MLP output over the non-BOS tokens of ``inputs``. Perplexity is computed on
-    ``ppl_texts`` (default: ``inputs``, as the study's Exp 4). ``profile_kwargs`` go to
-    :func:`phase_profile` (``tau``, ``include_bos_row``, ``last_layer``, ``attention``, ...).
+    ``options``: :class:`~drope_lens.options.PhaseOptions` (the profile's ``tau``, BOS row, last
+    layer, attention, ...; ``conditions``, ``spike_rule``, ``bos_mode``, ``study_compatible``,
+    ``profile_conditions``); keyword arguments override its fields. The BOS-MLP layer is
+    ``bos_layer`` or else the baseline spike layer by ``spike_rule`` (``"argmax"``, the study's
+    code, by default). ``bos_mode="mean"`` replaces the BOS MLP output by the mean MLP output over
+    the non-BOS tokens of ``inputs``. Perplexity is computed on ``ppl_texts`` (default: ``inputs``,
+    as the study's Exp 4). ``qk_kwargs`` go to the Q/K mean replacement hooks.
     """
     t0 = time.perf_counter()
-    conditions = check_conditions(conditions)
-    if spike_rule not in bos_metrics.SPIKE_RULES:
-        raise DropeLensInputError(f"Unknown spike rule {spike_rule!r}; choose one of {bos_metrics.SPIKE_RULES}.")
-    kw = dict(batch_size=batch_size, max_length=max_length, progress=progress, **profile_kwargs)
+    o = PhaseOptions.resolve(options, overrides)
+    conditions, spike_rule, bos_mode = o.conditions, o.spike_rule, o.bos_mode
+    study_compatible, profile_conditions = o.study_compatible, o.profile_conditions
+    kw = dict(batch_size=batch_size, max_length=max_length, progress=progress, **o.profile_kwargs())
     same_texts = ppl_texts is None  # PPL on the profile's texts: one pass gives both
     want_base_ppl = "baseline" in conditions and same_texts
     baseline, base_ppl = measure(model, inputs, profile=True, ppl=want_base_ppl, **kw)

@@ -37,18 +37,8 @@ from drope_lens.analysis.rotary import RotaryBand, rotary_bands
 from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.points import ROTARY_MODES, check_tensors, hook_name, n_heads_of
 from drope_lens.hooks.selection import ChannelSelection
-from drope_lens.validation import check_choice
-
-SCOPES = ("layer", "head")
-AGGREGATES = ("mean_norm", "pooled", "union")
-
-
-def check_threshold(threshold: float, name: str = "threshold (lambda)") -> float:
-    """Validate a massive-value λ: a finite number > 0."""
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
-            or threshold <= 0:
-        raise DropeLensInputError(f"{name} must be a finite number > 0, e.g. 5.0; got {threshold!r}")
-    return float(threshold)
+from drope_lens.options import AGGREGATES, SCOPES, MassiveOptions  # noqa: F401  (re-exported)
+from drope_lens.validation import check_choice, check_threshold  # noqa: F401  (re-exported)
 
 
 def massive_mask(
@@ -269,33 +259,28 @@ class MassiveValues:
 def detect_massive(
     model,
     inputs,
+    options: Optional[MassiveOptions] = None,
     *,
-    threshold: float = 5.0,
-    scope: str = "layer",
-    rotary: str = "pre",
-    tensors: Sequence[str] = ("q", "k", "v"),
     batch_size: int = 8,
     max_length: Optional[int] = None,
-    top: int = 20,
-    context_length: Optional[int] = None,
     progress: bool = False,
+    **overrides,
 ) -> MassiveValues:
     """Massive Q/K/V channels of ``model`` on ``inputs`` (texts or a TokenBatch), per text.
 
+    ``options`` (:class:`~drope_lens.options.MassiveOptions`: λ ``threshold``, ``scope``,
+    ``rotary``, ``tensors``, ``top``, ``context_length``); keyword arguments override its fields.
     One forward per batch of texts (no unembedding); hooks only accumulate per-channel sums of
     squares over real tokens. ``context_length`` sets the reference for rotary bands (default
     ``n_ctx``). See the module docstring for the definition and the study's conventions.
     """
-    threshold = check_threshold(threshold)
-    check_choice("scope", scope, SCOPES)
-    check_choice("rotary", rotary, ROTARY_MODES)
-    tensors = check_tensors(tensors)
-    if top < 0:
-        raise DropeLensInputError(f"top must be >= 0, got {top}")
+    o = MassiveOptions.resolve(options, overrides)
+    threshold, scope, rotary, tensors, top, context_length = (
+        o.threshold, o.scope, o.rotary, o.tensors, o.top, o.context_length)
     batch = to_batch(model, inputs, max_length=max_length)
     cfg = model.cfg
     n = len(batch)
-    sumsq = {t: torch.zeros(n, cfg.n_layers, n_heads_of(model, t), cfg.d_head, dtype=torch.float64) for t in tensors}
+    sumsq: dict[str, torch.Tensor] = {t: torch.zeros(n, cfg.n_layers, n_heads_of(model, t), cfg.d_head, dtype=torch.float64) for t in tensors}
     current: dict = {}
 
     def make_hook(layer: int, t: str):

@@ -20,13 +20,10 @@ from jaxtyping import Float
 from drope_lens.analysis import bos_metrics, sinks
 from drope_lens.analysis.sinks import DEFAULT_GU_EPS, DEFAULT_TAU
 
-LAST_LAYER_MODES = ("resid", "final_norm")
+from drope_lens.options import LAST_LAYER_MODES, SINK_SOURCES, PhaseOptions  # noqa: E402,F401  (re-exported)
 #: Profile options and their defaults (see :func:`~drope_lens.analysis.profile_pass.phase_profile`).
-PROFILE_DEFAULTS = dict(tau=DEFAULT_TAU, include_bos_row=False, last_layer="resid", attention="native",
-                        gu_eps=DEFAULT_GU_EPS, spike_threshold=2.0, sinks_from="stream")
-#: Where native sink scores come from: streamed from ``hook_rot_q/k`` in query chunks (O(chunk·T),
-#: the model keeps its fast attention) or from ``hook_pattern`` (O(T²), the reference).
-SINK_SOURCES = ("stream", "pattern")
+#: ``phase_profile``'s options and their defaults (:class:`~drope_lens.options.PhaseOptions`).
+PROFILE_DEFAULTS = PhaseOptions().profile_kwargs()
 
 
 def _mean_std(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ from drope_lens.analysis.profile import LAST_LAYER_MODES, PROFILE_DEFAULTS, SINK
 from drope_lens.analysis.profile_collector import ProfileCollector
 from drope_lens.analysis.sinks import DEFAULT_GU_EPS, DEFAULT_TAU
 from drope_lens.errors import DropeLensInputError
+from drope_lens.options import check_profile_options
 from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.forward import forward_batch
 from drope_lens.loading.tokens import TokenBatch, as_batch
@@ -37,14 +38,7 @@ Inputs = Union[Sequence[str], TokenBatch, torch.Tensor]
 
 
 def _check_options(model, tau, gu_eps, last_layer, attention, batch_size, sinks_from="stream") -> None:
-    if sinks_from not in SINK_SOURCES:
-        raise DropeLensInputError(f"Unknown sinks_from {sinks_from!r}; choose one of {SINK_SOURCES}.")
-    sinks.check_tau(tau)
-    sinks.check_tau(gu_eps, "gu_eps")
-    if last_layer not in LAST_LAYER_MODES:
-        raise DropeLensInputError(f"Unknown last_layer {last_layer!r}; choose one of {LAST_LAYER_MODES}.")
-    if attention not in sinks.ATTENTION_SOURCES:
-        raise DropeLensInputError(f"Unknown attention {attention!r}; choose one of {sinks.ATTENTION_SOURCES}.")
+    check_profile_options(tau, gu_eps, last_layer, attention, sinks_from)
     if batch_size < 1:
         raise DropeLensInputError(f"batch_size must be >= 1, got {batch_size}")
     if last_layer == "final_norm" and not hasattr(model.ln_final, "w"):

@@ -25,18 +25,9 @@ from jaxtyping import Bool, Float, Int
 
 from drope_lens.errors import DropeLensInputError, NonFiniteError
 
-ATTENTION_SOURCES = ("native", "pre_rope_manual")
-#: Sink-rate threshold τ (inclusive ``≥``) and Gu et al.'s ε (strict ``>``): the study's 0.3 both.
-DEFAULT_TAU = 0.3
-DEFAULT_GU_EPS = 0.3
-
-
-def check_tau(tau: float, name: str = "tau") -> float:
-    """Validate a threshold in (0, 1]."""
-    tau = float(tau)
-    if not (0.0 < tau <= 1.0):
-        raise DropeLensInputError(f"{name} must be in (0, 1], got {tau}")
-    return tau
+#: Sink-rate threshold τ (inclusive ``≥``) and Gu et al.'s ε (strict ``>``), defined in :mod:`drope_lens.options`.
+from drope_lens.options import ATTENTION_SOURCES, DEFAULT_GU_EPS, DEFAULT_TAU  # noqa: F401  (re-exported)
+from drope_lens.validation import check_tau  # noqa: F401  (re-exported)
 
 
 def query_rows(

@@ -36,8 +36,7 @@ import torch
 
 from drope_lens.errors import DropeLensInputError
 
-METRIC_GROUPS = ("ppl", "massive", "sinks", "bos", "disruption", "passkey")
-DEFAULT_METRICS = ("ppl", "massive", "sinks", "bos")
+from drope_lens.options import DEFAULT_METRICS, METRIC_GROUPS, check_metrics  # noqa: E402,F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -50,14 +49,6 @@ class TrackPoint:
     step: Optional[int] = None
     tokens: Optional[int] = None
     heldout: Optional[str] = None  # held-out token file of the run, if known
-
-
-def check_metrics(metrics: Union[str, Sequence[str]]) -> tuple[str, ...]:
-    items = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
-    bad = [m for m in items if m not in METRIC_GROUPS]
-    if bad or not items:
-        raise DropeLensInputError(f"--metrics: unknown {bad or 'empty list'}; choose from {','.join(METRIC_GROUPS)}")
-    return tuple(dict.fromkeys(items))
 
 
 def checkpoint_points(paths: Sequence[Union[str, os.PathLike]], *, include_rope: bool = True) -> list[TrackPoint]:

@@ -58,6 +58,14 @@ def add_pair_texts_args(parser: argparse.ArgumentParser, texts_title: str):
     return g
 
 
+def command_options(args: argparse.Namespace):
+    """The command's options object (``build_options``): built and validated by
+    :func:`validate_common_args` before any model code, or here when a run function is called directly."""
+    if getattr(args, "options", None) is None:
+        args.options = args.build_options(args)
+    return args.options
+
+
 def emit_json(args: argparse.Namespace, payload: Any) -> None:
     if not getattr(args, "json_out", None):
         return
@@ -131,9 +139,8 @@ def check_model_args(args: argparse.Namespace) -> None:
 
 def validate_common_args(args: argparse.Namespace) -> None:
     """Check every numeric/path option a subcommand has, before anything is loaded."""
-    from drope_lens.analysis.massive import check_threshold
-    from drope_lens.analysis.sinks import check_tau
     from drope_lens.errors import DropeLensInputError
+    from drope_lens.validation import check_tau, check_threshold
 
     def num(name: str):
         return getattr(args, name, None)
@@ -174,6 +181,9 @@ def validate_common_args(args: argparse.Namespace) -> None:
         if why:
             raise DropeLensInputError(f"--json {j}: {why}; choose a folder you can write to")
     _check_names(args)
+    build = getattr(args, "build_options", None)
+    if build is not None:  # the command's options object (drope_lens.options), validated before any model code
+        args.options = build(args)
     check_model_args(args)
     check_cache_dir(args)
 
@@ -183,8 +193,7 @@ def _check_names(args: argparse.Namespace) -> None:
     from drope_lens.errors import DropeLensInputError
 
     if getattr(args, "command", None) == "tasks":
-        from drope_lens.hooks.conditions import CONDITIONS
-        from drope_lens.tasks.runner import TASKS
+        from drope_lens.options import CONDITIONS, TASKS
 
         for flag, given, known in (("--tasks", args.tasks, TASKS), ("--conditions", args.conditions, CONDITIONS)):
             unknown = [v for v in given if v not in known]

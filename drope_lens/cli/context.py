@@ -5,43 +5,46 @@ from __future__ import annotations
 import argparse
 import sys
 
-from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args
+from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args, command_options
 from drope_lens.cli.lists import add_list_argument, float_list, int_list
+from drope_lens.options import ContextOptions as O
 
 HELP = "context-length experiment: passkey by depth, perplexity, sink rate, BOS ratio, massive Q/K vs length"
 
 
 def add_parser(sub) -> None:
-    from drope_lens.analysis.sinks import DEFAULT_TAU
-
     p = sub.add_parser("context", help=HELP, description=HELP + ". Seeded; both models of the pair.")
     add_model_args(p)
-    add_list_argument(p, "--lengths", item=int_list, default=[512, 1024, 2048, 4096], metavar="N,N",
-                      help="input lengths in tokens, BOS included (default: 512,1024,2048,4096)")
-    add_list_argument(p, "--depths", item=float_list, default=[0.1, 0.5, 0.9], metavar="D,D",
-                      help="passkey needle depths in [0, 1] (default: 0.1,0.5,0.9)")
-    p.add_argument("--n-per-depth", type=int, default=2, help="passkey prompts per depth and length (0: none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tau", type=float, default=DEFAULT_TAU, help="sink-rate threshold (>=)")
-    p.add_argument("--threshold", type=float, default=5.0, help="massive-value lambda")
+    add_list_argument(p, "--lengths", item=int_list, default=list(O.default("lengths")), metavar="N,N",
+                      help="input lengths in tokens, BOS included (default: "
+                      + ",".join(map(str, O.default("lengths"))) + ")")
+    add_list_argument(p, "--depths", item=float_list, default=list(O.default("depths")), metavar="D,D",
+                      help="passkey needle depths in [0, 1] (default: " + ",".join(map(str, O.default("depths"))) + ")")
+    p.add_argument("--n-per-depth", type=int, default=O.default("n_per_depth"),
+                   help="passkey prompts per depth and length (0: none)")
+    p.add_argument("--seed", type=int, default=O.default("seed"))
+    p.add_argument("--tau", type=float, default=O.default("tau"), help="sink-rate threshold (>=)")
+    p.add_argument("--threshold", type=float, default=O.default("threshold"), help="massive-value lambda")
     p.add_argument("--batch-size", type=int, default=4, help="passkey prompts decoded together")
     p.add_argument("--beyond-context", action="store_true",
                    help="allow lengths above the models' n_ctx (their training context)")
     p.add_argument("--figure", metavar="PNG", help="save the metric-vs-length figure here")
     add_output_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, build_options=options_from_args)
+
+
+def options_from_args(args: argparse.Namespace) -> O:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    return O(lengths=tuple(args.lengths), depths=tuple(args.depths), n_per_depth=args.n_per_depth, seed=args.seed,
+             tau=args.tau, threshold=args.threshold, beyond_context=args.beyond_context)
 
 
 def run(args: argparse.Namespace) -> int:
-    from drope_lens.analysis.context import check_lengths, pair_context_experiment
+    from drope_lens.analysis.context import pair_context_experiment
 
-    check_lengths(args.lengths, args.depths, args.n_per_depth)  # before any model is loaded
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     pair = load_pair_from_args(args)
-    res = pair_context_experiment(pair, args.lengths, depths=args.depths, n_per_depth=args.n_per_depth,
-                                  seed=args.seed, tau=args.tau, threshold=args.threshold,
-                                  batch_size=args.batch_size, beyond_context=args.beyond_context,
+    res = pair_context_experiment(pair, options=command_options(args), batch_size=args.batch_size,
                                   progress=sys.stderr.isatty(),
                                   log=lambda line: print(line, file=sys.stderr, flush=True))
     print(res.summary())

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from drope_lens.cli.common import add_pair_texts_args, load_pair_from_args
+from drope_lens.options import MassiveOptions as O
 
 
 def add_massive_args(p: argparse.ArgumentParser) -> None:
@@ -20,10 +21,10 @@ def add_massive_args(p: argparse.ArgumentParser) -> None:
                    help="truncate each text to this many tokens, BOS included (default 512)")
     g.add_argument("--batch-size", type=int, default=8)
     m = p.add_argument_group("definition")
-    m.add_argument("--threshold", type=float, default=5.0, help="λ (default 5.0)")
-    m.add_argument("--scope", choices=["layer", "head"], default="layer",
+    m.add_argument("--threshold", type=float, default=O.default("threshold"), help="λ (default %(default)s)")
+    m.add_argument("--scope", choices=O.choices("scope"), default=O.default("scope"),
                    help="mean over the layer's heads × d_head matrix (study, default) or per head")
-    m.add_argument("--rotary", choices=["pre", "post"], default="pre",
+    m.add_argument("--rotary", choices=O.choices("rotary"), default=O.default("rotary"),
                    help="pre-RoPE hook_q/k/v (study, default) or post-RoPE hook_rot_q/k (Jin)")
 
 

@@ -6,15 +6,15 @@ import argparse
 import sys
 import time
 
-from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args
+from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args, command_options
 from drope_lens.cli.lists import add_list_argument
+from drope_lens.options import PhaseOptions as O
 
 HELP = "attention sinks, BOS norm/ratio, entropy per layer; perplexity under BOS-MLP / Q/K ablation"
 
 
 def add_parser(sub) -> None:
-    from drope_lens.analysis.sinks import DEFAULT_GU_EPS, DEFAULT_TAU
-    from drope_lens.hooks.conditions import CONDITIONS
+    from drope_lens.options import CONDITIONS, ROTARY_MODES
 
     p = sub.add_parser("phase", help=HELP, description=HELP + ". Runs on both models of the pair.")
     add_model_args(p)
@@ -26,35 +26,42 @@ def add_parser(sub) -> None:
     g.add_argument("--max-length", type=int, help="truncate each text to this many tokens (BOS included)")
     g.add_argument("--batch-size", type=int, default=8)
     m = p.add_argument_group("metrics")
-    m.add_argument("--tau", type=float, default=DEFAULT_TAU, help=f"sink-rate threshold, inclusive (default {DEFAULT_TAU})")
-    m.add_argument("--gu-eps", type=float, default=DEFAULT_GU_EPS,
-                   help=f"Gu et al. 2025 ε, strict (default {DEFAULT_GU_EPS})")
+    m.add_argument("--tau", type=float, default=O.default("tau"), help="sink-rate threshold, inclusive (default %(default)s)")
+    m.add_argument("--gu-eps", type=float, default=O.default("gu_eps"),
+                   help="Gu et al. 2025 ε, strict (default %(default)s)")
     m.add_argument("--include-bos-row", action="store_true",
                    help="count query row 0 in sink scores (the study did; default: excluded)")
-    m.add_argument("--last-layer", choices=["resid", "final_norm"], default="resid",
+    m.add_argument("--last-layer", choices=O.choices("last_layer"), default=O.default("last_layer"),
                    help="last layer = raw residual (default) or final RMSNorm output (study, HF hidden_states[-1])")
-    m.add_argument("--attention", choices=["native", "pre_rope_manual"], default="native",
+    m.add_argument("--attention", choices=O.choices("attention"), default=O.default("attention"),
                    help="native hook_pattern (default) or the study's manual pre-RoPE Q/K softmax (bug B1)")
     c = p.add_argument_group("interventions")
     add_list_argument(c, "--conditions", default=list(CONDITIONS),
                    help=f"comma-separated subset of {','.join(CONDITIONS)} (default: all)")
     c.add_argument("--profile-only", action="store_true", help="no interventions, no perplexity")
     c.add_argument("--bos-layer", type=int, help="BOS-MLP layer (default: the spike layer by --spike-rule)")
-    c.add_argument("--spike-rule", choices=["argmax", "first_above"], default="argmax",
+    c.add_argument("--spike-rule", choices=O.choices("spike_rule"), default=O.default("spike_rule"),
                    help="spike layer for the ablation: arg-max of mean BOS ratio (study code, default) "
                         "or first layer with ratio > 2 (study prose)")
-    c.add_argument("--bos-mode", choices=["zero", "mean"], default="zero")
+    c.add_argument("--bos-mode", choices=O.choices("bos_mode"), default=O.default("bos_mode"))
     c.add_argument("--study-compatible", action="store_true",
                    help="BOS-MLP hook hits index 0 of every forward call (the study's bug B3)")
     c.add_argument("--qk-threshold", type=float,
                    help="Q/K mean replacement gate: only dims with norm > X x the head mean "
                         "(the study's Exp-4 J-B used 5); default: always top-1 (J-A)")
-    c.add_argument("--qk-rotary", choices=["pre", "post"], default="pre",
+    c.add_argument("--qk-rotary", choices=ROTARY_MODES, default="pre",
                    help="Q/K mean replacement on pre-RoPE hook_q/k (study) or post-RoPE hook_rot_q/k (Jin)")
     c.add_argument("--profile-conditions", action="store_true",
                    help="also compute the phase profile under each intervention")
     p.add_argument("--per-text", action="store_true", help="include per-text arrays in --json")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, build_options=options_from_args)
+
+
+def options_from_args(args: argparse.Namespace) -> O:
+    return O(tau=args.tau, gu_eps=args.gu_eps, include_bos_row=args.include_bos_row, last_layer=args.last_layer,
+             attention=args.attention, conditions=() if args.profile_only else tuple(args.conditions),
+             spike_rule=args.spike_rule, bos_mode=args.bos_mode, study_compatible=args.study_compatible,
+             profile_conditions=args.profile_conditions)
 
 
 def _texts(args) -> list[str]:
@@ -70,7 +77,7 @@ def _texts(args) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from drope_lens.analysis.interventions import phase_experiment
 
-    conditions = () if args.profile_only else tuple(args.conditions)
+    conditions = command_options(args).conditions
     t0 = time.perf_counter()
     texts = _texts(args)
     pair = load_pair_from_args(args)
@@ -80,12 +87,9 @@ def run(args: argparse.Namespace) -> int:
     for role, model in pair.items():
         print(f"[{role}] phase metrics ...", file=sys.stderr)
         exp = phase_experiment(
-            model, texts, conditions=conditions, bos_layer=args.bos_layer, spike_rule=args.spike_rule,
-            bos_mode=args.bos_mode, study_compatible=args.study_compatible,
+            model, texts, command_options(args), bos_layer=args.bos_layer,
             qk_kwargs={"rotary": args.qk_rotary, "threshold": args.qk_threshold},
-            profile_conditions=args.profile_conditions, batch_size=args.batch_size,
-            max_length=args.max_length, progress=True, tau=args.tau, gu_eps=args.gu_eps,
-            include_bos_row=args.include_bos_row, last_layer=args.last_layer, attention=args.attention,
+            batch_size=args.batch_size, max_length=args.max_length, progress=True,
         )
         out["models"][role] = {"label": pair.labels[role], **exp.to_dict(per_text=args.per_text)}
     out["wall_s"] = round(time.perf_counter() - t0, 2)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from drope_lens.cli.common import add_model_args
+from drope_lens.cli.common import add_model_args, command_options
 from drope_lens.cli.lists import add_list_argument, int_list
 
 HELP = "run every experiment on a RoPE/DroPE pair and write report.md, results.json, figures, views"
@@ -27,8 +27,12 @@ examples:
 
 
 def add_parser(sub) -> None:
-    from drope_lens.report.runner import DEFAULT_STEPS, OPTIONAL_STEPS, STEPS
-    from drope_lens.tasks.sizes import QUICK_N, REPORT_N
+    import dataclasses
+
+    from drope_lens.options import FORMATS, QUICK_N, REPORT_N, SCORING
+    from drope_lens.report.runner import DEFAULT_STEPS, OPTIONAL_STEPS, STEPS, ReportOptions
+
+    R = {f.name: f.default for f in dataclasses.fields(ReportOptions)}  # defaults live in ReportOptions
 
     p = sub.add_parser("report", help=HELP, description=HELP + ".", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,41 +44,46 @@ def add_parser(sub) -> None:
                         + ",".join(DEFAULT_STEPS) + "); the optional 'extended' (residual massive "
                         "activations, study Exp 5-9) and 'context' (context-length experiment) run only "
                         "when named (context never with --quick)")
-    p.add_argument("--threshold", type=float, default=5.0, help="massive-value λ (default 5)")
-    p.add_argument("--n-seeds", type=int, default=10, help="random controls for disruption (default 10)")
+    p.add_argument("--threshold", type=float, default=R["threshold"], help="massive-value λ (default %(default)s)")
+    p.add_argument("--n-seeds", type=int, default=R["n_seeds"], help="random controls for disruption (default %(default)s)")
     p.add_argument("--task-n", type=int, default=None,
                    help="items per task, passkey: per length (default: "
                         + ", ".join(f"{task} {n}" for task, n in REPORT_N.items())
                         + "; --quick: " + ", ".join(map(str, QUICK_N.values())) + ")")
-    p.add_argument("--scoring", default="calibrated", choices=("logprob", "calibrated", "study"),
+    p.add_argument("--scoring", default=R["task_scoring"], choices=SCORING,
                    help="choice-task scoring (default: calibrated, contextual calibration)")
-    p.add_argument("--n-shot", type=int, default=0, help="demonstrations per choice item (default 0)")
-    p.add_argument("--task-format", default="completion", choices=("yes_no", "completion"),
+    p.add_argument("--n-shot", type=int, default=R["n_shot"], help="demonstrations per choice item (default %(default)s)")
+    p.add_argument("--task-format", default=R["task_format"], choices=FORMATS,
                    help="cities/sports as two-way completions (default) or the study's yes/no questions")
-    add_list_argument(p, "--passkey-lengths", item=int_list, default=[256], metavar="N,N",
-                   help="passkey prompt lengths in tokens (default: 256; --quick: 128)")
-    p.add_argument("--max-length", type=int, default=512,
-                   help="cut texts at this many tokens, BOS included (default 512; --quick: 128)")
-    p.add_argument("--batch-size", type=int, default=8, help="texts per forward pass (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed for datasets and controls")
+    add_list_argument(p, "--passkey-lengths", item=int_list, default=list(R["passkey_lengths"]), metavar="N,N",
+                   help="passkey prompt lengths in tokens (default: "
+                        + ",".join(map(str, R["passkey_lengths"])) + "; --quick: 128)")
+    p.add_argument("--max-length", type=int, default=R["max_length"],
+                   help="cut texts at this many tokens, BOS included (default %(default)s; --quick: 128)")
+    p.add_argument("--batch-size", type=int, default=R["batch_size"], help="texts per forward pass (default %(default)s)")
+    p.add_argument("--seed", type=int, default=R["seed"], help="seed for datasets and controls")
     p.add_argument("--force", action="store_true", help="discard saved parts and rerun everything")
     p.add_argument("--allow-partial", action="store_true",
                    help="exit 0 even if a figure or view could not be written (it is listed in report.md)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, build_options=options_from_args)
 
 
-def run(args: argparse.Namespace) -> int:
-    from drope_lens.cli.common import check_model_args, check_out_dir
-    from drope_lens.loading import load_pair
-    from drope_lens.report.runner import ReportOptions, run_report
-    from drope_lens.report.store import ResultsLock
+def options_from_args(args: argparse.Namespace):
+    from drope_lens.report.runner import ReportOptions
 
-    options = ReportOptions(
+    return ReportOptions(
         quick=args.quick, seed=args.seed, threshold=args.threshold, n_seeds=args.n_seeds,
         task_n=args.task_n, task_scoring=args.scoring, n_shot=args.n_shot, task_format=args.task_format,
         steps=tuple(args.steps),
         passkey_lengths=tuple(args.passkey_lengths), max_length=args.max_length, batch_size=args.batch_size,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from drope_lens.cli.common import check_model_args, check_out_dir
+    from drope_lens.report.store import ResultsLock
+
+    options = command_options(args)
     out = check_out_dir(args.out)
     check_model_args(args)
     # refuse a concurrent writer before spending time loading models (run_report locks again itself)
@@ -83,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     lock.release()
     if args.force and (out / "parts").exists():
         shutil.rmtree(out / "parts")
+    from drope_lens.loading import load_pair
+    from drope_lens.report.runner import run_report
+
     t0 = time.perf_counter()
     pair = load_pair(args.rope, args.drope, dtype=args.dtype, device=args.device,
                      offload=getattr(args, "offload", None), n_devices=getattr(args, "n_devices", 1))

@@ -7,16 +7,15 @@ import math
 import sys
 import time
 
-from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args
+from drope_lens.cli.common import add_model_args, add_output_args, emit_json, load_pair_from_args, command_options
 from drope_lens.cli.lists import add_list_argument, int_list
+from drope_lens.options import TaskOptions as O
 
 HELP = "knowledge tasks (cities, sports, sentiment, passkey) under baseline / qk / bos_mlp / combined"
 
 
 def add_parser(sub) -> None:
-    from drope_lens.hooks.conditions import CONDITIONS
-    from drope_lens.tasks.runner import SCORING, TASKS
-    from drope_lens.tasks.sizes import DEFAULT_N
+    from drope_lens.options import CONDITIONS, DEFAULT_N, SCORING, TASKS
 
     p = sub.add_parser("tasks", help=HELP, description=HELP + ".")
     add_model_args(p)
@@ -26,46 +25,49 @@ def add_parser(sub) -> None:
                    help=f"comma-separated, from {','.join(CONDITIONS)}")
     p.add_argument("--n", type=int, help="items per task (passkey: per length); default "
                    + ", ".join(f"{task} {n}" for task, n in DEFAULT_N.items()))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scoring", choices=SCORING, default="logprob",
+    p.add_argument("--seed", type=int, default=O.default("seed"))
+    p.add_argument("--scoring", choices=SCORING, default=O.default("scoring"),
                    help="logprob: compare answer log-probs (passkey: greedy + exact match); "
                    "calibrated: logprob minus the option prior of content-free prompts (Zhao et al. 2021); "
                    "study: 20-token greedy generation + the study's parsing, one denominator")
-    p.add_argument("--n-shot", type=int, default=0,
-                   help="balanced demonstrations before each choice item (default 0)")
-    p.add_argument("--task-format", choices=("yes_no", "completion"), default="yes_no",
+    p.add_argument("--n-shot", type=int, default=O.default("n_shot"),
+                   help="balanced demonstrations before each choice item (default %(default)s)")
+    p.add_argument("--task-format", choices=O.choices("task_format"), default=O.default("task_format"),
                    help="cities/sports as the study's yes/no questions (default) or as two-way "
                    "completions ('In which country is X?': true country vs a distractor)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
     p.add_argument("--bos-layer", type=int_list, metavar="L[,L_DROPE]",
                    help="BOS-MLP ablation layer for both models, or one per model; "
                    "default: each model's BOS spike layer on the built-in texts")
-    add_list_argument(p, "--passkey-lengths", item=int_list, default=[256, 512], metavar="N,N")
-    p.add_argument("--passkey-depth", type=float, default=0.5)
+    add_list_argument(p, "--passkey-lengths", item=int_list, default=list(O.default("passkey_lengths")), metavar="N,N")
+    p.add_argument("--passkey-depth", type=float, default=O.default("passkey_depth"))
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-items", action="store_true", help="leave per-item predictions out of the JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, build_options=options_from_args)
+
+
+def options_from_args(args: argparse.Namespace) -> O:
+    if args.n_shot < 0:
+        raise ValueError(f"--n-shot must be >= 0, got {args.n_shot}")
+    if args.task_format == "completion" and args.scoring == "study":
+        raise ValueError("--task-format completion needs --scoring logprob or calibrated.")
+    if args.bos_layer is not None and len(args.bos_layer) not in (1, 2):
+        raise ValueError("--bos-layer takes one layer or two (rope,drope).")
+    return O(tasks=tuple(args.tasks), conditions=tuple(args.conditions), n=args.n, seed=args.seed,
+             scoring=args.scoring, n_shot=args.n_shot, task_format=args.task_format, chat=args.chat,
+             passkey_lengths=tuple(args.passkey_lengths), passkey_depth=args.passkey_depth)
 
 
 def run(args: argparse.Namespace) -> int:
     from drope_lens.tasks.runner import run_pair_tasks
 
-    if args.n_shot < 0:
-        raise ValueError(f"--n-shot must be >= 0, got {args.n_shot}")
-    if args.task_format == "completion" and args.scoring == "study":
-        raise ValueError("--task-format completion needs --scoring logprob or calibrated.")
     layers = args.bos_layer
-    if layers is not None and len(layers) not in (1, 2):
-        raise ValueError("--bos-layer takes one layer or two (rope,drope).")
     bos = None if layers is None else (layers[0] if len(layers) == 1
                                        else {"rope": layers[0], "drope": layers[1]})
     t0 = time.perf_counter()
     pair = load_pair_from_args(args)
-    cmp = run_pair_tasks(pair, tasks=args.tasks, conditions=args.conditions, n=args.n,
-                         seed=args.seed, scoring=args.scoring, n_shot=args.n_shot, task_format=args.task_format,
-                         chat=args.chat, bos_layer=bos,
-                         passkey_lengths=args.passkey_lengths, passkey_depth=args.passkey_depth,
-                         batch_size=args.batch_size, progress=True)
+    cmp = run_pair_tasks(pair, bos_layer=bos, batch_size=args.batch_size, progress=True,
+                         **command_options(args).run_kwargs())
     _print(cmp)
     print(f"\nwall time {time.perf_counter() - t0:.1f} s (models: "
           f"{cmp.rope.wall_seconds:.1f} s + {cmp.drope.wall_seconds:.1f} s)")

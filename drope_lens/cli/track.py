@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from drope_lens.cli.common import command_options
+
 HELP = "track massive values, sinks, BOS, perplexity (...) over recalibration checkpoints"
 
 EPILOG = """\
@@ -19,7 +21,7 @@ examples:
 
 
 def add_parser(sub) -> None:
-    from drope_lens.analysis.track import DEFAULT_METRICS, METRIC_GROUPS
+    from drope_lens.options import DEFAULT_METRICS, METRIC_GROUPS, check_metrics
 
     p = sub.add_parser("track", help=HELP, description=HELP + ".", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,17 +39,17 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="recompute saved parts")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, build_options=lambda args: check_metrics(args.metrics))
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from drope_lens.analysis.track import check_metrics, checkpoint_points, track
+    from drope_lens.analysis.track import checkpoint_points, track
     from drope_lens.cli.common import check_out_dir, emit_json
     from drope_lens.errors import DropeLensInputError
 
-    metrics = check_metrics(args.metrics)
+    metrics = command_options(args)
     for name in ("heldout_blocks",):
         if getattr(args, name) < 1:
             raise DropeLensInputError(f"--{name.replace('_', '-')} must be >= 1")

@@ -20,7 +20,7 @@ from drope_lens.hooks.mask import current_real_mask, real_token_mask
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHooks
 
-BOS_MODES = ("zero", "mean")
+from drope_lens.options import BOS_MODES  # noqa: E402  (re-exported)
 
 
 def check_layer(model: Optional[HookedTransformer], layer: int) -> int:

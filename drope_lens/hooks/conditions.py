@@ -18,7 +18,7 @@ from drope_lens.hooks.bos import bos_mlp_ablation_hooks
 from drope_lens.hooks.mean_replacement import mean_replacement_hooks, qk_mean_replacement_hooks
 from drope_lens.hooks.types import FwdHooks
 
-CONDITIONS = ("baseline", "bos_mlp", "qk", "combined")
+from drope_lens.options import CONDITIONS, check_conditions  # noqa: E402,F401  (re-exported)
 #: Conditions that ablate the BOS MLP (they need the spike layer).
 NEEDS_BOS = ("bos_mlp", "combined")
 #: Conditions that mean-replace Q/K.
@@ -28,15 +28,6 @@ NEEDS_QK = ("qk", "combined")
 #: steps untouched), read from its signature.
 QK_DEFAULTS = {name: inspect.signature(mean_replacement_hooks).parameters[name].default
                for name in ("k", "rotary", "decode")}
-
-
-def check_conditions(conditions) -> tuple[str, ...]:
-    """Condition names (a name or a sequence) -> a tuple, every one of :data:`CONDITIONS`."""
-    conditions = (conditions,) if isinstance(conditions, str) else tuple(conditions)
-    unknown = [c for c in conditions if c not in CONDITIONS]
-    if unknown:
-        raise DropeLensInputError(f"Unknown condition(s) {unknown}; choose from {CONDITIONS}.")
-    return conditions
 
 
 def condition_hooks(

@@ -8,21 +8,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from drope_lens.options import ROTARY_MODES, TENSORS, check_tensors  # noqa: F401  (re-exported)
 from drope_lens.validation import check_choice
-
-TENSORS = ("q", "k", "v")
-ROTARY_MODES = ("pre", "post")
-
-
-def check_tensors(tensors: Sequence[str]) -> tuple[str, ...]:
-    tensors = (tensors,) if isinstance(tensors, str) else tuple(tensors)
-    if not tensors:
-        raise ValueError("tensors is empty; pass a subset of ('q', 'k', 'v').")
-    for t in tensors:
-        check_choice("tensor", t, TENSORS)
-    if len(set(tensors)) != len(tensors):
-        raise ValueError(f"tensors has duplicates: {tensors}")
-    return tensors
 
 
 def hook_name(layer: int, tensor: str, rotary: str = "pre") -> str:

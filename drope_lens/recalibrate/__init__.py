@@ -1,10 +1,18 @@
-"""Recalibration: RoPE -> DroPE continued pretraining (see :func:`recalibrate`)."""
+"""Recalibration: RoPE -> DroPE continued pretraining (see :func:`recalibrate`).
 
-from drope_lens.recalibrate.blocks import BlockSplit, check_disjoint, make_split, pack_blocks, split_blocks
-from drope_lens.recalibrate.checkpoint import list_checkpoints, read_meta, recalibration_label
-from drope_lens.recalibrate.corpus import Document, builtin_documents, load_documents
-from drope_lens.recalibrate.recipe import Recipe
-from drope_lens.recalibrate.train import RecalibrationResult, default_run_dir, recalibrate
+Names are imported on first use, so ``drope_lens.recalibrate.recipe`` (the CLI's defaults) loads without torch."""
+
+from drope_lens._lazy import lazy_exports
+
+_EXPORTS = {
+    **{n: "drope_lens.recalibrate.blocks" for n in ("BlockSplit", "check_disjoint", "make_split", "pack_blocks",
+                                                    "split_blocks")},
+    **{n: "drope_lens.recalibrate.checkpoint" for n in ("list_checkpoints", "read_meta", "recalibration_label")},
+    **{n: "drope_lens.recalibrate.corpus" for n in ("Document", "builtin_documents", "load_documents")},
+    "Recipe": "drope_lens.recalibrate.recipe",
+    **{n: "drope_lens.recalibrate.train" for n in ("RecalibrationResult", "default_run_dir", "recalibrate")},
+}
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 __all__ = ["BlockSplit", "Document", "Recipe", "RecalibrationResult", "builtin_documents", "check_disjoint",
            "default_run_dir", "list_checkpoints", "load_documents", "make_split", "pack_blocks",

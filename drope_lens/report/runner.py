@@ -50,7 +50,7 @@ class ReportOptions:
         unknown = [s for s in self.steps if s not in STEPS + OPTIONAL_STEPS]
         if unknown:
             raise DropeLensInputError(f"Unknown report steps {unknown}; choose from {list(STEPS + OPTIONAL_STEPS)}.")
-        from drope_lens.analysis.massive import check_threshold
+        from drope_lens.validation import check_threshold
 
         check_threshold(self.threshold, "threshold")
         for name in ("n_seeds", "max_length", "batch_size"):
@@ -58,13 +58,13 @@ class ReportOptions:
                 raise DropeLensInputError(f"{name} must be >= {2 if name == 'n_seeds' else 1}, got {getattr(self, name)}")
         if self.task_n is not None and self.task_n < 1:
             raise DropeLensInputError(f"task_n must be >= 1, got {self.task_n}")
-        from drope_lens.tasks.runner import SCORING
+        from drope_lens.options import SCORING
 
         if self.task_scoring not in SCORING:
             raise DropeLensInputError(f"task_scoring must be one of {SCORING}, got {self.task_scoring!r}")
         if isinstance(self.n_shot, bool) or not isinstance(self.n_shot, int) or self.n_shot < 0:
             raise DropeLensInputError(f"n_shot must be an int >= 0, got {self.n_shot!r}")
-        from drope_lens.tasks.base import FORMATS
+        from drope_lens.options import FORMATS
 
         if self.task_format not in FORMATS:
             raise DropeLensInputError(f"task_format must be one of {FORMATS}, got {self.task_format!r}")
@@ -78,19 +78,30 @@ class ReportOptions:
             self.max_length = min(self.max_length, 128)
             self.passkey_lengths = tuple(p for p in self.passkey_lengths if p <= 128) or (128,)
 
+    def analysis_options(self, step: str):
+        """The options object of ``step``'s analysis (:mod:`drope_lens.options`), or None (extended, context)."""
+        from drope_lens.options import DisruptionOptions, MassiveOptions, PhaseOptions, TaskOptions
+        from drope_lens.tasks.sizes import QUICK_N, REPORT_N
+
+        if step == "massive":
+            return MassiveOptions(threshold=self.threshold)
+        if step == "disruption":
+            return DisruptionOptions(threshold=self.threshold, n_seeds=self.n_seeds)
+        if step == "phase":
+            return PhaseOptions(profile_conditions=not self.quick)
+        if step == "tasks":
+            n = ({task: self.task_n for task in REPORT_N} if self.task_n is not None
+                 else dict(QUICK_N if self.quick else REPORT_N))
+            return TaskOptions(seed=self.seed, n=n, scoring=self.task_scoring, n_shot=self.n_shot,
+                               task_format=self.task_format, passkey_lengths=tuple(self.passkey_lengths))
+        return None
+
     def step_options(self, step: str) -> dict:
+        """What identifies a saved part: the shared sizes and every field of the step's analysis options."""
         common = {"quick": self.quick, "seed": self.seed, "max_length": self.max_length,
                   "batch_size": self.batch_size}
-        specific = {
-            "massive": {"threshold": self.threshold},
-            "disruption": {"threshold": self.threshold, "n_seeds": self.n_seeds},
-            "phase": {},
-            "tasks": {"task_n": self.task_n, "passkey_lengths": list(self.passkey_lengths),
-                      "scoring": self.task_scoring, "n_shot": self.n_shot,
-                      "task_format": self.task_format},
-            "extended": {},
-        }.get(step, {})
-        return {**common, **specific}
+        analysis = self.analysis_options(step)
+        return {**common, **(analysis.to_dict() if analysis is not None else {})}
 
     def to_dict(self) -> dict:
         return {"quick": self.quick, "seed": self.seed, "threshold": self.threshold,

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Optional
 
 from drope_lens.jsonio import plain
-from drope_lens.tasks.sizes import QUICK_N, REPORT_N
 
 
 
@@ -49,9 +48,8 @@ def run_massive(pair, options, context, *, progress: bool = True) -> dict:
     idx = _positions(sets["identify"], sets["massive"])
     out = {"n_texts": len(sets["massive"])}
     for role, model in pair.items():
-        res = detect_massive(model, sets["massive"], threshold=options.threshold,
-                             batch_size=options.batch_size, max_length=options.max_length,
-                             progress=progress)
+        res = detect_massive(model, sets["massive"], options.analysis_options("massive"),
+                             batch_size=options.batch_size, max_length=options.max_length, progress=progress)
         out[role] = res.to_dict()
         out[role]["mean_norm_map"] = {  # [layer, head*d_head] text-mean M, for the channel map view
             t: res.norms(t).mean(0).flatten(1).tolist() for t in ("q", "k")
@@ -72,9 +70,8 @@ def run_phase(pair, options, context, *, progress: bool = True) -> dict:
     texts = text_sets(options)["eval"]
     out = {"n_texts": len(texts)}
     for role, model in pair.items():
-        exp = phase_experiment(model, texts, batch_size=options.batch_size,
-                               max_length=options.max_length, profile_conditions=not options.quick,
-                               progress=progress)
+        exp = phase_experiment(model, texts, options.analysis_options("phase"), batch_size=options.batch_size,
+                               max_length=options.max_length, progress=progress)
         out[role] = exp.to_dict()
     return plain(out)
 
@@ -104,17 +101,11 @@ def run_disruption(pair, options, context, *, progress: bool = True) -> dict:
     results = {}
     for role, model in pair.items():
         results[role] = run_disruption(
-            model, identify_texts=sets["identify"], eval_texts=sets["disruption"], n_seeds=options.n_seeds,
-            threshold=options.threshold, batch_size=options.batch_size, max_length=options.max_length,
+            model, options.analysis_options("disruption"), identify_texts=sets["identify"],
+            eval_texts=sets["disruption"], batch_size=options.batch_size, max_length=options.max_length,
             progress=progress, **_shared_inputs(role, context, sets),
         )
     return plain(compare_disruption(results["rope"], results["drope"]).to_dict())
-
-
-def task_sizes(options) -> dict[str, int]:
-    if options.task_n is not None:
-        return {task: options.task_n for task in REPORT_N}
-    return dict(QUICK_N if options.quick else REPORT_N)
 
 
 def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
@@ -125,10 +116,8 @@ def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
     results = {}
     for role, model in pair.items():
         bos_layer = (phase.get(role) or {}).get("bos_layer")
-        results[role] = run_tasks(model, seed=options.seed, bos_layer=bos_layer, n=task_sizes(options),
-                                  batch_size=options.batch_size, scoring=options.task_scoring,
-                                  n_shot=options.n_shot, task_format=options.task_format,
-                                  passkey_lengths=tuple(options.passkey_lengths), progress=progress)
+        results[role] = run_tasks(model, bos_layer=bos_layer, batch_size=options.batch_size, progress=progress,
+                                  **options.analysis_options("tasks").run_kwargs())
     return plain(compare_tasks(results["rope"], results["drope"]).to_dict())
 
 

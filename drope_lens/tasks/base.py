@@ -27,7 +27,7 @@ CATEGORIES = {"cities": "parametric", "sports": "parametric", "sentiment": "cont
 
 YES_NO_PROMPT = "Answer with only 'Yes' or 'No'.\n\nQuestion: {question}\nAnswer:"
 #: Item formats of the parametric tasks: yes/no questions (the study's) or two-way completion.
-FORMATS = ("yes_no", "completion")
+from drope_lens.options import FORMATS  # noqa: E402  (re-exported)
 #: Option labels of completion items (positions in ``item.meta[choices_key]``).
 SLOTS = ("A", "B")
 

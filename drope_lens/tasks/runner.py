@@ -47,8 +47,9 @@ from drope_lens.tasks.results import ItemResult, TaskComparison, TaskResults, Ta
 from drope_lens.tasks.sizes import DEFAULT_N
 from drope_lens.tasks.scoring import format_prompt, greedy_generate_batch, option_logprobs, option_token_ids
 
-TASKS = ("cities", "sports", "sentiment", "passkey")
-SCORING = ("logprob", "calibrated", "study")
+from drope_lens.options import SCORING, TASKS, TaskOptions, check_task_protocol  # noqa: E402,F401  (re-exported)
+
+_D = TaskOptions.default  # run_tasks's defaults are TaskOptions' (drope_lens.options)
 STUDY_MAX_NEW_TOKENS = 20
 PASSKEY_MAX_NEW_TOKENS = 12
 
@@ -69,14 +70,14 @@ def _n_for(task: str, n: Union[None, int, Mapping[str, int]]) -> int:
 def build_datasets(
     tokenizer,
     *,
-    tasks: Sequence[TaskSpec] = TASKS,
-    n: Union[None, int, Mapping[str, int]] = None,
-    seed: int = 0,
-    chat: bool = False,
-    passkey_lengths: Sequence[int] = (256, 512),
-    passkey_depth: float = 0.5,
+    tasks: Sequence[TaskSpec] = _D("tasks"),
+    n: Union[None, int, Mapping[str, int]] = _D("n"),
+    seed: int = _D("seed"),
+    chat: bool = _D("chat"),
+    passkey_lengths: Sequence[int] = _D("passkey_lengths"),
+    passkey_depth: float = _D("passkey_depth"),
     n_ctx: Optional[int] = None,
-    task_format: str = "yes_no",
+    task_format: str = _D("task_format"),
 ) -> list[TaskDataset]:
     """The datasets for ``tasks`` (names or ready :class:`TaskDataset` objects).
 
@@ -233,19 +234,19 @@ def _prior_dict(ds: TaskDataset, prior: Optional[np.ndarray]) -> Optional[dict[s
 def run_tasks(
     model: HookedTransformer,
     *,
-    tasks: Sequence[TaskSpec] = TASKS,
-    conditions: Sequence[Union[str, Condition]] = CONDITIONS,
-    n: Union[None, int, Mapping[str, int]] = None,
-    seed: int = 0,
+    tasks: Sequence[TaskSpec] = _D("tasks"),
+    conditions: Sequence[Union[str, Condition]] = _D("conditions"),
+    n: Union[None, int, Mapping[str, int]] = _D("n"),
+    seed: int = _D("seed"),
     bos_layer: Optional[int] = None,
-    scoring: str = "logprob",
-    n_shot: int = 0,
-    task_format: str = "yes_no",
-    chat: bool = False,
+    scoring: str = _D("scoring"),
+    n_shot: int = _D("n_shot"),
+    task_format: str = _D("task_format"),
+    chat: bool = _D("chat"),
     batch_size: int = 8,
-    passkey_lengths: Sequence[int] = (256, 512),
-    passkey_depth: float = 0.5,
-    bos_mode: str = "zero",
+    passkey_lengths: Sequence[int] = _D("passkey_lengths"),
+    passkey_depth: float = _D("passkey_depth"),
+    bos_mode: str = _D("bos_mode"),
     qk_kwargs: Optional[dict] = None,
     progress: bool = False,
     label: Optional[str] = None,
@@ -265,15 +266,7 @@ def run_tasks(
             ("Q: In which country is X?" → log p(true country) vs log p(a distractor)); log-prob
             scoring only.
     """
-    if scoring not in SCORING:
-        raise DropeLensInputError(f"Unknown scoring {scoring!r}; choose from {SCORING}.")
-    if isinstance(n_shot, bool) or not isinstance(n_shot, int) or n_shot < 0:
-        raise DropeLensInputError(f"n_shot must be an int >= 0, got {n_shot!r}")
-    if task_format not in FORMATS:
-        raise DropeLensInputError(f"Unknown task_format {task_format!r}; choose from {FORMATS}.")
-    if task_format == "completion" and scoring == "study":
-        raise DropeLensInputError("task_format='completion' needs log-prob scoring ('logprob' or 'calibrated'); "
-                         "the study's generation + parsing reads Yes/No answers.")
+    check_task_protocol(scoring, n_shot, task_format)
     if batch_size < 1:
         raise DropeLensInputError(f"batch_size must be >= 1, got {batch_size}")
     if model.tokenizer is None:
