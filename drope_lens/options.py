@@ -50,9 +50,26 @@ FORMATS: tuple[str, ...] = typing.get_args(TaskFormat)
 #: Native sink scores streamed from ``hook_rot_q/k`` in query chunks (O(chunk·T)) or read from ``hook_pattern`` (O(T²)).
 SINK_SOURCES: tuple[str, ...] = typing.get_args(SinkSource)
 
-#: What :func:`~drope_lens.analysis.track.track` can measure per checkpoint, and its default.
+#: What :func:`~drope_lens.analysis.track.track` can measure per checkpoint, and its default (all).
 METRIC_GROUPS = ("ppl", "massive", "sinks", "bos", "disruption", "passkey")
-DEFAULT_METRICS = ("ppl", "massive", "sinks", "bos")
+DEFAULT_METRICS = METRIC_GROUPS
+
+
+@dataclass(frozen=True)
+class TrackSizes:
+    """How much each :func:`~drope_lens.analysis.track.track` metric group measures per checkpoint
+    -- the one place these sizes live (the defaults of ``track()`` and ``drope-lens track``). Sized
+    so that every group on the embedded model takes well under 2 min per checkpoint on 2 idle CPU
+    cores (README: measured under load, idle estimated)."""
+
+    max_length: int = 256  # massive/sinks/bos/disruption texts cut at this many tokens
+    heldout_blocks: int = 16  # ppl: held-out blocks of the run (16 x 256 tokens)
+    n_seeds: int = 2  # disruption: seeded random-channel controls
+    passkey_n: int = 8  # passkey prompts
+    passkey_length: int = 256  # passkey prompt length in tokens
+
+
+TRACK_SIZES = TrackSizes()
 #: Massive-value λ (Jin et al.; the study): M > λ · mean(M).
 DEFAULT_THRESHOLD = 5.0
 #: Sink-rate threshold τ (inclusive ``≥``) and Gu et al.'s ε (strict ``>``): the study's 0.3 both.
@@ -358,4 +375,5 @@ __all__ = [
     "LAST_LAYER_MODES", "ATTENTION_SOURCES", "TASKS", "SCORING", "FORMATS", "DEFAULT_THRESHOLD",
     "DEFAULT_TAU", "DEFAULT_GU_EPS", "DEFAULT_N", "REPORT_N", "QUICK_N", "scaled_n", "check_tensors",
     "check_conditions", "check_metrics", "check_task_protocol", "check_profile_options", "SINK_SOURCES", "PROFILE_FIELDS", "METRIC_GROUPS", "DEFAULT_METRICS",
+    "TrackSizes", "TRACK_SIZES",
 ]

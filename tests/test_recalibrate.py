@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -190,3 +191,43 @@ def test_kl_to_teacher_option_changes_the_loss(rope_dir, toy_data, tmp_path):
     kl = recalibrate(rope_dir, _recipe(max_steps=1, kl_weight=1.0), tmp_path / "b", data=toy_data, progress=False)
     assert kl.losses[0] > plain.losses[0]  # CE + a positive KL (the student is NoPE, the teacher RoPE)
     assert "not DroPE's recipe" in _recipe(kl_weight=0.5).describe()
+
+
+def test_bf16_autocast_and_gradient_checkpointing_on_cpu(rope_dir, toy_data, tmp_path):
+    """The GPU recipe's code path on CPU: gradient checkpointing changes nothing but memory (same
+    losses and weights); bf16 autocast trains (finite, different, close losses) and still saves fp32
+    master weights that load with load_hooked."""
+    from safetensors.torch import load_file
+
+    import drope_lens as dl
+    from drope_lens.recalibrate import recalibrate
+
+    runs = {name: recalibrate(rope_dir, _recipe(max_steps=3, save_every=3, **kw), tmp_path / name,
+                              data=toy_data, progress=False)
+            for name, kw in (("fp32", {}), ("ckpt", {"grad_checkpointing": True}), ("bf16", {"dtype": "bfloat16"}))}
+    fp32, ckpt, bf16 = (runs[k] for k in ("fp32", "ckpt", "bf16"))
+    assert ckpt.trained.is_gradient_checkpointing and not fp32.trained.is_gradient_checkpointing
+    assert ckpt.losses == pytest.approx(fp32.losses, rel=1e-6, abs=1e-6)
+    w = {k: load_file(str(tmp_path / k / "checkpoint-000003" / "model.safetensors")) for k in runs}
+    for name, t in w["fp32"].items():
+        torch.testing.assert_close(w["ckpt"][name], t, rtol=1e-5, atol=1e-6)
+    assert all(math.isfinite(v) for v in bf16.losses) and bf16.losses != fp32.losses
+    assert bf16.losses == pytest.approx(fp32.losses, rel=0.05)
+    assert {t.dtype for t in w["bf16"].values()} == {torch.float32}
+    model = dl.load_hooked(str(tmp_path / "bf16" / "checkpoint-000003"))
+    assert torch.isfinite(model(_ids())).all()
+
+
+def test_float16_and_unusable_devices_are_refused_before_loading():
+    from drope_lens.errors import DropeLensInputError
+    from drope_lens.recalibrate import Recipe
+    from drope_lens.recalibrate.train import check_device
+
+    with pytest.raises(DropeLensInputError, match="loss scaling"):
+        Recipe(dtype="float16")
+    assert check_device("cpu").type == "cpu"
+    with pytest.raises(DropeLensInputError, match="--device nonsense"):
+        check_device("nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(DropeLensInputError, match="no CUDA GPU"):
+            check_device("cuda")

@@ -97,7 +97,7 @@ def test_cli_bad_options_refused_before_loading(argv, match, tmp_path, monkeypat
 def test_cli_recalibrate_without_the_builtin_corpus_says_how_to_fetch_it(tmp_path, monkeypatch, capsys):
     from drope_lens.cli import main
 
-    monkeypatch.setenv("DROPE_LENS_CORPUS", str(tmp_path / "missing.tar.gz"))
+    monkeypatch.setenv("DROPE_LENS_CORPUS", str(tmp_path / "no-corpus-here"))
     monkeypatch.setattr("drope_lens.recalibrate.recalibrate", lambda *a, **k: pytest.fail("trained"))
     assert main(["recalibrate", "--out", str(tmp_path / "run")]) == 1
     assert "make corpus" in capsys.readouterr().err
@@ -156,3 +156,40 @@ def test_summary_single_text_with_spaces_is_not_called_empty(capsys):
         validate_common_args(argparse.Namespace(text="   "))
     with pytest.raises(DropeLensInputError, match="empty"):
         validate_common_args(argparse.Namespace(text=["ok", ""]))
+
+
+def test_cache_key_is_the_budget_and_the_default_run_is_preferred(rope_dir, toy_data, tmp_path, monkeypatch):  # noqa: F811
+    from drope_lens.recalibrate import Recipe, default_run_dir, recalibrate
+    from drope_lens.recalibrate.checkpoint import cached_recalibrated
+
+    monkeypatch.setenv("DROPE_LENS_CACHE", str(tmp_path))
+    d = Recipe()
+    assert default_run_dir("nope").name == f"smollm2-135m-instruct-nope-{d.max_steps * 1024}tok"
+    assert default_run_dir("nope", _recipe(max_steps=3)) != default_run_dir("nope")
+    for steps in (2, 3):  # two non-default budgets: the one with more tokens wins
+        r = _recipe(max_steps=steps, save_every=steps)
+        recalibrate(rope_dir, r, default_run_dir("nope", r), data=toy_data, progress=False)
+    assert cached_recalibrated().parent == default_run_dir("nope", _recipe(max_steps=3))
+    default = default_run_dir("nope")
+    r = _recipe(max_steps=1, save_every=1)
+    recalibrate(rope_dir, r, default, data=toy_data, progress=False)  # stands in for the default run
+    assert cached_recalibrated() == default / "checkpoint-000001"
+
+
+def test_cli_track_default_metrics_cover_every_group_on_every_checkpoint(run_dir, tmp_path):
+    """`drope-lens track RUN` with the default --metrics (the full set) over RoPE + 3 checkpoints."""
+    from drope_lens.analysis.track import DEFAULT_METRICS, METRIC_GROUPS
+    from drope_lens.cli import main
+
+    assert DEFAULT_METRICS == METRIC_GROUPS
+    j = tmp_path / "t.json"
+    assert main(["track", str(run_dir), "--out", str(tmp_path / "parts"), "--json", str(j),
+                 "--max-length", "32", "--heldout-blocks", "2", "--passkey-n", "2"]) == 0
+    rows = json.loads(j.read_text())["rows"]
+    got = {(r["checkpoint"], r["group"]) for r in rows}
+    names = ["rope", "checkpoint-000000", "checkpoint-000001", "checkpoint-000002"]
+    assert got == {(n, g) for n in names for g in METRIC_GROUPS}
+    by = {(r["checkpoint"], r["metric"]): r["value"] for r in rows}
+    for n in names:
+        assert 0.0 <= by[(n, "passkey_acc")] <= 1.0
+        assert by[(n, "bos_mlp_ppl_factor")] > 0 and by[(n, "qk_mean_ppl_factor")] > 0

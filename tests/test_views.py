@@ -239,7 +239,7 @@ def test_short_label():
     )
     assert dv.short_label("SmolLM2-135M-Instruct (RoPE removed, recalibrated on 122,880 tokens; nope, lr 1e-04 "
                           "cosine (warm-up 10), 256x4x1 tokens/step, float32, seed 0)") == (
-        "SmolLM2-135M-Instruct (DroPE, 122,880 tok)"
+        "SmolLM2-135M-Instruct (RoPE removed, recalibrated on 122,880 tokens)"
     )
     assert len(dv.short_label("x" * 100, max_len=20)) == 20
 

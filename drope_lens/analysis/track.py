@@ -37,6 +37,7 @@ import torch
 from drope_lens.errors import DropeLensInputError
 
 from drope_lens.options import DEFAULT_METRICS, METRIC_GROUPS, check_metrics  # noqa: E402,F401  (re-exported)
+from drope_lens.options import TRACK_SIZES as SIZES  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -189,18 +190,29 @@ def _phase(profile, group: str) -> dict:
 
 
 def _disruption(model, texts, max_length, n_seeds) -> dict:
+    """BOS-MLP / Q/K-mean perplexity factors on ``texts``; massive-channel zeroing as in
+    :func:`~drope_lens.analysis.disruption.run_disruption` (its default texts and selection). A
+    checkpoint without massive Q/K channels gets None for the zeroing metrics, with a note."""
     from drope_lens.analysis.disruption import run_disruption
     from drope_lens.analysis.interventions import phase_experiment
+    from drope_lens.analysis.massive import detect_massive
+    from drope_lens.data.texts import builtin_split
 
     exp = phase_experiment(model, texts, conditions=("baseline", "bos_mlp", "qk"), max_length=max_length)
     ppl = {c: r.ppl for c, r in exp.conditions.items() if r.ppl is not None}  # measured for each condition
     base = ppl["baseline"]["ppl"]
-    dis = run_disruption(model, n_seeds=n_seeds, max_length=max_length, n_resamples=999)
-    return {"scalars": {"bos_mlp_ppl_factor": ppl["bos_mlp"]["ppl"] / base,
-                        "qk_mean_ppl_factor": ppl["qk"]["ppl"] / base,
-                        "massive_zero_pct": dis.massive_pct, "random_zero_pct": dis.random_mean,
-                        "m_minus_r": dis.m_minus_r},
-            "bos_layer": exp.bos_layer}
+    scalars = {"bos_mlp_ppl_factor": ppl["bos_mlp"]["ppl"] / base,
+               "qk_mean_ppl_factor": ppl["qk"]["ppl"] / base}
+    sel = detect_massive(model, builtin_split()["identify"], tensors=("q", "k"), rotary="pre",
+                         max_length=max_length, top=0).selection("mean_norm")
+    out: dict[str, Any] = {"scalars": scalars, "bos_layer": exp.bos_layer}
+    if sel.total() == 0:
+        scalars.update(massive_zero_pct=None, random_zero_pct=None, m_minus_r=None)
+        out["note"] = "no massive Q/K channels: nothing to zero"
+        return out
+    dis = run_disruption(model, massive=sel, n_seeds=n_seeds, max_length=max_length, n_resamples=999)
+    scalars.update(massive_zero_pct=dis.massive_pct, random_zero_pct=dis.random_mean, m_minus_r=dis.m_minus_r)
+    return out
 
 
 def _passkey(model, n, length) -> dict:
@@ -217,11 +229,11 @@ def track(
     *,
     out: Union[str, os.PathLike, None] = None,
     texts: Optional[Sequence[str]] = None,
-    max_length: int = 256,
-    heldout_blocks: int = 32,
-    n_seeds: int = 3,
-    passkey_n: int = 8,
-    passkey_length: int = 256,
+    max_length: int = SIZES.max_length,
+    heldout_blocks: int = SIZES.heldout_blocks,
+    n_seeds: int = SIZES.n_seeds,
+    passkey_n: int = SIZES.passkey_n,
+    passkey_length: int = SIZES.passkey_length,
     dtype: Union[str, torch.dtype] = torch.float32,
     device: str = "cpu",
     include_rope: bool = True,

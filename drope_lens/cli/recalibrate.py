@@ -7,19 +7,22 @@ import sys
 
 HELP = "recalibrate a RoPE model into a DroPE model (RoPE removed, all parameters trained), with checkpoints"
 
+IDLE_TOKENS_PER_S = 125  # the default recipe on 2 idle CPU cores, measured (README)
+
 EPILOG = """\
-With no arguments: the embedded SmolLM2-135M on the built-in corpus (Project Gutenberg, public
-domain), 120 steps of 4x256 tokens (122,880 tokens; about 15-20 min on 2 idle CPU cores, estimated; 67 min measured
-under load), saved in
-the drope_lens cache, where `drope-lens report --drope recalibrated` finds it. Rerun the same
-command after an interruption and it resumes from the latest checkpoint.
+With no arguments: the embedded SmolLM2-135M on the built-in corpus (3.36 M tokens: Gutenberg
+Shakespeare/Milton, Wikipedia sample, Jane Austen; `make corpus` fetches it), {steps} steps of
+{batch}x{seq} tokens ({tokens:,} tokens; about {minutes:.0f} min at the ~{rate} tokens/s of 2 idle CPU
+cores), a checkpoint every {every} steps, saved in the drope_lens cache ({cache}), where
+`drope-lens report --drope recalibrated` and `drope-lens track` find it. Rerun the same command
+after an interruption and it resumes from the latest checkpoint.
 
 examples:
   drope-lens recalibrate
   drope-lens recalibrate --variant qk_norm_nope --max-tokens 2000000 --out runs/qk
   drope-lens recalibrate --device cuda --dtype bfloat16 --seq-len 1024 --batch-size 16 \\
       --max-steps 600 --save-every 100 --lr 3e-4 --out runs/gpu
-  drope-lens track ~/.cache/drope_lens/recalibrated/smollm2-135m-instruct-nope
+  drope-lens track          # every checkpoint of the cached default run
 """
 
 
@@ -27,7 +30,11 @@ def add_parser(sub) -> None:
     from drope_lens.recalibrate.recipe import DTYPES, SCHEDULES, VARIANTS, Recipe
 
     d = Recipe()
-    p = sub.add_parser("recalibrate", help=HELP, description=HELP + ".", epilog=EPILOG,
+    tokens = d.total_steps * d.tokens_per_step
+    epilog = EPILOG.format(steps=d.total_steps, batch=d.batch_size, seq=d.seq_len, tokens=tokens,
+                           minutes=tokens / IDLE_TOKENS_PER_S / 60, rate=IDLE_TOKENS_PER_S, every=d.save_every,
+                           cache=f"recalibrated/{d.cache_name()}")
+    p = sub.add_parser("recalibrate", help=HELP, description=HELP + ".", epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rope", metavar="ID_OR_DIR", help="RoPE model to recalibrate (default: embedded SmolLM2-135M)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: the drope_lens cache, for the embedded model)")
@@ -47,7 +54,7 @@ def add_parser(sub) -> None:
     p.add_argument("--heldout-blocks", type=int, default=d.heldout_blocks,
                    help="blocks set aside, never trained on (default %(default)s)")
     p.add_argument("--dtype", default=d.dtype, choices=DTYPES,
-                   help="float32, or bf16/fp16 autocast with fp32 master weights (default %(default)s)")
+                   help="float32, or bfloat16 autocast with fp32 master weights (default %(default)s)")
     p.add_argument("--device", default=d.device, help="torch device (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="data split, order and init seed (default %(default)s)")
     p.add_argument("--grad-checkpointing", action="store_true", help="trade compute for activation memory")
@@ -58,8 +65,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from drope_lens.cli.common import check_model_path, check_out_dir
     from drope_lens.errors import DropeLensInputError
     from drope_lens.recalibrate import Recipe, recalibrate
@@ -69,10 +74,9 @@ def run(args: argparse.Namespace) -> int:
                     max_steps=args.max_steps, max_tokens=args.max_tokens, save_every=args.save_every,
                     heldout_blocks=args.heldout_blocks, dtype=args.dtype, device=args.device, seed=args.seed,
                     grad_checkpointing=args.grad_checkpointing, kl_weight=args.kl_weight)
-    try:
-        torch.device(args.device)
-    except RuntimeError as exc:
-        raise DropeLensInputError(f"--device {args.device}: {exc}") from exc
+    from drope_lens.recalibrate.train import check_device
+
+    check_device(args.device)
     check_model_path(args.rope, "--rope")
     if args.out:
         check_out_dir(args.out)
@@ -85,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
             if not item.startswith("hf:") and not Path(item).exists():
                 raise DropeLensInputError(f"--data {item}: no such file or folder")
     else:
-        from drope_lens.recalibrate.corpus import builtin_corpus_path
+        from drope_lens.recalibrate.corpus import builtin_corpus_files
 
-        builtin_corpus_path()  # missing corpus: say how to fetch it, before loading anything
+        builtin_corpus_files()  # missing corpus: say how to fetch it, before loading anything
     print(f"recipe: {recipe.describe()}; {recipe.total_steps} steps x {recipe.tokens_per_step} tokens",
           file=sys.stderr)
     res = recalibrate(args.rope, recipe, args.out, data=args.data, force=args.force,

@@ -15,13 +15,14 @@ checkpoint folders. Each (checkpoint, metric group) is saved under --out/parts a
 rerun the same command and finished ones are reused (keyed by options and model identity).
 
 examples:
-  drope-lens track ~/.cache/drope_lens/recalibrated/smollm2-135m-instruct-nope \\
-      --metrics ppl,massive,sinks,bos --json track.json --figure track.png
+  drope-lens track --json track.json --figure track.png     # the cached default run
+  drope-lens track runs/qk --metrics ppl,massive,sinks,bos
 """
 
 
 def add_parser(sub) -> None:
     from drope_lens.options import DEFAULT_METRICS, METRIC_GROUPS, check_metrics
+    from drope_lens.options import TRACK_SIZES as SIZES
 
     p = sub.add_parser("track", help=HELP, description=HELP + ".", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,9 +33,13 @@ def add_parser(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="parts folder for resume (default: <run>/track)")
     p.add_argument("--json", metavar="PATH", dest="json_out", help="write the rows as JSON here ('-': stdout)")
     p.add_argument("--figure", metavar="PNG", help="save the metric-vs-tokens figure here")
-    p.add_argument("--max-length", type=int, default=256, help="cut analysis texts at N tokens (default 256)")
-    p.add_argument("--heldout-blocks", type=int, default=32, help="held-out blocks for ppl (default 32)")
-    p.add_argument("--n-seeds", type=int, default=3, help="random controls for disruption (default 3)")
+    p.add_argument("--max-length", type=int, default=SIZES.max_length,
+                   help="cut analysis texts at N tokens (default %(default)s)")
+    p.add_argument("--heldout-blocks", type=int, default=SIZES.heldout_blocks,
+                   help="held-out blocks for ppl (default %(default)s)")
+    p.add_argument("--n-seeds", type=int, default=SIZES.n_seeds,
+                   help="random controls for disruption (default %(default)s)")
+    p.add_argument("--passkey-n", type=int, default=SIZES.passkey_n, help="passkey prompts (default %(default)s)")
     p.add_argument("--no-rope", action="store_true", help="leave out the RoPE reference of a run folder")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
@@ -50,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from drope_lens.errors import DropeLensInputError
 
     metrics = command_options(args)
-    for name in ("heldout_blocks",):
-        if getattr(args, name) < 1:
-            raise DropeLensInputError(f"--{name.replace('_', '-')} must be >= 1")
+    for name, lo in (("heldout_blocks", 1), ("passkey_n", 1), ("n_seeds", 2), ("max_length", 2)):
+        if getattr(args, name) < lo:
+            raise DropeLensInputError(f"--{name.replace('_', '-')} must be >= {lo}")
     if args.figure and not Path(args.figure).parent.resolve().is_dir():
         raise DropeLensInputError(f"--figure {args.figure}: its folder does not exist")
     folders = list(args.checkpoints)
@@ -67,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if out is not None:
         check_out_dir(out)
     res = track(points, metrics, out=out, max_length=args.max_length, heldout_blocks=args.heldout_blocks,
-                n_seeds=args.n_seeds, dtype=args.dtype, device=args.device, force=args.force)
+                n_seeds=args.n_seeds, passkey_n=args.passkey_n, dtype=args.dtype, device=args.device,
+                force=args.force)
     print(res.summary())
     if args.figure:
         from drope_lens.views.figures import save_figure

@@ -104,16 +104,26 @@ def save_tensor_file(path: Union[str, os.PathLike], tensors: dict) -> None:
 
 
 def cached_recalibrated(variant: Optional[str] = None) -> Path:
-    """The latest checkpoint of the cached embedded default run (``drope-lens recalibrate``);
-    ``variant=None`` prefers ``nope``, then ``qk_norm_nope``."""
+    """The latest checkpoint of the cached embedded default run (``drope-lens recalibrate``), else of
+    the cached run of the embedded model that has seen the most tokens; ``variant=None`` prefers
+    ``nope``, then ``qk_norm_nope``."""
     from drope_lens.errors import DropeLensInputError
+    from drope_lens.recalibrate.recipe import CACHE_PREFIX
     from drope_lens.recalibrate.train import default_run_dir
 
+    def latest(run_dir: Path) -> Optional[Path]:
+        ckpts = [p for p in list_checkpoints(run_dir) if checkpoint_meta(p)["step"] > 0]
+        return ckpts[-1] if ckpts else None
+
     for v in ((variant,) if variant else ("nope", "qk_norm_nope")):
-        ckpts = [p for p in list_checkpoints(default_run_dir(v)) if checkpoint_meta(p)["step"] > 0]
-        if ckpts:
-            return ckpts[-1]
+        found = latest(default_run_dir(v))
+        if found is not None:
+            return found
+        others = [c for d in sorted(default_run_dir(v).parent.glob(f"{CACHE_PREFIX}{v}*"))
+                  for c in [latest(d)] if c is not None]
+        if others:
+            return max(others, key=lambda c: checkpoint_meta(c)["tokens"])
     raise DropeLensInputError(
         f"no recalibrated twin is cached under {default_run_dir(variant or 'nope').parent}; run "
-        "`drope-lens recalibrate` first (about 20-30 min on 2 idle CPU cores), or leave --drope out "
+        "`drope-lens recalibrate` first (about 25 min on 2 idle CPU cores), or leave --drope out "
         "for the zero-shot NoPE twin")

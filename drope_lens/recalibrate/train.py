@@ -34,11 +34,13 @@ LOG_FILE = "train_log.jsonl"
 HELDOUT_FILE = "heldout.safetensors"
 
 
-def default_run_dir(variant: str = "nope") -> Path:
-    """Where the embedded default run is cached (``$DROPE_LENS_CACHE/recalibrated/...``)."""
+def default_run_dir(variant: str = "nope", recipe: Optional[Recipe] = None) -> Path:
+    """Where a run of the embedded model is cached: ``$DROPE_LENS_CACHE/recalibrated/`` +
+    ``smollm2-135m-instruct-<variant>-<token budget>tok`` (``recipe=None``: the default recipe of
+    ``variant``), so runs of different budgets never share a folder."""
     from drope_lens.loading.embedded import cache_root
 
-    return cache_root() / "recalibrated" / f"smollm2-135m-instruct-{variant}"
+    return cache_root() / "recalibrated" / (recipe or Recipe(variant=variant)).cache_name()
 
 
 @dataclass
@@ -91,8 +93,23 @@ class _Order:
 def _autocast(recipe: Recipe, device: str):
     if recipe.dtype == "float32":
         return contextlib.nullcontext()
-    dt = torch.bfloat16 if recipe.dtype == "bfloat16" else torch.float16
-    return torch.autocast(device_type=torch.device(device).type, dtype=dt)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def check_device(device: str) -> torch.device:
+    """A usable torch device, or a clear error (before any model is loaded)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise DropeLensInputError(f"--device {device}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DropeLensInputError(f"--device {device}: this torch build sees no CUDA GPU "
+                                  f"(torch {torch.__version__}, CUDA {torch.version.cuda})")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DropeLensInputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DropeLensInputError(f"--device {device}: MPS is not available here")
+    return dev
 
 
 def _kl(student_logits, teacher_logits, temperature: float):
@@ -154,12 +171,13 @@ def recalibrate(
     """
     from drope_lens.recalibrate.model import drope_training_model, load_weights
 
+    check_device(recipe.device)
     if source is None:
         from drope_lens.loading.embedded import embedded_checkpoint
 
         source = embedded_checkpoint()
     source = str(source)
-    run_dir = Path(out) if out is not None else default_run_dir(recipe.variant)
+    run_dir = Path(out) if out is not None else default_run_dir(recipe.variant, recipe)
     if force and run_dir.exists():
         import shutil
 

@@ -45,7 +45,8 @@ def short_label(label: str, *, max_len: int = 42) -> str:
     ``"SmolLM2-135M-Instruct (RoPE, theta=100000)"`` -> ``"SmolLM2-135M-Instruct (RoPE)"``;
     ``"… (zero-shot NoPE (RoPE removed, not recalibrated))"`` -> ``"… (zero-shot NoPE)"``;
     ``"org/Model (DroPE checkpoint (RoPE removed, recalibrated))"`` -> ``"Model (DroPE)"``;
-    ``"… (RoPE removed, recalibrated on 122,880 tokens; recipe)"`` -> ``"… (DroPE, 122,880 tok)"``.
+    ``"… (RoPE removed, recalibrated on 122,880 tokens; recipe)"`` ->
+    ``"… (RoPE removed, recalibrated on 122,880 tokens)"`` (the recipe goes; this label is never cut).
     """
     s = str(label)
     s = re.sub(r",\s*theta\s*=\s*[^,()]*", "", s)
@@ -54,10 +55,12 @@ def short_label(label: str, *, max_len: int = 42) -> str:
         prev = s
         s = re.sub(r"(\([^()]*?)\s*\([^()]*\)", r"\1", s)
     s = s.replace("DroPE checkpoint", "DroPE")
-    s = re.sub(r"\(RoPE removed, recalibrated on ([\d,]+) tokens[^()]*\)", r"(DroPE, \1 tok)", s)
+    recal = re.compile(r"\(RoPE removed, recalibrated on ([\d,]+) tokens[^()]*\)")
+    keep = bool(recal.search(s))
+    s = recal.sub(r"(RoPE removed, recalibrated on \1 tokens)", s)
     s = re.sub(r"^[^\s()]*/", "", s)  # hub org or folder path before the model name
     s = re.sub(r"\s+", " ", s).strip()
-    return s if len(s) <= max_len else s[: max_len - 1].rstrip() + "…"
+    return s if len(s) <= max_len or keep else s[: max_len - 1].rstrip() + "…"
 
 
 def save_figure(fig: Figure, path: Union[str, os.PathLike], *, dpi: int = 120) -> Path:
