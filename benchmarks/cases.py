@@ -367,13 +367,13 @@ def sink_rates(model, batch, batch_size: int, tau: Optional[float] = None) -> to
         scores = sinks.sink_scores(pattern, lengths)
         state["rates"][hook.layer()] = sinks.sink_rate(scores, tau).cpu()
 
-    hooks = [(f"blocks.{l}.attn.hook_pattern", hook) for l in range(model.cfg.n_layers)]
+    hooks = [(f"blocks.{li}.attn.hook_pattern", hook) for li in range(model.cfg.n_layers)]
     with torch.no_grad():
         for idx, sub in batch.batches(batch_size):
             state.update(lengths=sub.lengths, rates={})
             with model.hooks(fwd_hooks=hooks):
                 forward_batch(model, sub, return_type=None)
-            out[idx] = torch.stack([state["rates"][l] for l in range(model.cfg.n_layers)], 1)
+            out[idx] = torch.stack([state["rates"][li] for li in range(model.cfg.n_layers)], 1)
     return out
 
 
@@ -419,7 +419,7 @@ def task_workload(models: Models, opts: dict):
         prompts = [format_prompt(models.tokenizer, it.text) for it in ds.items]
         batch = encode(models.tokenizer, prompts)
         rows = [batch.tokens[i, : int(batch.lengths[i])] for i in range(len(batch))]
-        study_items.append((kinds.get(ds.name, "yes_no"), list(zip(rows, [it.answer for it in ds.items]))))
+        study_items.append((kinds.get(ds.name, "yes_no"), list(zip(rows, [it.answer for it in ds.items], strict=True))))
     return datasets, study_items
 
 

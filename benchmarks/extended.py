@@ -46,12 +46,12 @@ def main() -> int:
         kw = dict(max_length=args.max_length)
         with torch.no_grad():
             out[role] = {
-                "bare_forward": best(lambda: forward_batch(model, batch, return_type=None), args.repeat),
-                "residual": best(lambda: residual_massive_activations(model, texts, **kw), args.repeat),
-                "bos_write": best(lambda: bos_write(model, texts, **kw), args.repeat),
-                "head_classes": best(lambda: head_classes(model, texts, **kw), args.repeat),
-                "layer_norms": best(lambda: layer_norms(model, texts, **kw), args.repeat),
-                "key_importance": best(lambda: key_importance(model, texts, **kw), args.repeat),
+                "bare_forward": best(lambda model=model, batch=batch: forward_batch(model, batch, return_type=None), args.repeat),
+                "residual": best(lambda model=model, kw=kw: residual_massive_activations(model, texts, **kw), args.repeat),
+                "bos_write": best(lambda model=model, kw=kw: bos_write(model, texts, **kw), args.repeat),
+                "head_classes": best(lambda model=model, kw=kw: head_classes(model, texts, **kw), args.repeat),
+                "layer_norms": best(lambda model=model, kw=kw: layer_norms(model, texts, **kw), args.repeat),
+                "key_importance": best(lambda model=model, kw=kw: key_importance(model, texts, **kw), args.repeat),
             }
     print(json.dumps({"texts": len(texts), "max_length": args.max_length, "seconds": out}, indent=2))
     return 0

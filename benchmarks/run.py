@@ -342,7 +342,7 @@ def child_argv(args: argparse.Namespace, jobs: list[dict]) -> list[str]:
 def run_jobs(args, jobs: list[dict]) -> list[dict]:
     """One child process for ``jobs`` (models loaded once); one record per job."""
     rc, out, err, wall, maxrss = spawn(child_argv(args, jobs), args.timeout)
-    recs = [json.loads(l[len(MARK):]) for l in out.splitlines() if l.startswith(MARK)]
+    recs = [json.loads(line[len(MARK):]) for line in out.splitlines() if line.startswith(MARK)]
     if not recs:
         tail = (err or out).strip().splitlines()[-3:]
         reason = f"child exited {rc}: " + " | ".join(tail)[-400:]

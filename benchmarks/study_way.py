@@ -205,7 +205,7 @@ def phase(hf_eager, rows: Rows, *, tau: float = 0.3) -> dict:
     for ids in rows:
         out = hf_eager(input_ids=ids.view(1, -1).to(hf_eager.device), output_hidden_states=True, output_attentions=True)
         layers = []
-        for layer, (h, a) in enumerate(zip(out.hidden_states[1:], out.attentions)):
+        for h, a in zip(out.hidden_states[1:], out.attentions, strict=True):
             x = h[0].float()
             norms = x.norm(dim=-1)
             bos_norm = float(norms[0])

@@ -31,7 +31,9 @@ def _row(role, fmt, shots, s, items):
 
 
 def _fmt(r):
-    ci = lambda v, c: f"{v:.2f} [{c[0]:.2f}, {c[1]:.2f}]"
+    def ci(v, c):
+        return f"{v:.2f} [{c[0]:.2f}, {c[1]:.2f}]"
+
     return (f"| {r['role']} | {r['format']} | {r['n_shot']} | {r['task']} | {r['condition']} | {r['n']} | "
             f"{ci(r['raw'], r['raw_ci'])} | {ci(r['calibrated'], r['calibrated_ci'])}"
             f"{' *' if r['calibrated_above_chance'] else ''} | {ci(r['auroc'], r['auroc_ci'])} |")

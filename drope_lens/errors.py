@@ -2,7 +2,8 @@
 
 Every class derives from :class:`DropeLensError` and from the builtin a caller would expect
 (``ValueError`` for bad values, ``FileNotFoundError`` for missing files, ``OSError`` for failed
-writes, ``FloatingPointError`` for NaN/inf), so ``except ValueError`` keeps working. The CLI prints any of them as one line.
+writes, ``FloatingPointError`` for NaN/inf), so ``except ValueError`` keeps working. The CLI prints any of
+them as one line.
 """
 
 from __future__ import annotations

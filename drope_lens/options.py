@@ -105,7 +105,7 @@ def _check_int(name: str, value: Any, lo: int) -> None:
         raise DropeLensInputError(f"{name} must be an int >= {lo}, got {value!r}")
 
 
-O = TypeVar("O", bound="Options")
+OptionsT = TypeVar("OptionsT", bound="Options")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -148,12 +148,12 @@ class Options:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else
                 (dict(v) if isinstance(v, Mapping) else v) for f in dataclasses.fields(self)}
 
-    def replace(self: O, **changes: Any) -> O:
+    def replace(self: OptionsT, **changes: Any) -> OptionsT:
         """A copy with ``changes`` (validated again); an unknown name is a ``TypeError``."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def resolve(cls: type[O], options: Optional[O], overrides: Mapping[str, Any]) -> O:
+    def resolve(cls: type[OptionsT], options: Optional[OptionsT], overrides: Mapping[str, Any]) -> OptionsT:
         """``options`` (default: ``cls()``) with the keyword ``overrides`` an analysis was called with."""
         if options is not None and not isinstance(options, cls):
             raise TypeError(f"options must be a {cls.__name__}, got {type(options).__name__}")
@@ -164,7 +164,7 @@ class Options:
     def default(cls, name: str) -> Any:
         """The default of field ``name`` (for CLI defaults and help)."""
         f = cls.__dataclass_fields__[name]
-        return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[operator]
 
     @classmethod
     def choices(cls, name: str) -> tuple:

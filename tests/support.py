@@ -29,7 +29,7 @@ def embedded_phase_case(model, hf):
     for i, n in enumerate(batch.lengths.tolist()):
         grabbed = {}
 
-        def grab(module, args, out):
+        def grab(module, args, out, grabbed=grabbed):
             grabbed["last"] = out[0] if isinstance(out, tuple) else out
 
         handle = hf.model.layers[-1].register_forward_hook(grab)

@@ -23,8 +23,8 @@ from drope_lens.options import SPIKE_RULES  # noqa: E402  (re-exported)
 
 
 def bos_norms(
-    resid: Float[torch.Tensor, "batch pos d_model"], lengths: Int[torch.Tensor, "batch"]
-) -> tuple[Float[torch.Tensor, "batch"], Float[torch.Tensor, "batch"]]:
+    resid: Float[torch.Tensor, "batch pos d_model"], lengths: Int[torch.Tensor, " batch"]
+) -> tuple[Float[torch.Tensor, " batch"], Float[torch.Tensor, " batch"]]:
     """Per text: ``(‖X[0]‖, mean ‖X[t]‖ over real t ≥ 1)`` in float64 (NaN propagates, never zeroed)."""
     norms = resid.double().norm(dim=-1)  # [batch, pos]
     pos = torch.arange(resid.shape[1], device=resid.device)
@@ -40,7 +40,7 @@ def bos_norms(
 
 
 def spike_layer(
-    mean_ratio: Float[np.ndarray, "layer"], *, rule: str = "argmax", threshold: float = 2.0
+    mean_ratio: Float[np.ndarray, " layer"], *, rule: str = "argmax", threshold: float = 2.0
 ) -> Optional[int]:
     """Spike layer by ``rule``; ``None`` for ``"first_above"`` when no layer exceeds ``threshold``."""
     ratio = np.asarray(mean_ratio, dtype=float)
@@ -54,7 +54,7 @@ def spike_layer(
     raise ValueError(f"Unknown spike rule {rule!r}; choose one of {SPIKE_RULES}.")
 
 
-def peak(values: Float[np.ndarray, "layer"], *, mode: str = "max") -> tuple[float, Optional[int]]:
+def peak(values: Float[np.ndarray, " layer"], *, mode: str = "max") -> tuple[float, Optional[int]]:
     """``(value, layer)`` of the max (or min) of a per-layer curve, NaN layers skipped."""
     arr = np.asarray(values, dtype=float)
     if np.isnan(arr).all():

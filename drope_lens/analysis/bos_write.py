@@ -18,7 +18,7 @@ the cached BOS value stays ablated.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -29,13 +29,13 @@ from drope_lens.analysis.perplexity import PerplexityResult, perplexity
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.hooks.bos import check_layer
 from drope_lens.hooks.positions import PositionTracker
-from drope_lens.hooks.types import FwdHooks
+from drope_lens.hooks.types import FwdHook, FwdHooks
 
 
 def bos_write_from(
     pattern: Float[torch.Tensor, "batch head q k"],
     v: Float[torch.Tensor, "batch pos kv_head d_head"],
-    lengths: Int[torch.Tensor, "batch"],
+    lengths: Int[torch.Tensor, " batch"],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(attn, v_norm, write)``, each ``[batch, head]`` float64, for one layer's pattern and values."""
     H, G = pattern.shape[1], v.shape[2]
@@ -52,7 +52,7 @@ def bos_v_ablation_hooks(model, layers: Union[int, Sequence[int], str] = "all") 
         layers = list(range(model.cfg.n_layers))
     elif isinstance(layers, int):
         layers = [layers]
-    layers = [check_layer(model, l) for l in layers]
+    layers = [check_layer(model, li) for li in cast(Sequence[int], layers)]
     tracker = PositionTracker()
 
     def zero_bos(v: torch.Tensor, hook) -> Optional[torch.Tensor]:
@@ -62,7 +62,7 @@ def bos_v_ablation_hooks(model, layers: Union[int, Sequence[int], str] = "all") 
         v[:, 0] = 0
         return v
 
-    return tracker.hooks() + [(f"blocks.{l}.attn.hook_v", zero_bos) for l in layers]
+    return tracker.hooks() + [(f"blocks.{li}.attn.hook_v", zero_bos) for li in layers]
 
 
 @dataclass
@@ -108,14 +108,14 @@ class BosWrite:
         import pandas as pd
 
         _, L, H = self.write.shape
-        return pd.DataFrame([{"model": self.model, "layer": l, "head": h, "v_norm": self.v_norm[:, l, h].mean(),
-                              "attn": self.attn[:, l, h].mean(), "write": self.write[:, l, h].mean()}
-                             for l in range(L) for h in range(H)])
+        return pd.DataFrame([{"model": self.model, "layer": li, "head": h, "v_norm": self.v_norm[:, li, h].mean(),
+                              "attn": self.attn[:, li, h].mean(), "write": self.write[:, li, h].mean()}
+                             for li in range(L) for h in range(H)])
 
 
 @torch.no_grad()
 def bos_write(model, inputs, *, batch_size: int = 8, max_length: Optional[int] = None,
-              fwd_hooks: FwdHooks = ()) -> BosWrite:
+              fwd_hooks: Sequence[FwdHook] = ()) -> BosWrite:
     """BOS write per text, layer and head, and the BOS ratio per layer, in one pass per batch."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -141,9 +141,9 @@ def bos_write(model, inputs, *, batch_size: int = 8, max_length: Optional[int] =
         ratio[state["idx"], hook.layer()] = (bos / other).cpu().numpy()
 
     hooks = list(fwd_hooks)
-    for l in range(L):
-        hooks += [(f"blocks.{l}.attn.hook_v", stash_v), (f"blocks.{l}.attn.hook_pattern", on_pattern),
-                  (f"blocks.{l}.hook_resid_post", on_resid)]
+    for li in range(L):
+        hooks += [(f"blocks.{li}.attn.hook_v", stash_v), (f"blocks.{li}.attn.hook_pattern", on_pattern),
+                  (f"blocks.{li}.hook_resid_post", on_resid)]
     for idx, sub in batch.batches(batch_size):
         state["idx"], state["lengths"] = idx, sub.lengths
         with model.hooks(fwd_hooks=hooks):
@@ -168,7 +168,7 @@ def bos_write_experiment(
     res = bos_write(model, inputs, batch_size=batch_size, max_length=max_length)
     ppl_inputs = inputs if ppl_inputs is None else ppl_inputs
     spike = res.spike_layer if spike_layer is None else check_layer(model, spike_layer)
-    kw = dict(batch_size=batch_size, max_length=max_length)
+    kw: dict[str, Any] = dict(batch_size=batch_size, max_length=max_length)
     res.ppl = {"baseline": baseline or perplexity(model, ppl_inputs, **kw),
                "spike": perplexity(model, ppl_inputs, fwd_hooks=bos_v_ablation_hooks(model, spike), **kw),
                "all": perplexity(model, ppl_inputs, fwd_hooks=bos_v_ablation_hooks(model, "all"), **kw)}

@@ -152,7 +152,8 @@ class ContextExperiment:
 
 def check_lengths(lengths: Sequence[int], depths: Sequence[float], n_per_depth: int) -> tuple[list[int], list[float]]:
     """Validate the options before any model work (clear messages; :class:`~drope_lens.options.ContextOptions`)."""
-    opts = ContextOptions(lengths=lengths, depths=depths, n_per_depth=n_per_depth)
+    # any sequence: ContextOptions validates it and stores a tuple
+    opts = ContextOptions(lengths=lengths, depths=depths, n_per_depth=n_per_depth)  # type: ignore[arg-type]
     return list(opts.lengths), list(opts.depths)
 
 
@@ -172,10 +173,12 @@ def _passkey(model, length: int, depths: Sequence[float], n: int, seed: int, bat
         batch = encode(tok, [it.text for it in items])
         correct = 0
         for idx, sub in batch.batches(batch_size):
-            stop = lambda r, s, idx=idx: parsing.passkey_done(s, len(items[idx[r]].answer))  # noqa: E731
+            def stop(r, s, idx=idx, items=items):
+                return parsing.passkey_done(s, len(items[idx[r]].answer))
+
             gen = greedy_generate_batch(model, sub.tokens.to(model.cfg.device), PASSKEY_MAX_NEW_TOKENS,
                                         lengths=sub.lengths, stop=stop)
-            for i, (_, text) in zip(idx, gen):
+            for i, (_, text) in zip(idx, gen, strict=True):
                 correct += bool(parsing.passkey_exact(text, items[i].answer))
         by_depth[d] = correct / n
     return by_depth
@@ -240,6 +243,7 @@ def context_experiment(
             batch = TokenBatch(ids, torch.tensor([ids.shape[1]]))
             prof, ppl = measure(model, batch, profile=True, ppl=True, batch_size=1, tau=tau, gu_eps=gu_eps)
             mv = detect_massive(model, batch, threshold=threshold, tensors=("q", "k"), batch_size=1)
+            assert prof is not None and ppl is not None  # measure(profile=True, ppl=True)
             st, s = prof.layer_stats(), prof.summary()
             acc = (sum(by_depth.values()) / len(by_depth)) if n_per_depth else float("nan")
             points.append(ContextPoint(

@@ -22,7 +22,7 @@ use a seeded ``torch.Generator`` per seed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -244,7 +244,7 @@ def run_disruption(
             "Lower the threshold or use other identification texts."
         )
     seeds = list(range(first_seed, first_seed + n_seeds))
-    ppl_kw = dict(batch_size=batch_size, max_length=max_length)
+    ppl_kw: dict[str, Any] = dict(batch_size=batch_size, max_length=max_length)
     if baseline is None:
         base = perplexity(model, eval_texts, **ppl_kw)
     else:

@@ -47,7 +47,7 @@ def spectrum_metrics(x: Float[torch.Tensor, "pos d_model"], *, where: str = "") 
     x = x.detach().double()
     nan = (float("nan"),) * 3
     if not bool(torch.isfinite(x).all()):
-        warnings.warn(f"Entropy {where}: hidden states contain NaN/inf; recorded as NaN.", RuntimeWarning)
+        warnings.warn(f"Entropy {where}: hidden states contain NaN/inf; recorded as NaN.", RuntimeWarning, stacklevel=2)
         return nan
     gram = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
     with _single_thread(gram):
@@ -56,7 +56,7 @@ def spectrum_metrics(x: Float[torch.Tensor, "pos d_model"], *, where: str = "") 
     total_sq = float(sq.sum())
     if total_sq <= 0.0 or len(s) < 2:
         warnings.warn(f"Entropy {where}: degenerate matrix (zero, or one singular value); recorded as NaN.",
-                      RuntimeWarning)
+                      RuntimeWarning, stacklevel=2)
         return nan
     p = sq / total_sq
     h_sq = float(-_plogp(p).sum())

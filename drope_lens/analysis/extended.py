@@ -91,7 +91,7 @@ def run_extended(
     from drope_lens.loading.forward import model_label
 
     ppl_texts = list(texts if ppl_texts is None else ppl_texts)
-    kw = dict(batch_size=batch_size, max_length=max_length)
+    kw: dict[str, Any] = dict(batch_size=batch_size, max_length=max_length)
     base = baseline or perplexity(model, ppl_texts, **kw)
     res = Extended(model=model_label(model))
     if "residual" in experiments:

@@ -18,7 +18,7 @@ are tested on constructed patterns.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from jaxtyping import Float, Int
 
 from drope_lens.analysis import sinks
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
-from drope_lens.hooks.types import FwdHooks
+from drope_lens.hooks.types import FwdHook
 
 CLASSES = ("sink", "local", "distributed", "mixed")
 
@@ -130,9 +130,9 @@ class HeadClasses:
         import pandas as pd
 
         L, H = self.classes.shape
-        rows = [{"model": self.model, "layer": l, "head": h, "class": CLASSES[self.classes[l, h]],
-                 "bos": self.bos[:, l, h].mean(), "local": self.local[:, l, h].mean(),
-                 "entropy": self.entropy[:, l, h].mean()} for l in range(L) for h in range(H)]
+        rows = [{"model": self.model, "layer": li, "head": h, "class": CLASSES[self.classes[li, h]],
+                 "bos": self.bos[:, li, h].mean(), "local": self.local[:, li, h].mean(),
+                 "entropy": self.entropy[:, li, h].mean()} for li in range(L) for h in range(H)]
         return pd.DataFrame(rows)
 
 
@@ -148,7 +148,7 @@ def head_classes(
     include_bos_row: bool = False,
     batch_size: int = 8,
     max_length: Optional[int] = None,
-    fwd_hooks: FwdHooks = (),
+    fwd_hooks: Sequence[FwdHook] = (),
 ) -> HeadClasses:
     """Head metrics from ``hook_pattern`` per text, and the study's classes (see module docstring)."""
     for name, v in (("sink_threshold", sink_threshold), ("local_threshold", local_threshold)):
@@ -177,7 +177,7 @@ def head_classes(
             decay_sum[layer][ok] += d[ok]
             decay_n[layer] += ok
 
-    hooks = list(fwd_hooks) + [(f"blocks.{l}.attn.hook_pattern", collect) for l in range(L)]
+    hooks = list(fwd_hooks) + [(f"blocks.{li}.attn.hook_pattern", collect) for li in range(L)]
     for idx, sub in batch.batches(batch_size):
         state["idx"] = idx
         with model.hooks(fwd_hooks=hooks):

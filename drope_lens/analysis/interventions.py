@@ -67,7 +67,7 @@ class PhaseExperiment:
                 row.update(ppl=res.ppl.get("ppl"), nll_sum=res.ppl.get("nll_sum"),
                            n_targets=res.ppl.get("n_targets"))
                 if base is not None:
-                    row["ppl_ratio"] = res.ppl.get("ppl") / base.get("ppl")
+                    row["ppl_ratio"] = res.ppl["ppl"] / base["ppl"]
             if res.profile is not None:
                 s = res.profile.summary()
                 row.update(mean_sink_rate=s["mean_sink_rate"], max_bos_ratio=s["max_bos_ratio"],
@@ -109,6 +109,7 @@ def phase_experiment(
     same_texts = ppl_texts is None  # PPL on the profile's texts: one pass gives both
     want_base_ppl = "baseline" in conditions and same_texts
     baseline, base_ppl = measure(model, inputs, profile=True, ppl=want_base_ppl, **kw)
+    assert baseline is not None  # measure(profile=True)
     needs_bos = any(c in NEEDS_BOS for c in conditions)
     if bos_layer is None and needs_bos:
         bos_layer = baseline.spike_layer(spike_rule)
@@ -117,6 +118,7 @@ def phase_experiment(
                              f"{baseline.spike_threshold}); pass bos_layer explicitly.")
     mean_vec = None
     if needs_bos and bos_mode == "mean":
+        assert bos_layer is not None  # set above when needs_bos
         mean_vec = mlp_out_mean(model, inputs, bos_layer, batch_size=batch_size, max_length=max_length)
     exp = PhaseExperiment(baseline=baseline, bos_layer=bos_layer, spike_rule=spike_rule,
                           bos_mode=bos_mode, qk_kwargs=qk_settings(qk_kwargs))
@@ -128,11 +130,12 @@ def phase_experiment(
                                 bos_mean_vector=mean_vec, study_compatible=study_compatible,
                                 qk_kwargs=qk_kwargs)
         want_prof = profile_conditions and cond != "baseline"
-        if same_texts:
+        if ppl_texts is None:  # same_texts
             prof, ppl = measure(model, inputs, profile=want_prof, ppl=True, fwd_hooks=hooks, **kw)
         else:
             ppl = perplexity(model, ppl_texts, fwd_hooks=hooks, batch_size=batch_size, max_length=max_length)
             prof = phase_profile(model, inputs, fwd_hooks=hooks, **kw) if want_prof else None
+        assert ppl is not None  # measure(ppl=True)
         exp.conditions[cond] = ConditionResult(cond, ppl=ppl.to_dict(),
                                                profile=baseline if cond == "baseline" else prof)
     exp.wall_s = time.perf_counter() - t0

@@ -14,6 +14,7 @@ Hooks from :func:`layer_ablation_hooks` compose with ``model.generate`` and the 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -106,7 +107,7 @@ def layer_ablation(
     for c in conditions:
         if c not in ABLATIONS:
             raise ValueError(f"Unknown condition {c!r}; choose from {ABLATIONS}.")
-    kw = dict(batch_size=batch_size, max_length=max_length)
+    kw: dict[str, Any] = dict(batch_size=batch_size, max_length=max_length)
     ppl = {"baseline": baseline or perplexity(model, inputs, **kw)}
     for c in conditions:
         ppl[c] = perplexity(model, inputs, fwd_hooks=layer_ablation_hooks(model, layer, c), **kw)
@@ -121,8 +122,9 @@ def _run_tasks(model, layer: int, conditions, kwargs: dict) -> dict[str, Any]:
     from drope_lens.tasks import run_tasks
     from drope_lens.tasks.conditions import Condition
 
-    conds = ["baseline"] + [
-        Condition(name=f"layer{layer}_{c}", make_hooks=lambda m, c=c: layer_ablation_hooks(m, layer, c),
+    conds: list[Any] = ["baseline"]
+    conds += [
+        Condition(name=f"layer{layer}_{c}", make_hooks=functools.partial(layer_ablation_hooks, layer=layer, condition=c),
                   batch_safe=True, info={"layer": layer, "ablation": c})
         for c in conditions
     ]

@@ -15,8 +15,9 @@ are reported.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from jaxtyping import Float
 
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.errors import NonFiniteError
-from drope_lens.hooks.types import FwdHooks
+from drope_lens.hooks.types import FwdHook, FwdHooks
 
 QUANTITIES = ("attn", "mlp", "q", "k", "v", "rot_q", "rot_k")
 _HOOKS = {"attn": "hook_attn_out", "mlp": "hook_mlp_out", "q": "attn.hook_q", "k": "attn.hook_k",
@@ -40,13 +41,13 @@ class LayerNorms:
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def attn_fraction(self) -> Float[np.ndarray, "layer"]:
+    def attn_fraction(self) -> Float[np.ndarray, " layer"]:
         """Exp 9: ratio of the text averages."""
         a, m = self.norms["attn"].mean(0), self.norms["mlp"].mean(0)
         return a / (a + m)
 
     @property
-    def attn_fraction_per_text(self) -> Float[np.ndarray, "layer"]:
+    def attn_fraction_per_text(self) -> Float[np.ndarray, " layer"]:
         """Exp 8: per-text fraction, then averaged over texts."""
         a, m = self.norms["attn"], self.norms["mlp"]
         return (a / (a + m)).mean(0)
@@ -58,9 +59,9 @@ class LayerNorms:
         f = self.attn_fraction
         out = {"model": self.model, "attn_fraction": f.tolist(),
                "attn_fraction_rest_mean": float(f[2:].mean()) if f.size > 2 else None}
-        for l in range(min(3, f.size)):
-            out[f"layer{l}"] = {k: float(v[l]) for k, v in self.layer_means().items()}
-            out[f"layer{l}"]["attn_fraction_per_text"] = float(self.attn_fraction_per_text[l])
+        for li in range(min(3, f.size)):
+            out[f"layer{li}"] = {k: float(v[li]) for k, v in self.layer_means().items()}
+            out[f"layer{li}"]["attn_fraction_per_text"] = float(self.attn_fraction_per_text[li])
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,7 +84,7 @@ class LayerNorms:
 
 @torch.no_grad()
 def layer_norms(model, inputs, *, exclude_bos: bool = False, batch_size: int = 8,
-                max_length: Optional[int] = None, fwd_hooks: FwdHooks = ()) -> LayerNorms:
+                max_length: Optional[int] = None, fwd_hooks: Sequence[FwdHook] = ()) -> LayerNorms:
     """Per-layer mean token norms of attention/MLP outputs and Q/K/V (see the module docstring)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -106,10 +107,10 @@ def layer_norms(model, inputs, *, exclude_bos: bool = False, batch_size: int = 8
                 raise NonFiniteError(f"Layer {layer}: {q} contains NaN/inf.")
             norms[q][text, layer] = float(vals.mean())
 
-    hooks = list(fwd_hooks)
-    for l in range(L):
+    hooks: FwdHooks = list(fwd_hooks)
+    for li in range(L):
         for q, name in _HOOKS.items():
-            hooks.append((f"blocks.{l}.{name}", lambda x, hook, q=q: collect(x, hook, q)))
+            hooks.append((f"blocks.{li}.{name}", functools.partial(collect, q=q)))
     for idx, sub in batch.batches(batch_size):
         state["idx"] = idx
         with model.hooks(fwd_hooks=hooks):

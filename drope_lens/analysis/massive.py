@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ class MassiveValues:
     """Result of :func:`detect_massive`. Tensors are on CPU; ``sumsq[t]`` is ``[text, layer, head, d_head]``."""
 
     sumsq: dict[str, Float[torch.Tensor, "text layer head d_head"]]
-    lengths: Int[torch.Tensor, "text"]
+    lengths: Int[torch.Tensor, " text"]
     threshold: float
     scope: str
     rotary: str
@@ -114,7 +114,7 @@ class MassiveValues:
     def counts(self, tensor: str) -> Int[torch.Tensor, "text layer"]:
         return self.masks(tensor).flatten(2).sum(-1)
 
-    def totals(self, tensor: str) -> Int[torch.Tensor, "text"]:
+    def totals(self, tensor: str) -> Int[torch.Tensor, " text"]:
         return self.counts(tensor).sum(-1)
 
     def total_mean(self, tensor: str) -> float:
@@ -124,10 +124,10 @@ class MassiveValues:
         """Population std over texts (ddof=0, like the study)."""
         return float(self.totals(tensor).double().std(unbiased=False)) if self.n_texts > 1 else 0.0
 
-    def per_layer_mean(self, tensor: str) -> Float[torch.Tensor, "layer"]:
+    def per_layer_mean(self, tensor: str) -> Float[torch.Tensor, " layer"]:
         return self.counts(tensor).double().mean(0)
 
-    def per_layer_std(self, tensor: str) -> Float[torch.Tensor, "layer"]:
+    def per_layer_std(self, tensor: str) -> Float[torch.Tensor, " layer"]:
         return self.counts(tensor).double().std(0, unbiased=False) if self.n_texts > 1 else torch.zeros(self.n_layers)
 
     def subset(self, indices: Sequence[int]) -> "MassiveValues":
@@ -204,7 +204,7 @@ class MassiveValues:
 
     # -- export -----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        out = {
+        out: dict[str, Any] = {
             "model": self.model_label, "position_encoding": self.position_encoding,
             "threshold": self.threshold, "scope": self.scope, "rotary": self.rotary,
             "n_texts": self.n_texts, "text_lengths": self.lengths.tolist(), "n_layers": self.n_layers,
@@ -280,7 +280,7 @@ def detect_massive(
     batch = to_batch(model, inputs, max_length=max_length)
     cfg = model.cfg
     n = len(batch)
-    sumsq = {t: torch.zeros(n, cfg.n_layers, n_heads_of(model, t), cfg.d_head, dtype=torch.float64) for t in tensors}
+    sumsq: dict[str, torch.Tensor] = {t: torch.zeros(n, cfg.n_layers, n_heads_of(model, t), cfg.d_head, dtype=torch.float64) for t in tensors}
     current: dict = {}
 
     def make_hook(layer: int, t: str):
@@ -296,7 +296,7 @@ def detect_massive(
             return None
         return hook
 
-    hooks = [(hook_name(l, t, rotary), make_hook(l, t)) for l in range(cfg.n_layers) for t in tensors]
+    hooks = [(hook_name(li, t, rotary), make_hook(li, t)) for li in range(cfg.n_layers) for t in tensors]
     from tqdm.auto import tqdm
 
     parts = list(batch.batches(batch_size))

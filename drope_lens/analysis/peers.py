@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from jaxtyping import Float
 
 from drope_lens.analysis import sinks
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
-from drope_lens.hooks.types import FwdHooks
+from drope_lens.hooks.types import FwdHook
 
 
 def key_importance_from(pattern: Float[torch.Tensor, "head q k"]) -> Float[torch.Tensor, "head k"]:
@@ -42,7 +42,7 @@ class KeyImportance:
     resid_norm: Float[np.ndarray, "layer pos"]
     k_norm: Float[np.ndarray, "layer pos"]
     v_norm: Float[np.ndarray, "layer pos"]
-    n_texts: Float[np.ndarray, "pos"]
+    n_texts: Float[np.ndarray, " pos"]
     options: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -65,14 +65,14 @@ class KeyImportance:
 
         L, _, P = self.importance.shape
         imp = np.nanmean(self.importance, 1)
-        return pd.DataFrame([{"model": self.model, "layer": l, "position": p, "importance": imp[l, p],
-                              "resid_norm": self.resid_norm[l, p], "k_norm": self.k_norm[l, p],
-                              "v_norm": self.v_norm[l, p]} for l in range(L) for p in range(P)])
+        return pd.DataFrame([{"model": self.model, "layer": li, "position": p, "importance": imp[li, p],
+                              "resid_norm": self.resid_norm[li, p], "k_norm": self.k_norm[li, p],
+                              "v_norm": self.v_norm[li, p]} for li in range(L) for p in range(P)])
 
 
 @torch.no_grad()
 def key_importance(model, inputs, *, max_positions: int = 64, batch_size: int = 8,
-                   max_length: Optional[int] = None, fwd_hooks: FwdHooks = ()) -> KeyImportance:
+                   max_length: Optional[int] = None, fwd_hooks: Sequence[FwdHook] = ()) -> KeyImportance:
     """Gu et al.'s key importance at every position and per-token ‖h‖, ‖k‖, ‖v‖ (pre-RoPE k)."""
     if max_positions < 1 or batch_size < 1:
         raise ValueError("max_positions and batch_size must be >= 1")
@@ -101,11 +101,11 @@ def key_importance(model, inputs, *, max_positions: int = 64, batch_size: int = 
             sums[key][layer, :m] += tok[row, :m].cpu().numpy()
 
     hooks = list(fwd_hooks)
-    for l in range(L):
-        hooks += [(f"blocks.{l}.attn.hook_pattern", on_pattern),
-                  (f"blocks.{l}.hook_resid_post", lambda x, hook: on_norm(x, hook, "resid")),
-                  (f"blocks.{l}.attn.hook_k", lambda x, hook: on_norm(x, hook, "k")),
-                  (f"blocks.{l}.attn.hook_v", lambda x, hook: on_norm(x, hook, "v"))]
+    for li in range(L):
+        hooks += [(f"blocks.{li}.attn.hook_pattern", on_pattern),
+                  (f"blocks.{li}.hook_resid_post", lambda x, hook: on_norm(x, hook, "resid")),
+                  (f"blocks.{li}.attn.hook_k", lambda x, hook: on_norm(x, hook, "k")),
+                  (f"blocks.{li}.attn.hook_v", lambda x, hook: on_norm(x, hook, "v"))]
     for idx, sub in batch.batches(batch_size):
         state["idx"] = idx
         with model.hooks(fwd_hooks=hooks):
@@ -156,11 +156,11 @@ class MassiveSimilarity:
 
         rows = []
         for t in self.tensors:
-            for l in range(len(self.cosine[t])):
-                rows.append({"tensor": t, "layer": l, "jaccard": self.jaccard[t][l], "cosine": self.cosine[t][l],
-                             "spearman": self.spearman[t][l], "entropy_a": self.entropy[t][0][l],
-                             "entropy_b": self.entropy[t][1][l], "max_over_mean_a": self.max_over_mean[t][0][l],
-                             "max_over_mean_b": self.max_over_mean[t][1][l]})
+            for li in range(len(self.cosine[t])):
+                rows.append({"tensor": t, "layer": li, "jaccard": self.jaccard[t][li], "cosine": self.cosine[t][li],
+                             "spearman": self.spearman[t][li], "entropy_a": self.entropy[t][0][li],
+                             "entropy_b": self.entropy[t][1][li], "max_over_mean_a": self.max_over_mean[t][0][li],
+                             "max_over_mean_b": self.max_over_mean[t][1][li]})
         return pd.DataFrame(rows)
 
 
@@ -180,7 +180,7 @@ def massive_similarity(a, b, *, tensors=None) -> MassiveSimilarity:
         inter, union = (sa & sb).sum(-1).double(), (sa | sb).sum(-1).double()
         jac[t] = torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(union, float("nan"))).tolist()
         cos[t] = torch.nn.functional.cosine_similarity(ma, mb, dim=-1).tolist()
-        spear[t] = [_spearman(ma[l].numpy(), mb[l].numpy()) for l in range(ma.shape[0])]
+        spear[t] = [_spearman(ma[li].numpy(), mb[li].numpy()) for li in range(ma.shape[0])]
         ca, cb = concentration(ma), concentration(mb)
         ent[t] = (ca["entropy"].tolist(), cb["entropy"].tolist())
         mom[t] = (ca["max_over_mean"].tolist(), cb["max_over_mean"].tolist())

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
-from drope_lens.hooks.types import FwdHooks
+from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.numerics import check_logits_finite
 from drope_lens.loading.forward import forward_batch, to_batch
 from drope_lens.loading.tokens import TokenBatch
@@ -41,7 +41,7 @@ class PerplexityResult:
 
     @property
     def per_text_ppl(self) -> list[float]:
-        return [math.exp(n / c) if c else float("nan") for n, c in zip(self.per_text_nll, self.per_text_targets)]
+        return [math.exp(n / c) if c else float("nan") for n, c in zip(self.per_text_nll, self.per_text_targets, strict=True)]
 
     def to_dict(self) -> dict:
         return {
@@ -96,7 +96,7 @@ class NLLAccumulator:
 
 def target_nll(
     logits: Float[torch.Tensor, "batch pos vocab"], batch: TokenBatch
-) -> tuple[Float[torch.Tensor, "batch"], Int[torch.Tensor, "batch"]]:
+) -> tuple[Float[torch.Tensor, " batch"], Int[torch.Tensor, " batch"]]:
     """Summed next-token NLL (float64) and target count per row; pads and BOS are never targets.
 
     Over the real positions only, in chunks of ``_CE_ROWS`` positions: the log-softmax temporary
@@ -130,7 +130,7 @@ def perplexity(
     model,
     inputs: Union[Sequence[str], TokenBatch, torch.Tensor],
     *,
-    fwd_hooks: FwdHooks = (),
+    fwd_hooks: Sequence[FwdHook] = (),
     batch_size: int = 8,
     max_length: Optional[int] = None,
     progress: bool = False,

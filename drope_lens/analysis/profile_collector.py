@@ -78,7 +78,7 @@ class ProfileCollector:
         if layer is None:
             layer = hook.layer()
         if hook.name == "ln_final.hook_normalized":
-            resid = resid.to(self.model.cfg.dtype) * self.model.ln_final.w
+            resid = resid.to(self.model.cfg.dtype) * self.model.ln_final.w  # type: ignore[operator]  # ln_final: nn.Module in TL
         lengths = self.lengths.to(resid.device)
         bos, other = bos_metrics.bos_norms(resid, lengths)
         self.bos_norm[self.idx, layer] = bos.cpu().numpy()

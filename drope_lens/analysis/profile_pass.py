@@ -26,7 +26,7 @@ from drope_lens.analysis.profile_collector import ProfileCollector
 from drope_lens.analysis.sinks import DEFAULT_GU_EPS, DEFAULT_TAU
 from drope_lens.errors import DropeLensInputError
 from drope_lens.options import check_profile_options
-from drope_lens.hooks.types import FwdHooks
+from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.forward import forward_batch
 from drope_lens.loading.tokens import TokenBatch, as_batch
 
@@ -59,7 +59,7 @@ def phase_profile(
     spike_threshold: float = 2.0,
     batch_size: int = 8,
     max_length: Optional[int] = None,
-    fwd_hooks: FwdHooks = (),
+    fwd_hooks: Sequence[FwdHook] = (),
     progress: bool = False,
     sinks_from: str = "stream",
 ) -> PhaseProfile:
@@ -82,6 +82,7 @@ def phase_profile(
                           tau=tau, include_bos_row=include_bos_row, last_layer=last_layer,
                           attention=attention, gu_eps=gu_eps, spike_threshold=spike_threshold,
                           sinks_from=sinks_from)
+    assert profile is not None  # measure(profile=True)
     return profile
 
 
@@ -92,7 +93,7 @@ def measure(
     *,
     profile: bool,
     ppl: bool,
-    fwd_hooks: FwdHooks = (),
+    fwd_hooks: Sequence[FwdHook] = (),
     batch_size: int = 8,
     max_length: Optional[int] = None,
     progress: bool = False,

@@ -31,7 +31,7 @@ from drope_lens.analysis.perplexity import PerplexityResult, perplexity
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.errors import NonFiniteError
 from drope_lens.hooks.mask import current_real_mask
-from drope_lens.hooks.types import FwdHooks
+from drope_lens.hooks.types import FwdHook, FwdHooks
 
 DEFAULT_RATIOS = (100.0, 1000.0)
 DEFAULT_DELIMITERS = (".", "\n")
@@ -135,12 +135,12 @@ class ResidualMassive:
 
     def top1_channel(self) -> list[int]:
         """Per layer: the most frequent channel of the top-1 entry over texts."""
-        return [Counter(self.channel[:, l, 0].tolist()).most_common(1)[0][0] for l in range(self.n_layers)]
+        return [Counter(self.channel[:, li, 0].tolist()).most_common(1)[0][0] for li in range(self.n_layers)]
 
     def massive_layers(self, ratio: float = 100.0, share: float = 0.5) -> list[int]:
         """Layers whose top-1 entry exceeds ``ratio × median`` in at least ``share`` of the texts."""
         hit = (self.ratio[:, :, 0] > ratio).mean(0)
-        return [l for l in range(self.n_layers) if hit[l] >= share]
+        return [layer for layer in range(self.n_layers) if hit[layer] >= share]
 
     def massive_channels(self, layer: int, ratio: float = 100.0) -> list[int]:
         """Channels of the top-k entries above ``ratio × median`` at ``layer`` (any text), sorted."""
@@ -193,13 +193,13 @@ class ResidualMassive:
         import pandas as pd
 
         T, L, K = self.value.shape
-        t, l, k = np.meshgrid(np.arange(T), np.arange(L), np.arange(K), indexing="ij")
+        t, li, k = np.meshgrid(np.arange(T), np.arange(L), np.arange(K), indexing="ij")
         ratio = self.ratio
         df = pd.DataFrame({
-            "text": t.ravel(), "layer": l.ravel(), "rank": k.ravel(),
+            "text": t.ravel(), "layer": li.ravel(), "rank": k.ravel(),
             "value": self.value.ravel(), "signed": self.signed.ravel(),
             "position": self.position.ravel(), "channel": self.channel.ravel(),
-            "token": [self.token[a][b][c] for a, b, c in zip(t.ravel(), l.ravel(), k.ravel())],
+            "token": [self.token[a][b][c] for a, b, c in zip(t.ravel(), li.ravel(), k.ravel(), strict=True)],
             "median": np.repeat(self.median.ravel(), K), "ratio": ratio.ravel(),
             "at_bos": self.at_bos.ravel(), "at_first_delimiter": self.at_first_delimiter.ravel(),
         })
@@ -212,12 +212,12 @@ class ResidualMassive:
 
         rows = []
         for t in range(self.n_texts):
-            for l in range(self.n_layers):
-                row = {"model": self.model, "text": t, "layer": l, "median": self.median[t, l],
-                       "top1": self.value[t, l, 0], "ratio": self.ratio[t, l, 0],
-                       "top1_position": int(self.position[t, l, 0]), "top1_channel": int(self.channel[t, l, 0])}
+            for li in range(self.n_layers):
+                row = {"model": self.model, "text": t, "layer": li, "median": self.median[t, li],
+                       "top1": self.value[t, li, 0], "ratio": self.ratio[t, li, 0],
+                       "top1_position": int(self.position[t, li, 0]), "top1_channel": int(self.channel[t, li, 0])}
                 for i, r in enumerate(self.ratios):
-                    row[f"n_over_{r:g}"] = int(self.n_over[t, l, i])
+                    row[f"n_over_{r:g}"] = int(self.n_over[t, li, i])
                 rows.append(row)
         return pd.DataFrame(rows)
 
@@ -241,7 +241,7 @@ def residual_massive_activations(
     delimiters: Sequence[str] = DEFAULT_DELIMITERS,
     batch_size: int = 8,
     max_length: Optional[int] = None,
-    fwd_hooks: FwdHooks = (),
+    fwd_hooks: Sequence[FwdHook] = (),
     progress: bool = False,
 ) -> ResidualMassive:
     """Top-``top_k`` ``|resid_post|`` entries per text and layer, with the layer median (Sun et al.).
@@ -282,14 +282,14 @@ def residual_massive_activations(
             median[text, layer] = float(med)
             n_over[text, layer] = counts.cpu().numpy()
 
-    hooks = list(fwd_hooks) + [(f"blocks.{l}.hook_resid_post", collect) for l in range(L)]
+    hooks = list(fwd_hooks) + [(f"blocks.{li}.hook_resid_post", collect) for li in range(L)]
     from tqdm.auto import tqdm
 
     for idx, sub in tqdm(list(batch.batches(batch_size)), desc="residual", disable=not progress, leave=False):
         state["idx"] = idx
         with model.hooks(fwd_hooks=hooks):
             forward_batch(model, sub, return_type=None)
-    token = [[[token_str[t][p] if p >= 0 else "" for p in position[t, l]] for l in range(L)] for t in range(n)]
+    token = [[[token_str[t][p] if p >= 0 else "" for p in position[t, li]] for li in range(L)] for t in range(n)]
     return ResidualMassive(
         model=model_label(model), top_k=K, ratios=ratios, value=value, signed=signed, position=position,
         channel=channel, median=median, n_over=n_over, token=token, lengths=lengths,
@@ -310,10 +310,11 @@ def massive_activation_hooks(
 
     ``layer`` defaults to the first layer of ``result`` whose top-1 entry exceeds ``ratio ×`` the
     median in at least half the texts (where they appear; later layers carry them on the residual
-    stream). The default ``ratio = 1000`` is Sun et al.'s "about 10,000× / ≥ 1000×" scale. The targeted channels are those of ``result``'s top entries
-    above ``ratio × median`` at that layer. In each pass, every real entry of a targeted channel
-    with ``|h| > ratio ×`` its row's median ``|h|`` (real tokens) is set to 0 (``mode="zero"``) or
-    to the mean of that channel's massive entries over ``result``'s texts (``mode="mean"``, signed).
+    stream). The default ``ratio = 1000`` is Sun et al.'s "about 10,000× / ≥ 1000×" scale. The targeted
+    channels are those of ``result``'s top entries above ``ratio × median`` at that layer. In each pass,
+    every real entry of a targeted channel with ``|h| > ratio ×`` its row's median ``|h|`` (real tokens) is
+    set to 0 (``mode="zero"``) or to the mean of that channel's massive entries over ``result``'s texts
+    (``mode="mean"``, signed).
     """
     if mode not in INTERVENTION_MODES:
         raise ValueError(f"Unknown mode {mode!r}; choose one of {INTERVENTION_MODES}.")
@@ -346,7 +347,7 @@ def massive_activation_hooks(
             out[row][:, ci] = torch.where(hit, repl, sub).to(x.dtype)
         return out
 
-    fn.channels, fn.layer, fn.means = chans, layer, means  # for inspection
+    fn.channels, fn.layer, fn.means = chans, layer, means  # type: ignore[attr-defined]  # for inspection
     return [(f"blocks.{layer}.hook_resid_post", fn)]
 
 
@@ -391,7 +392,8 @@ def residual_intervention(
     ppl = {"baseline": baseline or perplexity(model, inputs, batch_size=batch_size, max_length=max_length)}
     for m, h in hooks.items():
         ppl[m] = perplexity(model, inputs, fwd_hooks=h, batch_size=batch_size, max_length=max_length)
-    return ResidualIntervention(model=result.model, layer=fn.layer, channels=fn.channels, means=fn.means,
+    return ResidualIntervention(model=result.model, layer=fn.layer, channels=fn.channels,  # type: ignore[attr-defined]
+                                means=fn.means,  # type: ignore[attr-defined]
                                 ratio=ratio, ppl=ppl)
 
 
@@ -419,7 +421,7 @@ class ResidualComparison:
     @property
     def same_channel_layers(self) -> list[int]:
         """Massive layers of both models whose most frequent top-1 channel is the same."""
-        return [l for l in self.shared_layers if self.top1_channel[0][l] == self.top1_channel[1][l]]
+        return [layer for layer in self.shared_layers if self.top1_channel[0][layer] == self.top1_channel[1][layer]]
 
     def to_dict(self) -> dict[str, Any]:
         return {"models": list(self.models), "ratio": self.ratio,
@@ -433,11 +435,11 @@ class ResidualComparison:
         import pandas as pd
 
         rows = []
-        for l in range(len(self.top1_channel[0])):
-            row = {"layer": l}
+        for li in range(len(self.top1_channel[0])):
+            row: dict[str, Any] = {"layer": li}
             for i, tag in enumerate(("a", "b")):
-                row.update({f"massive_{tag}": l in self.massive_layers[i], f"channel_{tag}": self.top1_channel[i][l],
-                            f"top1_{tag}": self.top1_mean[i][l], f"ratio_{tag}": self.ratio_mean[i][l]})
+                row.update({f"massive_{tag}": li in self.massive_layers[i], f"channel_{tag}": self.top1_channel[i][li],
+                            f"top1_{tag}": self.top1_mean[i][li], f"ratio_{tag}": self.ratio_mean[i][li]})
             row["same_channel"] = row["channel_a"] == row["channel_b"]
             rows.append(row)
         return pd.DataFrame(rows)

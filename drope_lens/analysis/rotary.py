@@ -53,7 +53,7 @@ def is_rotary(model) -> bool:
     return cfg.positional_embedding_type == "rotary" and int(cfg.rotary_dim or 0) > 0
 
 
-def rotary_frequencies(model) -> Optional[Float[torch.Tensor, "d_head"]]:
+def rotary_frequencies(model) -> Optional[Float[torch.Tensor, " d_head"]]:
     """Angular frequency (radians/token) of every head dim, 0 for unrotated dims; None for NoPE."""
     if not is_rotary(model):
         return None

@@ -5,7 +5,8 @@ Definitions (``A`` = one head's attention pattern of one text, rows = queries, `
 * **Sink score** (study §7.6): ``s_h = mean_q A[q, 0]`` over the real query rows; ``include_bos_row``
   keeps row 0 (where ``A[0, 0] = 1`` always, which adds ≈1/T — the study's choice) or drops it
   (default, rows 1…T−1). Padding rows are never counted.
-* **Sink rate** at τ: the share of a layer's heads with ``s_h ≥ τ`` (inclusive, τ = :data:`DEFAULT_TAU` = 0.3 by default).
+* **Sink rate** at τ: the share of a layer's heads with ``s_h ≥ τ`` (inclusive, τ = :data:`DEFAULT_TAU` = 0.3 by
+  default).
 * **Gu et al. 2025** ("When Attention Sink Emerges in Language Models", ICLR 2025): the importance
   of key ``j`` is ``α_j = 1/(T−j) Σ_{q≥j} A[q, j]`` (mean over the queries that can see it). For
   ``j = 0`` this is the mean over **all** real rows, BOS row included. ``Sink^ε`` is the share of
@@ -30,7 +31,7 @@ from drope_lens.validation import check_tau  # noqa: F401  (re-exported)
 
 
 def query_rows(
-    lengths: Int[torch.Tensor, "batch"], n_pos: int, *, include_bos_row: bool
+    lengths: Int[torch.Tensor, " batch"], n_pos: int, *, include_bos_row: bool
 ) -> Bool[torch.Tensor, "batch pos"]:
     """Query rows that count: real tokens (not padding), optionally without row 0."""
     pos = torch.arange(n_pos, device=lengths.device)
@@ -41,7 +42,7 @@ def query_rows(
 
 
 def check_pattern(
-    pattern: Float[torch.Tensor, "batch head q k"], lengths: Int[torch.Tensor, "batch"], layer: int
+    pattern: Float[torch.Tensor, "batch head q k"], lengths: Int[torch.Tensor, " batch"], layer: int
 ) -> None:
     """Raise :class:`NonFiniteError` on NaN/inf or on real rows that do not sum to 1.
 
@@ -65,7 +66,7 @@ def check_pattern(
 
 def sink_scores(
     pattern: Float[torch.Tensor, "batch head q k"],
-    lengths: Int[torch.Tensor, "batch"],
+    lengths: Int[torch.Tensor, " batch"],
     *,
     include_bos_row: bool = False,
 ) -> Float[torch.Tensor, "batch head"]:
@@ -75,7 +76,7 @@ def sink_scores(
 
 def sink_scores_from_column(
     col0: Float[torch.Tensor, "batch head q"],
-    lengths: Int[torch.Tensor, "batch"],
+    lengths: Int[torch.Tensor, " batch"],
     *,
     include_bos_row: bool = False,
 ) -> Float[torch.Tensor, "batch head"]:
@@ -89,7 +90,7 @@ def sink_scores_from_column(
 
 
 def gu_importance(
-    pattern: Float[torch.Tensor, "batch head q k"], lengths: Int[torch.Tensor, "batch"]
+    pattern: Float[torch.Tensor, "batch head q k"], lengths: Int[torch.Tensor, " batch"]
 ) -> Float[torch.Tensor, "batch head"]:
     """Gu et al. 2025 importance of the first token: mean of ``A[q, 0]`` over all real rows."""
     return sink_scores(pattern, lengths, include_bos_row=True)

@@ -15,9 +15,10 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def percent_increase(ppl, base: float):
@@ -25,43 +26,43 @@ def percent_increase(ppl, base: float):
     return (np.asarray(ppl, dtype=float) - base) / base * 100.0
 
 
-def cohens_d(diff: Sequence[float], *, ddof: int = 0) -> float:
+def cohens_d(diff: ArrayLike, *, ddof: int = 0) -> float:
     """``mean(diff) / std(diff, ddof)``; NaN when the std is 0 or undefined."""
-    diff = np.asarray(diff, dtype=float)
-    if diff.size <= ddof:
+    d = np.asarray(diff, dtype=float)
+    if d.size <= ddof:
         return float("nan")
-    sd = float(np.std(diff, ddof=ddof))
-    return float(np.mean(diff) / sd) if sd > 0 else float("nan")
+    sd = float(np.std(d, ddof=ddof))
+    return float(np.mean(d) / sd) if sd > 0 else float("nan")
 
 
-def paired_test(a: Sequence[float], b: Sequence[float]) -> dict:
+def paired_test(a: ArrayLike, b: ArrayLike) -> dict:
     """Paired t-test (``scipy.stats.ttest_rel(a, b)``): ``{"t", "p", "df"}``; NaN if degenerate."""
     from scipy import stats
 
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if a.shape != b.shape or a.size < 2:
-        raise ValueError(f"paired_test needs two equal-length arrays of >= 2 values, got {a.shape}, {b.shape}")
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    if x.shape != y.shape or x.size < 2:
+        raise ValueError(f"paired_test needs two equal-length arrays of >= 2 values, got {x.shape}, {y.shape}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.ttest_rel(a, b)
-    return {"t": float(res.statistic), "p": float(res.pvalue), "df": int(a.size - 1)}
+        res = stats.ttest_rel(x, y)
+    return {"t": float(res.statistic), "p": float(res.pvalue), "df": int(x.size - 1)}
 
 
-def independent_test(a: Sequence[float], b: Sequence[float], *, equal_var: bool = True) -> dict:
+def independent_test(a: ArrayLike, b: ArrayLike, *, equal_var: bool = True) -> dict:
     """Two-sample t-test (``scipy.stats.ttest_ind``; Student if ``equal_var``, else Welch)."""
     from scipy import stats
 
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if a.size < 2 or b.size < 2:
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    if x.size < 2 or y.size < 2:
         raise ValueError("independent_test needs at least 2 values per group.")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.ttest_ind(a, b, equal_var=equal_var)
+        res = stats.ttest_ind(x, y, equal_var=equal_var)
     return {"t": float(res.statistic), "p": float(res.pvalue), "equal_var": equal_var}
 
 
 def bootstrap_ci(
-    values: Sequence[float],
+    values: ArrayLike,
     statistic: Callable = np.mean,
     *,
     confidence: float = 0.95,
@@ -71,22 +72,22 @@ def bootstrap_ci(
     """Seeded bootstrap confidence interval of ``statistic(values)`` (``scipy.stats.bootstrap``)."""
     from scipy import stats
 
-    values = np.asarray(values, dtype=float)
+    arr = np.asarray(values, dtype=float)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if values.size == 0:
+    if arr.size == 0:
         raise ValueError("bootstrap_ci needs at least one value.")
-    if values.size == 1 or np.all(values == values[0]):
-        v = float(statistic(values))
+    if arr.size == 1 or np.all(arr == arr[0]):
+        v = float(statistic(arr))
         return (v, v)
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = stats.bootstrap(
-                (values,), statistic, confidence_level=confidence, n_resamples=n_resamples,
+                (arr,), statistic, confidence_level=confidence, n_resamples=n_resamples,
                 method=method, rng=np.random.default_rng(seed),
             ) if _has_rng_arg() else stats.bootstrap(
-                (values,), statistic, confidence_level=confidence, n_resamples=n_resamples,
+                (arr,), statistic, confidence_level=confidence, n_resamples=n_resamples,
                 method=method, random_state=np.random.default_rng(seed),
             )
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)

@@ -28,7 +28,7 @@ DEFAULT_BUDGET = 1 << 24
 def first_column(
     q: Float[torch.Tensor, "batch pos head d_head"],
     k: Float[torch.Tensor, "batch pos kv_head d_head"],
-    lengths: Int[torch.Tensor, "batch"],
+    lengths: Int[torch.Tensor, " batch"],
     attn_scale: float,
     *,
     layer: int = -1,

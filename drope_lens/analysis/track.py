@@ -73,7 +73,7 @@ def checkpoint_points(paths: Sequence[Union[str, os.PathLike]], *, include_rope:
             if include_rope:
                 points.append(TrackPoint("rope", run["source"], "rope", heldout=held))
             for c in ck.list_checkpoints(p):
-                m = ck.read_meta(c)
+                m = ck.checkpoint_meta(c)
                 points.append(TrackPoint(c.name, str(c), "drope", m["step"], m["tokens"], held))
             continue
         if not (p / "config.json").is_file():
@@ -200,12 +200,13 @@ def _disruption(model, texts, max_length, n_seeds) -> dict:
     from drope_lens.data.texts import builtin_split
 
     exp = phase_experiment(model, texts, conditions=("baseline", "bos_mlp", "qk"), max_length=max_length)
-    base = exp.conditions["baseline"].ppl["ppl"]
-    scalars = {"bos_mlp_ppl_factor": exp.conditions["bos_mlp"].ppl["ppl"] / base,
-               "qk_mean_ppl_factor": exp.conditions["qk"].ppl["ppl"] / base}
+    ppl = {c: r.ppl for c, r in exp.conditions.items() if r.ppl is not None}  # measured for each condition
+    base = ppl["baseline"]["ppl"]
+    scalars = {"bos_mlp_ppl_factor": ppl["bos_mlp"]["ppl"] / base,
+               "qk_mean_ppl_factor": ppl["qk"]["ppl"] / base}
     sel = detect_massive(model, builtin_split()["identify"], tensors=("q", "k"), rotary="pre",
                          max_length=max_length, top=0).selection("mean_norm")
-    out = {"scalars": scalars, "bos_layer": exp.bos_layer}
+    out: dict[str, Any] = {"scalars": scalars, "bos_layer": exp.bos_layer}
     if sel.total() == 0:
         scalars.update(massive_zero_pct=None, random_zero_pct=None, m_minus_r=None)
         out["note"] = "no massive Q/K channels: nothing to zero"

@@ -75,9 +75,10 @@ def run_activations(args: argparse.Namespace) -> int:
         st = res.layer_stats()
         print("  layer     top-1    median     ratio  >100×  >1000×  ch  at-BOS")
         ch = res.top1_channel()
-        for l in range(res.n_layers):
-            print(f"  {l:5d} {st['top1_mean'][l]:9.1f} {st['median_mean'][l]:9.3f} {st['ratio_mean'][l]:9.0f} "
-                  f"{st['n_over_100_mean'][l]:6.1f} {st['n_over_1000_mean'][l]:7.1f} {ch[l]:4d} {st['top1_at_bos'][l]:6.0%}")
+        for li in range(res.n_layers):
+            print(f"  {li:5d} {st['top1_mean'][li]:9.1f} {st['median_mean'][li]:9.3f} {st['ratio_mean'][li]:9.0f} "
+                  f"{st['n_over_100_mean'][li]:6.1f} {st['n_over_1000_mean'][li]:7.1f} {ch[li]:4d} "
+                  f"{st['top1_at_bos'][li]:6.0%}")
         if not args.no_ppl:
             try:
                 iv = residual_intervention(model, ppl_texts, res, layer=args.layer, ratio=args.ratio,

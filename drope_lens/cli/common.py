@@ -15,7 +15,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("models (default: embedded SmolLM2-135M and its zero-shot NoPE twin)")
     g.add_argument("--rope", metavar="ID_OR_DIR", help="RoPE model: hub id or local folder")
     g.add_argument("--drope", metavar="ID_OR_DIR",
-                   help="DroPE checkpoint (hub id or folder); omit for the zero-shot NoPE twin of --rope")
+                   help="DroPE checkpoint (hub id or folder), or 'recalibrated' for the cached "
+                        "`drope-lens recalibrate` run of the embedded model; omit for the zero-shot NoPE twin of --rope")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model dtype (attention scores are always computed in float32)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")

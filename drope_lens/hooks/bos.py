@@ -30,7 +30,7 @@ def bos_mlp_ablation_hooks(
     layer: Optional[int] = BosAblationOptions.default("layer"),
     *,
     mode: str = BosAblationOptions.default("mode"),
-    mean_vector: Optional[Float[torch.Tensor, "d_model"]] = None,
+    mean_vector: Optional[Float[torch.Tensor, " d_model"]] = None,
     study_compatible: bool = BosAblationOptions.default("study_compatible"),
     model: Optional[HookedTransformer] = None,
 ) -> FwdHooks:
@@ -79,7 +79,7 @@ def bos_mlp_ablation_hooks(
 @torch.no_grad()
 def mlp_out_mean(
     model: HookedTransformer, inputs, layer: int, *, batch_size: int = 8, max_length: Optional[int] = None
-) -> Float[torch.Tensor, "d_model"]:
+) -> Float[torch.Tensor, " d_model"]:
     """Mean of ``blocks.{layer}.hook_mlp_out`` over the real non-BOS tokens of ``inputs`` (float32)."""
     from drope_lens.loading.tokens import as_batch
 

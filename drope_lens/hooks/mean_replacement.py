@@ -162,8 +162,8 @@ def qk_mean_replacement_hooks(model, options: Optional[MeanReplacementOptions] =
 
     On every full (prefill / cache-free) pass, per sequence and head, the ``k`` dims with the largest
     L2 norm over the real tokens are replaced at every real position by that channel's mean over the
-    real tokens (BOS included, padding excluded; see :func:`~drope_lens.hooks.mask.real_token_mask`). ``threshold`` (e.g.
-    5.0) adds the study's J-B gate: replace only dims whose norm exceeds ``threshold`` x the head's
+    real tokens (BOS included, padding excluded; see :func:`~drope_lens.hooks.mask.real_token_mask`).
+    ``threshold`` (e.g. 5.0) adds the study's J-B gate: replace only dims whose norm exceeds ``threshold`` x the head's
     mean norm. With ``threshold=None`` this is the study's J-A (``rotary="pre"``: ``hook_q/hook_k``,
     the study) or Jin's own variant (``rotary="post"``: ``hook_rot_q/hook_rot_k``).
     Differences from the study: dims and means are per sequence (the study took the dims from batch

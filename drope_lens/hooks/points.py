@@ -31,8 +31,8 @@ def check_layers(model, layers: Optional[Sequence[int]]) -> list[int]:
     n = model.cfg.n_layers
     if layers is None:
         return list(range(n))
-    out = sorted({int(l) for l in layers})
-    bad = [l for l in out if not 0 <= l < n]
+    out = sorted({int(layer) for layer in layers})
+    bad = [layer for layer in out if not 0 <= layer < n]
     if bad or not out:
         raise ValueError(f"layers must be a non-empty subset of 0..{n - 1}, got {list(layers)}")
     return out

@@ -84,7 +84,7 @@ class ChannelSelection:
     def to_dataframe(self):
         import pandas as pd
 
-        rows = [dict(tensor=t, layer=l, head=h, dim=d) for t in self.tensors for l, h, d in self.channels(t)]
+        rows = [dict(tensor=t, layer=li, head=h, dim=d) for t in self.tensors for li, h, d in self.channels(t)]
         return pd.DataFrame(rows, columns=["tensor", "layer", "head", "dim"])
 
 

@@ -18,12 +18,13 @@ def place(model: HookedTransformer, device: Union[str, torch.device, None] = Non
     """
     cfg = model.cfg
     if device is not None:
-        cfg.device = torch.device(device) if not isinstance(device, torch.device) else device
+        # TransformerLens annotates cfg.device as str but sets and accepts torch.device
+        cfg.device = torch.device(device) if not isinstance(device, torch.device) else device  # type: ignore[assignment]
     first = get_device_for_block_index(0, cfg)
     last = get_device_for_block_index(cfg.n_layers - 1, cfg)
     for name, module in model.named_children():
         if name == "blocks":
-            for i, block in enumerate(module):
+            for i, block in enumerate(model.blocks):
                 nn_to(block, get_device_for_block_index(i, cfg))
         elif name in ("ln_final", "unembed"):
             nn_to(module, last)

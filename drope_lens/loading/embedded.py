@@ -78,7 +78,7 @@ def embedded_checkpoint(cache_dir: Optional[Union[str, Path]] = None) -> Path:
     )
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The GGUF quantizer metadata makes the model "not serializable"; the weights are already fp32.
-    hf.hf_quantizer = None
+    hf.hf_quantizer = None  # type: ignore[assignment]  # an nn.Module attribute to mypy
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
     hf.config._name_or_path = EMBEDDED_NAME

@@ -21,12 +21,13 @@ the explicit path.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import einops
 import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
+from transformer_lens.components.abstract_attention import AbstractAttention
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities.activation_functions import softcap_enabled
 
@@ -45,7 +46,7 @@ def _hooked(hp: HookPoint) -> bool:
     )
 
 
-def fast_path_applies(attn: torch.nn.Module) -> bool:
+def fast_path_applies(attn: AbstractAttention) -> bool:
     """Whether ``attn`` would use the fast path on its next call (flag, config and hooks)."""
     cfg = attn.cfg
     if not getattr(cfg, "fast_attention", True):
@@ -155,7 +156,7 @@ def _forward(
 def install_fast_attention(model: HookedTransformer) -> HookedTransformer:
     """Give every attention module the fast path (idempotent; obeys ``cfg.fast_attention``)."""
     if not hasattr(model.cfg, "fast_attention"):
-        model.cfg.fast_attention = True
+        model.cfg.fast_attention = True  # type: ignore[attr-defined]  # drope_lens's flag, added here
     for block in model.blocks:
         patch_method(block.attn, "forward", _forward, _FAST)
     return model
@@ -171,7 +172,7 @@ def explicit_attention(*models: Union[HookedTransformer, object]) -> Iterator[No
         with dl.explicit_attention(model):
             logits = model(tokens)   # every layer materialises its pattern
     """
-    flat = []
+    flat: list[Any] = []
     for m in models:
         flat.extend([m.rope, m.drope] if hasattr(m, "rope") and hasattr(m, "drope") else [m])
     saved = [(m.cfg, getattr(m.cfg, "fast_attention", True)) for m in flat]

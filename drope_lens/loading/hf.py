@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 from transformer_lens import HookedTransformer
@@ -35,7 +35,10 @@ from drope_lens.loading.layout import linear_layout
 from drope_lens.loading.lean import checkpoint_folder, lean_hooked
 from drope_lens.loading.numerics import install_attention_numerics, install_qk_norm
 
-Source = Union[str, os.PathLike, "PreTrainedModel"]  # noqa: F821
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+Source = Union[str, os.PathLike, "PreTrainedModel"]
 _BUFFERS = ("mask", "IGNORE", "rotary_sin", "rotary_cos")
 
 

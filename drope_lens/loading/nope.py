@@ -55,10 +55,11 @@ def to_nope(model: HookedTransformer, *, origin: str = ZERO_SHOT_NOPE,
         if "rotary_" not in name:
             module_name, _, leaf = name.rpartition(".")
             (twin.get_submodule(module_name) if module_name else twin)._buffers[leaf] = buf.clone()
-    for block, src in zip(twin.blocks, model.blocks):  # rotary tables where the block lives
+    for block, src in zip(twin.blocks, model.blocks, strict=True):  # rotary tables where the block lives
         for leaf in ("rotary_sin", "rotary_cos"):
-            if leaf in block.attn._buffers:
-                block.attn._buffers[leaf] = block.attn._buffers[leaf].to(src.attn.W_Q.device)
+            table = block.attn._buffers.get(leaf)
+            if table is not None:
+                block.attn._buffers[leaf] = table.to(src.attn.W_Q.device)
     twin.eval()
     linear_layout(twin)
     return install_attention_numerics(twin)
@@ -68,11 +69,12 @@ def _to_nope_inplace(model: HookedTransformer, nope_cfg: DropeLensConfig) -> Hoo
     old = model.cfg
     for module in model.modules():
         if getattr(module, "cfg", None) is old:
-            module.cfg = nope_cfg
+            module.cfg = nope_cfg  # type: ignore[assignment]  # an nn.Module attribute to mypy
     for block in model.blocks:
         attn = block.attn
         if "rotary_sin" in attn._buffers:
             ref = attn.rotary_sin
+            assert nope_cfg.rotary_dim is not None  # 0 for NoPE
             sin, cos = attn.calculate_sin_cos_rotary(
                 nope_cfg.rotary_dim, ref.shape[0], base=attn._rotary_base(), dtype=nope_cfg.dtype
             )

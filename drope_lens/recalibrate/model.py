@@ -56,7 +56,8 @@ def drope_training_model(source: Union[str, os.PathLike], variant: str, *, devic
     if variant == "qk_norm_nope":
         add_qk_norms(hf)
     tok = AutoTokenizer.from_pretrained(str(source))
-    return hf.to(device), tok
+    # transformers types PreTrainedModel.to's wrapper as taking the model first
+    return hf.to(device), tok  # type: ignore[arg-type]
 
 
 def load_weights(hf_model, folder: Union[str, os.PathLike]) -> None:

@@ -21,7 +21,8 @@ class _Reader:
     def __init__(self, data: bytes):
         if data[:2] != b"X\n":
             raise ValueError("not an XDR-serialized R object")
-        self.b, self.i, self.refs = data, 2, []
+        self.b, self.i = data, 2
+        self.refs: list = []
         version = self.int()
         self.int(), self.int()
         if version == 3:
@@ -81,7 +82,7 @@ class _Reader:
                 attrs = dict(self.item())
                 names = attrs.get("names")
                 if names is not None and kind == _VEC:
-                    val = dict(zip(names, val))
+                    val = dict(zip(names, val, strict=False))
             return val
         raise ValueError(f"unsupported R object type {kind} at byte {self.i - 4}")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from drope_lens.errors import DropeLensInputError
 
@@ -118,7 +118,8 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: (tuple(v) if k == "betas" else v) for k, v in d.items() if k in known})
+        kwargs: dict[str, Any] = {k: (tuple(v) if k == "betas" else v) for k, v in d.items() if k in known}
+        return cls(**kwargs)
 
     def training_identity(self) -> dict:
         """The fields a resumed run must share with the saved one (all but ``save_every``)."""

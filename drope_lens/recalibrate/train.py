@@ -76,7 +76,8 @@ class _Order:
     """Training-block order: epoch ``e`` is ``randperm(n, Generator(seed·1_000_003 + e))``."""
 
     def __init__(self, n: int, seed: int):
-        self.n, self.seed, self._perms = n, seed, {}
+        self.n, self.seed = n, seed
+        self._perms: dict[int, list[int]] = {}
 
     def rows(self, start: int, count: int) -> list[int]:
         out = []
@@ -145,8 +146,8 @@ def _rewrite_log(path: Path, upto_step: int) -> None:
         return
     from drope_lens.atomic import atomic_write_text
 
-    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= upto_step]
-    atomic_write_text(path, "".join(l + "\n" for l in keep))
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= upto_step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def recalibrate(
@@ -205,7 +206,8 @@ def recalibrate(
     if recipe.kl_weight > 0:  # not part of DroPE's recipe
         from transformers import LlamaForCausalLM
 
-        teacher = LlamaForCausalLM.from_pretrained(source, dtype=torch.float32).to(recipe.device).eval()
+        # transformers types PreTrainedModel.to's wrapper as taking the model first
+        teacher = LlamaForCausalLM.from_pretrained(source, dtype=torch.float32).to(recipe.device).eval()  # type: ignore[arg-type]
         teacher.requires_grad_(False)
 
     params = [p for p in hf.parameters() if p.requires_grad]
@@ -263,12 +265,12 @@ def recalibrate(
                 first = (step * recipe.grad_accum + a) * recipe.batch_size
                 x = split.train[order.rows(first, recipe.batch_size)].to(recipe.device)
                 with _autocast(recipe, recipe.device):
-                    out = hf(input_ids=x, labels=x)
-                    loss = out.loss
+                    fwd = hf(input_ids=x, labels=x)
+                    loss = fwd.loss
                     if teacher is not None:
                         with torch.no_grad():
                             t_logits = teacher(input_ids=x).logits
-                        loss = loss + recipe.kl_weight * _kl(out.logits, t_logits, recipe.kl_temperature)
+                        loss = loss + recipe.kl_weight * _kl(fwd.logits, t_logits, recipe.kl_temperature)
                 (loss / recipe.grad_accum).backward()
                 loss_sum += float(loss.detach())
             if not math.isfinite(loss_sum):
@@ -300,6 +302,6 @@ def recalibrate(
         result.tokens_per_s = (step - start) * recipe.tokens_per_step / result.wall_s
     result.finished = step >= total
     result.checkpoints = [{"step": m["step"], "tokens": m["tokens"], "path": str(p)}
-                          for p in ck.list_checkpoints(run_dir) for m in [ck.read_meta(p)]]
+                          for p in ck.list_checkpoints(run_dir) for m in [ck.checkpoint_meta(p)]]
     result.trained = hf
     return result

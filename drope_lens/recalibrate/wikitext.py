@@ -155,7 +155,7 @@ def iter_pages(stream: IO[bytes]) -> Iterator[tuple[str, str]]:
             text = elem.text or ""
         elif tag == "page":
             if ns == "0" and not redirect and text and not text.lstrip().lower().startswith("#redirect"):
-                yield title, text
+                yield title, text  # type: ignore[misc]  # <title> precedes <text> in a <page>
             title = ns = text = None
             redirect = False
             elem.clear()

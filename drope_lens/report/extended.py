@@ -133,7 +133,7 @@ def render_extended(results: dict, exp: dict) -> str:
         import numpy as np
 
         ratio = np.asarray(res["value"])[:, :, 0] / np.asarray(res["median"])
-        over = [l for l in range(ratio.shape[1]) if (ratio[:, l] > 1000).mean() >= 0.5]
+        over = [li for li in range(ratio.shape[1]) if (ratio[:, li] > 1000).mean() >= 0.5]
         lines.append(f"| {r} | {s['peak_layer']} | {_f(s['peak_top1_mean'])} | {_f(s['peak_median_mean'])} | "
                      f"{_f(s['peak_ratio_mean'])}× | {s['peak_channel']} | {s['peak_top1_at_bos']:.0%} | "
                      f"{over[0] if over else '—'} | {_f(ppl.get('baseline', {}).get('ppl'))} | "

@@ -98,8 +98,8 @@ def _massive(results: dict, exp: dict) -> str:
         bc = m["rope"]["tensors"][t].get("band_counts")
         if bc:
             band_lines.append(f"{t.upper()}: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(bc.items())))
-    peak = max(range(n_layers), key=lambda l: m["drope"]["tensors"]["q"]["per_layer_mean"][l]
-               - m["rope"]["tensors"]["q"]["per_layer_mean"][l])
+    peak = max(range(n_layers), key=lambda li: m["drope"]["tensors"]["q"]["per_layer_mean"][li]
+               - m["rope"]["tensors"]["q"]["per_layer_mean"][li])
     return "\n".join([
         "## 1. Massive values in Q/K/V",
         "",
@@ -175,8 +175,8 @@ def _phase(results: dict, exp: dict) -> str:
     ]
     lay = {r: p[r]["baseline"]["layers"] for r in ROLES}
     n_layers = len(lay["rope"]["sink_rate"])
-    layer_rows = [[l] + [lay[r][k][l] for k in ("sink_rate", "bos_ratio", "entropy_sq") for r in ROLES]
-                  for l in range(n_layers)]
+    layer_rows = [[li] + [lay[r][k][li] for k in ("sink_rate", "bos_ratio", "entropy_sq") for r in ROLES]
+                  for li in range(n_layers)]
     conds = list(p["rope"]["conditions"])
     ppl_rows = []
     for c in conds:

@@ -122,7 +122,8 @@ def auroc(scores: np.ndarray, answers: Sequence[int], *, seed: int = 0,
             return math.nan, math.nan, math.nan
         vals.append(float(_auc(pos, neg)))
         if len(pos) < 2 or len(neg) < 2:
-            lows.append(math.nan), highs.append(math.nan)
+            lows.append(math.nan)
+            highs.append(math.nan)
             continue
         res = bootstrap((pos, neg), _auc, vectorized=True, paired=False, n_resamples=n_resamples,
                         batch=200, method="percentile", random_state=np.random.default_rng(seed))

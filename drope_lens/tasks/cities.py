@@ -4,7 +4,8 @@ GeoNames data (CC BY 4.0, geonames.org) is read at run time from the files shipp
 ``geotext`` package (``cities15000.txt``, ``countryInfo.txt``); nothing is copied into drope_lens.
 
 Construction (:func:`load_cities`): the well-known pool is the most populous cities whose ASCII
-name is unambiguous (every namesake in the file has < 10% of its population), is not a country name and does not contain its own country's name,
+name is unambiguous (every namesake in the file has < 10% of its population), is not a country name and does not
+contain its own country's name,
 at most ``per_country`` per country and only from sovereign-country codes. ``n`` distinct cities
 are drawn with ``random.Random(seed)``; half of them (rounded up) give their true statement, the
 other half a false one with a country drawn from the other pool countries. Each city appears once,
@@ -102,9 +103,9 @@ def city_pool(*, pool_size: int = 500, per_country: int = 20,
             cols = line.rstrip("\n").split("\t")
             if len(cols) < 15:
                 continue
-            name, ascii_name, code, pop = cols[1], cols[2], cols[8], cols[14]
-            by_name.setdefault(ascii_name.lower(), []).append(int(pop or 0))
-            rows.append((name, ascii_name, code, int(pop or 0)))
+            name, ascii_name, code, population = cols[1], cols[2], cols[8], cols[14]
+            by_name.setdefault(ascii_name.lower(), []).append(int(population or 0))
+            rows.append((name, ascii_name, code, int(population or 0)))
     rows.sort(key=lambda r: (-r[3], r[1]))
     pool: list[City] = []
     per: dict[str, int] = {}

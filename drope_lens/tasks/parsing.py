@@ -63,4 +63,4 @@ def passkey_substring(response: str, key: str) -> bool:
 def passkey_done(response: str, key_len: int) -> bool:
     """True once the first digit run is closed (a non-digit follows) or longer than the key."""
     m = re.search(r"\d+", response)
-    return bool(m) and (m.end() < len(response) or len(m.group(0)) > key_len)
+    return m is not None and (m.end() < len(response) or len(m.group(0)) > key_len)

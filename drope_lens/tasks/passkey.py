@@ -92,7 +92,7 @@ def build_prompt(tokenizer, key: str, length: int, depth: float, rng: random.Ran
     total = count.raw(_join(words))
     bounds = [0] + [e for e in ends if e < len(words)] + [len(words)]
     offs = [0]
-    for a, b in zip(bounds[:-2], bounds[1:-1]):
+    for a, b in zip(bounds[:-2], bounds[1:-1], strict=True):
         offs.append(offs[-1] + sizes[" ".join(words[a:b])])
     offs.append(total)
     best = min(range(len(bounds)), key=lambda i: (abs(offs[i] - depth * total), i))

@@ -141,7 +141,7 @@ class TaskResults:
                     if baseline in self.conditions else [])
             mean = _nanmean([d for d in degs if d is not None])
             out[f"{cat}_degradation"] = None if math.isnan(mean) else mean
-            out[f"{cat}_tasks"] = [t for t, d in zip(tasks, degs) if d is not None and not math.isnan(d)]
+            out[f"{cat}_tasks"] = [t for t, d in zip(tasks, degs, strict=False) if d is not None and not math.isnan(d)]
         p, c = out["parametric_degradation"], out["contextual_degradation"]
         out["ratio"] = c / p if (p and c is not None) else None
         return out

@@ -163,12 +163,12 @@ def _score_dataset(model, ds: TaskDataset, cond: Condition, *, scoring: str, cha
         score = logp - torch.from_numpy(prior) if prior is not None else logp
         for i, it in enumerate(ds.items):
             row = score[i]
-            pred = ds.options[int(row.argmax())]
+            pred: Optional[str] = ds.options[int(row.argmax())]
             k = ds.options.index(it.answer)
             others = torch.cat([row[:k], row[k + 1:]])
             results.append(ItemResult(ds.name, cond.name, i, it.answer, pred, pred == it.answer,
                                       float(row[k] - others.max()),
-                                      {o: float(v) for o, v in zip(ds.options, logp[i])}))
+                                      {o: float(v) for o, v in zip(ds.options, logp[i], strict=True)}))
         return results, prior
     study = scoring == "study"
     if ds.choices_key:
@@ -180,9 +180,11 @@ def _score_dataset(model, ds: TaskDataset, cond: Condition, *, scoring: str, cha
     for idx, sub in batch.batches(size):  # similar lengths together, right-padded
         stop = None
         if ds.kind == "passkey" and not study:
-            stop = lambda r, s, idx=idx: parsing.passkey_done(s, len(ds.items[idx[r]].answer))
+            def stop(r, s, idx=idx):
+                return parsing.passkey_done(s, len(ds.items[idx[r]].answer))
+
         gen = greedy_generate_batch(model, sub.tokens, max_new, lengths=sub.lengths, stop=stop)
-        for i, (_, text) in zip(idx, gen):
+        for i, (_, text) in zip(idx, gen, strict=True):
             it = ds.items[i]
             if ds.kind == "passkey":
                 pred = parsing.first_number(text)
@@ -222,10 +224,10 @@ def _prior_dict(ds: TaskDataset, prior: Optional[np.ndarray]) -> Optional[dict[s
     if prior is None:
         return None
     if prior.ndim == 1:
-        return {o: float(v) for o, v in zip(ds.options, prior)}
+        return {o: float(v) for o, v in zip(ds.options, prior, strict=True)}
     acc: dict[str, list[float]] = {}
-    for it, row in zip(ds.items, prior):
-        for c, v in zip(ds.choices(it), row):
+    for it, row in zip(ds.items, prior, strict=True):
+        for c, v in zip(ds.choices(it), row, strict=True):
             acc.setdefault(c, []).append(float(v))
     return {c: float(np.mean(v)) for c, v in sorted(acc.items())}
 

@@ -43,7 +43,7 @@ def format_prompt(tokenizer, text: str, *, chat: bool = False) -> str:
 def option_token_ids(tokenizer, options: Sequence[str], *, prefix: str = " ") -> list[list[int]]:
     """Token ids of each answer option (``prefix`` + option, no special tokens)."""
     ids = [list(tokenizer(prefix + opt, add_special_tokens=False)["input_ids"]) for opt in options]
-    for opt, row in zip(options, ids):
+    for opt, row in zip(options, ids, strict=True):
         if not row:
             raise ValueError(f"Option {opt!r} tokenizes to nothing.")
     return ids
@@ -54,7 +54,7 @@ def _ones(n: int, device) -> torch.Tensor:
 
 
 def logits_at(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"],
-              index: Int[torch.Tensor, "batch"], **kwargs) -> Float[torch.Tensor, "batch d_vocab"]:
+              index: Int[torch.Tensor, " batch"], **kwargs) -> Float[torch.Tensor, "batch d_vocab"]:
     """Logits at one position per row (``index``), unembedding only those positions.
 
     Same as ``model(tokens, **kwargs)[arange, index]`` (final norm and unembedding act per
@@ -73,8 +73,8 @@ def logits_at(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"],
 
 
 @torch.no_grad()
-def prefill(model: HookedTransformer, tokens: Int[torch.Tensor, "pos"]
-            ) -> tuple[Float[torch.Tensor, "d_vocab"], TransformerLensKeyValueCache]:
+def prefill(model: HookedTransformer, tokens: Int[torch.Tensor, " pos"]
+            ) -> tuple[Float[torch.Tensor, " d_vocab"], TransformerLensKeyValueCache]:
     """Run one unpadded prompt with a fresh KV cache; return the last position's logits and the cache."""
     device = model.cfg.device
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
@@ -85,7 +85,7 @@ def prefill(model: HookedTransformer, tokens: Int[torch.Tensor, "pos"]
 
 @torch.no_grad()
 def decode_step(model: HookedTransformer, token: int, cache: TransformerLensKeyValueCache
-                ) -> Float[torch.Tensor, "d_vocab"]:
+                ) -> Float[torch.Tensor, " d_vocab"]:
     """Feed one token as a KV-cache decode step; return its logits."""
     device = model.cfg.device
     logits = model(torch.tensor([[token]], device=device), past_kv_cache=cache,
@@ -180,7 +180,7 @@ def greedy_generate_batch(
     tokens: Int[torch.Tensor, "batch pos"],
     max_new_tokens: int,
     *,
-    lengths: Optional[Int[torch.Tensor, "batch"]] = None,
+    lengths: Optional[Int[torch.Tensor, " batch"]] = None,
     stop: Optional[Callable[[int, str], bool]] = None,
     stop_at_eos: bool = True,
 ) -> list[tuple[list[int], str]]:
@@ -198,6 +198,7 @@ def greedy_generate_batch(
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
     tok = model.tokenizer
+    assert tok is not None, "greedy generation needs the model's tokenizer"
     eos = getattr(tok, "eos_token_id", None) if stop_at_eos else None
     device = model.cfg.device
     b, t = tokens.shape
@@ -221,7 +222,7 @@ def greedy_generate_batch(
                 done[row] = True
                 continue
             outs[row].append(nxt[row])
-            texts[row] = tok.decode(outs[row], skip_special_tokens=True)
+            texts[row] = tok.decode(outs[row], skip_special_tokens=True)  # type: ignore[assignment]  # str for one sequence
             if stop is not None and stop(row, texts[row]):
                 done[row] = True
         if all(done) or step == max_new_tokens - 1:
@@ -229,12 +230,12 @@ def greedy_generate_batch(
         logits = model(torch.tensor(nxt, device=device)[:, None], past_kv_cache=cache,
                        attention_mask=torch.ones((b, 1), dtype=torch.long, device=device))[:, -1]
         check_logits_finite(logits)
-    return list(zip(outs, texts))
+    return list(zip(outs, texts, strict=True))
 
 
 def greedy_generate(
     model: HookedTransformer,
-    tokens: Int[torch.Tensor, "pos"],
+    tokens: Int[torch.Tensor, " pos"],
     max_new_tokens: int,
     *,
     stop: Optional[Callable[[str], bool]] = None,

@@ -47,7 +47,7 @@ def _head_indices(heads: Heads, n_heads: int) -> list[int]:
     return [int(h) for h in idx]
 
 
-def _single_tokens(model: Any, text_or_tokens: TextOrTokens) -> Int[torch.Tensor, "pos"]:
+def _single_tokens(model: Any, text_or_tokens: TextOrTokens) -> Int[torch.Tensor, " pos"]:
     """One sequence of ids (BOS first for texts), without padding."""
     x = text_or_tokens
     if isinstance(x, str):

@@ -34,7 +34,7 @@ def plot_context(results: Mapping[str, Mapping[str, Any]],
     rows = (n + cols - 1) // cols
     fig = Figure(figsize=(4.2 * cols, 3.2 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, (key, label, log_y) in zip(axes, panels):
+    for ax, (key, label, log_y) in zip(axes, panels, strict=False):
         for i, (name, res) in enumerate(results.items()):
             pts = res["points"]
             if not pts:

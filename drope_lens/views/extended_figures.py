@@ -45,7 +45,7 @@ def plot_head_classes(layer_counts: Mapping[str, Any], *, classes=tuple(CLASS_CO
     _require(layer_counts, "layer_counts")
     fig = _fig(9.0, 2.6 * len(layer_counts) + 0.6)
     axes = fig.subplots(len(layer_counts), 1, squeeze=False)[:, 0]
-    for ax, (label, counts) in zip(axes, layer_counts.items()):
+    for ax, (label, counts) in zip(axes, layer_counts.items(), strict=True):
         c = np.asarray(counts, dtype=float)
         bottom = np.zeros(c.shape[0])
         for j, name in enumerate(classes):

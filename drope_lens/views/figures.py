@@ -124,7 +124,7 @@ def _tick(label: str, width: int = 24) -> str:
 
 
 def _bar_labels(ax: Any, bars: Any, values: Sequence[float]) -> None:
-    for bar, v in zip(bars, values):
+    for bar, v in zip(bars, values, strict=True):
         if np.isfinite(v):
             ax.annotate(_num(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
@@ -278,7 +278,7 @@ def plot_task_degradation(
     fig = _fig(max(4.5, 1.1 * len(tasks) + 1.5) * ncols, 4.0 * nrows)
     axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
     x = np.arange(len(tasks))
-    for ax, (label, per) in zip(axes, acc.items()):
+    for ax, (label, per) in zip(axes, acc.items(), strict=False):
         for j, cond in enumerate(conditions):
             stats = [_ci(per[t][cond]) if t in per and cond in per[t] else (np.nan,) * 3 for t in tasks]
             v = np.array([s[0] for s in stats])
@@ -340,7 +340,7 @@ def plot_interventions(
     nrows = math.ceil(n / ncols)
     fig = _fig(4.0 * ncols + 1, 3.2 * nrows)
     axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
-    for ax, (cond, per) in zip(axes, values.items()):
+    for ax, (cond, per) in zip(axes, values.items(), strict=False):
         _require(per, f"values[{cond!r}]")
         for i, (label, v) in enumerate(per.items()):
             arr = _array(v, f"values[{cond!r}][{label!r}]")
@@ -384,7 +384,7 @@ def plot_sink_heatmap(
     fig = _fig(3.2 * len(arrays) + 1.2, 5.0)
     axes = fig.subplots(1, len(arrays), squeeze=False).ravel()
     im = None
-    for ax, (label, arr) in zip(axes, arrays.items()):
+    for ax, (label, arr) in zip(axes, arrays.items(), strict=True):
         im = ax.imshow(arr, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")

@@ -167,7 +167,8 @@ def heatmap_view(
                 )
                 out.append(
                     f'<rect x="{left + j * cell_w:.2f}" y="{top + i * cell_h:.2f}" width="{cell_w + 0.05:.2f}" '
-                    f'height="{cell_h + 0.05:.2f}" fill="#{r:02x}{g:02x}{b:02x}"><title>{_html.escape(tip)}</title></rect>'
+                    f'height="{cell_h + 0.05:.2f}" fill="#{r:02x}{g:02x}{b:02x}">'
+                    f'<title>{_html.escape(tip)}</title></rect>'
                 )
     else:
         out.append(
@@ -186,7 +187,7 @@ def heatmap_view(
             x = left + g * col_group * cell_w
             out.append(f'<line x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{top + grid_h:.2f}" stroke="#fff" stroke-width="1"/>')
     if mask is not None:
-        for i, j in zip(*np.nonzero(mask)):
+        for i, j in zip(*np.nonzero(mask), strict=True):
             x, y = left + j * cell_w, top + i * cell_h
             out.append(
                 f'<rect x="{x + 0.75:.2f}" y="{y + 0.75:.2f}" width="{max(cell_w - 1.5, 0.5):.2f}" '

@@ -38,7 +38,7 @@ def plot_track(result, panels: Optional[Sequence[tuple[str, str, bool]]] = None)
     fig = Figure(figsize=(4.2 * cols, 3.0 * rows + 0.5), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     rope_c, drope_c = MODEL_COLORS[0], MODEL_COLORS[1]
-    for ax, (metric, label, log_y) in zip(axes, panels):
+    for ax, (metric, label, log_y) in zip(axes, panels, strict=False):
         tokens, values, rope = result.series(metric)
         ax.plot(tokens, values, marker="o", color=drope_c, label="RoPE removed, recalibrating")
         if rope is not None:

@@ -87,13 +87,13 @@ def test_head_classes_analytic_sinks(tokenizer):
     text = TINY_TEXTS[0]
     n = int(encode(tokenizer, [text]).lengths[0])
     res = head_classes(m, [text])
-    for l, row in enumerate(logits):
+    for layer, row in enumerate(logits):
         for h, b in enumerate(row):
             q = np.arange(1, n)
             expect = np.mean(np.exp(b) / (np.exp(b) + q))
-            assert res.bos[0, l, h] == pytest.approx(expect, rel=1e-5)
+            assert res.bos[0, layer, h] == pytest.approx(expect, rel=1e-5)
             if expect >= 0.3:
-                assert CLASSES[res.classes[l, h]] == "sink"
+                assert CLASSES[res.classes[layer, h]] == "sink"
     assert sum(res.counts().values()) == 8
     assert len(res.to_dataframe()) == 8 and res.layer_counts().shape == (2, 4)
 
@@ -126,16 +126,16 @@ def test_bos_write_analytic_model(tokenizer):
     res = bos_write(m, [text])
     cfg = m.cfg
     x0 = m.W_E[bos].detach().double()
-    for l in range(cfg.n_layers):
-        ln = x0 / torch.sqrt((x0 ** 2).mean() + cfg.eps) * m.blocks[l].ln1.w.detach().double()
-        W_V = m.blocks[l].attn._W_V.detach().double()  # [kv_head, d_model, d_head]
-        b_V = m.blocks[l].attn._b_V.detach().double()
+    for layer in range(cfg.n_layers):
+        ln = x0 / torch.sqrt((x0 ** 2).mean() + cfg.eps) * m.blocks[layer].ln1.w.detach().double()
+        W_V = m.blocks[layer].attn._W_V.detach().double()  # [kv_head, d_model, d_head]
+        b_V = m.blocks[layer].attn._b_V.detach().double()
         for h in range(cfg.n_heads):
             g = h // (cfg.n_heads // cfg.n_key_value_heads)
             vnorm = float((ln @ W_V[g] + b_V[g]).norm())
-            attn = float(np.mean(np.exp(logits[l][h]) / (np.exp(logits[l][h]) + np.arange(1, n))))
-            assert res.v_norm[0, l, h] == pytest.approx(vnorm, rel=1e-5)
-            assert res.write[0, l, h] == pytest.approx(vnorm * attn, rel=1e-5)
+            attn = float(np.mean(np.exp(logits[layer][h]) / (np.exp(logits[layer][h]) + np.arange(1, n))))
+            assert res.v_norm[0, layer, h] == pytest.approx(vnorm, rel=1e-5)
+            assert res.write[0, layer, h] == pytest.approx(vnorm * attn, rel=1e-5)
 
 
 def test_bos_v_ablation(model, tokenizer):
@@ -219,11 +219,11 @@ def test_layer_norms_vs_cache(model, tokenizer):
     batch = encode(tokenizer, texts)
     for t, n in enumerate(batch.lengths.tolist()):
         _, cache = model.run_with_cache(batch.tokens[t: t + 1, :n])
-        for l in range(model.cfg.n_layers):
-            a = cache[f"blocks.{l}.hook_attn_out"][0].norm(dim=-1).mean()
-            q = cache[f"blocks.{l}.attn.hook_q"][0].reshape(n, -1).norm(dim=-1).mean()
-            assert res.norms["attn"][t, l] == pytest.approx(float(a), rel=1e-5)
-            assert res.norms["q"][t, l] == pytest.approx(float(q), rel=1e-5)
+        for layer in range(model.cfg.n_layers):
+            a = cache[f"blocks.{layer}.hook_attn_out"][0].norm(dim=-1).mean()
+            q = cache[f"blocks.{layer}.attn.hook_q"][0].reshape(n, -1).norm(dim=-1).mean()
+            assert res.norms["attn"][t, layer] == pytest.approx(float(a), rel=1e-5)
+            assert res.norms["q"][t, layer] == pytest.approx(float(q), rel=1e-5)
     a, m = res.norms["attn"], res.norms["mlp"]
     np.testing.assert_allclose(res.attn_fraction, a.mean(0) / (a.mean(0) + m.mean(0)))
     np.testing.assert_allclose(res.attn_fraction_per_text, (a / (a + m)).mean(0))
@@ -238,12 +238,12 @@ def test_embedded_attention_fraction_matches_hf(embedded_rope, embedded_hf):
     attn_ref, mlp_ref = np.zeros((len(batch), L)), np.zeros((len(batch), L))
     for t, n in enumerate(batch.lengths.tolist()):
         handles = []
-        for l, layer in enumerate(embedded_hf.model.layers):
-            def ga(mod, args, out, l=l):
-                attn_ref[t, l] = float((out[0] if isinstance(out, tuple) else out)[0].double().norm(dim=-1).mean())
+        for li, layer in enumerate(embedded_hf.model.layers):
+            def ga(mod, args, out, li=li, t=t):
+                attn_ref[t, li] = float((out[0] if isinstance(out, tuple) else out)[0].double().norm(dim=-1).mean())
 
-            def gm(mod, args, out, l=l):
-                mlp_ref[t, l] = float(out[0].double().norm(dim=-1).mean())
+            def gm(mod, args, out, li=li, t=t):
+                mlp_ref[t, li] = float(out[0].double().norm(dim=-1).mean())
             handles += [layer.self_attn.register_forward_hook(ga), layer.mlp.register_forward_hook(gm)]
         try:
             with torch.no_grad():

@@ -190,7 +190,7 @@ def hf_counts(hf, tokenizer, texts, lam=5.0):
         handles = []
         for i, layer in enumerate(hf.model.layers):
             for t in "qkv":
-                def grab(mod, inp, outp, i=i, t=t):
+                def grab(mod, inp, outp, i=i, t=t, grabbed=grabbed):
                     grabbed[(i, t)] = outp.detach()
                 handles.append(getattr(layer.self_attn, f"{t}_proj").register_forward_hook(grab))
         try:

@@ -28,13 +28,13 @@ def test_key_importance_analytic_sinks(tokenizer):
     n = int(encode(tokenizer, [text]).lengths[0])
     res = key_importance(m, [text], max_positions=n + 3)
     q = np.arange(n)
-    for l, row in enumerate(logits):
+    for layer, row in enumerate(logits):
         for h, b in enumerate(row):
             e = np.exp(b)
             a0 = e / (e + q)  # A[q, 0]; A[q, j>0] = 1 / (e + q)
-            assert res.importance[l, h, 0] == pytest.approx(a0.mean(), rel=1e-5)
+            assert res.importance[layer, h, 0] == pytest.approx(a0.mean(), rel=1e-5)
             j = 3
-            assert res.importance[l, h, j] == pytest.approx(np.mean(1 / (e + q[j:])), rel=1e-5)
+            assert res.importance[layer, h, j] == pytest.approx(np.mean(1 / (e + q[j:])), rel=1e-5)
     assert np.isnan(res.importance[:, :, n:]).all() and res.n_texts[n] == 0
     # the residual never changes (W_O = 0, MLP out = 0): BOS's norm is its embedding's
     assert res.resid_norm[0, 0] == pytest.approx(float(m.W_E[tokenizer.bos_token_id].detach().norm()), rel=1e-5)
@@ -90,9 +90,9 @@ def test_massive_similarity(tokenizer):
     assert same.cosine["q"] == pytest.approx([1.0, 1.0]) and same.spearman["q"] == pytest.approx([1.0, 1.0])
     s = massive_similarity(a, b)
     sa, sb = a.aggregate_mask("q").flatten(1), b.aggregate_mask("q").flatten(1)
-    for l in range(2):
-        expect = float((sa[l] & sb[l]).sum()) / float((sa[l] | sb[l]).sum())
-        assert s.jaccard["q"][l] == pytest.approx(expect)
+    for layer in range(2):
+        expect = float((sa[layer] & sb[layer]).sum()) / float((sa[layer] | sb[layer]).sum())
+        assert s.jaccard["q"][layer] == pytest.approx(expect)
     assert s.jaccard["q"][0] == 1.0 and s.jaccard["q"][1] < 1.0
     assert s.cosine["q"][1] < 1.0
     assert len(s.to_dataframe()) == 4

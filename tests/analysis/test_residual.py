@@ -63,15 +63,15 @@ def test_known_bos_outlier_in_every_layer(embedding_model, tokenizer):
     for t, n in enumerate(batch.lengths.tolist()):
         emb = W_E[batch.tokens[t, :n]].abs().numpy()  # the residual of every layer, independently
         med = float(np.median(emb))
-        for l in range(m.cfg.n_layers):
-            assert res.position[t, l, 0] == 0 and res.channel[t, l, 0] == BIG_CHANNEL
-            assert res.value[t, l, 0] == pytest.approx(700.0, rel=1e-6)
-            assert res.signed[t, l, 0] == pytest.approx(-700.0, rel=1e-6)
-            assert res.median[t, l] == pytest.approx(med, rel=1e-6)
-            assert res.ratio[t, l, 0] == pytest.approx(700.0 / med, rel=1e-6)
-            assert res.n_over[t, l, 0] == int((emb > 100 * med).sum())
-            assert res.at_bos[t, l, 0] and not res.at_bos[t, l, 1]
-            assert res.token[t][l][0] == tokenizer.decode([tokenizer.bos_token_id])
+        for li in range(m.cfg.n_layers):
+            assert res.position[t, li, 0] == 0 and res.channel[t, li, 0] == BIG_CHANNEL
+            assert res.value[t, li, 0] == pytest.approx(700.0, rel=1e-6)
+            assert res.signed[t, li, 0] == pytest.approx(-700.0, rel=1e-6)
+            assert res.median[t, li] == pytest.approx(med, rel=1e-6)
+            assert res.ratio[t, li, 0] == pytest.approx(700.0 / med, rel=1e-6)
+            assert res.n_over[t, li, 0] == int((emb > 100 * med).sum())
+            assert res.at_bos[t, li, 0] and not res.at_bos[t, li, 1]
+            assert res.token[t][li][0] == tokenizer.decode([tokenizer.bos_token_id])
     assert res.massive_layers(100.0) == [0, 1, 2]
     assert res.top1_channel() == [BIG_CHANNEL] * 3
     df = res.to_dataframe()
@@ -164,20 +164,20 @@ def test_embedded_matches_hf_hidden_states(embedded_rope, embedded_hf):
     for t, n in enumerate(batch.lengths.tolist()):
         grabbed = {}
         handle = embedded_hf.model.layers[-1].register_forward_hook(
-            lambda mod, args, out: grabbed.__setitem__("last", out[0] if isinstance(out, tuple) else out))
+            lambda mod, args, out, grabbed=grabbed: grabbed.__setitem__("last", out[0] if isinstance(out, tuple) else out))
         try:
             with torch.no_grad():
                 out = embedded_hf(batch.tokens[t: t + 1, :n], output_hidden_states=True)
         finally:
             handle.remove()
-        hidden = [out.hidden_states[l + 1][0] for l in range(L - 1)] + [grabbed["last"].reshape(n, -1)]
-        for l, h in enumerate(hidden):
+        hidden = [out.hidden_states[layer + 1][0] for layer in range(L - 1)] + [grabbed["last"].reshape(n, -1)]
+        for layer, h in enumerate(hidden):
             a = h.abs().double().numpy()
             order = np.argsort(-a.ravel(), kind="stable")[:k]
-            np.testing.assert_allclose(res.value[t, l], a.ravel()[order], rtol=1e-4)
-            np.testing.assert_array_equal(res.position[t, l], order // a.shape[1])
-            np.testing.assert_array_equal(res.channel[t, l], order % a.shape[1])
-            assert res.median[t, l] == pytest.approx(float(np.median(a)), rel=1e-4)
+            np.testing.assert_allclose(res.value[t, layer], a.ravel()[order], rtol=1e-4)
+            np.testing.assert_array_equal(res.position[t, layer], order // a.shape[1])
+            np.testing.assert_array_equal(res.channel[t, layer], order % a.shape[1])
+            assert res.median[t, layer] == pytest.approx(float(np.median(a)), rel=1e-4)
 
 
 def test_cli_activations_refuses_bad_options_before_loading(capsys):

@@ -73,14 +73,14 @@ def test_cached_generation_equals_no_cache_under_ablation(model, tokenizer):
     assert len(seen) == n_new + 1 and all(s.shape[1] == 1 and float(s.abs().max()) > 0 for s in seen[1:])
     full_ids, full = _greedy_full(model, ids, n_new, bos_mlp_ablation_hooks(LAYER, model=model))
     assert torch.equal(cached_ids, full_ids)
-    for a, b in zip(cached, full):
+    for a, b in zip(cached, full, strict=True):
         assert (a - b).abs().max() <= 1e-4
     # The ablation matters, and the study's hook (index 0 of every call) changes decode steps.
     _, base = _greedy_full(model, ids, n_new, [])
     assert (base[0] - full[0]).abs().max() > 1e-2
     _, study = _greedy_cached(model, ids, n_new, bos_mlp_ablation_hooks(LAYER, study_compatible=True))
     assert torch.equal(study[0], cached[0])  # prefill identical
-    assert max(float((a - b).abs().max()) for a, b in zip(study[1:], full[1:])) > 1e-2
+    assert max(float((a - b).abs().max()) for a, b in zip(study[1:], full[1:], strict=True)) > 1e-2
 
 
 def test_tl_generate_with_and_without_cache_agree(model, tokenizer):

@@ -80,7 +80,7 @@ def test_mean_replacement_sets_top_channel_to_token_mean(planted, threshold):
         _, hooked = planted.run_with_cache(toks, names_filter=name)
     x, y = base[name][0], hooked[name][0]  # [T, H, D]
     top = x.norm(dim=0).argmax(-1)  # top-1 dim per head by token-L2
-    planted_heads = {h: d for (l, h, d) in PLANTS["q"] if l == 1}
+    planted_heads = {h: d for (layer, h, d) in PLANTS["q"] if layer == 1}
     for h in range(planted.cfg.n_heads):
         if h in planted_heads:
             assert int(top[h]) == planted_heads[h]
@@ -137,7 +137,7 @@ def prompt_only_reference_hooks(model, n_prompt, rotary):
                 out[b, :n_prompt, h, d] = p[b, :, h, d].mean()
         return out
     kind = "hook_rot_" if rotary == "post" else "hook_"
-    return [(f"blocks.{l}.attn.{kind}{t}", fn) for l in range(model.cfg.n_layers) for t in "qk"]
+    return [(f"blocks.{layer}.attn.{kind}{t}", fn) for layer in range(model.cfg.n_layers) for t in "qk"]
 
 
 @pytest.mark.parametrize("rotary", ["pre", "post"])
@@ -169,7 +169,7 @@ def test_mean_replacement_with_kv_cache_perturbs_the_prompt_only(planted, rotary
         hooks = qk_mean_replacement_hooks(planted, rotary="post")
         broken = [(n, prefill_only(f) if n.endswith("rot_k") and getattr(f, "__name__", "") == "fn" else f)
                   for n, f in hooks]
-        assert sum(b[1] is not h[1] for b, h in zip(broken, hooks)) == planted.cfg.n_layers
+        assert sum(b[1] is not h[1] for b, h in zip(broken, hooks, strict=True)) == planted.cfg.n_layers
         with planted.hooks(fwd_hooks=broken):
             wrong = cached_logits(planted, toks, n_prompt)
         assert (wrong[:, n_prompt:] - ref[:, n_prompt:]).abs().max() > 1e-3

@@ -194,7 +194,7 @@ def test_offloaded_pair_same_numbers_and_one_model_on_device(planted_models, tmp
     # each model moves onto the device at most once per step, never twice in a row
     ons = [m for m in pair.moves if m[1] == "cpu:0"]
     assert len(ons) <= 2 * (len(steps) + 2), pair.moves  # + the report's attention views
-    assert all(a != b for a, b in zip(ons, ons[1:])), pair.moves
+    assert all(a != b for a, b in zip(ons, ons[1:], strict=False)), pair.moves
     # after the run exactly one model is on the device, the other was sent off
     assert sorted(where[id(m)] for m in (rope, nope)) == ["cpu", "cpu:0"]
 
@@ -266,7 +266,7 @@ def _diff(a, b, path=""):
             out += _diff(a[k], b[k], f"{path}.{k}")
         return out
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _diff(x, y, f"{path}[{i}]")]
     return [] if a == b or (a != a and b != b) else [f"{path}: {str(a)[:60]} != {str(b)[:60]}"]
 
 

@@ -52,7 +52,7 @@ def test_pieces_equal_transformer_lens_own_code(model, nonzero):
                 attn = block.attn
                 ours = attn.calculate_qkv_matrices(x, x, x)
                 theirs = type(attn).calculate_qkv_matrices(attn, x, x, x)
-                for a, b in zip(ours, theirs):
+                for a, b in zip(ours, theirs, strict=True):
                     assert torch.equal(a, b)
                 assert type(block.mlp) is GatedMLP
                 assert torch.equal(block.mlp(x), GatedMLP.forward(block.mlp, x))

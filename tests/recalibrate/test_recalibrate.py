@@ -52,7 +52,7 @@ def test_loss_falls_on_a_learnable_corpus(rope_dir, toy_data, tmp_path):
     assert r.finished and r.steps_done == 30 and r.tokens_seen == 30 * 32 * 4
     first, last = r.losses[0], sum(r.losses[-5:]) / 5
     assert last < 0.3 * first, (first, last)
-    log = [json.loads(l) for l in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(1, 31)) and log[-1]["tokens"] == r.tokens_seen
     assert [c["step"] for c in r.checkpoints] == [0, 30]
 
@@ -123,7 +123,9 @@ def test_resume_equals_uninterrupted(rope_dir, toy_data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log_a = (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()
     log_b = (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k not in ("tokens_per_s", "wall_s")} for l in lines]
+    def strip(lines):
+        return [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "wall_s")} for line in lines]
+
     assert strip(log_a) == strip(log_b)
     with pytest.raises(Exception, match="different recipe.lr"):
         recalibrate(rope_dir, _recipe(max_steps=5, save_every=2, schedule="cosine", lr=1e-3),
