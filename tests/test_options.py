@@ -247,7 +247,8 @@ def test_report_options_frozen_quick_copy_and_context_step():
     (lambda: MeanReplacementOptions(tensors=("v",)).qk_kwargs(), DropeLensInputError, "replaces Q and K"),
     (lambda: BosAblationOptions(layer=-1), DropeLensInputError, "layer -1 is out of range (>= 0)"),
     (lambda: BosAblationOptions(layer="2"), DropeLensInputError, "layer must be an int, got '2'"),
-    (lambda: BosAblationOptions(mode="half"), DropeLensInputError, "Unknown mode 'half'; choose one of ('zero', 'mean')"),
+    (lambda: BosAblationOptions(mode="half"), DropeLensInputError,
+     "Unknown mode 'half'; choose one of ('zero', 'mean')"),
 ])
 def test_intervention_options_refuse_bad_values(make, error, message):
     with pytest.raises(error) as exc:

@@ -261,10 +261,9 @@ def track(
     from drope_lens.report.store import PartStore, fingerprint
 
     texts = list(texts) if texts is not None else builtin_texts()
-    options = {**o.sizes().to_dict(), "n_texts": len(texts),
-               "texts_hash": fingerprint({"texts": texts})}
+    keyed = {**o.sizes().to_dict(), "n_texts": len(texts), "texts_hash": fingerprint({"texts": texts})}
     store = PartStore(Path(out)) if out is not None else None
-    result = TrackResult(points, metrics, options=options)
+    result = TrackResult(points, metrics, options=keyed)
     t0 = time.perf_counter()
     for i, pt in enumerate(points):
         if progress:
@@ -276,7 +275,7 @@ def track(
         profile = None
         for group in metrics:
             step = f"{pt.name}.{group}"
-            opts = {"group": group, **options, "heldout": pt.heldout if group == "ppl" else None}
+            opts = {"group": group, **keyed, "heldout": pt.heldout if group == "ppl" else None}
             if store is not None and not force:
                 saved = store.load(step, opts, ident)
                 if saved is not None:

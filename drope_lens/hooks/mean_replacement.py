@@ -137,8 +137,10 @@ def mean_replacement_hooks(
     d_head = model.cfg.d_head
     if not isinstance(k, int) or not 1 <= k <= d_head:
         raise ValueError(f"k must be an integer in 1..d_head={d_head}, got {k!r}")
-    o = MeanReplacementOptions(tensors=tensors, k=k, rotary=rotary, layers=layers, decode=decode,
-                               threshold=threshold, largest=largest)  # the other checks
+    o = MeanReplacementOptions(  # the other checks (the str choices become its Literal fields)
+        tensors=tensors, k=k, rotary=rotary, layers=layers, decode=decode,  # type: ignore[arg-type]
+        threshold=threshold, largest=largest,
+    )
     tensors, k, rotary, decode, threshold, largest = o.tensors, o.k, o.rotary, o.decode, o.threshold, o.largest
     layers = check_layers(model, o.layers)
     tracker = PositionTracker()

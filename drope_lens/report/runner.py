@@ -12,11 +12,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 from drope_lens.errors import DropeLensInputError
 from drope_lens.options import (
-    DEFAULT_THRESHOLD, FORMATS, SCORING, DisruptionOptions, Options, Scoring, TaskFormat,
+    DEFAULT_THRESHOLD,
+    FORMATS,
+    SCORING,
+    DisruptionOptions,
+    Options,
+    Scoring,
+    TaskFormat,
 )
 from drope_lens.report.store import PartStore
 from drope_lens.validation import check_threshold
