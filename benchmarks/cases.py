@@ -16,7 +16,6 @@ Sections:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -28,13 +27,29 @@ LLAMA2_KINDS = ("llama2-7b-shaped", "llama2-shaped-tiny")
 
 #: Llama-2-7B shapes (HF ``LlamaConfig`` names).
 #: n_ctx is 8192 (Llama-2 itself: 4096) so the GPU run can time 8k-token inputs, past the RoPE training window.
-LLAMA2_7B_SHAPE = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-                       max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=10000.0)
+LLAMA2_7B_SHAPE = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    vocab_size=32000,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+)
 #: The same architecture, tiny: what the tests use to exercise the GPU path on CPU.
-LLAMA2_TINY_SHAPE = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, vocab_size=500,
-                         max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0)
+LLAMA2_TINY_SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=172,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    vocab_size=500,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+)
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -108,12 +123,23 @@ def load_models(kind: str, device: str = "cpu") -> Models:
     def factory(role, attn):
         from transformers import AutoModelForCausalLM
 
-        hf = AutoModelForCausalLM.from_pretrained(str(embedded_checkpoint()), dtype=torch.float32,
-                                                  attn_implementation=attn).to(device).eval()
+        hf = (
+            AutoModelForCausalLM.from_pretrained(
+                str(embedded_checkpoint()), dtype=torch.float32, attn_implementation=attn
+            )
+            .to(device)
+            .eval()
+        )
         return _hf_nope(hf) if role == "drope" else hf
 
-    return Models(kind, device, {"rope": pair.rope, "drope": pair.drope}, pair.tokenizer, factory,
-                  bos_id=pair.tokenizer.bos_token_id)
+    return Models(
+        kind,
+        device,
+        {"rope": pair.rope, "drope": pair.drope},
+        pair.tokenizer,
+        factory,
+        bos_id=pair.tokenizer.bos_token_id,
+    )
 
 
 def build_llama2_shaped(shape: dict, device: str, dtype: torch.dtype = torch.bfloat16):
@@ -153,8 +179,14 @@ def load_llama2_shaped(device: str, shape: Optional[dict] = None, *, allow_cpu: 
     with torch.no_grad():  # a few large Q/K channels, so disruption has something to zero (as for "tiny")
         for layer, (proj, row) in enumerate([("q_proj", 5), ("k_proj", 7)]):
             getattr(hf.model.layers[layer].self_attn, proj).weight[row] *= 40.0
-    rope = hooked_from_hf(hf, None, model_name="llama2-7b-shaped-random", dtype=torch.bfloat16, device=device,
-                          n_ctx=shape["max_position_embeddings"])
+    rope = hooked_from_hf(
+        hf,
+        None,
+        model_name="llama2-7b-shaped-random",
+        dtype=torch.bfloat16,
+        device=device,
+        n_ctx=shape["max_position_embeddings"],
+    )
     keep = {"hf": hf}
 
     def factory(role, attn):
@@ -257,6 +289,7 @@ def tl_forwards(models: Models, wl: Workload, roles: Sequence[str], *, logits: b
                 out = m(sub.tokens.to(m.cfg.device), return_type="logits" if logits else None)
                 del out
         _sync(models.device)
+
     return run
 
 
@@ -270,21 +303,24 @@ def hf_forwards(models: Models, wl: Workload, roles: Sequence[str], attn: str = 
                 out = hf(input_ids=tokens, attention_mask=sub.mask.long().to(hf.device))
                 del out
         _sync(models.device)
+
     return run
 
 
 def _bare_sections(models, wl, roles, hf_roles=None, attn="sdpa") -> list[Section]:
     hf_roles = _hf_roles(models, roles) if hf_roles is None else hf_roles
-    out = [Section("tl_forward", tl_forwards(models, wl, roles, logits=True)),
-           Section("tl_forward_nologits", tl_forwards(models, wl, roles, logits=False))]
+    out = [
+        Section("tl_forward", tl_forwards(models, wl, roles, logits=True)),
+        Section("tl_forward_nologits", tl_forwards(models, wl, roles, logits=False)),
+    ]
     if hf_roles:
         out.append(Section("hf_forward", hf_forwards(models, wl, hf_roles, attn)))
     return out
 
 
 def case_detection(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
-    from drope_lens.analysis.massive import detect_massive
     from benchmarks import study_way
+    from drope_lens.analysis.massive import detect_massive
 
     def ours():
         for role in roles:
@@ -307,16 +343,23 @@ def _hf_roles(models: Models, roles: Sequence[str]) -> list[str]:
 
 
 def case_disruption(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
-    from drope_lens.analysis.disruption import run_disruption
     from benchmarks import study_way
+    from drope_lens.analysis.disruption import run_disruption
 
     n_seeds = int(opts.get("seeds", 10))
     inputs = wl.texts if wl.texts is not None else wl.batch  # random-weight models: token ids
 
     def ours():
         for role in roles:
-            run_disruption(models.tl[role], identify_texts=inputs, eval_on_identify=True, n_seeds=n_seeds,
-                           batch_size=wl.batch_size, max_length=wl.seq_len, n_resamples=999)
+            run_disruption(
+                models.tl[role],
+                identify_texts=inputs,
+                eval_on_identify=True,
+                n_seeds=n_seeds,
+                batch_size=wl.batch_size,
+                max_length=wl.seq_len,
+                n_resamples=999,
+            )
         _sync(models.device)
 
     def study():
@@ -328,13 +371,12 @@ def case_disruption(models: Models, wl: Workload, roles: Sequence[str], opts: di
     secs = [Section("drope_lens", ours, passes=n_seeds + 3, max_repeat=opts.get("heavy_repeat"))]
     secs += _bare_sections(models, wl, roles)
     secs.append(Section("study_way", study, passes=3 * n_seeds + 1, max_repeat=1))
-    return CaseSpec("disruption", secs, analysis_needs_logits=True, label=f"{n_seeds} seeds",
-                    meta={"seeds": n_seeds})
+    return CaseSpec("disruption", secs, analysis_needs_logits=True, label=f"{n_seeds} seeds", meta={"seeds": n_seeds})
 
 
 def case_phase(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
-    from drope_lens.analysis.profile_pass import phase_profile
     from benchmarks import study_way
+    from drope_lens.analysis.profile_pass import phase_profile
 
     def ours():
         for role in roles:
@@ -411,8 +453,7 @@ def task_workload(models: Models, opts: dict):
     from drope_lens.tasks.sizes import scaled_n
 
     n = opts.get("task_n") or scaled_n(16)
-    datasets = build_datasets(models.tokenizer, n=n, seed=0, passkey_lengths=(256,),
-                              n_ctx=models.tl["rope"].cfg.n_ctx)
+    datasets = build_datasets(models.tokenizer, n=n, seed=0, passkey_lengths=(256,), n_ctx=models.tl["rope"].cfg.n_ctx)
     kinds = {"cities": "yes_no", "sports": "yes_no", "sentiment": "sentiment", "passkey": "passkey"}
     study_items = []
     for ds in datasets:
@@ -424,8 +465,8 @@ def task_workload(models: Models, opts: dict):
 
 
 def case_tasks(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
-    from drope_lens.tasks.runner import run_tasks
     from benchmarks import study_way
+    from drope_lens.tasks.runner import run_tasks
 
     if models.tokenizer is None:
         raise RuntimeError("tasks need a tokenizer; not available for a random-weight model")
@@ -434,14 +475,16 @@ def case_tasks(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -
 
     def ours():
         for role in roles:
-            run_tasks(models.tl[role], tasks=datasets, conditions=("baseline",), scoring="logprob",
-                      batch_size=wl.batch_size)
+            run_tasks(
+                models.tl[role], tasks=datasets, conditions=("baseline",), scoring="logprob", batch_size=wl.batch_size
+            )
         _sync(models.device)
 
     def ours_study_scoring():
         for role in roles:
-            run_tasks(models.tl[role], tasks=datasets, conditions=("baseline",), scoring="study",
-                      batch_size=wl.batch_size)
+            run_tasks(
+                models.tl[role], tasks=datasets, conditions=("baseline",), scoring="study", batch_size=wl.batch_size
+            )
         _sync(models.device)
 
     def study():
@@ -452,7 +495,7 @@ def case_tasks(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -
         _sync(models.device)
 
     # the bare forwards: one forward over every prompt (the least any scoring can do)
-    from drope_lens.loading import TokenBatch, encode
+    from drope_lens.loading import encode
     from drope_lens.tasks.scoring import format_prompt
 
     prompts = [format_prompt(models.tokenizer, it.text) for d in datasets for it in d.items]
@@ -462,10 +505,13 @@ def case_tasks(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -
     secs.append(Section("drope_lens_generate20", ours_study_scoring, max_repeat=1))
     secs.append(Section("study_way", study, max_repeat=1))
     counts = {d.name: len(d) for d in datasets}
-    return CaseSpec("tasks", secs, analysis_needs_logits=True, label="baseline condition, " +
-                    ", ".join(f"{k} {v}" for k, v in counts.items()),
-                    meta={"items": counts, "n_items": n_items,
-                          "workload": f"{n_items} prompts"})
+    return CaseSpec(
+        "tasks",
+        secs,
+        analysis_needs_logits=True,
+        label="baseline condition, " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+        meta={"items": counts, "n_items": n_items, "workload": f"{n_items} prompts"},
+    )
 
 
 CASE_BUILDERS["tasks"] = case_tasks

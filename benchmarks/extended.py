@@ -33,10 +33,9 @@ def main() -> int:
     import torch
 
     import drope_lens as dl
-    from drope_lens.analysis import (bos_write, head_classes, key_importance, layer_norms,
-                                     residual_massive_activations)
-    from drope_lens.loading.forward import forward_batch, to_batch
+    from drope_lens.analysis import bos_write, head_classes, key_importance, layer_norms, residual_massive_activations
     from drope_lens.data.texts import builtin_split
+    from drope_lens.loading.forward import forward_batch, to_batch
 
     pair = dl.load_pair()
     texts = builtin_split()["identify"]
@@ -46,8 +45,12 @@ def main() -> int:
         kw = dict(max_length=args.max_length)
         with torch.no_grad():
             out[role] = {
-                "bare_forward": best(lambda model=model, batch=batch: forward_batch(model, batch, return_type=None), args.repeat),
-                "residual": best(lambda model=model, kw=kw: residual_massive_activations(model, texts, **kw), args.repeat),
+                "bare_forward": best(
+                    lambda model=model, batch=batch: forward_batch(model, batch, return_type=None), args.repeat
+                ),
+                "residual": best(
+                    lambda model=model, kw=kw: residual_massive_activations(model, texts, **kw), args.repeat
+                ),
                 "bos_write": best(lambda model=model, kw=kw: bos_write(model, texts, **kw), args.repeat),
                 "head_classes": best(lambda model=model, kw=kw: head_classes(model, texts, **kw), args.repeat),
                 "layer_norms": best(lambda model=model, kw=kw: layer_norms(model, texts, **kw), args.repeat),

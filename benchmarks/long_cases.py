@@ -41,6 +41,7 @@ def _explicit(models: Models, roles: Sequence[str]):
 
 def hf_forwards_nologits(models: Models, wl: Workload, roles: Sequence[str]):
     """Bare HF decoder (``hf.model``, no LM head), sdpa, over the same batches."""
+
     @torch.no_grad()
     def run():
         for role in roles:
@@ -49,6 +50,7 @@ def hf_forwards_nologits(models: Models, wl: Workload, roles: Sequence[str]):
                 out = hf.model(input_ids=sub.tokens.to(hf.device), attention_mask=sub.mask.long().to(hf.device))
                 del out
         _sync(models.device)
+
     return run
 
 
@@ -56,6 +58,7 @@ def _with_explicit(models, roles, fn):
     def run():
         with _explicit(models, roles):
             fn()
+
     return run
 
 
@@ -68,10 +71,13 @@ def case_long_detection(models: Models, wl: Workload, roles: Sequence[str], opts
         _sync(models.device)
 
     hr = _hf_roles(models, roles)
-    secs = [Section("drope_lens", ours), Section("drope_lens_explicit", _with_explicit(models, roles, ours)),
-            Section("tl_forward_nologits", tl_forwards(models, wl, roles, logits=False)),
-            Section("hf_forward", hf_forwards(models, wl, hr)),
-            Section("hf_forward_nologits", hf_forwards_nologits(models, wl, hr))]
+    secs = [
+        Section("drope_lens", ours),
+        Section("drope_lens_explicit", _with_explicit(models, roles, ours)),
+        Section("tl_forward_nologits", tl_forwards(models, wl, roles, logits=False)),
+        Section("hf_forward", hf_forwards(models, wl, hr)),
+        Section("hf_forward_nologits", hf_forwards_nologits(models, wl, hr)),
+    ]
     return CaseSpec("long_detection", secs, analysis_needs_logits=False, label="fast attention vs explicit vs HF sdpa")
 
 
@@ -89,12 +95,15 @@ def case_long_phase(models: Models, wl: Workload, roles: Sequence[str], opts: di
         _sync(models.device)
 
     hr = _hf_roles(models, roles)
-    secs = [Section("drope_lens", ours),
-            Section("drope_lens_pattern", pattern_path, max_repeat=1),
-            Section("tl_forward_nologits", tl_forwards(models, wl, roles, logits=False)),
-            Section("hf_forward_nologits", hf_forwards_nologits(models, wl, hr))]
-    return CaseSpec("long_phase", secs, analysis_needs_logits=False,
-                    label="streamed sinks vs hook_pattern; peak memory vs T")
+    secs = [
+        Section("drope_lens", ours),
+        Section("drope_lens_pattern", pattern_path, max_repeat=1),
+        Section("tl_forward_nologits", tl_forwards(models, wl, roles, logits=False)),
+        Section("hf_forward_nologits", hf_forwards_nologits(models, wl, hr)),
+    ]
+    return CaseSpec(
+        "long_phase", secs, analysis_needs_logits=False, label="streamed sinks vs hook_pattern; peak memory vs T"
+    )
 
 
 def case_short_ppl(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
@@ -105,9 +114,12 @@ def case_short_ppl(models: Models, wl: Workload, roles: Sequence[str], opts: dic
             perplexity(models.tl[role], wl.batch, batch_size=wl.batch_size)
         _sync(models.device)
 
-    secs = [Section("drope_lens", ours), Section("drope_lens_explicit", _with_explicit(models, roles, ours)),
-            Section("tl_forward", tl_forwards(models, wl, roles, logits=True)),
-            Section("hf_forward", hf_forwards(models, wl, _hf_roles(models, roles)))]
+    secs = [
+        Section("drope_lens", ours),
+        Section("drope_lens_explicit", _with_explicit(models, roles, ours)),
+        Section("tl_forward", tl_forwards(models, wl, roles, logits=True)),
+        Section("hf_forward", hf_forwards(models, wl, _hf_roles(models, roles))),
+    ]
     return CaseSpec("short_ppl", secs, analysis_needs_logits=True, label="plain perplexity")
 
 
@@ -163,11 +175,16 @@ def case_jin(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> 
             jin_style_hf(models.hf(role, "sdpa"), wl.rows())
         _sync(models.device)
 
-    secs = [Section("drope_lens", ours), Section("drope_lens_explicit", _with_explicit(models, roles, ours)),
-            Section("tl_forward", tl_forwards(models, wl, roles, logits=True)),
-            Section("hf_forward", hf_forwards(models, wl, _hf_roles(models, roles))),
-            Section("peer_jin_hf", peer)]
-    return CaseSpec("jin", secs, analysis_needs_logits=True, label="Q/K mean replacement (J-A) PPL vs plain-HF Jin-style")
+    secs = [
+        Section("drope_lens", ours),
+        Section("drope_lens_explicit", _with_explicit(models, roles, ours)),
+        Section("tl_forward", tl_forwards(models, wl, roles, logits=True)),
+        Section("hf_forward", hf_forwards(models, wl, _hf_roles(models, roles))),
+        Section("peer_jin_hf", peer),
+    ]
+    return CaseSpec(
+        "jin", secs, analysis_needs_logits=True, label="Q/K mean replacement (J-A) PPL vs plain-HF Jin-style"
+    )
 
 
 def case_context(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
@@ -180,13 +197,24 @@ def case_context(models: Models, wl: Workload, roles: Sequence[str], opts: dict)
             context_experiment(models.tl[role], lengths, n_per_depth=1, batch_size=3)
         _sync(models.device)
 
-    return CaseSpec("context", [Section("drope_lens", ours, max_repeat=1)], analysis_needs_logits=True,
-                    label="context experiment, lengths " + ",".join(map(str, lengths)),
-                    meta={"workload": "lengths " + ",".join(map(str, lengths))})
+    return CaseSpec(
+        "context",
+        [Section("drope_lens", ours, max_repeat=1)],
+        analysis_needs_logits=True,
+        label="context experiment, lengths " + ",".join(map(str, lengths)),
+        meta={"workload": "lengths " + ",".join(map(str, lengths))},
+    )
 
 
-CASE_BUILDERS.update({"long_detection": case_long_detection, "long_phase": case_long_phase,
-                      "short_ppl": case_short_ppl, "jin": case_jin, "context": case_context})
+CASE_BUILDERS.update(
+    {
+        "long_detection": case_long_detection,
+        "long_phase": case_long_phase,
+        "short_ppl": case_short_ppl,
+        "jin": case_jin,
+        "context": case_context,
+    }
+)
 
 
 def plans(args) -> dict[str, list[dict]]:
@@ -195,12 +223,28 @@ def plans(args) -> dict[str, list[dict]]:
     pattern_max = int(getattr(args, "long_pattern_max", 4096))
     return {
         "long_detection": [{"case": "long_detection", "n_texts": 1, "seq_len": long_t[0], "repeat": 1}],
-        "long_phase": [{"case": "long_phase", "as": "long_phase", "n_texts": 1, "seq_len": L, "repeat": 1,
-                        **({} if L <= pattern_max else {"only_sections": _NO_PATTERN})} for L in long_t],
+        "long_phase": [
+            {
+                "case": "long_phase",
+                "as": "long_phase",
+                "n_texts": 1,
+                "seq_len": L,
+                "repeat": 1,
+                **({} if L <= pattern_max else {"only_sections": _NO_PATTERN}),
+            }
+            for L in long_t
+        ],
         "short_ppl": [{"case": "short_ppl", "n_texts": 5, "seq_len": args.seq_len}],
         "jin": [{"case": "jin", "n_texts": 5, "seq_len": args.seq_len}],
-        "context": [{"case": "context", "n_texts": 1, "seq_len": 16, "repeat": 1,
-                     "context_lengths": str(getattr(args, "context_lengths", "512,1024,2048"))}],
+        "context": [
+            {
+                "case": "context",
+                "n_texts": 1,
+                "seq_len": 16,
+                "repeat": 1,
+                "context_lengths": str(getattr(args, "context_lengths", "512,1024,2048")),
+            }
+        ],
     }
 
 
@@ -220,9 +264,11 @@ def render_long_table(records: list[dict]) -> str:
         for name, sec in secs.items():
             t, m = sec.get("time_s"), sec.get("peak_delta_mb")
             ratio = (t / ref["time_s"]) if (t and ref.get("time_s")) else None
-            out.append(f"| {r['case']} | {r.get('workload', '?')} | {name} | "
-                       f"{'-' if t is None else f'{t:.3g}'} | {'-' if m is None else f'{m:.0f}'} | "
-                       f"{'-' if ratio is None else f'{ratio:.2f}×'} |")
+            out.append(
+                f"| {r['case']} | {r.get('workload', '?')} | {name} | "
+                f"{'-' if t is None else f'{t:.3g}'} | {'-' if m is None else f'{m:.0f}'} | "
+                f"{'-' if ratio is None else f'{ratio:.2f}×'} |"
+            )
         if r.get("status") != "ok":
             out.append(f"| {r['case']} | {r.get('workload', '?')} | error | {r.get('reason', '')[:80]} | | |")
     return "\n".join(out)

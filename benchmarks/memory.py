@@ -26,10 +26,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = {  # Llama-shaped; "default" is ~0.55B parameters
-    "default": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=16,
-                    num_attention_heads=12, num_key_value_heads=12, vocab_size=32000),
-    "tiny": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=152),
+    "default": dict(
+        hidden_size=1536,
+        intermediate_size=4096,
+        num_hidden_layers=16,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        vocab_size=32000,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=152,
+    ),
 }
 CONFIGS = [  # (name, kind, kwargs)
     ("load_hooked old", "hooked", {"lean": False}),
@@ -62,21 +74,41 @@ def write_checkpoint(folder: Path, shape: dict, seed: int = 0) -> int:
     def rnd(*s):
         return (torch.randn(*s, generator=g) * 0.02).to(torch.bfloat16)
 
-    sd = {"model.embed_tokens.weight": rnd(shape["vocab_size"], h),
-          "lm_head.weight": rnd(shape["vocab_size"], h), "model.norm.weight": torch.ones(h, dtype=torch.bfloat16)}
+    sd = {
+        "model.embed_tokens.weight": rnd(shape["vocab_size"], h),
+        "lm_head.weight": rnd(shape["vocab_size"], h),
+        "model.norm.weight": torch.ones(h, dtype=torch.bfloat16),
+    }
     for i in range(n):
         p = f"model.layers.{i}."
-        sd.update({p + "self_attn.q_proj.weight": rnd(h, h), p + "self_attn.k_proj.weight": rnd(kv, h),
-                   p + "self_attn.v_proj.weight": rnd(kv, h), p + "self_attn.o_proj.weight": rnd(h, h),
-                   p + "mlp.up_proj.weight": rnd(m, h), p + "mlp.gate_proj.weight": rnd(m, h),
-                   p + "mlp.down_proj.weight": rnd(h, m),
-                   p + "input_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
-                   p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.bfloat16)})
+        sd.update(
+            {
+                p + "self_attn.q_proj.weight": rnd(h, h),
+                p + "self_attn.k_proj.weight": rnd(kv, h),
+                p + "self_attn.v_proj.weight": rnd(kv, h),
+                p + "self_attn.o_proj.weight": rnd(h, h),
+                p + "mlp.up_proj.weight": rnd(m, h),
+                p + "mlp.gate_proj.weight": rnd(m, h),
+                p + "mlp.down_proj.weight": rnd(h, m),
+                p + "input_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+                p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+            }
+        )
     folder.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    cfg = dict(shape, model_type="llama", architectures=["LlamaForCausalLM"], torch_dtype="bfloat16",
-               max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
-               tie_word_embeddings=False, hidden_act="silu", bos_token_id=1, eos_token_id=2)
+    cfg = dict(
+        shape,
+        model_type="llama",
+        architectures=["LlamaForCausalLM"],
+        torch_dtype="bfloat16",
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     (folder / "config.json").write_text(json.dumps(cfg))
     tiny_tokenizer().save_pretrained(str(folder))
     return sum(t.numel() for t in sd.values())
@@ -105,8 +137,9 @@ def child(folder: str, kind: str, kwargs: dict, device: str) -> dict:
         for mdl in models:
             for t in mdl.parameters():
                 t.sum()
-    model_bytes = sum(t.numel() * t.element_size() for mdl in models
-                      for t in list(mdl.parameters()) + list(mdl.buffers()))
+    model_bytes = sum(
+        t.numel() * t.element_size() for mdl in models for t in list(mdl.parameters()) + list(mdl.buffers())
+    )
     out = dict(imports_rss=imports, peak_rss=_status("VmHWM"), load_s=round(seconds, 2), model_bytes=model_bytes)
     out["ratio"] = round((out["peak_rss"] - imports) / model_bytes, 3)
     if device.startswith("cuda"):
@@ -133,20 +166,36 @@ def main(argv=None) -> int:
         for name, kind, kwargs in CONFIGS:
             if "offload" in kwargs and not args.device.startswith("cuda"):
                 kwargs = dict(kwargs)  # on CPU, device and offload are the same memory
-            cmd = [sys.executable, __file__, "--device", args.device, "--child",
-                   str(Path(tmp) / "ckpt"), kind, json.dumps(kwargs)]
-            res = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT),
-                                 env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
+            cmd = [
+                sys.executable,
+                __file__,
+                "--device",
+                args.device,
+                "--child",
+                str(Path(tmp) / "ckpt"),
+                kind,
+                json.dumps(kwargs),
+            ]
+            res = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                cwd=str(ROOT),
+                env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")),
+            )
             if res.returncode != 0:
                 raise RuntimeError(f"{name} failed:\n{res.stderr[-3000:]}")
-            row = dict(config=name, device=args.device, n_params=n_params,
-                       **json.loads(res.stdout.strip().splitlines()[-1]))
+            row = dict(
+                config=name, device=args.device, n_params=n_params, **json.loads(res.stdout.strip().splitlines()[-1])
+            )
             rows.append(row)
             gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
-            print(f"{name:30s} model {gb(row['model_bytes'])}  imports {gb(row['imports_rss'])}  "
-                  f"peak RSS {gb(row['peak_rss'])}  (peak-imports)/model {row['ratio']:.2f}  "
-                  f"load {row['load_s']} s" + (f"  cuda peak {gb(row['cuda_peak'])}" if "cuda_peak" in row else ""),
-                  flush=True)
+            print(
+                f"{name:30s} model {gb(row['model_bytes'])}  imports {gb(row['imports_rss'])}  "
+                f"peak RSS {gb(row['peak_rss'])}  (peak-imports)/model {row['ratio']:.2f}  "
+                f"load {row['load_s']} s" + (f"  cuda peak {gb(row['cuda_peak'])}" if "cuda_peak" in row else ""),
+                flush=True,
+            )
     Path(args.out).write_text(json.dumps({"shape": shape, "rows": rows}, indent=1))
     print(f"wrote {args.out}")
     return 0

@@ -67,8 +67,12 @@ def case_ratios(record: dict) -> dict[str, Optional[float]]:
     m = {name: _get(s, name, "peak_delta_mb") for name in (ANALYSIS, TL_BARE, TL_BARE_NOLOGITS, HF_BARE, STUDY)}
     passes = _get(s, ANALYSIS, "passes") or 1.0
     # the like-for-like bare forward: without the unembedding when the analysis does not need logits
-    same_work = t[TL_BARE_NOLOGITS] if (record.get("analysis_needs_logits") is False and t[TL_BARE_NOLOGITS]) else t[TL_BARE]
-    same_mem = m[TL_BARE_NOLOGITS] if (record.get("analysis_needs_logits") is False and m[TL_BARE_NOLOGITS]) else m[TL_BARE]
+    same_work = (
+        t[TL_BARE_NOLOGITS] if (record.get("analysis_needs_logits") is False and t[TL_BARE_NOLOGITS]) else t[TL_BARE]
+    )
+    same_mem = (
+        m[TL_BARE_NOLOGITS] if (record.get("analysis_needs_logits") is False and m[TL_BARE_NOLOGITS]) else m[TL_BARE]
+    )
     out = {
         "vs_tl": ratio(t[ANALYSIS], t[TL_BARE]),
         "vs_tl_same_work": ratio(t[ANALYSIS], same_work),
@@ -85,8 +89,13 @@ def case_ratios(record: dict) -> dict[str, Optional[float]]:
     return out
 
 
-def memory_near_forward(analysis_mb: Optional[float], bare_mb: Optional[float],
-                        *, max_ratio: float = MEMORY_MAX_RATIO, slack_mb: float = MEMORY_SLACK_MB) -> Optional[bool]:
+def memory_near_forward(
+    analysis_mb: Optional[float],
+    bare_mb: Optional[float],
+    *,
+    max_ratio: float = MEMORY_MAX_RATIO,
+    slack_mb: float = MEMORY_SLACK_MB,
+) -> Optional[bool]:
     """True when the analysis's peak (above the models) is within ``max_ratio`` x one bare forward's
     peak plus ``slack_mb``: no cache of every layer's activations was built."""
     if analysis_mb is None or bare_mb is None:
@@ -95,8 +104,14 @@ def memory_near_forward(analysis_mb: Optional[float], bare_mb: Optional[float],
 
 
 def _verdict(target: str, value: Optional[float], limit: str, met: Optional[bool], note: str = "") -> dict:
-    return {"target": target, "value": value, "limit": limit,
-            "met": met, "status": {True: "met", False: "NOT met", None: "not measured"}[met], "note": note}
+    return {
+        "target": target,
+        "value": value,
+        "limit": limit,
+        "met": met,
+        "status": {True: "met", False: "NOT met", None: "not measured"}[met],
+        "note": note,
+    }
 
 
 def overall_speedup(records: Iterable[dict]) -> Optional[float]:
@@ -124,16 +139,29 @@ def verdicts(records: list[dict]) -> list[dict]:
     if det is not None:
         rr = case_ratios(det)
         v = rr["vs_tl_same_work"]
-        out.append(_verdict("detection time <= 1.10x bare TL forward (same batches)", v,
-                            f"<= {DETECTION_MAX_RATIO:.2f}", None if v is None else v <= DETECTION_MAX_RATIO))
+        out.append(
+            _verdict(
+                "detection time <= 1.10x bare TL forward (same batches)",
+                v,
+                f"<= {DETECTION_MAX_RATIO:.2f}",
+                None if v is None else v <= DETECTION_MAX_RATIO,
+            )
+        )
     else:
-        out.append(_verdict("detection time <= 1.10x bare TL forward (same batches)", None,
-                            f"<= {DETECTION_MAX_RATIO:.2f}", None))
+        out.append(
+            _verdict(
+                "detection time <= 1.10x bare TL forward (same batches)", None, f"<= {DETECTION_MAX_RATIO:.2f}", None
+            )
+        )
     mem_cases = [r for r in records if r.get("status") == "ok" and r.get("case") in ("detection", "phase", "sinks")]
     worst, worst_case, met = None, None, None
     for r in mem_cases:
         s = r.get("sections", {})
-        bare_name = TL_BARE_NOLOGITS if r.get("analysis_needs_logits") is False and _get(s, TL_BARE_NOLOGITS, "peak_delta_mb") is not None else TL_BARE
+        bare_name = (
+            TL_BARE_NOLOGITS
+            if r.get("analysis_needs_logits") is False and _get(s, TL_BARE_NOLOGITS, "peak_delta_mb") is not None
+            else TL_BARE
+        )
         a, b = _get(s, ANALYSIS, "peak_delta_mb"), _get(s, bare_name, "peak_delta_mb")
         ok = memory_near_forward(a, b)
         if ok is None:
@@ -142,18 +170,36 @@ def verdicts(records: list[dict]) -> list[dict]:
         if worst is None or (rv is not None and rv > worst):
             worst, worst_case = rv, r.get("case")
         met = ok if met is None else (met and ok)
-    out.append(_verdict(f"peak memory <= {MEMORY_MAX_RATIO:g}x one bare forward (+{MEMORY_SLACK_MB:g} MB), no full cache",
-                        worst, f"<= {MEMORY_MAX_RATIO:g}", met,
-                        f"worst case: {worst_case}" if worst_case else ""))
+    out.append(
+        _verdict(
+            f"peak memory <= {MEMORY_MAX_RATIO:g}x one bare forward (+{MEMORY_SLACK_MB:g} MB), no full cache",
+            worst,
+            f"<= {MEMORY_MAX_RATIO:g}",
+            met,
+            f"worst case: {worst_case}" if worst_case else "",
+        )
+    )
     rep = by_case.get("report")
     rep_t = None if rep is None else _get(rep.get("sections", {}), ANALYSIS, "time_s")
     on_embedded = rep is not None and rep.get("model") == "embedded" and not rep.get("quick")
-    out.append(_verdict("full report on the embedded pair <= 10 min (2-core CPU)", rep_t, f"<= {REPORT_MAX_S:.0f} s",
-                        None if rep_t is None else (rep_t <= REPORT_MAX_S if on_embedded else None),
-                        "" if rep_t is None or on_embedded else "measured on a smaller/quick run only"))
+    out.append(
+        _verdict(
+            "full report on the embedded pair <= 10 min (2-core CPU)",
+            rep_t,
+            f"<= {REPORT_MAX_S:.0f} s",
+            None if rep_t is None else (rep_t <= REPORT_MAX_S if on_embedded else None),
+            "" if rep_t is None or on_embedded else "measured on a smaller/quick run only",
+        )
+    )
     sp = overall_speedup(records)
-    out.append(_verdict("speed-up over the study's approach >= 5x (same work, all cases)", sp,
-                        f">= {MIN_SPEEDUP:g}", None if sp is None else sp >= MIN_SPEEDUP))
+    out.append(
+        _verdict(
+            "speed-up over the study's approach >= 5x (same work, all cases)",
+            sp,
+            f">= {MIN_SPEEDUP:g}",
+            None if sp is None else sp >= MIN_SPEEDUP,
+        )
+    )
     return out
 
 
@@ -190,15 +236,19 @@ def case_label(r: dict) -> str:
 
 def render_cases_table(records: list[dict]) -> str:
     """One row per case: times, memory, and the ratios."""
-    head = ("| case | workload | drope_lens s | bare TL s | bare HF s | study way s | ÷ bare TL | ÷ bare HF "
-            "| speed-up vs study | peak MB (ours / bare TL / study) |")
+    head = (
+        "| case | workload | drope_lens s | bare TL s | bare HF s | study way s | ÷ bare TL | ÷ bare HF "
+        "| speed-up vs study | peak MB (ours / bare TL / study) |"
+    )
     lines = [head, "|" + "---|" * 10]
     for r in records:
         if r.get("case") == "scaling":
             continue
         if r.get("status") != "ok":
-            lines.append(f"| {case_label(r)} | {r.get('workload', '-')} | {r.get('status', '?')}: "
-                         f"{r.get('reason', '')} | | | | | | | |")
+            lines.append(
+                f"| {case_label(r)} | {r.get('workload', '-')} | {r.get('status', '?')}: "
+                f"{r.get('reason', '')} | | | | | | | |"
+            )
             continue
         rr = case_ratios(r)
         tl = _sec_time(r, TL_BARE_NOLOGITS) if r.get("analysis_needs_logits") is False else _sec_time(r, TL_BARE)
@@ -219,8 +269,10 @@ def render_scaling_table(records: list[dict]) -> str:
     rows = [r for r in records if r.get("case") == "scaling" and r.get("status") == "ok"]
     if not rows:
         return ""
-    head = ("| texts × tokens | detection s | bare TL s | ÷ bare TL | bare HF s | study way s | speed-up "
-            "| peak MB ours | peak MB bare TL | peak MB study |")
+    head = (
+        "| texts × tokens | detection s | bare TL s | ÷ bare TL | bare HF s | study way s | speed-up "
+        "| peak MB ours | peak MB bare TL | peak MB study |"
+    )
     lines = [head, "|" + "---|" * 10]
     for r in sorted(rows, key=lambda r: (r.get("n_texts", 0) * r.get("seq_len", 0), r.get("seq_len", 0))):
         rr = case_ratios(r)
@@ -254,9 +306,16 @@ def render_results(payload: dict) -> str:
     ]
     if payload.get("note"):
         parts += [payload["note"], ""]
-    parts += ["**Targets**", "", render_verdicts(records), "", "**Per analysis** (best of "
-              f"{payload.get('repeat', '?')}; seconds; peak memory above the loaded models)", "",
-              render_cases_table(records), ""]
+    parts += [
+        "**Targets**",
+        "",
+        render_verdicts(records),
+        "",
+        f"**Per analysis** (best of {payload.get('repeat', '?')}; seconds; peak memory above the loaded models)",
+        "",
+        render_cases_table(records),
+        "",
+    ]
     scaling = render_scaling_table(records)
     if scaling:
         parts += ["**Scaling of detection** (RoPE model; one batch)", "", scaling, ""]
@@ -269,7 +328,7 @@ def replace_between_markers(text: str, new_block: str, start: str = RESULTS_STAR
     i, j = text.find(start), text.find(end)
     if i == -1 or j == -1 or j < i:
         return text.rstrip() + "\n\n" + block + "\n"
-    return text[:i] + block + text[j + len(end):]
+    return text[:i] + block + text[j + len(end) :]
 
 
 def as_jsonable(obj: Any) -> Any:

@@ -216,15 +216,27 @@ def run_job(args, models, meter: "PeakMeter", job: dict, load_s: float) -> dict:
     only = job.get("only_sections")
     device = models.device
     roles = [r for r in args.roles.split(",") if r]
-    record: dict[str, Any] = {"case": label_case, "model": args.model, "device": device, "n_texts": n_texts,
-                              "seq_len": seq_len, "batch_size": args.batch_size, "roles": roles,
-                              "load_s": load_s, "params_mb": models.params_mb("rope"),
-                              "load_avg_start": load_avg()}
+    record: dict[str, Any] = {
+        "case": label_case,
+        "model": args.model,
+        "device": device,
+        "n_texts": n_texts,
+        "seq_len": seq_len,
+        "batch_size": args.batch_size,
+        "roles": roles,
+        "load_s": load_s,
+        "params_mb": models.params_mb("rope"),
+        "load_avg_start": load_avg(),
+    }
     try:
         wl = cases.make_workload(models, n_texts, seq_len, args.batch_size)
         record["workload"] = wl.describe()
-        opts = {"seeds": args.seeds, "heavy_repeat": args.heavy_repeat, "task_n": _task_n(args),
-                "context_lengths": job.get("context_lengths")}
+        opts = {
+            "seeds": args.seeds,
+            "heavy_repeat": args.heavy_repeat,
+            "task_n": _task_n(args),
+            "context_lengths": job.get("context_lengths"),
+        }
         spec = cases.CASE_BUILDERS[case](models, wl, roles, opts)
     except Exception as exc:  # noqa: BLE001
         record.update(status="error", reason=f"{type(exc).__name__}: {exc}"[:400])
@@ -258,15 +270,23 @@ def run_job(args, models, meter: "PeakMeter", job: dict, load_s: float) -> dict:
             except Exception as exc:  # noqa: BLE001 - recorded, not fatal for the other sections
                 res = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"[:400]}
             runs[sec.name].append(res)
-            print(f"  {label_case}/{sec.name} #{r + 1}: {res.get('time_s', float('nan')):.2f} s, "
-                  f"peak +{res.get('peak_delta_mb', float('nan')):.0f} MB", file=sys.stderr, flush=True)
+            print(
+                f"  {label_case}/{sec.name} #{r + 1}: {res.get('time_s', float('nan')):.2f} s, "
+                f"peak +{res.get('peak_delta_mb', float('nan')):.0f} MB",
+                file=sys.stderr,
+                flush=True,
+            )
     for sec in spec.sections:
         got = runs[sec.name]
         ok = [g for g in got if g.get("status") == "ok"]
         if ok:
             times = [g["time_s"] for g in ok]
-            res = {"status": "ok", "time_s": min(times), "times": times,
-                   "peak_delta_mb": max(g["peak_delta_mb"] for g in ok)}
+            res = {
+                "status": "ok",
+                "time_s": min(times),
+                "times": times,
+                "peak_delta_mb": max(g["peak_delta_mb"] for g in ok),
+            }
         else:
             res = got[-1] if got else {"status": "error", "reason": "not run"}
         res["passes"] = sec.passes
@@ -328,9 +348,19 @@ def spawn(argv: list[str], timeout: float) -> tuple[int, str, str, float, float]
 
 
 def child_argv(args: argparse.Namespace, jobs: list[dict]) -> list[str]:
-    vals = dict(model=args.model, device=args.device, n_texts=args.n_texts, seq_len=args.seq_len,
-                batch_size=args.batch_size, seeds=args.seeds, repeat=args.repeat, threads=args.threads,
-                roles=args.roles, heavy_repeat=args.heavy_repeat, task_n=args.task_n)
+    vals = dict(
+        model=args.model,
+        device=args.device,
+        n_texts=args.n_texts,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        seeds=args.seeds,
+        repeat=args.repeat,
+        threads=args.threads,
+        roles=args.roles,
+        heavy_repeat=args.heavy_repeat,
+        task_n=args.task_n,
+    )
     argv = [sys.executable, "-m", "benchmarks.run", "--child", jobs[0]["case"], "--jobs", json.dumps(jobs)]
     for k, v in vals.items():
         if v is None or v == "":
@@ -342,13 +372,21 @@ def child_argv(args: argparse.Namespace, jobs: list[dict]) -> list[str]:
 def run_jobs(args, jobs: list[dict]) -> list[dict]:
     """One child process for ``jobs`` (models loaded once); one record per job."""
     rc, out, err, wall, maxrss = spawn(child_argv(args, jobs), args.timeout)
-    recs = [json.loads(line[len(MARK):]) for line in out.splitlines() if line.startswith(MARK)]
+    recs = [json.loads(line[len(MARK) :]) for line in out.splitlines() if line.startswith(MARK)]
     if not recs:
         tail = (err or out).strip().splitlines()[-3:]
         reason = f"child exited {rc}: " + " | ".join(tail)[-400:]
-        return [{"case": j.get("as", j["case"]), "status": "error", "reason": reason, "model": args.model,
-                 "n_texts": j.get("n_texts", args.n_texts), "seq_len": j.get("seq_len", args.seq_len)}
-                for j in jobs]
+        return [
+            {
+                "case": j.get("as", j["case"]),
+                "status": "error",
+                "reason": reason,
+                "model": args.model,
+                "n_texts": j.get("n_texts", args.n_texts),
+                "seq_len": j.get("seq_len", args.seq_len),
+            }
+            for j in jobs
+        ]
     for rec in recs:
         rec["child_wall_s"] = wall
         rec["child_peak_rss_mb"] = maxrss
@@ -357,9 +395,14 @@ def run_jobs(args, jobs: list[dict]) -> list[dict]:
 
 def run_report_case(args) -> dict:
     """``python -m drope_lens report`` in a fresh folder: wall time and peak RSS of that process."""
-    rec: dict[str, Any] = {"case": "report", "model": args.model, "quick": bool(args.quick),
-                           "label": "drope-lens report" + (" --quick" if args.quick else ""),
-                           "analysis_needs_logits": True, "load_avg_start": load_avg()}
+    rec: dict[str, Any] = {
+        "case": "report",
+        "model": args.model,
+        "quick": bool(args.quick),
+        "label": "drope-lens report" + (" --quick" if args.quick else ""),
+        "analysis_needs_logits": True,
+        "load_avg_start": load_avg(),
+    }
     if args.model != "embedded":
         rec.update(status="skipped", reason="the report case runs on the embedded pair only")
         return rec
@@ -389,8 +432,17 @@ def run_report_case(args) -> dict:
         rec["step_seconds"] = steps
     rec["status"] = "ok"
     rec["workload"] = "embedded pair, all steps" + (" (quick)" if args.quick else "")
-    rec["sections"] = {"drope_lens": {"status": "ok", "time_s": wall, "times": [wall], "peak_rss_mb": maxrss,
-                                      "peak_delta_mb": None, "passes": None, "repeats": 1}}
+    rec["sections"] = {
+        "drope_lens": {
+            "status": "ok",
+            "time_s": wall,
+            "times": [wall],
+            "peak_rss_mb": maxrss,
+            "peak_delta_mb": None,
+            "passes": None,
+            "repeats": 1,
+        }
+    }
     return rec
 
 
@@ -401,9 +453,11 @@ def noise_note(payload: dict) -> str:
     loads += [(payload.get("load_avg_start") or [0])[0]]
     worst = max(loads) if loads else 0
     if worst > 1.25 * cores:
-        return (f"**Warning: the machine was busy** (1-min load average up to {worst:.1f} on {cores} cores while "
-                "this ran). Times and ratios are noisy, and sections measured at different moments are not "
-                "comparable. Rerun on an idle machine before drawing conclusions.")
+        return (
+            f"**Warning: the machine was busy** (1-min load average up to {worst:.1f} on {cores} cores while "
+            "this ran). Times and ratios are noisy, and sections measured at different moments are not "
+            "comparable. Rerun on an idle machine before drawing conclusions."
+        )
     return ""
 
 
@@ -432,28 +486,40 @@ def write_outputs(args, payload: dict) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--cases", default=",".join(ALL_CASES), help="comma-separated subset of " + ",".join(ALL_CASES))
-    p.add_argument("--model", default="embedded",
-                   choices=("embedded", "tiny", "llama2-7b-shaped", "llama2-shaped-tiny"),
-                   help="llama2-shaped-tiny: the GPU run's code path with a tiny shape, on any device")
+    p.add_argument(
+        "--model",
+        default="embedded",
+        choices=("embedded", "tiny", "llama2-7b-shaped", "llama2-shaped-tiny"),
+        help="llama2-shaped-tiny: the GPU run's code path with a tiny shape, on any device",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     p.add_argument("--n-texts", type=int, default=4, help="texts per analysis case (default 4)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per text, BOS included (default 256)")
     p.add_argument("--batch-size", type=int, default=8, help="drope_lens / bare-forward batch size (default 8)")
     p.add_argument("--seeds", type=int, default=10, help="random-control seeds for disruption (default 10)")
     p.add_argument("--repeat", type=int, default=3, help="best-of-N timing (default 3)")
-    p.add_argument("--heavy-repeat", type=int, default=1,
-                   help="cap on repeats for the long drope_lens sections (disruption, tasks; default 1)")
+    p.add_argument(
+        "--heavy-repeat",
+        type=int,
+        default=1,
+        help="cap on repeats for the long drope_lens sections (disruption, tasks; default 1)",
+    )
     p.add_argument("--roles", default="rope", help="models of the pair per case: rope, drope or rope,drope")
     p.add_argument("--scaling-lengths", default="256,1024,4096", help="sequence lengths for scaling")
     p.add_argument("--scaling-lengths-quick", default="64,256", help=argparse.SUPPRESS)
     p.add_argument("--scaling-texts", default="1,4,16", help="numbers of texts (at --seq-len) for scaling")
     p.add_argument("--long-lengths", default="4096,8192", help="tokens for long_detection (first) and long_phase")
     p.add_argument("--context-lengths", default="512,1024,2048", help="lengths of the context case")
-    p.add_argument("--long-pattern-max", type=int, default=4096,
-                   help="long_phase times the hook_pattern reference (heads x T x T per layer) only up to this T")
+    p.add_argument(
+        "--long-pattern-max",
+        type=int,
+        default=4096,
+        help="long_phase times the hook_pattern reference (heads x T x T per layer) only up to this T",
+    )
     p.add_argument("--task-n", type=int, default=None, help="items per yes/no task (default 16)")
     p.add_argument("--report-args", default="", help="extra arguments for `drope-lens report`")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
@@ -483,13 +549,33 @@ def main(argv: Optional[list[str]] = None) -> int:
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m benchmarks.run " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     payload: dict[str, Any] = {
-        "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "command": command.strip(),
-        "machine": machine_info(args.device), "repeat": args.repeat, "load_avg_start": load_avg(),
-        "settings": {k: getattr(args, k) for k in ("model", "device", "n_texts", "seq_len", "batch_size", "seeds",
-                                                    "repeat", "heavy_repeat", "roles", "scaling_lengths",
-                                                    "scaling_texts", "quick", "threads")},
+        "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "command": command.strip(),
+        "machine": machine_info(args.device),
+        "repeat": args.repeat,
+        "load_avg_start": load_avg(),
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "model",
+                "device",
+                "n_texts",
+                "seq_len",
+                "batch_size",
+                "seeds",
+                "repeat",
+                "heavy_repeat",
+                "roles",
+                "scaling_lengths",
+                "scaling_texts",
+                "quick",
+                "threads",
+            )
+        },
         "cases": [],
     }
     groups: list[list[dict]] = []
@@ -504,9 +590,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             combos = [(1, int(L)) for L in args.scaling_lengths.split(",") if L]
             combos += [(int(n), args.seq_len) for n in args.scaling_texts.split(",") if n]
             for n, L in dict.fromkeys(combos):
-                groups.append([{"case": "detection", "as": "scaling", "n_texts": n, "seq_len": L,
-                                "repeat": args.repeat if n * L <= 4096 else 1,
-                                "only_sections": "drope_lens,tl_forward_nologits,hf_forward,study_way"}])
+                groups.append(
+                    [
+                        {
+                            "case": "detection",
+                            "as": "scaling",
+                            "n_texts": n,
+                            "seq_len": L,
+                            "repeat": args.repeat if n * L <= 4096 else 1,
+                            "only_sections": "drope_lens,tl_forward_nologits,hf_forward,study_way",
+                        }
+                    ]
+                )
         else:
             groups.append([{"case": case}])
     if args.quick:  # one child for every model case: start-up costs dominate a smoke run

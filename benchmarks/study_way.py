@@ -36,8 +36,9 @@ def _n_heads(hf, tensor: str) -> tuple[int, int]:
     return heads, d_head
 
 
-def capture_projections(hf, ids: torch.Tensor, tensors: Sequence[str] = ("q", "k", "v"),
-                        **forward_kwargs) -> tuple[dict, object]:
+def capture_projections(
+    hf, ids: torch.Tensor, tensors: Sequence[str] = ("q", "k", "v"), **forward_kwargs
+) -> tuple[dict, object]:
     """Run one text and keep every layer's full q/k/v projection output (the study's hooks)."""
     store: dict[tuple[str, int], torch.Tensor] = {}
     handles = []
@@ -212,8 +213,15 @@ def phase(hf_eager, rows: Rows, *, tau: float = 0.3) -> dict:
             ratio_ = bos_norm / (float(norms[1:].mean()) + 1e-8) if x.shape[0] > 1 else 1.0
             ent, aniso = _entropy_eig(x)
             sink = a[0].float()[:, :, 0].mean(-1)
-            layers.append({"bos_norm": bos_norm, "bos_ratio": ratio_, "entropy": ent, "anisotropy": aniso,
-                           "sink_rate_eager": float((sink >= tau).float().mean())})
+            layers.append(
+                {
+                    "bos_norm": bos_norm,
+                    "bos_ratio": ratio_,
+                    "entropy": ent,
+                    "anisotropy": aniso,
+                    "sink_rate_eager": float((sink >= tau).float().mean()),
+                }
+            )
         per_text.append(layers)
         del out
     return {"per_text": per_text, "sink_rates": manual_sink_rates(hf_eager, rows, tau=tau)}
@@ -254,16 +262,25 @@ def parse_sentiment(text: str) -> int:
 
 
 @torch.no_grad()
-def generate_answer(hf, prompt_ids: torch.Tensor, *, max_new_tokens: int = 20, pad_id: Optional[int] = None) -> torch.Tensor:
+def generate_answer(
+    hf, prompt_ids: torch.Tensor, *, max_new_tokens: int = 20, pad_id: Optional[int] = None
+) -> torch.Tensor:
     ids = prompt_ids.view(1, -1).to(hf.device)
-    out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                      do_sample=False, pad_token_id=pad_id, min_new_tokens=max_new_tokens)
-    return out[0, ids.shape[1]:]
+    out = hf.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad_id,
+        min_new_tokens=max_new_tokens,
+    )
+    return out[0, ids.shape[1] :]
 
 
 @torch.no_grad()
-def score_task(hf, tokenizer, items: Sequence[tuple[torch.Tensor, str]], kind: str,
-               *, max_new_tokens: int = 20) -> float:
+def score_task(
+    hf, tokenizer, items: Sequence[tuple[torch.Tensor, str]], kind: str, *, max_new_tokens: int = 20
+) -> float:
     """Accuracy over ``(prompt ids, answer)`` items by generation + parsing (the study's Exp 3).
 
     ``kind``: ``"yes_no"`` (answer "Yes"/"No"; unparseable answers leave the denominator, like the

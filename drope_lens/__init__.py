@@ -28,15 +28,41 @@ from drope_lens.options import (
 __version__ = "0.1.0"
 
 #: Public names imported from ``drope_lens.loading`` when first used.
-_LAZY = ("DropeLensConfig", "ModelPair", "TokenBatch", "encode", "explicit_attention", "load_embedded",
-         "load_hooked", "load_pair", "to_nope")
+_LAZY = (
+    "DropeLensConfig",
+    "ModelPair",
+    "TokenBatch",
+    "encode",
+    "explicit_attention",
+    "load_embedded",
+    "load_hooked",
+    "load_pair",
+    "to_nope",
+)
 
 __all__ = [
-    "DropeLensError", "InputTooLongError", "NonFiniteError", "TokenizerMismatchError",
-    "UnsupportedModelError", "DropeLensConfig", "ModelPair", "TokenBatch", "encode",
-    "load_embedded", "load_hooked", "load_pair", "to_nope",
-    "explicit_attention", "MassiveOptions", "DisruptionOptions", "PhaseOptions", "TaskOptions",
-    "ContextOptions", "MeanReplacementOptions", "BosAblationOptions", "TrackOptions",
+    "DropeLensError",
+    "InputTooLongError",
+    "NonFiniteError",
+    "TokenizerMismatchError",
+    "UnsupportedModelError",
+    "DropeLensConfig",
+    "ModelPair",
+    "TokenBatch",
+    "encode",
+    "load_embedded",
+    "load_hooked",
+    "load_pair",
+    "to_nope",
+    "explicit_attention",
+    "MassiveOptions",
+    "DisruptionOptions",
+    "PhaseOptions",
+    "TaskOptions",
+    "ContextOptions",
+    "MeanReplacementOptions",
+    "BosAblationOptions",
+    "TrackOptions",
 ]
 
 

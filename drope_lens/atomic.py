@@ -36,7 +36,8 @@ def atomic_path(path: Union[str, os.PathLike], suffix: str = ".tmp") -> Iterator
             raise
         raise OutputWriteError(
             f"could not write {path}: {_reason(exc)}; free disk space or choose a writable location "
-            f"(any previous {path.name} is unchanged)") from exc
+            f"(any previous {path.name} is unchanged)"
+        ) from exc
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

@@ -129,8 +129,12 @@ def takes_options(cls: type["Options"]) -> Callable[[F], F]:
 
         params = list(sig.parameters.values())
         at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))
-        params.insert(at, inspect.Parameter("options", inspect.Parameter.KEYWORD_ONLY, default=None,
-                                            annotation=f"Optional[{cls.__name__}]"))
+        params.insert(
+            at,
+            inspect.Parameter(
+                "options", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=f"Optional[{cls.__name__}]"
+            ),
+        )
         call.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
         return call  # type: ignore[return-value]
 
@@ -145,8 +149,12 @@ class Options:
         object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else
-                (dict(v) if isinstance(v, Mapping) else v) for f in dataclasses.fields(self)}
+        return {
+            f.name: list(v)
+            if isinstance(v := getattr(self, f.name), tuple)
+            else (dict(v) if isinstance(v, Mapping) else v)
+            for f in dataclasses.fields(self)
+        }
 
     def replace(self: OptionsT, **changes: Any) -> OptionsT:
         """A copy with ``changes`` (validated again); an unknown name is a ``TypeError``."""
@@ -283,8 +291,9 @@ class BosAblationOptions(Options):
             raise DropeLensInputError(f"Unknown mode {self.mode!r}; choose one of {BOS_MODES}.")
 
 
-def check_profile_options(tau: float, gu_eps: float, last_layer: str, attention: str,
-                          sinks_from: str = "stream") -> None:
+def check_profile_options(
+    tau: float, gu_eps: float, last_layer: str, attention: str, sinks_from: str = "stream"
+) -> None:
     """The phase profile's choices (shared by :class:`PhaseOptions` and ``phase_profile``)."""
     if sinks_from not in SINK_SOURCES:
         raise DropeLensInputError(f"Unknown sinks_from {sinks_from!r}; choose one of {SINK_SOURCES}.")
@@ -347,8 +356,10 @@ def check_task_protocol(scoring: str, n_shot: int, task_format: str) -> None:
     if task_format not in FORMATS:
         raise DropeLensInputError(f"Unknown task_format {task_format!r}; choose from {FORMATS}.")
     if task_format == "completion" and scoring == "study":
-        raise DropeLensInputError("task_format='completion' needs log-prob scoring ('logprob' or 'calibrated'); "
-                                  "the study's generation + parsing reads Yes/No answers.")
+        raise DropeLensInputError(
+            "task_format='completion' needs log-prob scoring ('logprob' or 'calibrated'); "
+            "the study's generation + parsing reads Yes/No answers."
+        )
 
 
 @dataclass(frozen=True)
@@ -466,8 +477,13 @@ class TrackSizes(Options):
     passkey_length: int = 256  # passkey prompt length in tokens
 
     def __post_init__(self) -> None:
-        for name, lo in (("heldout_blocks", 1), ("passkey_n", 1), ("n_seeds", 2), ("max_length", 2),
-                         ("passkey_length", 1)):
+        for name, lo in (
+            ("heldout_blocks", 1),
+            ("passkey_n", 1),
+            ("n_seeds", 2),
+            ("max_length", 2),
+            ("passkey_length", 1),
+        ):
             _check_int(name, getattr(self, name), lo)
 
     def sizes(self) -> "TrackSizes":
@@ -493,11 +509,47 @@ class TrackOptions(TrackSizes):
 
 
 __all__ = [
-    "Options", "MassiveOptions", "DisruptionOptions", "PhaseOptions", "TaskOptions", "ContextOptions",
-    "TENSORS", "SCOPES", "ROTARY_MODES", "AGGREGATES", "CONDITIONS", "SPIKE_RULES", "BOS_MODES",
-    "LAST_LAYER_MODES", "ATTENTION_SOURCES", "TASKS", "SCORING", "FORMATS", "DEFAULT_THRESHOLD",
-    "DEFAULT_TAU", "DEFAULT_GU_EPS", "DEFAULT_N", "REPORT_N", "QUICK_N", "scaled_n", "check_tensors",
-    "check_conditions", "check_metrics", "check_task_protocol", "check_profile_options", "SINK_SOURCES", "PROFILE_FIELDS", "METRIC_GROUPS", "DEFAULT_METRICS",
-    "TrackSizes", "TrackOptions", "SIZES", "TRACK_SIZES", "takes_options", "REPORT_CONTEXT",
-    "MeanReplacementOptions", "BosAblationOptions", "DECODE_MODES",
+    "Options",
+    "MassiveOptions",
+    "DisruptionOptions",
+    "PhaseOptions",
+    "TaskOptions",
+    "ContextOptions",
+    "TENSORS",
+    "SCOPES",
+    "ROTARY_MODES",
+    "AGGREGATES",
+    "CONDITIONS",
+    "SPIKE_RULES",
+    "BOS_MODES",
+    "LAST_LAYER_MODES",
+    "ATTENTION_SOURCES",
+    "TASKS",
+    "SCORING",
+    "FORMATS",
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_TAU",
+    "DEFAULT_GU_EPS",
+    "DEFAULT_N",
+    "REPORT_N",
+    "QUICK_N",
+    "scaled_n",
+    "check_tensors",
+    "check_conditions",
+    "check_metrics",
+    "check_task_protocol",
+    "check_profile_options",
+    "SINK_SOURCES",
+    "PROFILE_FIELDS",
+    "METRIC_GROUPS",
+    "DEFAULT_METRICS",
+    "TrackSizes",
+    "TrackOptions",
+    "SIZES",
+    "TRACK_SIZES",
+    "takes_options",
+    "REPORT_CONTEXT",
+    "MeanReplacementOptions",
+    "BosAblationOptions",
+    "DECODE_MODES",
 ]

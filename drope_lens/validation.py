@@ -16,8 +16,12 @@ def check_choice(name: str, value: Any, allowed: Sequence) -> None:
 
 def check_threshold(threshold: float, name: str = "threshold (lambda)") -> float:
     """Validate a massive-value λ: a finite number > 0."""
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
-            or threshold <= 0:
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not math.isfinite(threshold)
+        or threshold <= 0
+    ):
         raise DropeLensInputError(f"{name} must be a finite number > 0, e.g. 5.0; got {threshold!r}")
     return float(threshold)
 

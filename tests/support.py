@@ -39,11 +39,13 @@ def embedded_phase_case(model, hf):
         finally:
             handle.remove()
         hidden = [h[0].double() for h in out.hidden_states]
-        refs.append({
-            "attentions": [a[0].double() for a in out.attentions],  # [head, q, k] per layer
-            "hidden": hidden,  # [0] embeddings, [l+1] after block l, [-1] final norm output
-            "last_raw": grabbed["last"].reshape(hidden[-1].shape).double(),
-        })
+        refs.append(
+            {
+                "attentions": [a[0].double() for a in out.attentions],  # [head, q, k] per layer
+                "hidden": hidden,  # [0] embeddings, [l+1] after block l, [-1] final norm output
+                "last_raw": grabbed["last"].reshape(hidden[-1].shape).double(),
+            }
+        )
     return batch, resid, final, refs
 
 

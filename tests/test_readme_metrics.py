@@ -10,7 +10,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def _section() -> str:
     text = README.read_text(encoding="utf-8")
     start = text.index("## What each metric means")
-    return text[start:text.index("\n## ", start + 1)]
+    return text[start : text.index("\n## ", start + 1)]
 
 
 def test_each_metric_names_its_function():
@@ -27,5 +27,6 @@ def test_every_named_function_exists():
         module, _, attr = name.rpartition(".")
         obj = getattr(importlib.import_module(module), attr)
         assert callable(obj), name
-        assert obj.__module__ == module or module == "drope_lens.options", \
+        assert obj.__module__ == module or module == "drope_lens.options", (
             f"{name} is defined in {obj.__module__}; name that module"
+        )

@@ -8,7 +8,13 @@ import torch
 from drope_lens.analysis.massive import detect_massive
 from drope_lens.loading import load_hooked
 from drope_lens.testing import (
-    TINY_TEXTS, hf_nope_reference, plant_channels, tiny_drope_checkpoint, tiny_hooked, tiny_llama, tiny_tokenizer,
+    TINY_TEXTS,
+    hf_nope_reference,
+    plant_channels,
+    tiny_drope_checkpoint,
+    tiny_hooked,
+    tiny_llama,
+    tiny_tokenizer,
 )
 
 
@@ -25,14 +31,22 @@ def test_tiny_hooked_matches_hf(gqa, kv, pe):
         assert float((tl(ids) - ref(ids).logits).abs().max()) <= 1e-4
 
 
-@pytest.mark.parametrize("attention_type, norms", [
-    ("nope", ()), ("q_norm_nope", ("q",)), ("k_norm_nope", ("k",)), ("qk_norm_nope", ("q", "k")),
-])
+@pytest.mark.parametrize(
+    "attention_type, norms",
+    [
+        ("nope", ()),
+        ("q_norm_nope", ("q",)),
+        ("k_norm_nope", ("k",)),
+        ("qk_norm_nope", ("q", "k")),
+    ],
+)
 @pytest.mark.parametrize("gqa", [True, False])
 def test_tiny_drope_checkpoint_is_sakana_format_and_loads_like_the_hf_reference(tmp_path, attention_type, norms, gqa):
     from safetensors.torch import load_file
 
-    path = tiny_drope_checkpoint(tmp_path / "d", attention_type=attention_type, softmax_scale=0.07, gain_seed=4, gqa=gqa)
+    path = tiny_drope_checkpoint(
+        tmp_path / "d", attention_type=attention_type, softmax_scale=0.07, gain_seed=4, gqa=gqa
+    )
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["model_type"] == "llama_drope" and cfg["attention_type"] == attention_type
     assert cfg["softmax_scale"] == 0.07 and "AutoModelForCausalLM" in cfg["auto_map"]
@@ -44,7 +58,9 @@ def test_tiny_drope_checkpoint_is_sakana_format_and_loads_like_the_hf_reference(
         assert not torch.equal(g[0], torch.ones_like(g[0])) and float(g[0].min()) >= 0 and float(g[0].max()) < 3
     tl = load_hooked(path)
     assert tl.cfg.position_encoding == "nope" and tl.cfg.drope_attention_type == attention_type
-    ref = hf_nope_reference(tiny_llama(seed=5, gqa=gqa), softmax_scale=0.07, q_norms=gains.get("q"), k_norms=gains.get("k"))
+    ref = hf_nope_reference(
+        tiny_llama(seed=5, gqa=gqa), softmax_scale=0.07, q_norms=gains.get("q"), k_norms=gains.get("k")
+    )
     ids = torch.randint(4, ref.config.vocab_size, (2, 21), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert float((tl(ids) - ref(ids).logits).abs().max()) <= 1e-4

@@ -26,10 +26,10 @@ from jaxtyping import Float, Int
 
 from drope_lens.analysis import bos_metrics, sinks
 from drope_lens.analysis.perplexity import PerplexityResult, perplexity
-from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.hooks.bos import check_layer
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHook, FwdHooks
+from drope_lens.loading.forward import forward_batch, model_label, to_batch
 
 
 def bos_write_from(
@@ -86,10 +86,15 @@ class BosWrite:
 
     def summary(self) -> dict[str, Any]:
         lm = self.layer_means()
-        out = {"model": self.model, "mean_v_norm": float(lm["v_norm"].mean()),
-               "mean_attn": float(lm["attn"].mean()), "mean_write": float(lm["write"].mean()),
-               "max_write_layer": int(np.argmax(lm["write"])), "max_write": float(lm["write"].max()),
-               "spike_layer": self.spike_layer}
+        out = {
+            "model": self.model,
+            "mean_v_norm": float(lm["v_norm"].mean()),
+            "mean_attn": float(lm["attn"].mean()),
+            "mean_write": float(lm["write"].mean()),
+            "max_write_layer": int(np.argmax(lm["write"])),
+            "max_write": float(lm["write"].max()),
+            "spike_layer": self.spike_layer,
+        }
         if self.ppl:
             base = self.ppl["baseline"].ppl
             out.update({f"ppl_{k}": v.ppl for k, v in self.ppl.items()})
@@ -98,24 +103,41 @@ class BosWrite:
 
     def to_dict(self) -> dict[str, Any]:
         lm = self.layer_means()
-        return {"model": self.model, **{f"layer_{k}": v.tolist() for k, v in lm.items()},
-                "head_write": self.write.mean(0).tolist(), "bos_ratio": self.bos_ratio.mean(0).tolist(),
-                "ppl": {k: v.to_dict() for k, v in self.ppl.items()}, "summary": self.summary(),
-                "options": self.options}
+        return {
+            "model": self.model,
+            **{f"layer_{k}": v.tolist() for k, v in lm.items()},
+            "head_write": self.write.mean(0).tolist(),
+            "bos_ratio": self.bos_ratio.mean(0).tolist(),
+            "ppl": {k: v.to_dict() for k, v in self.ppl.items()},
+            "summary": self.summary(),
+            "options": self.options,
+        }
 
     def to_dataframe(self):
         """One row per (layer, head), text means."""
         import pandas as pd
 
         _, L, H = self.write.shape
-        return pd.DataFrame([{"model": self.model, "layer": li, "head": h, "v_norm": self.v_norm[:, li, h].mean(),
-                              "attn": self.attn[:, li, h].mean(), "write": self.write[:, li, h].mean()}
-                             for li in range(L) for h in range(H)])
+        return pd.DataFrame(
+            [
+                {
+                    "model": self.model,
+                    "layer": li,
+                    "head": h,
+                    "v_norm": self.v_norm[:, li, h].mean(),
+                    "attn": self.attn[:, li, h].mean(),
+                    "write": self.write[:, li, h].mean(),
+                }
+                for li in range(L)
+                for h in range(H)
+            ]
+        )
 
 
 @torch.no_grad()
-def bos_write(model, inputs, *, batch_size: int = 8, max_length: Optional[int] = None,
-              fwd_hooks: Sequence[FwdHook] = ()) -> BosWrite:
+def bos_write(
+    model, inputs, *, batch_size: int = 8, max_length: Optional[int] = None, fwd_hooks: Sequence[FwdHook] = ()
+) -> BosWrite:
     """BOS write per text, layer and head, and the BOS ratio per layer, in one pass per batch."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -142,15 +164,23 @@ def bos_write(model, inputs, *, batch_size: int = 8, max_length: Optional[int] =
 
     hooks = list(fwd_hooks)
     for li in range(L):
-        hooks += [(f"blocks.{li}.attn.hook_v", stash_v), (f"blocks.{li}.attn.hook_pattern", on_pattern),
-                  (f"blocks.{li}.hook_resid_post", on_resid)]
+        hooks += [
+            (f"blocks.{li}.attn.hook_v", stash_v),
+            (f"blocks.{li}.attn.hook_pattern", on_pattern),
+            (f"blocks.{li}.hook_resid_post", on_resid),
+        ]
     for idx, sub in batch.batches(batch_size):
         state["idx"], state["lengths"] = idx, sub.lengths
         with model.hooks(fwd_hooks=hooks):
             forward_batch(model, sub, return_type=None)
-    return BosWrite(model=model_label(model), v_norm=v_norm, attn=attn, write=write, bos_ratio=ratio,
-                    options={"max_length": max_length, "attention": "native hook_pattern (fp32)",
-                             "rows": "1..T-1"})
+    return BosWrite(
+        model=model_label(model),
+        v_norm=v_norm,
+        attn=attn,
+        write=write,
+        bos_ratio=ratio,
+        options={"max_length": max_length, "attention": "native hook_pattern (fp32)", "rows": "1..T-1"},
+    )
 
 
 def bos_write_experiment(
@@ -169,8 +199,10 @@ def bos_write_experiment(
     ppl_inputs = inputs if ppl_inputs is None else ppl_inputs
     spike = res.spike_layer if spike_layer is None else check_layer(model, spike_layer)
     kw: dict[str, Any] = dict(batch_size=batch_size, max_length=max_length)
-    res.ppl = {"baseline": baseline or perplexity(model, ppl_inputs, **kw),
-               "spike": perplexity(model, ppl_inputs, fwd_hooks=bos_v_ablation_hooks(model, spike), **kw),
-               "all": perplexity(model, ppl_inputs, fwd_hooks=bos_v_ablation_hooks(model, "all"), **kw)}
+    res.ppl = {
+        "baseline": baseline or perplexity(model, ppl_inputs, **kw),
+        "spike": perplexity(model, ppl_inputs, fwd_hooks=bos_v_ablation_hooks(model, spike), **kw),
+        "all": perplexity(model, ppl_inputs, fwd_hooks=bos_v_ablation_hooks(model, "all"), **kw),
+    }
     res.options["ablation_layer"] = spike
     return res

@@ -45,8 +45,7 @@ def training_context(model: HookedTransformer) -> int:
     return int(cfg.n_ctx)
 
 
-def long_text_tokens(tokenizer, length: int, *, seed: int = 0,
-                     texts: Optional[Sequence[str]] = None) -> torch.Tensor:
+def long_text_tokens(tokenizer, length: int, *, seed: int = 0, texts: Optional[Sequence[str]] = None) -> torch.Tensor:
     """``[1, length]`` ids: BOS + the texts (seeded order; built-in texts by default) joined by
     blank lines, then seeded passkey filler sentences, cut at ``length`` tokens."""
     from drope_lens.data.texts import builtin_texts
@@ -120,11 +119,17 @@ class ContextExperiment:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model, "position_encoding": self.position_encoding,
-            "training_context": self.training_context, "depths": list(self.depths),
-            "n_per_depth": self.n_per_depth, "seed": self.seed, "tau": self.tau,
-            "threshold": self.threshold, "attention": self.attention,
-            "wall_s": round(self.wall_s, 3), "options": dict(self.options),
+            "model": self.model,
+            "position_encoding": self.position_encoding,
+            "training_context": self.training_context,
+            "depths": list(self.depths),
+            "n_per_depth": self.n_per_depth,
+            "seed": self.seed,
+            "tau": self.tau,
+            "threshold": self.threshold,
+            "attention": self.attention,
+            "wall_s": round(self.wall_s, 3),
+            "options": dict(self.options),
             "points": [p.to_dict() for p in self.points],
         }
 
@@ -144,9 +149,11 @@ class ContextExperiment:
     def summary(self) -> str:
         lines = [f"{self.model} ({self.position_encoding}; trained to {self.training_context} tokens)"]
         for p in self.points:
-            lines.append(f"  L={p.length:>6}: passkey {p.passkey_accuracy:.2f}  ppl {p.ppl:.3g}  "
-                         f"sink rate {p.sink_rate:.3f}  BOS ratio {p.max_bos_ratio:.3g}  "
-                         f"massive Q/K {p.massive_q:.0f}/{p.massive_k:.0f}")
+            lines.append(
+                f"  L={p.length:>6}: passkey {p.passkey_accuracy:.2f}  ppl {p.ppl:.3g}  "
+                f"sink rate {p.sink_rate:.3f}  BOS ratio {p.max_bos_ratio:.3g}  "
+                f"massive Q/K {p.massive_q:.0f}/{p.massive_k:.0f}"
+            )
         return "\n".join(lines)
 
 
@@ -168,16 +175,20 @@ def _passkey(model, length: int, depths: Sequence[float], n: int, seed: int, bat
     by_depth: dict[float, float] = {}
     for d in depths:
         keys = make_keys(n, seed * 1_000_003 + length * 101 + int(round(d * 1000)))
-        items = [build_prompt(tok, key, length, d, random.Random(f"context-passkey-{seed}-{length}-{d}-{i}"),
-                              n_ctx=None) for i, key in enumerate(keys)]
+        items = [
+            build_prompt(tok, key, length, d, random.Random(f"context-passkey-{seed}-{length}-{d}-{i}"), n_ctx=None)
+            for i, key in enumerate(keys)
+        ]
         batch = encode(tok, [it.text for it in items])
         correct = 0
         for idx, sub in batch.batches(batch_size):
+
             def stop(r, s, idx=idx, items=items):
                 return parsing.passkey_done(s, len(items[idx[r]].answer))
 
-            gen = greedy_generate_batch(model, sub.tokens.to(model.cfg.device), PASSKEY_MAX_NEW_TOKENS,
-                                        lengths=sub.lengths, stop=stop)
+            gen = greedy_generate_batch(
+                model, sub.tokens.to(model.cfg.device), PASSKEY_MAX_NEW_TOKENS, lengths=sub.lengths, stop=stop
+            )
             for i, (_, text) in zip(idx, gen, strict=True):
                 correct += bool(parsing.passkey_exact(text, items[i].answer))
         by_depth[d] = correct / n
@@ -210,9 +221,9 @@ def context_experiment(
         log: called with a one-line summary after each length (e.g. ``print``).
     """
     from drope_lens.analysis.massive import detect_massive
-    from drope_lens.loading.forward import model_label
     from drope_lens.analysis.profile_pass import measure
     from drope_lens.loading.fast_attention import attention_path
+    from drope_lens.loading.forward import model_label
     from drope_lens.loading.tokens import TokenBatch
 
     o = ContextOptions.resolve(options, {**overrides, **({} if lengths is None else {"lengths": lengths})})
@@ -223,8 +234,10 @@ def context_experiment(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n_ctx = int(model.cfg.n_ctx)
     if max(lengths) > n_ctx and not beyond_context:
-        raise ValueError(f"length {max(lengths)} is beyond the model's n_ctx={n_ctx}; pass "
-                         "beyond_context=True (--beyond-context) to run past the training context.")
+        raise ValueError(
+            f"length {max(lengths)} is beyond the model's n_ctx={n_ctx}; pass "
+            "beyond_context=True (--beyond-context) to run past the training context."
+        )
     t0 = time.perf_counter()
     points: list[ContextPoint] = []
     old_ctx = model.cfg.n_ctx
@@ -237,8 +250,11 @@ def context_experiment(
             it = tqdm(lengths, desc=f"context {getattr(model.cfg, 'position_encoding', '')}", leave=False)
         for length in it:
             t1 = time.perf_counter()
-            by_depth = (_passkey(model, length, depths, n_per_depth, seed, batch_size)
-                        if n_per_depth else {d: float("nan") for d in depths})
+            by_depth = (
+                _passkey(model, length, depths, n_per_depth, seed, batch_size)
+                if n_per_depth
+                else {d: float("nan") for d in depths}
+            )
             ids = long_text_tokens(model.tokenizer, length, seed=seed, texts=texts)
             batch = TokenBatch(ids, torch.tensor([ids.shape[1]]))
             prof, ppl = measure(model, batch, profile=True, ppl=True, batch_size=1, tau=tau, gu_eps=gu_eps)
@@ -246,26 +262,48 @@ def context_experiment(
             assert prof is not None and ppl is not None  # measure(profile=True, ppl=True)
             st, s = prof.layer_stats(), prof.summary()
             acc = (sum(by_depth.values()) / len(by_depth)) if n_per_depth else float("nan")
-            points.append(ContextPoint(
-                length=length, passkey_accuracy=acc, passkey_by_depth=by_depth,
-                passkey_n=n_per_depth * len(depths), ppl=float(ppl.ppl),
-                sink_rate=s["mean_sink_rate"], gu_sink=s["gu_sink"], max_bos_ratio=s["max_bos_ratio"],
-                massive_q=mv.total_mean("q"), massive_k=mv.total_mean("k"),
-                sink_rate_by_layer=[float(x) for x in st["sink_rate"]],
-                seconds=time.perf_counter() - t1))
+            points.append(
+                ContextPoint(
+                    length=length,
+                    passkey_accuracy=acc,
+                    passkey_by_depth=by_depth,
+                    passkey_n=n_per_depth * len(depths),
+                    ppl=float(ppl.ppl),
+                    sink_rate=s["mean_sink_rate"],
+                    gu_sink=s["gu_sink"],
+                    max_bos_ratio=s["max_bos_ratio"],
+                    massive_q=mv.total_mean("q"),
+                    massive_k=mv.total_mean("k"),
+                    sink_rate_by_layer=[float(x) for x in st["sink_rate"]],
+                    seconds=time.perf_counter() - t1,
+                )
+            )
             if log is not None:
                 p = points[-1]
-                log(f"[context] {model_label(model)} L={length}: passkey {p.passkey_accuracy:.2f}, "
-                    f"ppl {p.ppl:.4g}, sink rate {p.sink_rate:.3f}, {p.seconds:.0f} s")
+                log(
+                    f"[context] {model_label(model)} L={length}: passkey {p.passkey_accuracy:.2f}, "
+                    f"ppl {p.ppl:.4g}, sink rate {p.sink_rate:.3f}, {p.seconds:.0f} s"
+                )
     finally:
         model.cfg.n_ctx = old_ctx
     return ContextExperiment(
-        model=model_label(model), position_encoding=str(getattr(model.cfg, "position_encoding", "rope")),
-        training_context=training_context(model), points=points, depths=tuple(depths),
-        n_per_depth=int(n_per_depth), seed=seed, tau=tau, threshold=threshold,
-        attention=attention_path(model), wall_s=time.perf_counter() - t0,
-        options={"gu_eps": gu_eps, "batch_size": batch_size, "beyond_context": beyond_context,
-                 "texts": "builtin+filler" if texts is None else f"{len(texts)} given"},
+        model=model_label(model),
+        position_encoding=str(getattr(model.cfg, "position_encoding", "rope")),
+        training_context=training_context(model),
+        points=points,
+        depths=tuple(depths),
+        n_per_depth=int(n_per_depth),
+        seed=seed,
+        tau=tau,
+        threshold=threshold,
+        attention=attention_path(model),
+        wall_s=time.perf_counter() - t0,
+        options={
+            "gu_eps": gu_eps,
+            "batch_size": batch_size,
+            "beyond_context": beyond_context,
+            "texts": "builtin+filler" if texts is None else f"{len(texts)} given",
+        },
     )
 
 
@@ -291,10 +329,13 @@ class ContextComparison:
         return self.rope.summary() + "\n" + self.drope.summary()
 
 
-def pair_context_experiment(pair, lengths: Optional[Sequence[int]] = None, options: Optional[ContextOptions] = None,
-                            **kwargs) -> ContextComparison:
+def pair_context_experiment(
+    pair, lengths: Optional[Sequence[int]] = None, options: Optional[ContextOptions] = None, **kwargs
+) -> ContextComparison:
     """:func:`context_experiment` on both models of a :class:`~drope_lens.loading.pair.ModelPair`."""
     fields = {k: kwargs.pop(k) for k in list(kwargs) if k in ContextOptions.__dataclass_fields__}
     o = ContextOptions.resolve(options, {**fields, **({} if lengths is None else {"lengths": lengths})})
-    return ContextComparison(rope=context_experiment(pair.rope, options=o, **kwargs),
-                             drope=context_experiment(pair.drope, options=o, **kwargs))
+    return ContextComparison(
+        rope=context_experiment(pair.rope, options=o, **kwargs),
+        drope=context_experiment(pair.drope, options=o, **kwargs),
+    )

@@ -30,11 +30,11 @@ import torch
 from drope_lens.analysis import stats
 from drope_lens.analysis.massive import detect_massive
 from drope_lens.analysis.perplexity import PerplexityResult, perplexity
-from drope_lens.loading.forward import model_label, to_batch
 from drope_lens.hooks.selection import ChannelSelection, random_control
-from drope_lens.options import DisruptionOptions
 from drope_lens.hooks.zeroing import zero_channel_hooks
+from drope_lens.loading.forward import model_label, to_batch
 from drope_lens.loading.tokens import TokenBatch
+from drope_lens.options import DisruptionOptions
 
 Inputs = Union[Sequence[str], TokenBatch, torch.Tensor]  # texts, or token ids (models without a tokenizer)
 
@@ -98,52 +98,78 @@ class DisruptionResult:
 
     def ci_random_mean(self) -> tuple[float, float]:
         s = self.settings
-        return stats.bootstrap_ci(self.random_pcts, confidence=s["confidence"],
-                                  n_resamples=s["n_resamples"], seed=s["bootstrap_seed"])
+        return stats.bootstrap_ci(
+            self.random_pcts, confidence=s["confidence"], n_resamples=s["n_resamples"], seed=s["bootstrap_seed"]
+        )
 
     def ci_m_minus_r(self) -> tuple[float, float]:
         s = self.settings
-        return stats.bootstrap_ci(self.diffs, confidence=s["confidence"],
-                                  n_resamples=s["n_resamples"], seed=s["bootstrap_seed"])
+        return stats.bootstrap_ci(
+            self.diffs, confidence=s["confidence"], n_resamples=s["n_resamples"], seed=s["bootstrap_seed"]
+        )
 
     # -- export -----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         paired = self.paired()
         return {
-            "model": self.model, "position_encoding": self.position_encoding, "settings": self.settings,
-            "n_massive": self.n_massive, "massive_counts_per_layer": self.massive_counts,
-            "n_eval_texts": self.n_eval_texts, "n_eval_targets": self.n_eval_targets,
-            "base_ppl": self.base_ppl, "massive_ppl": self.massive_ppl, "random_ppls": self.random_ppls,
-            "seeds": self.seeds, "random_overlap_with_massive": self.random_overlap,
-            "massive_pct": self.massive_pct, "random_pcts": self.random_pcts.tolist(),
-            "random_mean_pct": self.random_mean, "random_std_pct": self.random_std,
+            "model": self.model,
+            "position_encoding": self.position_encoding,
+            "settings": self.settings,
+            "n_massive": self.n_massive,
+            "massive_counts_per_layer": self.massive_counts,
+            "n_eval_texts": self.n_eval_texts,
+            "n_eval_targets": self.n_eval_targets,
+            "base_ppl": self.base_ppl,
+            "massive_ppl": self.massive_ppl,
+            "random_ppls": self.random_ppls,
+            "seeds": self.seeds,
+            "random_overlap_with_massive": self.random_overlap,
+            "massive_pct": self.massive_pct,
+            "random_pcts": self.random_pcts.tolist(),
+            "random_mean_pct": self.random_mean,
+            "random_std_pct": self.random_std,
             "m_minus_r": self.m_minus_r,
-            "paired_t": paired["t"], "paired_p": paired["p"], "paired_df": paired["df"],
-            "cohens_d_ddof0": self.cohens_d(0), "cohens_d_ddof1": self.cohens_d(1),
-            "ci_random_mean_pct": list(self.ci_random_mean()), "ci_m_minus_r": list(self.ci_m_minus_r()),
-            "notes": ("massive% is constant over seeds (deterministic zeroing), so the paired t-test "
-                      "is a one-sample test of M - random_s; Cohen's d = mean(diff)/std(diff) with "
-                      "ddof 0 (study) and 1."),
+            "paired_t": paired["t"],
+            "paired_p": paired["p"],
+            "paired_df": paired["df"],
+            "cohens_d_ddof0": self.cohens_d(0),
+            "cohens_d_ddof1": self.cohens_d(1),
+            "ci_random_mean_pct": list(self.ci_random_mean()),
+            "ci_m_minus_r": list(self.ci_m_minus_r()),
+            "notes": (
+                "massive% is constant over seeds (deterministic zeroing), so the paired t-test "
+                "is a one-sample test of M - random_s; Cohen's d = mean(diff)/std(diff) with "
+                "ddof 0 (study) and 1."
+            ),
         }
 
     def to_dataframe(self):
         """One row per seed: random PPL and %, massive %, their difference."""
         import pandas as pd
 
-        return pd.DataFrame({
-            "model": self.model, "seed": self.seeds, "base_ppl": self.base_ppl,
-            "massive_ppl": self.massive_ppl, "random_ppl": self.random_ppls,
-            "massive_pct": self.massive_pcts, "random_pct": self.random_pcts, "diff": self.diffs,
-        })
+        return pd.DataFrame(
+            {
+                "model": self.model,
+                "seed": self.seeds,
+                "base_ppl": self.base_ppl,
+                "massive_ppl": self.massive_ppl,
+                "random_ppl": self.random_ppls,
+                "massive_pct": self.massive_pcts,
+                "random_pct": self.random_pcts,
+                "diff": self.diffs,
+            }
+        )
 
     def summary(self) -> str:
         p = self.paired()
         lo, hi = self.ci_m_minus_r()
-        return (f"{self.model}: {self.n_massive} massive Q/K channels; PPL {self.base_ppl:.3f} -> "
-                f"{self.massive_ppl:.3f} zeroed ({self.massive_pct:+.1f}%), random "
-                f"{self.random_mean:+.2f} ± {self.random_std:.2f}% over {len(self.seeds)} seeds; "
-                f"M-R = {self.m_minus_r:.1f} (CI {lo:.1f}..{hi:.1f}), paired t = {p['t']:.3g}, "
-                f"p = {p['p']:.3g}, d = {self.cohens_d(0):.3g}")
+        return (
+            f"{self.model}: {self.n_massive} massive Q/K channels; PPL {self.base_ppl:.3f} -> "
+            f"{self.massive_ppl:.3f} zeroed ({self.massive_pct:+.1f}%), random "
+            f"{self.random_mean:+.2f} ± {self.random_std:.2f}% over {len(self.seeds)} seeds; "
+            f"M-R = {self.m_minus_r:.1f} (CI {lo:.1f}..{hi:.1f}), paired t = {p['t']:.3g}, "
+            f"p = {p['p']:.3g}, d = {self.cohens_d(0):.3g}"
+        )
 
 
 @dataclass
@@ -165,25 +191,44 @@ class DisruptionComparison:
 
     def to_dict(self) -> dict:
         ind = self.independent()
-        return {"rope": self.rope.to_dict(), "drope": self.drope.to_dict(), "ratio_m_minus_r": self.ratio,
-                "independent_t": ind["t"], "independent_p": ind["p"], "equal_var": self.equal_var}
+        return {
+            "rope": self.rope.to_dict(),
+            "drope": self.drope.to_dict(),
+            "ratio_m_minus_r": self.ratio,
+            "independent_t": ind["t"],
+            "independent_p": ind["p"],
+            "equal_var": self.equal_var,
+        }
 
     def to_dataframe(self):
         import pandas as pd
 
         rows = []
         for role, r in (("rope", self.rope), ("drope", self.drope)):
-            rows.append({"role": role, "model": r.model, "n_massive": r.n_massive, "base_ppl": r.base_ppl,
-                         "massive_ppl": r.massive_ppl, "massive_pct": r.massive_pct,
-                         "random_mean_pct": r.random_mean, "random_std_pct": r.random_std,
-                         "m_minus_r": r.m_minus_r, "paired_t": r.paired()["t"], "paired_p": r.paired()["p"],
-                         "cohens_d": r.cohens_d(0)})
+            rows.append(
+                {
+                    "role": role,
+                    "model": r.model,
+                    "n_massive": r.n_massive,
+                    "base_ppl": r.base_ppl,
+                    "massive_ppl": r.massive_ppl,
+                    "massive_pct": r.massive_pct,
+                    "random_mean_pct": r.random_mean,
+                    "random_std_pct": r.random_std,
+                    "m_minus_r": r.m_minus_r,
+                    "paired_t": r.paired()["t"],
+                    "paired_p": r.paired()["p"],
+                    "cohens_d": r.cohens_d(0),
+                }
+            )
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
         ind = self.independent()
-        return (f"{self.rope.summary()}\n{self.drope.summary()}\nM-R ratio RoPE/DroPE = {self.ratio:.2f}; "
-                f"independent t = {ind['t']:.3g}, p = {ind['p']:.3g}")
+        return (
+            f"{self.rope.summary()}\n{self.drope.summary()}\nM-R ratio RoPE/DroPE = {self.ratio:.2f}; "
+            f"independent t = {ind['t']:.3g}, p = {ind['p']:.3g}"
+        )
 
 
 def run_disruption(
@@ -220,7 +265,12 @@ def run_disruption(
 
     o = DisruptionOptions.resolve(options, overrides)
     threshold, scope, rotary, tensors, aggregate = o.threshold, o.scope, o.rotary, o.tensors, o.aggregate
-    n_seeds, first_seed, eval_on_identify, exclude_massive = o.n_seeds, o.first_seed, o.eval_on_identify, o.exclude_massive
+    n_seeds, first_seed, eval_on_identify, exclude_massive = (
+        o.n_seeds,
+        o.first_seed,
+        o.eval_on_identify,
+        o.exclude_massive,
+    )
     confidence, n_resamples, bootstrap_seed = o.confidence, o.n_resamples, o.bootstrap_seed
     split = builtin_split()
     identify_texts = _inputs(identify_texts) if identify_texts is not None else split["identify"]
@@ -232,12 +282,13 @@ def run_disruption(
 
     given = massive is not None
     if massive is None:
-        found = detect_massive(model, identify_texts, o.massive(), top=0, batch_size=batch_size,
-                               max_length=max_length)
+        found = detect_massive(model, identify_texts, o.massive(), top=0, batch_size=batch_size, max_length=max_length)
         massive = found.selection(aggregate)
     elif massive.rotary != rotary or set(massive.tensors) != set(tensors):
-        raise ValueError(f"The given selection is {massive.rotary}-RoPE on {massive.tensors}; this run "
-                         f"asks for rotary={rotary!r}, tensors={tuple(tensors)}.")
+        raise ValueError(
+            f"The given selection is {massive.rotary}-RoPE on {massive.tensors}; this run "
+            f"asks for rotary={rotary!r}, tensors={tuple(tensors)}."
+        )
     if massive.total() == 0:
         raise ValueError(
             f"No massive channels at threshold {threshold} ({aggregate}); nothing to zero. "
@@ -255,20 +306,37 @@ def run_disruption(
         control = random_control(massive, seed=seed, exclude_selected=exclude_massive)
         overlap.append(control.overlap(massive))
         random_ppls.append(perplexity(model, eval_texts, fwd_hooks=zero_channel_hooks(control), **ppl_kw).ppl)
-    settings = dict(threshold=threshold, scope=scope, rotary=rotary, tensors=list(tensors),
-                    aggregate=aggregate, eval_on_identify=eval_on_identify,
-                    exclude_massive=exclude_massive, max_length=max_length,
-                    n_identify_texts=len(identify_texts), first_seed=first_seed,
-                    confidence=confidence, n_resamples=n_resamples, bootstrap_seed=bootstrap_seed,
-                    selection="given" if given else "detected", baseline="given" if baseline is not None
-                    else "measured")
+    settings = dict(
+        threshold=threshold,
+        scope=scope,
+        rotary=rotary,
+        tensors=list(tensors),
+        aggregate=aggregate,
+        eval_on_identify=eval_on_identify,
+        exclude_massive=exclude_massive,
+        max_length=max_length,
+        n_identify_texts=len(identify_texts),
+        first_seed=first_seed,
+        confidence=confidence,
+        n_resamples=n_resamples,
+        bootstrap_seed=bootstrap_seed,
+        selection="given" if given else "detected",
+        baseline="given" if baseline is not None else "measured",
+    )
     if given:  # describe the selection actually used
         settings.update({k: massive.meta[k] for k in ("threshold", "scope", "aggregate") if k in massive.meta})
     return DisruptionResult(
-        model=model_label(model), position_encoding=getattr(model.cfg, "position_encoding", "rope"),
-        settings=settings, massive_counts=massive.counts(), base_ppl=base.ppl, massive_ppl=zeroed.ppl,
-        seeds=seeds, random_ppls=random_ppls, n_eval_texts=len(eval_texts),
-        n_eval_targets=base.n_targets, random_overlap=overlap,
+        model=model_label(model),
+        position_encoding=getattr(model.cfg, "position_encoding", "rope"),
+        settings=settings,
+        massive_counts=massive.counts(),
+        base_ppl=base.ppl,
+        massive_ppl=zeroed.ppl,
+        seeds=seeds,
+        random_ppls=random_ppls,
+        n_eval_texts=len(eval_texts),
+        n_eval_targets=base.n_targets,
+        random_overlap=overlap,
     )
 
 
@@ -281,9 +349,11 @@ def _inputs(inputs):
 def _checked_baseline(model, baseline: PerplexityResult, eval_texts, max_length) -> PerplexityResult:
     expected = [int(n) - 1 for n in to_batch(model, eval_texts, max_length=max_length).lengths]
     if list(baseline.per_text_targets) != expected:
-        raise ValueError("The given baseline perplexity was not measured on these eval texts (token "
-                         f"counts {list(baseline.per_text_targets)[:5]}... vs {expected[:5]}...). "
-                         "Pass the baseline of exactly eval_texts with the same max_length.")
+        raise ValueError(
+            "The given baseline perplexity was not measured on these eval texts (token "
+            f"counts {list(baseline.per_text_targets)[:5]}... vs {expected[:5]}...). "
+            "Pass the baseline of exactly eval_texts with the same max_length."
+        )
     return baseline
 
 

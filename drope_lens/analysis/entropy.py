@@ -55,8 +55,11 @@ def spectrum_metrics(x: Float[torch.Tensor, "pos d_model"], *, where: str = "") 
     s = sq.sqrt()
     total_sq = float(sq.sum())
     if total_sq <= 0.0 or len(s) < 2:
-        warnings.warn(f"Entropy {where}: degenerate matrix (zero, or one singular value); recorded as NaN.",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"Entropy {where}: degenerate matrix (zero, or one singular value); recorded as NaN.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return nan
     p = sq / total_sq
     h_sq = float(-_plogp(p).sum())

@@ -53,8 +53,7 @@ class Extended:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model": self.model, "note": self.note}
-        for name in ("residual", "residual_intervention", "bos_write", "layer_ablation", "head_classes",
-                     "layer_norms"):
+        for name in ("residual", "residual_intervention", "bos_write", "layer_ablation", "head_classes", "layer_norms"):
             r = getattr(self, name)
             out[name] = None if r is None else r.to_dict()
         return out
@@ -66,8 +65,11 @@ class Extended:
         rows = []
         for exp, s in self.summary().items():
             if isinstance(s, dict):
-                rows += [{"model": self.model, "experiment": exp, "metric": k, "value": v}
-                         for k, v in s.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                rows += [
+                    {"model": self.model, "experiment": exp, "metric": k, "value": v}
+                    for k, v in s.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                ]
         return pd.DataFrame(rows)
 
 

@@ -25,8 +25,8 @@ import torch
 from jaxtyping import Float, Int
 
 from drope_lens.analysis import sinks
-from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.hooks.types import FwdHook
+from drope_lens.loading.forward import forward_batch, model_label, to_batch
 
 CLASSES = ("sink", "local", "distributed", "mixed")
 
@@ -113,26 +113,49 @@ class HeadClasses:
     def summary(self) -> dict[str, Any]:
         n = self.classes.size
         c = self.counts()
-        return {"model": self.model, "n_heads": n, **c,
-                **{f"{k}_share": v / n for k, v in c.items()},
-                "mean_bos": float(self.bos.mean()), "mean_local": float(self.local.mean()),
-                "mean_entropy": float(self.entropy.mean()),
-                "layer_bos": self.bos.mean((0, 2)).tolist(), "layer_local": self.local.mean((0, 2)).tolist()}
+        return {
+            "model": self.model,
+            "n_heads": n,
+            **c,
+            **{f"{k}_share": v / n for k, v in c.items()},
+            "mean_bos": float(self.bos.mean()),
+            "mean_local": float(self.local.mean()),
+            "mean_entropy": float(self.entropy.mean()),
+            "layer_bos": self.bos.mean((0, 2)).tolist(),
+            "layer_local": self.local.mean((0, 2)).tolist(),
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "classes_names": list(CLASSES), "classes": self.classes.tolist(),
-                "entropy": self.entropy.mean(0).tolist(), "bos": self.bos.mean(0).tolist(),
-                "local": self.local.mean(0).tolist(), "decay_layer_mean": _nanmean(self.decay, 1).tolist(),
-                "summary": self.summary(), "options": self.options}
+        return {
+            "model": self.model,
+            "classes_names": list(CLASSES),
+            "classes": self.classes.tolist(),
+            "entropy": self.entropy.mean(0).tolist(),
+            "bos": self.bos.mean(0).tolist(),
+            "local": self.local.mean(0).tolist(),
+            "decay_layer_mean": _nanmean(self.decay, 1).tolist(),
+            "summary": self.summary(),
+            "options": self.options,
+        }
 
     def to_dataframe(self):
         """One row per (layer, head): text-mean metrics and the class."""
         import pandas as pd
 
         L, H = self.classes.shape
-        rows = [{"model": self.model, "layer": li, "head": h, "class": CLASSES[self.classes[li, h]],
-                 "bos": self.bos[:, li, h].mean(), "local": self.local[:, li, h].mean(),
-                 "entropy": self.entropy[:, li, h].mean()} for li in range(L) for h in range(H)]
+        rows = [
+            {
+                "model": self.model,
+                "layer": li,
+                "head": h,
+                "class": CLASSES[self.classes[li, h]],
+                "bos": self.bos[:, li, h].mean(),
+                "local": self.local[:, li, h].mean(),
+                "entropy": self.entropy[:, li, h].mean(),
+            }
+            for li in range(L)
+            for h in range(H)
+        ]
         return pd.DataFrame(rows)
 
 
@@ -169,9 +192,12 @@ def head_classes(
         sinks.check_pattern(pattern, torch.tensor([lengths[i] for i in idx]), layer)
         for row, text in enumerate(idx):
             m = lengths[text]
-            met = pattern_metrics(pattern[row, :, :m, :m], window=window, max_distance=max_distance,
-                                  include_bos_row=include_bos_row)
-            ent[text, layer], bos[text, layer], loc[text, layer] = (met[k].cpu().numpy() for k in ("entropy", "bos", "local"))
+            met = pattern_metrics(
+                pattern[row, :, :m, :m], window=window, max_distance=max_distance, include_bos_row=include_bos_row
+            )
+            ent[text, layer], bos[text, layer], loc[text, layer] = (
+                met[k].cpu().numpy() for k in ("entropy", "bos", "local")
+            )
             d = met["decay"].cpu().numpy()
             ok = ~np.isnan(d)
             decay_sum[layer][ok] += d[ok]
@@ -185,11 +211,27 @@ def head_classes(
     with np.errstate(invalid="ignore", divide="ignore"):
         decay = decay_sum / decay_n
     decay[decay_n == 0] = np.nan
-    classes = classify_heads(torch.from_numpy(bos.mean(0)), torch.from_numpy(loc.mean(0)),
-                             torch.from_numpy(ent.mean(0)), sink_threshold=sink_threshold,
-                             local_threshold=local_threshold).numpy()
-    return HeadClasses(model=model_label(model), entropy=ent, bos=bos, local=loc, decay=decay, classes=classes,
-                       options={"sink_threshold": sink_threshold, "local_threshold": local_threshold,
-                                "window": window, "max_distance": max_distance,
-                                "include_bos_row": include_bos_row, "max_length": max_length,
-                                "attention": "native hook_pattern (fp32)"})
+    classes = classify_heads(
+        torch.from_numpy(bos.mean(0)),
+        torch.from_numpy(loc.mean(0)),
+        torch.from_numpy(ent.mean(0)),
+        sink_threshold=sink_threshold,
+        local_threshold=local_threshold,
+    ).numpy()
+    return HeadClasses(
+        model=model_label(model),
+        entropy=ent,
+        bos=bos,
+        local=loc,
+        decay=decay,
+        classes=classes,
+        options={
+            "sink_threshold": sink_threshold,
+            "local_threshold": local_threshold,
+            "window": window,
+            "max_distance": max_distance,
+            "include_bos_row": include_bos_row,
+            "max_length": max_length,
+            "attention": "native hook_pattern (fp32)",
+        },
+    )

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from transformer_lens import HookedTransformer
 
-from drope_lens.options import PhaseOptions
 from drope_lens.analysis.perplexity import perplexity
 from drope_lens.analysis.profile import PhaseProfile
 from drope_lens.analysis.profile_pass import Inputs, measure, phase_profile
 from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.bos import mlp_out_mean
 from drope_lens.hooks.conditions import NEEDS_BOS, QkSettings, condition_hooks, qk_settings
+from drope_lens.options import PhaseOptions
 
 
 @dataclass
@@ -31,8 +31,11 @@ class ConditionResult:
     profile: Optional[PhaseProfile] = None
 
     def to_dict(self, *, per_text: bool = False) -> dict[str, Any]:
-        return {"name": self.name, "ppl": self.ppl,
-                "profile": None if self.profile is None else self.profile.to_dict(per_text=per_text)}
+        return {
+            "name": self.name,
+            "ppl": self.ppl,
+            "profile": None if self.profile is None else self.profile.to_dict(per_text=per_text),
+        }
 
 
 @dataclass
@@ -50,8 +53,11 @@ class PhaseExperiment:
     def to_dict(self, *, per_text: bool = False) -> dict[str, Any]:
         return {
             "baseline": self.baseline.to_dict(per_text=per_text),
-            "bos_layer": self.bos_layer, "spike_rule": self.spike_rule, "bos_mode": self.bos_mode,
-            "qk_kwargs": self.qk_kwargs, "wall_s": round(self.wall_s, 3),
+            "bos_layer": self.bos_layer,
+            "spike_rule": self.spike_rule,
+            "bos_mode": self.bos_mode,
+            "qk_kwargs": self.qk_kwargs,
+            "wall_s": round(self.wall_s, 3),
             "conditions": {k: v.to_dict(per_text=per_text) for k, v in self.conditions.items()},
         }
 
@@ -64,14 +70,16 @@ class PhaseExperiment:
         for name, res in self.conditions.items():
             row: dict[str, Any] = {"condition": name}
             if res.ppl is not None:
-                row.update(ppl=res.ppl.get("ppl"), nll_sum=res.ppl.get("nll_sum"),
-                           n_targets=res.ppl.get("n_targets"))
+                row.update(ppl=res.ppl.get("ppl"), nll_sum=res.ppl.get("nll_sum"), n_targets=res.ppl.get("n_targets"))
                 if base is not None:
                     row["ppl_ratio"] = res.ppl["ppl"] / base["ppl"]
             if res.profile is not None:
                 s = res.profile.summary()
-                row.update(mean_sink_rate=s["mean_sink_rate"], max_bos_ratio=s["max_bos_ratio"],
-                           min_entropy_sq=s["min_entropy_sq"])
+                row.update(
+                    mean_sink_rate=s["mean_sink_rate"],
+                    max_bos_ratio=s["max_bos_ratio"],
+                    min_entropy_sq=s["min_entropy_sq"],
+                )
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -114,21 +122,34 @@ def phase_experiment(
     if bos_layer is None and needs_bos:
         bos_layer = baseline.spike_layer(spike_rule)
         if bos_layer is None:
-            raise DropeLensInputError(f"No spike layer by rule {spike_rule!r} (no layer's BOS ratio exceeds "
-                             f"{baseline.spike_threshold}); pass bos_layer explicitly.")
+            raise DropeLensInputError(
+                f"No spike layer by rule {spike_rule!r} (no layer's BOS ratio exceeds "
+                f"{baseline.spike_threshold}); pass bos_layer explicitly."
+            )
     mean_vec = None
     if needs_bos and bos_mode == "mean":
         assert bos_layer is not None  # set above when needs_bos
         mean_vec = mlp_out_mean(model, inputs, bos_layer, batch_size=batch_size, max_length=max_length)
-    exp = PhaseExperiment(baseline=baseline, bos_layer=bos_layer, spike_rule=spike_rule,
-                          bos_mode=bos_mode, qk_kwargs=qk_settings(qk_kwargs))
+    exp = PhaseExperiment(
+        baseline=baseline,
+        bos_layer=bos_layer,
+        spike_rule=spike_rule,
+        bos_mode=bos_mode,
+        qk_kwargs=qk_settings(qk_kwargs),
+    )
     for cond in conditions:
         if cond == "baseline" and base_ppl is not None:
             exp.conditions[cond] = ConditionResult(cond, ppl=base_ppl.to_dict(), profile=baseline)
             continue
-        hooks = condition_hooks(model, cond, bos_layer=bos_layer, bos_mode=bos_mode,
-                                bos_mean_vector=mean_vec, study_compatible=study_compatible,
-                                qk_kwargs=qk_kwargs)
+        hooks = condition_hooks(
+            model,
+            cond,
+            bos_layer=bos_layer,
+            bos_mode=bos_mode,
+            bos_mean_vector=mean_vec,
+            study_compatible=study_compatible,
+            qk_kwargs=qk_kwargs,
+        )
         want_prof = profile_conditions and cond != "baseline"
         if ppl_texts is None:  # same_texts
             prof, ppl = measure(model, inputs, profile=want_prof, ppl=True, fwd_hooks=hooks, **kw)
@@ -136,7 +157,8 @@ def phase_experiment(
             ppl = perplexity(model, ppl_texts, fwd_hooks=hooks, batch_size=batch_size, max_length=max_length)
             prof = phase_profile(model, inputs, fwd_hooks=hooks, **kw) if want_prof else None
         assert ppl is not None  # measure(ppl=True)
-        exp.conditions[cond] = ConditionResult(cond, ppl=ppl.to_dict(),
-                                               profile=baseline if cond == "baseline" else prof)
+        exp.conditions[cond] = ConditionResult(
+            cond, ppl=ppl.to_dict(), profile=baseline if cond == "baseline" else prof
+        )
     exp.wall_s = time.perf_counter() - t0
     return exp

@@ -21,10 +21,10 @@ from typing import Any, Optional
 import torch
 
 from drope_lens.analysis.perplexity import PerplexityResult, perplexity
-from drope_lens.loading.forward import model_label
 from drope_lens.hooks.bos import check_layer
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHooks
+from drope_lens.loading.forward import model_label
 
 ABLATIONS = ("mlp", "attn", "both", "bos_only")
 
@@ -72,19 +72,34 @@ class LayerAblation:
         return {k: v.ppl / base for k, v in self.ppl.items()}
 
     def summary(self) -> dict[str, Any]:
-        return {"model": self.model, "layer": self.layer, **{f"ppl_{k}": v.ppl for k, v in self.ppl.items()},
-                **{f"ratio_{k}": r for k, r in self.ratios().items() if k != "baseline"}}
+        return {
+            "model": self.model,
+            "layer": self.layer,
+            **{f"ppl_{k}": v.ppl for k, v in self.ppl.items()},
+            **{f"ratio_{k}": r for k, r in self.ratios().items() if k != "baseline"},
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "layer": self.layer, "ppl": {k: v.to_dict() for k, v in self.ppl.items()},
-                "ratios": self.ratios(), "tasks": self.tasks, "summary": self.summary(), "options": self.options}
+        return {
+            "model": self.model,
+            "layer": self.layer,
+            "ppl": {k: v.to_dict() for k, v in self.ppl.items()},
+            "ratios": self.ratios(),
+            "tasks": self.tasks,
+            "summary": self.summary(),
+            "options": self.options,
+        }
 
     def to_dataframe(self):
         import pandas as pd
 
         r = self.ratios()
-        return pd.DataFrame([{"model": self.model, "layer": self.layer, "condition": k, "ppl": v.ppl,
-                              "ratio_to_baseline": r[k]} for k, v in self.ppl.items()])
+        return pd.DataFrame(
+            [
+                {"model": self.model, "layer": self.layer, "condition": k, "ppl": v.ppl, "ratio_to_baseline": r[k]}
+                for k, v in self.ppl.items()
+            ]
+        )
 
 
 def layer_ablation(
@@ -114,8 +129,13 @@ def layer_ablation(
     task_out = None
     if tasks is not None:
         task_out = _run_tasks(model, layer, conditions, tasks)
-    return LayerAblation(model=model_label(model), layer=layer, ppl=ppl, tasks=task_out,
-                         options={"conditions": list(conditions), "max_length": max_length})
+    return LayerAblation(
+        model=model_label(model),
+        layer=layer,
+        ppl=ppl,
+        tasks=task_out,
+        options={"conditions": list(conditions), "max_length": max_length},
+    )
 
 
 def _run_tasks(model, layer: int, conditions, kwargs: dict) -> dict[str, Any]:
@@ -124,8 +144,12 @@ def _run_tasks(model, layer: int, conditions, kwargs: dict) -> dict[str, Any]:
 
     conds: list[Any] = ["baseline"]
     conds += [
-        Condition(name=f"layer{layer}_{c}", make_hooks=functools.partial(layer_ablation_hooks, layer=layer, condition=c),
-                  batch_safe=True, info={"layer": layer, "ablation": c})
+        Condition(
+            name=f"layer{layer}_{c}",
+            make_hooks=functools.partial(layer_ablation_hooks, layer=layer, condition=c),
+            batch_safe=True,
+            info={"layer": layer, "ablation": c},
+        )
         for c in conditions
     ]
     return run_tasks(model, conditions=conds, **kwargs).to_dict()

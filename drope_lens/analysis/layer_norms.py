@@ -23,13 +23,20 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.errors import NonFiniteError
 from drope_lens.hooks.types import FwdHook, FwdHooks
+from drope_lens.loading.forward import forward_batch, model_label, to_batch
 
 QUANTITIES = ("attn", "mlp", "q", "k", "v", "rot_q", "rot_k")
-_HOOKS = {"attn": "hook_attn_out", "mlp": "hook_mlp_out", "q": "attn.hook_q", "k": "attn.hook_k",
-          "v": "attn.hook_v", "rot_q": "attn.hook_rot_q", "rot_k": "attn.hook_rot_k"}
+_HOOKS = {
+    "attn": "hook_attn_out",
+    "mlp": "hook_mlp_out",
+    "q": "attn.hook_q",
+    "k": "attn.hook_k",
+    "v": "attn.hook_v",
+    "rot_q": "attn.hook_rot_q",
+    "rot_k": "attn.hook_rot_k",
+}
 
 
 @dataclass
@@ -57,18 +64,25 @@ class LayerNorms:
 
     def summary(self) -> dict[str, Any]:
         f = self.attn_fraction
-        out = {"model": self.model, "attn_fraction": f.tolist(),
-               "attn_fraction_rest_mean": float(f[2:].mean()) if f.size > 2 else None}
+        out = {
+            "model": self.model,
+            "attn_fraction": f.tolist(),
+            "attn_fraction_rest_mean": float(f[2:].mean()) if f.size > 2 else None,
+        }
         for li in range(min(3, f.size)):
             out[f"layer{li}"] = {k: float(v[li]) for k, v in self.layer_means().items()}
             out[f"layer{li}"]["attn_fraction_per_text"] = float(self.attn_fraction_per_text[li])
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "layer_means": {k: v.tolist() for k, v in self.layer_means().items()},
-                "attn_fraction": self.attn_fraction.tolist(),
-                "attn_fraction_per_text": self.attn_fraction_per_text.tolist(),
-                "summary": self.summary(), "options": self.options}
+        return {
+            "model": self.model,
+            "layer_means": {k: v.tolist() for k, v in self.layer_means().items()},
+            "attn_fraction": self.attn_fraction.tolist(),
+            "attn_fraction_per_text": self.attn_fraction_per_text.tolist(),
+            "summary": self.summary(),
+            "options": self.options,
+        }
 
     def to_dataframe(self):
         """One row per layer: text-mean norms and both attention fractions."""
@@ -83,8 +97,15 @@ class LayerNorms:
 
 
 @torch.no_grad()
-def layer_norms(model, inputs, *, exclude_bos: bool = False, batch_size: int = 8,
-                max_length: Optional[int] = None, fwd_hooks: Sequence[FwdHook] = ()) -> LayerNorms:
+def layer_norms(
+    model,
+    inputs,
+    *,
+    exclude_bos: bool = False,
+    batch_size: int = 8,
+    max_length: Optional[int] = None,
+    fwd_hooks: Sequence[FwdHook] = (),
+) -> LayerNorms:
     """Per-layer mean token norms of attention/MLP outputs and Q/K/V (see the module docstring)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -102,7 +123,7 @@ def layer_norms(model, inputs, *, exclude_bos: bool = False, batch_size: int = 8
         flat = x.reshape(x.shape[0], x.shape[1], -1)
         tok = flat.float().norm(dim=-1).double()  # [batch, pos]
         for row, text in enumerate(state["idx"]):
-            vals = tok[row, start: lengths[text]]
+            vals = tok[row, start : lengths[text]]
             if not bool(torch.isfinite(vals).all()):
                 raise NonFiniteError(f"Layer {layer}: {q} contains NaN/inf.")
             norms[q][text, layer] = float(vals.mean())
@@ -115,5 +136,6 @@ def layer_norms(model, inputs, *, exclude_bos: bool = False, batch_size: int = 8
         state["idx"] = idx
         with model.hooks(fwd_hooks=hooks):
             forward_batch(model, sub, return_type=None)
-    return LayerNorms(model=model_label(model), norms=norms,
-                      options={"exclude_bos": exclude_bos, "max_length": max_length})
+    return LayerNorms(
+        model=model_label(model), norms=norms, options={"exclude_bos": exclude_bos, "max_length": max_length}
+    )

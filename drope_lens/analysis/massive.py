@@ -28,15 +28,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
-from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.analysis.rotary import RotaryBand, rotary_bands
 from drope_lens.errors import DropeLensInputError
-from drope_lens.hooks.points import ROTARY_MODES, check_tensors, hook_name, n_heads_of
+from drope_lens.hooks.points import check_tensors, hook_name, n_heads_of
 from drope_lens.hooks.selection import ChannelSelection
+from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.options import AGGREGATES, SCOPES, MassiveOptions  # noqa: F401  (re-exported)
 from drope_lens.validation import check_choice, check_threshold  # noqa: F401  (re-exported)
 
@@ -135,8 +134,9 @@ class MassiveValues:
         idx = torch.as_tensor(list(indices), dtype=torch.long)
         if idx.numel() == 0:
             raise DropeLensInputError("subset needs at least one text index.")
-        return dataclasses.replace(self, sumsq={t: v[idx] for t, v in self.sumsq.items()},
-                                   lengths=self.lengths[idx], _cache={})
+        return dataclasses.replace(
+            self, sumsq={t: v[idx] for t, v in self.sumsq.items()}, lengths=self.lengths[idx], _cache={}
+        )
 
     # -- channel sets ----------------------------------------------------------------------------
     def aggregate_mask(self, tensor: str, how: str = "mean_norm") -> Bool[torch.Tensor, "layer head d_head"]:
@@ -155,7 +155,9 @@ class MassiveValues:
         if missing:
             raise DropeLensInputError(f"Tensors {missing} were not measured; detect with tensors including them.")
         return ChannelSelection(
-            {t: self.aggregate_mask(t, how) for t in tensors}, rotary=self.rotary, label="massive",
+            {t: self.aggregate_mask(t, how) for t in tensors},
+            rotary=self.rotary,
+            label="massive",
             meta={"aggregate": how, "threshold": self.threshold, "scope": self.scope},
         )
 
@@ -181,14 +183,20 @@ class MassiveValues:
         for i in order.tolist():
             layer, head, dim = i // (H * D), (i // D) % H, i % D
             band = self.band_of(dim)
-            out.append({
-                "tensor": tensor, "layer": layer, "head": head, "dim": dim,
-                "norm": float(mean_m[layer, head, dim]), "ratio_to_layer_mean": float(flat[i]),
-                "massive_fraction_of_texts": float(frac[layer, head, dim]),
-                "frequency": None if band is None else band.frequency,
-                "wavelength": None if band is None else band.wavelength,
-                "band": None if band is None else band.band,
-            })
+            out.append(
+                {
+                    "tensor": tensor,
+                    "layer": layer,
+                    "head": head,
+                    "dim": dim,
+                    "norm": float(mean_m[layer, head, dim]),
+                    "ratio_to_layer_mean": float(flat[i]),
+                    "massive_fraction_of_texts": float(frac[layer, head, dim]),
+                    "frequency": None if band is None else band.frequency,
+                    "wavelength": None if band is None else band.wavelength,
+                    "band": None if band is None else band.band,
+                }
+            )
         return out
 
     def band_counts(self, tensor: str) -> Optional[dict[str, float]]:
@@ -205,16 +213,24 @@ class MassiveValues:
     # -- export -----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         out: dict[str, Any] = {
-            "model": self.model_label, "position_encoding": self.position_encoding,
-            "threshold": self.threshold, "scope": self.scope, "rotary": self.rotary,
-            "n_texts": self.n_texts, "text_lengths": self.lengths.tolist(), "n_layers": self.n_layers,
-            "context_length_for_bands": self.context_length, "tensors": {},
+            "model": self.model_label,
+            "position_encoding": self.position_encoding,
+            "threshold": self.threshold,
+            "scope": self.scope,
+            "rotary": self.rotary,
+            "n_texts": self.n_texts,
+            "text_lengths": self.lengths.tolist(),
+            "n_layers": self.n_layers,
+            "context_length_for_bands": self.context_length,
+            "tensors": {},
         }
         for t in self.tensors:
             conc = self.concentration(t)
             out["tensors"][t] = {
-                "heads": int(self.sumsq[t].shape[2]), "d_head": int(self.sumsq[t].shape[3]),
-                "total_mean": self.total_mean(t), "total_std": self.total_std(t),
+                "heads": int(self.sumsq[t].shape[2]),
+                "d_head": int(self.sumsq[t].shape[3]),
+                "total_mean": self.total_mean(t),
+                "total_std": self.total_std(t),
                 "totals_per_text": self.totals(t).tolist(),
                 "per_layer_mean": self.per_layer_mean(t).tolist(),
                 "per_layer_std": self.per_layer_std(t).tolist(),
@@ -235,17 +251,24 @@ class MassiveValues:
             conc = self.concentration(t)
             mean, std = self.per_layer_mean(t), self.per_layer_std(t)
             for layer in range(self.n_layers):
-                rows.append({
-                    "model": self.model_label, "tensor": t, "layer": layer,
-                    "count_mean": float(mean[layer]), "count_std": float(std[layer]),
-                    "gini": float(conc["gini"][:, layer].mean()),
-                    "top_share": float(conc["top_share"][:, layer].mean()),
-                })
+                rows.append(
+                    {
+                        "model": self.model_label,
+                        "tensor": t,
+                        "layer": layer,
+                        "count_mean": float(mean[layer]),
+                        "count_std": float(std[layer]),
+                        "gini": float(conc["gini"][:, layer].mean()),
+                        "top_share": float(conc["top_share"][:, layer].mean()),
+                    }
+                )
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
-        lines = [f"{self.model_label}: massive values (lambda={self.threshold:g}, scope={self.scope}, "
-                 f"{self.rotary}-RoPE), {self.n_texts} texts"]
+        lines = [
+            f"{self.model_label}: massive values (lambda={self.threshold:g}, scope={self.scope}, "
+            f"{self.rotary}-RoPE), {self.n_texts} texts"
+        ]
         for t in self.tensors:
             line = f"  {t.upper()}: {self.total_mean(t):.1f} ± {self.total_std(t):.1f} per text"
             bc = self.band_counts(t)
@@ -276,11 +299,19 @@ def detect_massive(
     """
     o = MassiveOptions.resolve(options, overrides)
     threshold, scope, rotary, tensors, top, context_length = (
-        o.threshold, o.scope, o.rotary, o.tensors, o.top, o.context_length)
+        o.threshold,
+        o.scope,
+        o.rotary,
+        o.tensors,
+        o.top,
+        o.context_length,
+    )
     batch = to_batch(model, inputs, max_length=max_length)
     cfg = model.cfg
     n = len(batch)
-    sumsq: dict[str, torch.Tensor] = {t: torch.zeros(n, cfg.n_layers, n_heads_of(model, t), cfg.d_head, dtype=torch.float64) for t in tensors}
+    sumsq: dict[str, torch.Tensor] = {
+        t: torch.zeros(n, cfg.n_layers, n_heads_of(model, t), cfg.d_head, dtype=torch.float64) for t in tensors
+    }
     current: dict = {}
 
     def make_hook(layer: int, t: str):
@@ -290,10 +321,15 @@ def detect_massive(
             if current["lengths"] is None:
                 norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32)
             else:
-                norm = torch.stack([torch.linalg.vector_norm(x[i, :n], dim=0, dtype=torch.float32)
-                                    for i, n in enumerate(current["lengths"])])
+                norm = torch.stack(
+                    [
+                        torch.linalg.vector_norm(x[i, :n], dim=0, dtype=torch.float32)
+                        for i, n in enumerate(current["lengths"])
+                    ]
+                )
             current["out"][t][layer] = norm.square()
             return None
+
         return hook
 
     hooks = [(hook_name(li, t, rotary), make_hook(li, t)) for li in range(cfg.n_layers) for t in tensors]
@@ -302,8 +338,9 @@ def detect_massive(
     parts = list(batch.batches(batch_size))
     for idx, sub in tqdm(parts, desc="massive values", disable=not progress, leave=False):
         padded = not bool(sub.mask.all())
-        current.update(lengths=sub.lengths.tolist() if padded else None,
-                       out={t: [None] * cfg.n_layers for t in tensors})
+        current.update(
+            lengths=sub.lengths.tolist() if padded else None, out={t: [None] * cfg.n_layers for t in tensors}
+        )
         with model.hooks(fwd_hooks=hooks):
             forward_batch(model, sub, return_type=None)
         for t in tensors:
@@ -311,8 +348,14 @@ def detect_massive(
     current.clear()
     context = int(context_length or cfg.n_ctx)
     return MassiveValues(
-        sumsq=sumsq, lengths=batch.lengths.clone().cpu(), threshold=threshold, scope=scope,
-        rotary=rotary, model_label=model_label(model),
+        sumsq=sumsq,
+        lengths=batch.lengths.clone().cpu(),
+        threshold=threshold,
+        scope=scope,
+        rotary=rotary,
+        model_label=model_label(model),
         position_encoding=getattr(cfg, "position_encoding", "rope"),
-        bands=rotary_bands(model, context_length=context), context_length=context, top=top,
+        bands=rotary_bands(model, context_length=context),
+        context_length=context,
+        top=top,
     )

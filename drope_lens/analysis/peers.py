@@ -20,8 +20,8 @@ import torch
 from jaxtyping import Float
 
 from drope_lens.analysis import sinks
-from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.hooks.types import FwdHook
+from drope_lens.loading.forward import forward_batch, model_label, to_batch
 
 
 def key_importance_from(pattern: Float[torch.Tensor, "head q k"]) -> Float[torch.Tensor, "head k"]:
@@ -49,15 +49,24 @@ class KeyImportance:
         imp = self.importance
         first = imp[:, :, 0]
         rest = np.nanmean(imp[:, :, 1:], axis=-1) if imp.shape[-1] > 1 else np.full(first.shape, np.nan)
-        return {"model": self.model, "mean_first_importance": float(first.mean()),
-                "mean_other_importance": float(np.nanmean(rest)),
-                "bos_resid_norm_ratio": (self.resid_norm[:, 0] / np.nanmean(self.resid_norm[:, 1:], -1)).tolist()}
+        return {
+            "model": self.model,
+            "mean_first_importance": float(first.mean()),
+            "mean_other_importance": float(np.nanmean(rest)),
+            "bos_resid_norm_ratio": (self.resid_norm[:, 0] / np.nanmean(self.resid_norm[:, 1:], -1)).tolist(),
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "importance_head_mean": np.nanmean(self.importance, 1).tolist(),
-                "resid_norm": self.resid_norm.tolist(), "k_norm": self.k_norm.tolist(),
-                "v_norm": self.v_norm.tolist(), "n_texts": self.n_texts.tolist(),
-                "summary": self.summary(), "options": self.options}
+        return {
+            "model": self.model,
+            "importance_head_mean": np.nanmean(self.importance, 1).tolist(),
+            "resid_norm": self.resid_norm.tolist(),
+            "k_norm": self.k_norm.tolist(),
+            "v_norm": self.v_norm.tolist(),
+            "n_texts": self.n_texts.tolist(),
+            "summary": self.summary(),
+            "options": self.options,
+        }
 
     def to_dataframe(self):
         """One row per (layer, position): head-mean importance and the three norms."""
@@ -65,14 +74,33 @@ class KeyImportance:
 
         L, _, P = self.importance.shape
         imp = np.nanmean(self.importance, 1)
-        return pd.DataFrame([{"model": self.model, "layer": li, "position": p, "importance": imp[li, p],
-                              "resid_norm": self.resid_norm[li, p], "k_norm": self.k_norm[li, p],
-                              "v_norm": self.v_norm[li, p]} for li in range(L) for p in range(P)])
+        return pd.DataFrame(
+            [
+                {
+                    "model": self.model,
+                    "layer": li,
+                    "position": p,
+                    "importance": imp[li, p],
+                    "resid_norm": self.resid_norm[li, p],
+                    "k_norm": self.k_norm[li, p],
+                    "v_norm": self.v_norm[li, p],
+                }
+                for li in range(L)
+                for p in range(P)
+            ]
+        )
 
 
 @torch.no_grad()
-def key_importance(model, inputs, *, max_positions: int = 64, batch_size: int = 8,
-                   max_length: Optional[int] = None, fwd_hooks: Sequence[FwdHook] = ()) -> KeyImportance:
+def key_importance(
+    model,
+    inputs,
+    *,
+    max_positions: int = 64,
+    batch_size: int = 8,
+    max_length: Optional[int] = None,
+    fwd_hooks: Sequence[FwdHook] = (),
+) -> KeyImportance:
     """Gu et al.'s key importance at every position and per-token ‖h‖, ‖k‖, ‖v‖ (pre-RoPE k)."""
     if max_positions < 1 or batch_size < 1:
         raise ValueError("max_positions and batch_size must be >= 1")
@@ -102,10 +130,12 @@ def key_importance(model, inputs, *, max_positions: int = 64, batch_size: int = 
 
     hooks = list(fwd_hooks)
     for li in range(L):
-        hooks += [(f"blocks.{li}.attn.hook_pattern", on_pattern),
-                  (f"blocks.{li}.hook_resid_post", lambda x, hook: on_norm(x, hook, "resid")),
-                  (f"blocks.{li}.attn.hook_k", lambda x, hook: on_norm(x, hook, "k")),
-                  (f"blocks.{li}.attn.hook_v", lambda x, hook: on_norm(x, hook, "v"))]
+        hooks += [
+            (f"blocks.{li}.attn.hook_pattern", on_pattern),
+            (f"blocks.{li}.hook_resid_post", lambda x, hook: on_norm(x, hook, "resid")),
+            (f"blocks.{li}.attn.hook_k", lambda x, hook: on_norm(x, hook, "k")),
+            (f"blocks.{li}.attn.hook_v", lambda x, hook: on_norm(x, hook, "v")),
+        ]
     for idx, sub in batch.batches(batch_size):
         state["idx"] = idx
         with model.hooks(fwd_hooks=hooks):
@@ -114,9 +144,15 @@ def key_importance(model, inputs, *, max_positions: int = 64, batch_size: int = 
         mean = {k: v / count for k, v in sums.items()}
     for v in mean.values():
         v[..., count == 0] = np.nan
-    return KeyImportance(model=model_label(model), importance=mean["imp"], resid_norm=mean["resid"],
-                         k_norm=mean["k"], v_norm=mean["v"], n_texts=count,
-                         options={"max_positions": P, "max_length": max_length, "k": "hook_k (pre-RoPE)"})
+    return KeyImportance(
+        model=model_label(model),
+        importance=mean["imp"],
+        resid_norm=mean["resid"],
+        k_norm=mean["k"],
+        v_norm=mean["v"],
+        n_texts=count,
+        options={"max_positions": P, "max_length": max_length, "k": "hook_k (pre-RoPE)"},
+    )
 
 
 # --------------------------------------------------------------------------------------- M similarity
@@ -146,10 +182,15 @@ class MassiveSimilarity:
     max_over_mean: dict[str, tuple[list[float], list[float]]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"models": list(self.models), "tensors": list(self.tensors), "jaccard": self.jaccard,
-                "cosine": self.cosine, "spearman": self.spearman,
-                "entropy": {t: list(map(list, v)) for t, v in self.entropy.items()},
-                "max_over_mean": {t: list(map(list, v)) for t, v in self.max_over_mean.items()}}
+        return {
+            "models": list(self.models),
+            "tensors": list(self.tensors),
+            "jaccard": self.jaccard,
+            "cosine": self.cosine,
+            "spearman": self.spearman,
+            "entropy": {t: list(map(list, v)) for t, v in self.entropy.items()},
+            "max_over_mean": {t: list(map(list, v)) for t, v in self.max_over_mean.items()},
+        }
 
     def to_dataframe(self):
         import pandas as pd
@@ -157,10 +198,19 @@ class MassiveSimilarity:
         rows = []
         for t in self.tensors:
             for li in range(len(self.cosine[t])):
-                rows.append({"tensor": t, "layer": li, "jaccard": self.jaccard[t][li], "cosine": self.cosine[t][li],
-                             "spearman": self.spearman[t][li], "entropy_a": self.entropy[t][0][li],
-                             "entropy_b": self.entropy[t][1][li], "max_over_mean_a": self.max_over_mean[t][0][li],
-                             "max_over_mean_b": self.max_over_mean[t][1][li]})
+                rows.append(
+                    {
+                        "tensor": t,
+                        "layer": li,
+                        "jaccard": self.jaccard[t][li],
+                        "cosine": self.cosine[t][li],
+                        "spearman": self.spearman[t][li],
+                        "entropy_a": self.entropy[t][0][li],
+                        "entropy_b": self.entropy[t][1][li],
+                        "max_over_mean_a": self.max_over_mean[t][0][li],
+                        "max_over_mean_b": self.max_over_mean[t][1][li],
+                    }
+                )
         return pd.DataFrame(rows)
 
 
@@ -184,5 +234,12 @@ def massive_similarity(a, b, *, tensors=None) -> MassiveSimilarity:
         ca, cb = concentration(ma), concentration(mb)
         ent[t] = (ca["entropy"].tolist(), cb["entropy"].tolist())
         mom[t] = (ca["max_over_mean"].tolist(), cb["max_over_mean"].tolist())
-    return MassiveSimilarity(models=(a.model_label, b.model_label), tensors=tensors, jaccard=jac, cosine=cos,
-                             spearman=spear, entropy=ent, max_over_mean=mom)
+    return MassiveSimilarity(
+        models=(a.model_label, b.model_label),
+        tensors=tensors,
+        jaccard=jac,
+        cosine=cos,
+        spearman=spear,
+        entropy=ent,
+        max_over_mean=mom,
+    )

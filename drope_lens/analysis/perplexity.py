@@ -17,12 +17,11 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
-from drope_lens.hooks.types import FwdHook
-from drope_lens.loading.numerics import check_logits_finite
-from drope_lens.loading.forward import forward_batch, to_batch
-from drope_lens.loading.tokens import TokenBatch
-
 from drope_lens.errors import DropeLensInputError
+from drope_lens.hooks.types import FwdHook
+from drope_lens.loading.forward import forward_batch, to_batch
+from drope_lens.loading.numerics import check_logits_finite
+from drope_lens.loading.tokens import TokenBatch
 
 
 @dataclass
@@ -41,20 +40,33 @@ class PerplexityResult:
 
     @property
     def per_text_ppl(self) -> list[float]:
-        return [math.exp(n / c) if c else float("nan") for n, c in zip(self.per_text_nll, self.per_text_targets, strict=True)]
+        return [
+            math.exp(n / c) if c else float("nan")
+            for n, c in zip(self.per_text_nll, self.per_text_targets, strict=True)
+        ]
 
     def to_dict(self) -> dict:
         return {
-            "ppl": self.ppl, "nll_sum": self.nll_sum, "n_targets": self.n_targets,
-            "mean_nll": self.mean_nll, "per_text_nll": self.per_text_nll,
-            "per_text_targets": self.per_text_targets, "per_text_ppl": self.per_text_ppl,
+            "ppl": self.ppl,
+            "nll_sum": self.nll_sum,
+            "n_targets": self.n_targets,
+            "mean_nll": self.mean_nll,
+            "per_text_nll": self.per_text_nll,
+            "per_text_targets": self.per_text_targets,
+            "per_text_ppl": self.per_text_ppl,
         }
 
     def to_dataframe(self):
         import pandas as pd
 
-        return pd.DataFrame({"text": range(len(self.per_text_nll)), "nll_sum": self.per_text_nll,
-                             "targets": self.per_text_targets, "ppl": self.per_text_ppl})
+        return pd.DataFrame(
+            {
+                "text": range(len(self.per_text_nll)),
+                "nll_sum": self.per_text_nll,
+                "targets": self.per_text_targets,
+                "ppl": self.per_text_ppl,
+            }
+        )
 
     @classmethod
     def from_parts(cls, per_text_nll: Sequence[float], per_text_targets: Sequence[int]) -> "PerplexityResult":
@@ -65,8 +77,9 @@ class PerplexityResult:
         total, targets = math.fsum(nll), sum(count)
         if targets < 1:
             raise DropeLensInputError("No targets: every text needs at least 2 tokens.")
-        return cls(ppl=math.exp(total / targets), nll_sum=total, n_targets=targets,
-                   per_text_nll=nll, per_text_targets=count)
+        return cls(
+            ppl=math.exp(total / targets), nll_sum=total, n_targets=targets, per_text_nll=nll, per_text_targets=count
+        )
 
     @classmethod
     def from_dict(cls, d: dict) -> "PerplexityResult":
@@ -74,8 +87,7 @@ class PerplexityResult:
 
     def subset(self, indices: Sequence[int]) -> "PerplexityResult":
         """The perplexity of some of the texts (``indices`` into the input order)."""
-        return self.from_parts([self.per_text_nll[i] for i in indices],
-                               [self.per_text_targets[i] for i in indices])
+        return self.from_parts([self.per_text_nll[i] for i in indices], [self.per_text_targets[i] for i in indices])
 
 
 class NLLAccumulator:
@@ -111,9 +123,12 @@ def target_nll(
     nll = torch.zeros(len(lengths), dtype=torch.float64)
     for i, n in enumerate(lengths):
         if n >= 2:
-            per_token = torch.cat([
-                F.cross_entropy(logits[i, s:e].float(), tokens[i, s + 1 : e + 1], reduction="none")
-                for s, e in _row_chunks(n - 1)])
+            per_token = torch.cat(
+                [
+                    F.cross_entropy(logits[i, s:e].float(), tokens[i, s + 1 : e + 1], reduction="none")
+                    for s, e in _row_chunks(n - 1)
+                ]
+            )
             nll[i] = per_token.double().sum().cpu()
     return nll, torch.tensor([max(n - 1, 0) for n in lengths], dtype=torch.long)
 

@@ -19,8 +19,8 @@ from jaxtyping import Float
 
 from drope_lens.analysis import bos_metrics, sinks
 from drope_lens.analysis.sinks import DEFAULT_GU_EPS, DEFAULT_TAU
-
 from drope_lens.options import LAST_LAYER_MODES, SINK_SOURCES, PhaseOptions  # noqa: E402,F401  (re-exported)
+
 #: Profile options and their defaults (see :func:`~drope_lens.analysis.profile_pass.phase_profile`).
 #: ``phase_profile``'s options and their defaults (:class:`~drope_lens.options.PhaseOptions`).
 PROFILE_DEFAULTS = PhaseOptions().profile_kwargs()
@@ -85,9 +85,12 @@ class PhaseProfile:
         """Every per-layer curve, ``name`` (mean over texts) and ``name_std`` (population std)."""
         out: dict[str, np.ndarray] = {}
         for name, arr in (
-            ("sink_rate", self.sink_rate_per_text), ("gu_rate", self.gu_rate_per_text),
-            ("bos_norm", self.bos_norm_per_text), ("bos_ratio", self.bos_ratio_per_text),
-            ("entropy_sq", self.entropy_sq_per_text), ("entropy_norm", self.entropy_norm_per_text),
+            ("sink_rate", self.sink_rate_per_text),
+            ("gu_rate", self.gu_rate_per_text),
+            ("bos_norm", self.bos_norm_per_text),
+            ("bos_ratio", self.bos_ratio_per_text),
+            ("entropy_sq", self.entropy_sq_per_text),
+            ("entropy_norm", self.entropy_norm_per_text),
             ("anisotropy", self.anisotropy_per_text),
         ):
             out[name], out[name + "_std"] = _mean_std(arr)
@@ -105,37 +108,50 @@ class PhaseProfile:
             "gu_sink": float(np.mean(st["gu_rate"])),
             "spike_layer_argmax": bos_metrics.spike_layer(st["bos_ratio"], rule="argmax"),
             "spike_layer_first_above": bos_metrics.spike_layer(
-                st["bos_ratio"], rule="first_above", threshold=self.spike_threshold),
+                st["bos_ratio"], rule="first_above", threshold=self.spike_threshold
+            ),
             "spike_threshold": self.spike_threshold,
             "max_bos_ratio": float(np.nanmax(st["bos_ratio"])) if not np.isnan(st["bos_ratio"]).all() else float("nan"),
-            "peak_bos_norm": peak_norm, "peak_bos_layer": peak_layer,
-            "min_entropy_sq": h_sq, "min_entropy_sq_layer": h_sq_layer,
-            "min_entropy_norm": h_n, "min_entropy_norm_layer": h_n_layer,
-            "uniform_sink_score": float(np.mean([
-                sinks.uniform_sink_score(n, include_bos_row=self.include_bos_row) for n in self.lengths])),
+            "peak_bos_norm": peak_norm,
+            "peak_bos_layer": peak_layer,
+            "min_entropy_sq": h_sq,
+            "min_entropy_sq_layer": h_sq_layer,
+            "min_entropy_norm": h_n,
+            "min_entropy_norm_layer": h_n_layer,
+            "uniform_sink_score": float(
+                np.mean([sinks.uniform_sink_score(n, include_bos_row=self.include_bos_row) for n in self.lengths])
+            ),
         }
 
     def spike_layer(self, rule: str = "argmax") -> Optional[int]:
-        return bos_metrics.spike_layer(
-            self.layer_stats()["bos_ratio"], rule=rule, threshold=self.spike_threshold)
+        return bos_metrics.spike_layer(self.layer_stats()["bos_ratio"], rule=rule, threshold=self.spike_threshold)
 
     # ---- export ----------------------------------------------------------------------------
     def options(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in (
-            "tau", "gu_eps", "include_bos_row", "last_layer", "attention", "spike_threshold",
-            "sinks_from")}
+        return {
+            k: getattr(self, k)
+            for k in ("tau", "gu_eps", "include_bos_row", "last_layer", "attention", "spike_threshold", "sinks_from")
+        }
 
     def to_dict(self, *, per_text: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "model": self.model, "position_encoding": self.position_encoding,
-            "options": self.options(), "n_texts": len(self.lengths), "lengths": list(self.lengths),
-            "wall_s": round(self.wall_s, 3), "summary": self.summary(),
+            "model": self.model,
+            "position_encoding": self.position_encoding,
+            "options": self.options(),
+            "n_texts": len(self.lengths),
+            "lengths": list(self.lengths),
+            "wall_s": round(self.wall_s, 3),
+            "summary": self.summary(),
             "layers": {k: v.tolist() for k, v in self.layer_stats().items()},
-            "sink_score": self.sink_score.tolist(), "gu_importance": self.gu_importance.tolist(),
+            "sink_score": self.sink_score.tolist(),
+            "gu_importance": self.gu_importance.tolist(),
         }
         if per_text:
-            d["per_text"] = {f.name[: -len("_per_text")]: getattr(self, f.name).tolist()
-                             for f in dataclasses.fields(self) if f.name.endswith("_per_text")}
+            d["per_text"] = {
+                f.name[: -len("_per_text")]: getattr(self, f.name).tolist()
+                for f in dataclasses.fields(self)
+                if f.name.endswith("_per_text")
+            }
         return d
 
     def to_dataframe(self):
@@ -151,7 +167,11 @@ class PhaseProfile:
         import pandas as pd
 
         n_l, n_h = self.sink_score.shape
-        return pd.DataFrame({
-            "layer": np.repeat(np.arange(n_l), n_h), "head": np.tile(np.arange(n_h), n_l),
-            "sink_score": self.sink_score.ravel(), "gu_importance": self.gu_importance.ravel(),
-        })
+        return pd.DataFrame(
+            {
+                "layer": np.repeat(np.arange(n_l), n_h),
+                "head": np.tile(np.arange(n_h), n_l),
+                "sink_score": self.sink_score.ravel(),
+                "gu_importance": self.gu_importance.ravel(),
+            }
+        )

@@ -21,8 +21,16 @@ from drope_lens.hooks.types import FwdHooks
 class ProfileCollector:
     """Hook functions that reduce patterns and residuals to per-text numbers as they pass."""
 
-    def __init__(self, model: HookedTransformer, n_texts: int, *, include_bos_row: bool,
-                 last_layer: str, attention: str, sinks_from: str = "stream"):
+    def __init__(
+        self,
+        model: HookedTransformer,
+        n_texts: int,
+        *,
+        include_bos_row: bool,
+        last_layer: str,
+        attention: str,
+        sinks_from: str = "stream",
+    ):
         cfg = model.cfg
         self.model, self.include_bos_row, self.attention = model, include_bos_row, attention
         self.stream = None
@@ -68,10 +76,10 @@ class ProfileCollector:
     def _column(self, col0: torch.Tensor, layer: int) -> None:
         """Streaming path: ``A[:, :, q, 0]`` of one layer (see :mod:`.stream_sinks`)."""
         lengths = self.lengths.to(col0.device)
-        self.sink[self.idx, layer] = sinks.sink_scores_from_column(
-            col0, lengths, include_bos_row=self.include_bos_row).cpu().numpy()
-        self.gu[self.idx, layer] = sinks.sink_scores_from_column(
-            col0, lengths, include_bos_row=True).cpu().numpy()
+        self.sink[self.idx, layer] = (
+            sinks.sink_scores_from_column(col0, lengths, include_bos_row=self.include_bos_row).cpu().numpy()
+        )
+        self.gu[self.idx, layer] = sinks.sink_scores_from_column(col0, lengths, include_bos_row=True).cpu().numpy()
 
     # ---- residual stream ------------------------------------------------------------------
     def _resid(self, resid: torch.Tensor, hook, layer: Optional[int] = None) -> None:
@@ -85,23 +93,22 @@ class ProfileCollector:
         self.bos_ratio[self.idx, layer] = (bos / other).cpu().numpy()
         for row, text in enumerate(self.idx):
             n = int(self.lengths[row])
-            self.h_sq[text, layer], self.h_norm[text, layer], self.aniso[text, layer] = \
-                entropy.spectrum_metrics(resid[row, :n], where=f"layer {layer}, text {text}")
+            self.h_sq[text, layer], self.h_norm[text, layer], self.aniso[text, layer] = entropy.spectrum_metrics(
+                resid[row, :n], where=f"layer {layer}, text {text}"
+            )
 
     def hooks(self) -> FwdHooks:
         L = self.model.cfg.n_layers
         hooks: FwdHooks = []
         for layer in range(L):
             if self.attention == "pre_rope_manual":
-                hooks += [(f"blocks.{layer}.attn.hook_q", self._stash),
-                          (f"blocks.{layer}.attn.hook_k", self._stash)]
+                hooks += [(f"blocks.{layer}.attn.hook_q", self._stash), (f"blocks.{layer}.attn.hook_k", self._stash)]
             if self.stream is None:
                 hooks.append((f"blocks.{layer}.attn.hook_pattern", self._pattern))
             if layer < L - 1 or self.last_layer == "resid":
                 hooks.append((f"blocks.{layer}.hook_resid_post", self._resid))
         if self.last_layer == "final_norm":
-            hooks.append(("ln_final.hook_normalized",
-                          lambda x, hook: self._resid(x, hook, layer=L - 1)))
+            hooks.append(("ln_final.hook_normalized", lambda x, hook: self._resid(x, hook, layer=L - 1)))
         if self.stream is not None:
             hooks += self.stream.hooks()
         return hooks

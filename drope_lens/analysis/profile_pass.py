@@ -19,16 +19,15 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import torch
 from transformer_lens import HookedTransformer
 
-from drope_lens.analysis import sinks
 from drope_lens.analysis.perplexity import NLLAccumulator
-from drope_lens.analysis.profile import LAST_LAYER_MODES, PROFILE_DEFAULTS, SINK_SOURCES, PhaseProfile
+from drope_lens.analysis.profile import PROFILE_DEFAULTS, PhaseProfile
 from drope_lens.analysis.profile_collector import ProfileCollector
 from drope_lens.analysis.sinks import DEFAULT_GU_EPS, DEFAULT_TAU
 from drope_lens.errors import DropeLensInputError
-from drope_lens.options import check_profile_options
 from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.forward import forward_batch
 from drope_lens.loading.tokens import TokenBatch, as_batch
+from drope_lens.options import check_profile_options
 
 if TYPE_CHECKING:
     from drope_lens.analysis.perplexity import PerplexityResult
@@ -42,8 +41,10 @@ def _check_options(model, tau, gu_eps, last_layer, attention, batch_size, sinks_
     if batch_size < 1:
         raise DropeLensInputError(f"batch_size must be >= 1, got {batch_size}")
     if last_layer == "final_norm" and not hasattr(model.ln_final, "w"):
-        raise DropeLensInputError("last_layer='final_norm' needs the final RMSNorm gain; it was folded away "
-                         "(process_weights=True). Load with process_weights=False.")
+        raise DropeLensInputError(
+            "last_layer='final_norm' needs the final RMSNorm gain; it was folded away "
+            "(process_weights=True). Load with process_weights=False."
+        )
 
 
 @torch.no_grad()
@@ -77,11 +78,23 @@ def phase_profile(
             O(chunk·T) memory, fast attention kept) or ``"pattern"`` (from ``hook_pattern``, the
             reference). Both give the same numbers (tested).
     """
-    profile, _ = measure(model, inputs, profile=True, ppl=False, fwd_hooks=fwd_hooks,
-                          batch_size=batch_size, max_length=max_length, progress=progress,
-                          tau=tau, include_bos_row=include_bos_row, last_layer=last_layer,
-                          attention=attention, gu_eps=gu_eps, spike_threshold=spike_threshold,
-                          sinks_from=sinks_from)
+    profile, _ = measure(
+        model,
+        inputs,
+        profile=True,
+        ppl=False,
+        fwd_hooks=fwd_hooks,
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=progress,
+        tau=tau,
+        include_bos_row=include_bos_row,
+        last_layer=last_layer,
+        attention=attention,
+        gu_eps=gu_eps,
+        spike_threshold=spike_threshold,
+        sinks_from=sinks_from,
+    )
     assert profile is not None  # measure(profile=True)
     return profile
 
@@ -104,18 +117,27 @@ def measure(
     if unknown:
         raise TypeError(f"Unknown phase option(s) {sorted(unknown)}; known: {sorted(PROFILE_DEFAULTS)}.")
     opts = {**PROFILE_DEFAULTS, **options}
-    if any(str(name).endswith(("hook_pattern", "hook_attn_scores")) for name, _ in fwd_hooks
-           if isinstance(name, str)):
+    if any(str(name).endswith(("hook_pattern", "hook_attn_scores")) for name, _ in fwd_hooks if isinstance(name, str)):
         opts["sinks_from"] = "pattern"  # an intervention edits the pattern: read the real one
-    _check_options(model, opts["tau"], opts["gu_eps"], opts["last_layer"], opts["attention"], batch_size,
-                   opts["sinks_from"])
+    _check_options(
+        model, opts["tau"], opts["gu_eps"], opts["last_layer"], opts["attention"], batch_size, opts["sinks_from"]
+    )
     t0 = time.perf_counter()
     batch = as_batch(model, inputs, max_length=max_length)
     if bool((batch.lengths < 2).any()):
         raise DropeLensInputError("Every text needs at least one token after BOS (BOS ratio, sink rows, PPL).")
-    col = (ProfileCollector(model, len(batch), include_bos_row=opts["include_bos_row"],
-                             last_layer=opts["last_layer"], attention=opts["attention"],
-                             sinks_from=opts["sinks_from"]) if profile else None)
+    col = (
+        ProfileCollector(
+            model,
+            len(batch),
+            include_bos_row=opts["include_bos_row"],
+            last_layer=opts["last_layer"],
+            attention=opts["attention"],
+            sinks_from=opts["sinks_from"],
+        )
+        if profile
+        else None
+    )
     acc = NLLAccumulator(len(batch)) if ppl else None
     parts = list(batch.batches(batch_size))
     if progress:
@@ -133,10 +155,15 @@ def measure(
     if col is None:
         return None, acc.result() if acc else None
     prof = PhaseProfile(
-        sink_scores_per_text=col.sink, gu_importance_per_text=col.gu,
-        bos_norm_per_text=col.bos_norm, bos_ratio_per_text=col.bos_ratio,
-        entropy_sq_per_text=col.h_sq, entropy_norm_per_text=col.h_norm,
-        anisotropy_per_text=col.aniso, lengths=[int(n) for n in batch.lengths], **opts,
+        sink_scores_per_text=col.sink,
+        gu_importance_per_text=col.gu,
+        bos_norm_per_text=col.bos_norm,
+        bos_ratio_per_text=col.bos_ratio,
+        entropy_sq_per_text=col.h_sq,
+        entropy_norm_per_text=col.h_norm,
+        anisotropy_per_text=col.aniso,
+        lengths=[int(n) for n in batch.lengths],
+        **opts,
         model=getattr(model.cfg, "model_name", ""),
         position_encoding=str(getattr(model.cfg, "position_encoding", "rope")),
         wall_s=time.perf_counter() - t0,

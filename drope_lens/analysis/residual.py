@@ -28,10 +28,10 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from drope_lens.analysis.perplexity import PerplexityResult, perplexity
-from drope_lens.loading.forward import forward_batch, model_label, to_batch
 from drope_lens.errors import NonFiniteError
 from drope_lens.hooks.mask import current_real_mask
 from drope_lens.hooks.types import FwdHook, FwdHooks
+from drope_lens.loading.forward import forward_batch, model_label, to_batch
 
 DEFAULT_RATIOS = (100.0, 1000.0)
 DEFAULT_DELIMITERS = (".", "\n")
@@ -166,12 +166,20 @@ class ResidualMassive:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model, "top_k": self.top_k, "ratios": list(self.ratios),
-            "value": self.value.tolist(), "signed": self.signed.tolist(),
-            "position": self.position.tolist(), "channel": self.channel.tolist(),
-            "median": self.median.tolist(), "n_over": self.n_over.tolist(), "token": self.token,
-            "lengths": self.lengths, "first_delimiter": self.first_delimiter,
-            "delimiters": list(self.delimiters), "options": self.options,
+            "model": self.model,
+            "top_k": self.top_k,
+            "ratios": list(self.ratios),
+            "value": self.value.tolist(),
+            "signed": self.signed.tolist(),
+            "position": self.position.tolist(),
+            "channel": self.channel.tolist(),
+            "median": self.median.tolist(),
+            "n_over": self.n_over.tolist(),
+            "token": self.token,
+            "lengths": self.lengths,
+            "first_delimiter": self.first_delimiter,
+            "delimiters": list(self.delimiters),
+            "options": self.options,
             "layer_stats": {k: v.tolist() for k, v in self.layer_stats().items()},
             "summary": self.summary(),
         }
@@ -179,13 +187,20 @@ class ResidualMassive:
     @classmethod
     def from_dict(cls, d: dict) -> "ResidualMassive":
         return cls(
-            model=d["model"], top_k=int(d["top_k"]), ratios=tuple(d["ratios"]),
-            value=np.asarray(d["value"], dtype=float), signed=np.asarray(d["signed"], dtype=float),
-            position=np.asarray(d["position"], dtype=int), channel=np.asarray(d["channel"], dtype=int),
+            model=d["model"],
+            top_k=int(d["top_k"]),
+            ratios=tuple(d["ratios"]),
+            value=np.asarray(d["value"], dtype=float),
+            signed=np.asarray(d["signed"], dtype=float),
+            position=np.asarray(d["position"], dtype=int),
+            channel=np.asarray(d["channel"], dtype=int),
             median=np.asarray(d["median"], dtype=float),
             n_over=np.asarray(d["n_over"], dtype=int).reshape(len(d["value"]), -1, len(d["ratios"])),
-            token=d["token"], lengths=list(d["lengths"]), first_delimiter=list(d["first_delimiter"]),
-            delimiters=tuple(d.get("delimiters", DEFAULT_DELIMITERS)), options=d.get("options", {}),
+            token=d["token"],
+            lengths=list(d["lengths"]),
+            first_delimiter=list(d["first_delimiter"]),
+            delimiters=tuple(d.get("delimiters", DEFAULT_DELIMITERS)),
+            options=d.get("options", {}),
         )
 
     def to_dataframe(self):
@@ -195,14 +210,22 @@ class ResidualMassive:
         T, L, K = self.value.shape
         t, li, k = np.meshgrid(np.arange(T), np.arange(L), np.arange(K), indexing="ij")
         ratio = self.ratio
-        df = pd.DataFrame({
-            "text": t.ravel(), "layer": li.ravel(), "rank": k.ravel(),
-            "value": self.value.ravel(), "signed": self.signed.ravel(),
-            "position": self.position.ravel(), "channel": self.channel.ravel(),
-            "token": [self.token[a][b][c] for a, b, c in zip(t.ravel(), li.ravel(), k.ravel(), strict=True)],
-            "median": np.repeat(self.median.ravel(), K), "ratio": ratio.ravel(),
-            "at_bos": self.at_bos.ravel(), "at_first_delimiter": self.at_first_delimiter.ravel(),
-        })
+        df = pd.DataFrame(
+            {
+                "text": t.ravel(),
+                "layer": li.ravel(),
+                "rank": k.ravel(),
+                "value": self.value.ravel(),
+                "signed": self.signed.ravel(),
+                "position": self.position.ravel(),
+                "channel": self.channel.ravel(),
+                "token": [self.token[a][b][c] for a, b, c in zip(t.ravel(), li.ravel(), k.ravel(), strict=True)],
+                "median": np.repeat(self.median.ravel(), K),
+                "ratio": ratio.ravel(),
+                "at_bos": self.at_bos.ravel(),
+                "at_first_delimiter": self.at_first_delimiter.ravel(),
+            }
+        )
         df.insert(0, "model", self.model)
         return df
 
@@ -213,9 +236,16 @@ class ResidualMassive:
         rows = []
         for t in range(self.n_texts):
             for li in range(self.n_layers):
-                row = {"model": self.model, "text": t, "layer": li, "median": self.median[t, li],
-                       "top1": self.value[t, li, 0], "ratio": self.ratio[t, li, 0],
-                       "top1_position": int(self.position[t, li, 0]), "top1_channel": int(self.channel[t, li, 0])}
+                row = {
+                    "model": self.model,
+                    "text": t,
+                    "layer": li,
+                    "median": self.median[t, li],
+                    "top1": self.value[t, li, 0],
+                    "ratio": self.ratio[t, li, 0],
+                    "top1_position": int(self.position[t, li, 0]),
+                    "top1_channel": int(self.channel[t, li, 0]),
+                }
                 for i, r in enumerate(self.ratios):
                     row[f"n_over_{r:g}"] = int(self.n_over[t, li, i])
                 rows.append(row)
@@ -291,9 +321,19 @@ def residual_massive_activations(
             forward_batch(model, sub, return_type=None)
     token = [[[token_str[t][p] if p >= 0 else "" for p in position[t, li]] for li in range(L)] for t in range(n)]
     return ResidualMassive(
-        model=model_label(model), top_k=K, ratios=ratios, value=value, signed=signed, position=position,
-        channel=channel, median=median, n_over=n_over, token=token, lengths=lengths,
-        first_delimiter=first_delim, delimiters=tuple(delimiters),
+        model=model_label(model),
+        top_k=K,
+        ratios=ratios,
+        value=value,
+        signed=signed,
+        position=position,
+        channel=channel,
+        median=median,
+        n_over=n_over,
+        token=token,
+        lengths=lengths,
+        first_delimiter=first_delim,
+        delimiters=tuple(delimiters),
         options={"top_k": K, "ratios": list(ratios), "max_length": max_length, "hook": "hook_resid_post"},
     )
 
@@ -321,8 +361,10 @@ def massive_activation_hooks(
     if layer is None:
         layers = result.massive_layers(ratio)
         if not layers:
-            raise ValueError(f"{result.model}: no layer has a top-1 entry above {ratio:g}× the median; "
-                             "nothing to intervene on (pass layer= explicitly or lower ratio).")
+            raise ValueError(
+                f"{result.model}: no layer has a top-1 entry above {ratio:g}× the median; "
+                "nothing to intervene on (pass layer= explicitly or lower ratio)."
+            )
         layer = layers[0]
     if not 0 <= layer < result.n_layers:
         raise ValueError(f"layer {layer} out of range 0…{result.n_layers - 1}")
@@ -363,16 +405,31 @@ class ResidualIntervention:
     ppl: dict[str, PerplexityResult]  # baseline, zero, mean
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "layer": self.layer, "channels": self.channels,
-                "means": {str(k): v for k, v in self.means.items()}, "ratio": self.ratio,
-                "ppl": {k: v.to_dict() for k, v in self.ppl.items()}}
+        return {
+            "model": self.model,
+            "layer": self.layer,
+            "channels": self.channels,
+            "means": {str(k): v for k, v in self.means.items()},
+            "ratio": self.ratio,
+            "ppl": {k: v.to_dict() for k, v in self.ppl.items()},
+        }
 
     def to_dataframe(self):
         import pandas as pd
 
         base = self.ppl["baseline"].ppl
-        return pd.DataFrame([{"model": self.model, "condition": k, "layer": self.layer,
-                              "ppl": v.ppl, "ratio_to_baseline": v.ppl / base} for k, v in self.ppl.items()])
+        return pd.DataFrame(
+            [
+                {
+                    "model": self.model,
+                    "condition": k,
+                    "layer": self.layer,
+                    "ppl": v.ppl,
+                    "ratio_to_baseline": v.ppl / base,
+                }
+                for k, v in self.ppl.items()
+            ]
+        )
 
 
 def residual_intervention(
@@ -392,9 +449,14 @@ def residual_intervention(
     ppl = {"baseline": baseline or perplexity(model, inputs, batch_size=batch_size, max_length=max_length)}
     for m, h in hooks.items():
         ppl[m] = perplexity(model, inputs, fwd_hooks=h, batch_size=batch_size, max_length=max_length)
-    return ResidualIntervention(model=result.model, layer=fn.layer, channels=fn.channels,  # type: ignore[attr-defined]
-                                means=fn.means,  # type: ignore[attr-defined]
-                                ratio=ratio, ppl=ppl)
+    return ResidualIntervention(
+        model=result.model,
+        layer=fn.layer,
+        channels=fn.channels,  # type: ignore[attr-defined]
+        means=fn.means,  # type: ignore[attr-defined]
+        ratio=ratio,
+        ppl=ppl,
+    )
 
 
 # --------------------------------------------------------------------------------------- pair
@@ -424,12 +486,17 @@ class ResidualComparison:
         return [layer for layer in self.shared_layers if self.top1_channel[0][layer] == self.top1_channel[1][layer]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"models": list(self.models), "ratio": self.ratio,
-                "massive_layers": [list(x) for x in self.massive_layers],
-                "top1_channel": [list(x) for x in self.top1_channel],
-                "top1_mean": [list(x) for x in self.top1_mean], "ratio_mean": [list(x) for x in self.ratio_mean],
-                "shared_layers": self.shared_layers, "layer_jaccard": self.layer_jaccard,
-                "same_channel_layers": self.same_channel_layers}
+        return {
+            "models": list(self.models),
+            "ratio": self.ratio,
+            "massive_layers": [list(x) for x in self.massive_layers],
+            "top1_channel": [list(x) for x in self.top1_channel],
+            "top1_mean": [list(x) for x in self.top1_mean],
+            "ratio_mean": [list(x) for x in self.ratio_mean],
+            "shared_layers": self.shared_layers,
+            "layer_jaccard": self.layer_jaccard,
+            "same_channel_layers": self.same_channel_layers,
+        }
 
     def to_dataframe(self):
         import pandas as pd
@@ -438,8 +505,14 @@ class ResidualComparison:
         for li in range(len(self.top1_channel[0])):
             row: dict[str, Any] = {"layer": li}
             for i, tag in enumerate(("a", "b")):
-                row.update({f"massive_{tag}": li in self.massive_layers[i], f"channel_{tag}": self.top1_channel[i][li],
-                            f"top1_{tag}": self.top1_mean[i][li], f"ratio_{tag}": self.ratio_mean[i][li]})
+                row.update(
+                    {
+                        f"massive_{tag}": li in self.massive_layers[i],
+                        f"channel_{tag}": self.top1_channel[i][li],
+                        f"top1_{tag}": self.top1_mean[i][li],
+                        f"ratio_{tag}": self.ratio_mean[i][li],
+                    }
+                )
             row["same_channel"] = row["channel_a"] == row["channel_b"]
             rows.append(row)
         return pd.DataFrame(rows)
@@ -450,7 +523,8 @@ def compare_residual_massive(a: ResidualMassive, b: ResidualMassive, *, ratio: f
         raise ValueError(f"Layer counts differ ({a.n_layers} vs {b.n_layers}); compare a model with its twin.")
     sa, sb = a.layer_stats(), b.layer_stats()
     return ResidualComparison(
-        models=(a.model, b.model), ratio=ratio,
+        models=(a.model, b.model),
+        ratio=ratio,
         massive_layers=(a.massive_layers(ratio), b.massive_layers(ratio)),
         top1_channel=(a.top1_channel(), b.top1_channel()),
         top1_mean=(sa["top1_mean"].tolist(), sb["top1_mean"].tolist()),

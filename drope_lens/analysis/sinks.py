@@ -102,7 +102,9 @@ def sink_rate(scores: Float[torch.Tensor, "... head"], tau: float = DEFAULT_TAU)
     return (scores >= tau).double().mean(-1)
 
 
-def gu_sink_rate(importance: Float[torch.Tensor, "... head"], eps: float = DEFAULT_GU_EPS) -> Float[torch.Tensor, "..."]:
+def gu_sink_rate(
+    importance: Float[torch.Tensor, "... head"], eps: float = DEFAULT_GU_EPS
+) -> Float[torch.Tensor, "..."]:
     """Share of heads whose Gu importance is ``> eps`` (strict, as in Gu et al. 2025)."""
     check_tau(eps, "gu_eps")
     return (importance > eps).double().mean(-1)

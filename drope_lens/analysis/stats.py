@@ -83,12 +83,24 @@ def bootstrap_ci(
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = stats.bootstrap(
-                (arr,), statistic, confidence_level=confidence, n_resamples=n_resamples,
-                method=method, rng=np.random.default_rng(seed),
-            ) if _has_rng_arg() else stats.bootstrap(
-                (arr,), statistic, confidence_level=confidence, n_resamples=n_resamples,
-                method=method, random_state=np.random.default_rng(seed),
+            res = (
+                stats.bootstrap(
+                    (arr,),
+                    statistic,
+                    confidence_level=confidence,
+                    n_resamples=n_resamples,
+                    method=method,
+                    rng=np.random.default_rng(seed),
+                )
+                if _has_rng_arg()
+                else stats.bootstrap(
+                    (arr,),
+                    statistic,
+                    confidence_level=confidence,
+                    n_resamples=n_resamples,
+                    method=method,
+                    random_state=np.random.default_rng(seed),
+                )
             )
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
         if np.isfinite(lo) and np.isfinite(hi):

@@ -57,7 +57,8 @@ def first_column(
         if not bool(torch.isfinite(scores.sum())) and not bool(torch.isfinite(scores).all()):
             raise NonFiniteError(
                 f"Layer {layer}: attention scores contain NaN/inf (query rows {start}..{stop - 1}). "
-                "Keep cfg.fp32_attention=True, load in float32 or bfloat16 and check your hooks.")
+                "Keep cfg.fp32_attention=True, load in float32 or bfloat16 and check your hooks."
+            )
         rows = torch.arange(start, stop, device=q.device)
         visible = (key_pos[None, :stop] <= rows[:, None])[None, None] & key_real[:, None, None, :stop]
         scores = scores.masked_fill(~visible, float("-inf"))
@@ -99,6 +100,5 @@ class SinkStream:
     def hooks(self) -> list[tuple[str, Callable]]:
         out = []
         for layer in range(self.model.cfg.n_layers):
-            out += [(f"blocks.{layer}.attn.hook_rot_q", self._rot_q),
-                    (f"blocks.{layer}.attn.hook_rot_k", self._rot_k)]
+            out += [(f"blocks.{layer}.attn.hook_rot_q", self._rot_q), (f"blocks.{layer}.attn.hook_rot_k", self._rot_k)]
         return out

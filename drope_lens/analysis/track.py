@@ -35,9 +35,13 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from drope_lens.errors import DropeLensInputError
-
 from drope_lens.options import (  # noqa: F401  (re-exported)
-    DEFAULT_METRICS, METRIC_GROUPS, SIZES, TrackOptions, TrackSizes, check_metrics,
+    DEFAULT_METRICS,
+    METRIC_GROUPS,
+    SIZES,
+    TrackOptions,
+    TrackSizes,
+    check_metrics,
 )
 
 
@@ -81,10 +85,18 @@ def checkpoint_points(paths: Sequence[Union[str, os.PathLike]], *, include_rope:
         meta = ck.read_meta(p)
         if meta is not None:
             held = (p / meta.get("heldout", "")).resolve() if meta.get("heldout") else None
-            points.append(TrackPoint(p.name, str(p), "drope", meta["step"], meta["tokens"],
-                                     str(held) if held is not None and held.is_file() else None))
+            points.append(
+                TrackPoint(
+                    p.name,
+                    str(p),
+                    "drope",
+                    meta["step"],
+                    meta["tokens"],
+                    str(held) if held is not None and held.is_file() else None,
+                )
+            )
         else:
-            from drope_lens.loading.hf import read_config_dict, _drope_facts
+            from drope_lens.loading.hf import _drope_facts, read_config_dict
 
             role = "drope" if _drope_facts(read_config_dict(p))[0] else "rope"
             points.append(TrackPoint(p.name, str(p), role))
@@ -116,9 +128,18 @@ class TrackResult:
                 if res is None:
                     continue
                 for metric, value in res["scalars"].items():
-                    out.append({"checkpoint": pt.name, "role": pt.role, "step": pt.step, "tokens": pt.tokens,
-                                "group": group, "metric": metric, "value": value,
-                                "layers": res.get("layers", {}).get(metric)})
+                    out.append(
+                        {
+                            "checkpoint": pt.name,
+                            "role": pt.role,
+                            "step": pt.step,
+                            "tokens": pt.tokens,
+                            "group": group,
+                            "metric": metric,
+                            "value": value,
+                            "layers": res.get("layers", {}).get(metric),
+                        }
+                    )
         return out
 
     def to_dataframe(self):
@@ -127,8 +148,13 @@ class TrackResult:
         return pd.DataFrame(self.rows())
 
     def to_dict(self) -> dict:
-        return {"metrics": list(self.metrics), "options": self.options, "wall_s": round(self.wall_s, 2),
-                "checkpoints": [pt.__dict__ for pt in self.points], "rows": self.rows()}
+        return {
+            "metrics": list(self.metrics),
+            "options": self.options,
+            "wall_s": round(self.wall_s, 2),
+            "checkpoints": [pt.__dict__ for pt in self.points],
+            "rows": self.rows(),
+        }
 
     def series(self, metric: str) -> tuple[list[int], list[float], Optional[float]]:
         """``(tokens, values, rope_value)`` of one metric over the DroPE checkpoints, by tokens."""
@@ -143,7 +169,9 @@ class TrackResult:
         if df.empty:
             return "(no rows)"
         table = df.pivot_table(index="metric", columns="checkpoint", values="value", aggfunc="first")
-        return table[[p.name for p in self.points if p.name in table.columns]].to_string(float_format=lambda v: f"{v:.4g}")
+        return table[[p.name for p in self.points if p.name in table.columns]].to_string(
+            float_format=lambda v: f"{v:.4g}"
+        )
 
 
 def _load(pt: TrackPoint, dtype, device):
@@ -182,12 +210,19 @@ def _massive(model, texts, max_length) -> dict:
 def _phase(profile, group: str) -> dict:
     s, st = profile.summary(), profile.layer_stats()
     if group == "sinks":
-        return {"scalars": {"sink_rate": s["mean_sink_rate"], "gu_sink": s["gu_sink"]},
-                "layers": {"sink_rate": st["sink_rate"].tolist(), "gu_sink": st["gu_rate"].tolist()}}
-    return {"scalars": {"max_bos_ratio": s["max_bos_ratio"], "peak_bos_norm": s["peak_bos_norm"],
-                        "spike_layer": s["spike_layer_argmax"],
-                        "spike_layer_first_above": s["spike_layer_first_above"]},
-            "layers": {"max_bos_ratio": st["bos_ratio"].tolist(), "peak_bos_norm": st["bos_norm"].tolist()}}
+        return {
+            "scalars": {"sink_rate": s["mean_sink_rate"], "gu_sink": s["gu_sink"]},
+            "layers": {"sink_rate": st["sink_rate"].tolist(), "gu_sink": st["gu_rate"].tolist()},
+        }
+    return {
+        "scalars": {
+            "max_bos_ratio": s["max_bos_ratio"],
+            "peak_bos_norm": s["peak_bos_norm"],
+            "spike_layer": s["spike_layer_argmax"],
+            "spike_layer_first_above": s["spike_layer_first_above"],
+        },
+        "layers": {"max_bos_ratio": st["bos_ratio"].tolist(), "peak_bos_norm": st["bos_norm"].tolist()},
+    }
 
 
 def _disruption(model, texts, max_length, n_seeds) -> dict:
@@ -202,10 +237,10 @@ def _disruption(model, texts, max_length, n_seeds) -> dict:
     exp = phase_experiment(model, texts, conditions=("baseline", "bos_mlp", "qk"), max_length=max_length)
     ppl = {c: r.ppl for c, r in exp.conditions.items() if r.ppl is not None}  # measured for each condition
     base = ppl["baseline"]["ppl"]
-    scalars = {"bos_mlp_ppl_factor": ppl["bos_mlp"]["ppl"] / base,
-               "qk_mean_ppl_factor": ppl["qk"]["ppl"] / base}
-    sel = detect_massive(model, builtin_split()["identify"], tensors=("q", "k"), rotary="pre",
-                         max_length=max_length, top=0).selection("mean_norm")
+    scalars = {"bos_mlp_ppl_factor": ppl["bos_mlp"]["ppl"] / base, "qk_mean_ppl_factor": ppl["qk"]["ppl"] / base}
+    sel = detect_massive(
+        model, builtin_split()["identify"], tensors=("q", "k"), rotary="pre", max_length=max_length, top=0
+    ).selection("mean_norm")
     out: dict[str, Any] = {"scalars": scalars, "bos_layer": exp.bos_layer}
     if sel.total() == 0:
         scalars.update(massive_zero_pct=None, random_zero_pct=None, m_minus_r=None)
@@ -219,8 +254,7 @@ def _disruption(model, texts, max_length, n_seeds) -> dict:
 def _passkey(model, n, length) -> dict:
     from drope_lens.tasks import run_tasks
 
-    res = run_tasks(model, tasks=("passkey",), conditions=("baseline",), n={"passkey": n},
-                    passkey_lengths=(length,))
+    res = run_tasks(model, tasks=("passkey",), conditions=("baseline",), n={"passkey": n}, passkey_lengths=(length,))
     return {"scalars": {"passkey_acc": res.accuracy("passkey", "baseline")}}
 
 

@@ -10,8 +10,18 @@ from typing import Optional, Sequence
 from drope_lens.errors import DropeLensError
 
 #: Subcommand modules, each exposing ``add_parser(subparsers)``.
-SUBCOMMANDS = ["summary", "detect", "disrupt", "phase", "tasks", "report", "activations", "context", "recalibrate",
-               "track"]
+SUBCOMMANDS = [
+    "summary",
+    "detect",
+    "disrupt",
+    "phase",
+    "tasks",
+    "report",
+    "activations",
+    "context",
+    "recalibrate",
+    "track",
+]
 
 DESCRIPTION = """\
 Compare a RoPE language model with its DroPE / NoPE twin inside TransformerLens.
@@ -24,7 +34,8 @@ Pass --rope meta-llama/Llama-2-7b-hf --drope SakanaAI/Llama-2-7b-hf-DroPE for th
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="drope-lens", description=DESCRIPTION,
+        prog="drope-lens",
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -67,8 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"drope-lens {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted; finished parts are saved, rerun the same command to resume",
-              file=sys.stderr)
+        print("\ninterrupted; finished parts are saved, rerun the same command to resume", file=sys.stderr)
         return 130
 
 

@@ -14,21 +14,38 @@ from drope_lens.jsonio import to_jsonable_or_str
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("models (default: embedded SmolLM2-135M and its zero-shot NoPE twin)")
     g.add_argument("--rope", metavar="ID_OR_DIR", help="RoPE model: hub id or local folder")
-    g.add_argument("--drope", metavar="ID_OR_DIR",
-                   help="DroPE checkpoint (hub id or folder), or 'recalibrated' for the cached "
-                        "`drope-lens recalibrate` run of the embedded model; omit for the zero-shot NoPE twin of --rope")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="model dtype (attention scores are always computed in float32)")
+    g.add_argument(
+        "--drope",
+        metavar="ID_OR_DIR",
+        help="DroPE checkpoint (hub id or folder), or 'recalibrated' for the cached "
+        "`drope-lens recalibrate` run of the embedded model; omit for the zero-shot NoPE twin of --rope",
+    )
+    g.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="model dtype (attention scores are always computed in float32)",
+    )
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
-    g.add_argument("--offload", default=None, metavar="DEVICE",
-                   help="keep the idle model of the pair here (e.g. cpu): one model on --device at a time")
-    g.add_argument("--n-devices", type=int, default=1, metavar="N",
-                   help="split each model's layers over N devices (TransformerLens n_devices)")
+    g.add_argument(
+        "--offload",
+        default=None,
+        metavar="DEVICE",
+        help="keep the idle model of the pair here (e.g. cpu): one model on --device at a time",
+    )
+    g.add_argument(
+        "--n-devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split each model's layers over N devices (TransformerLens n_devices)",
+    )
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", metavar="PATH", dest="json_out",
-                        help="also write the full result as JSON to PATH ('-' for stdout)")
+    parser.add_argument(
+        "--json", metavar="PATH", dest="json_out", help="also write the full result as JSON to PATH ('-' for stdout)"
+    )
 
 
 def load_pair_from_args(args: argparse.Namespace):
@@ -36,8 +53,14 @@ def load_pair_from_args(args: argparse.Namespace):
 
     check_model_args(args)
     print(f"Loading {'embedded default pair' if args.rope is None else args.rope} ...", file=sys.stderr)
-    return load_pair(args.rope, args.drope, dtype=args.dtype, device=args.device,
-                     offload=getattr(args, "offload", None), n_devices=getattr(args, "n_devices", 1))
+    return load_pair(
+        args.rope,
+        args.drope,
+        dtype=args.dtype,
+        device=args.device,
+        offload=getattr(args, "offload", None),
+        n_devices=getattr(args, "n_devices", 1),
+    )
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -126,8 +149,9 @@ def check_model_path(value: "str | None", flag: str) -> None:
     try:
         raw = json.loads((p / "config.json").read_text())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptFileError(f"{flag} {value}: config.json is not valid JSON ({exc}); "
-                               "re-save or re-download the checkpoint") from exc
+        raise CorruptFileError(
+            f"{flag} {value}: config.json is not valid JSON ({exc}); re-save or re-download the checkpoint"
+        ) from exc
     from drope_lens.loading.hf import check_model_folder
 
     check_model_folder(p, raw, flag=flag)
@@ -151,8 +175,15 @@ def validate_common_args(args: argparse.Namespace) -> None:
     for name in ("tau", "gu_eps"):
         if num(name) is not None:
             check_tau(getattr(args, name), f"--{name.replace('_', '-')}")
-    for name, lo in (("max_length", 2), ("batch_size", 1), ("n_texts", 1), ("n_seeds", 2), ("task_n", 1),
-                     ("top", 1), ("context_length", 2)):
+    for name, lo in (
+        ("max_length", 2),
+        ("batch_size", 1),
+        ("n_texts", 1),
+        ("n_seeds", 2),
+        ("task_n", 1),
+        ("top", 1),
+        ("context_length", 2),
+    ):
         v = num(name)
         if isinstance(v, int) and not isinstance(v, bool) and v < lo:
             raise DropeLensInputError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")

@@ -36,8 +36,9 @@ class _Flatten(argparse.Action):
         setattr(namespace, self.dest, [v for part in values for v in part])
 
 
-def add_list_argument(parser, flag: str, *, item: Callable[[str], list] = csv_list, default=None,
-                      **kwargs) -> argparse.Action:
+def add_list_argument(
+    parser, flag: str, *, item: Callable[[str], list] = csv_list, default=None, **kwargs
+) -> argparse.Action:
     """A list option: comma- (or space-) separated values parsed by ``item`` (:func:`csv_list`,
     :func:`int_list`, :func:`float_list`); ``default`` is a list, used as is."""
     return parser.add_argument(flag, type=item, nargs="+", action=_Flatten, default=default, **kwargs)

@@ -14,9 +14,12 @@ def add_parser(sub) -> None:
     p = sub.add_parser("summary", help=HELP, description=HELP + ".")
     add_model_args(p)
     add_output_args(p)
-    p.add_argument("--text", default="The river flows past the old mill, where the miller's "
-                   "daughter counts sacks of grain each autumn morning.",
-                   help="text used for the parity check")
+    p.add_argument(
+        "--text",
+        default="The river flows past the old mill, where the miller's "
+        "daughter counts sacks of grain each autumn morning.",
+        help="text used for the parity check",
+    )
     p.set_defaults(func=run)
 
 
@@ -28,8 +31,14 @@ def run(args: argparse.Namespace) -> int:
     from drope_lens.loading.parity import logit_parity
 
     t0 = time.perf_counter()
-    pair = load_pair(args.rope, args.drope, dtype=args.dtype, device=args.device,
-                     offload=getattr(args, "offload", None), n_devices=getattr(args, "n_devices", 1))
+    pair = load_pair(
+        args.rope,
+        args.drope,
+        dtype=args.dtype,
+        device=args.device,
+        offload=getattr(args, "offload", None),
+        n_devices=getattr(args, "n_devices", 1),
+    )
     load_s = time.perf_counter() - t0
     tokens = pair.encode(args.text).tokens.to(args.device)
     out = {"load_seconds": round(load_s, 2), "tokens": int(tokens.shape[1]), "models": {}}
@@ -40,9 +49,12 @@ def run(args: argparse.Namespace) -> int:
             "label": pair.labels[role],
             "position_encoding": cfg.position_encoding,
             "nope_origin": cfg.nope_origin,
-            "layers": cfg.n_layers, "heads": cfg.n_heads,
-            "kv_heads": cfg.n_key_value_heads or cfg.n_heads, "d_head": cfg.d_head,
-            "dtype": str(cfg.dtype), "device": str(cfg.device),
+            "layers": cfg.n_layers,
+            "heads": cfg.n_heads,
+            "kv_heads": cfg.n_key_value_heads or cfg.n_heads,
+            "d_head": cfg.d_head,
+            "dtype": str(cfg.dtype),
+            "device": str(cfg.device),
         }
         if role == "drope" and args.drope is None:
             src = str(embedded_checkpoint()) if args.rope is None else args.rope
@@ -64,11 +76,15 @@ def _print(out: dict) -> None:
     print(f"Loaded in {out['load_seconds']} s; parity text = {out['tokens']} tokens (BOS included)")
     for role, e in out["models"].items():
         print(f"\n[{role}] {e['label']}")
-        print(f"  {e['layers']} layers, {e['heads']} heads ({e['kv_heads']} KV), d_head {e['d_head']}, "
-              f"{e['dtype']} on {e['device']}, position encoding: {e['position_encoding']}")
+        print(
+            f"  {e['layers']} layers, {e['heads']} heads ({e['kv_heads']} KV), d_head {e['d_head']}, "
+            f"{e['dtype']} on {e['device']}, position encoding: {e['position_encoding']}"
+        )
         par = e["parity_vs_hf"]
         if isinstance(par, dict):
-            print(f"  vs Hugging Face: max |logit diff| {par['max_abs_logit_diff']:.2e}, "
-                  f"max |log-prob diff| {par['max_abs_logprob_diff']:.2e}")
+            print(
+                f"  vs Hugging Face: max |logit diff| {par['max_abs_logit_diff']:.2e}, "
+                f"max |log-prob diff| {par['max_abs_logprob_diff']:.2e}"
+            )
         else:
             print(f"  vs Hugging Face: {par}")

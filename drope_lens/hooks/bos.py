@@ -19,10 +19,8 @@ from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.mask import current_real_mask, real_token_mask
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHooks
-
 from drope_lens.options import BOS_MODES, BosAblationOptions, takes_options  # noqa: E402,F401  (BOS_MODES re-exported)
 from drope_lens.validation import check_layer  # noqa: E402,F401  (re-exported)
-
 
 
 @takes_options(BosAblationOptions)
@@ -48,8 +46,10 @@ def bos_mlp_ablation_hooks(
         model: if given, ``layer`` is range-checked against it.
     """
     if layer is None:
-        raise DropeLensInputError("bos_mlp_ablation_hooks needs a layer (the spike layer): pass layer or "
-                                  "options=BosAblationOptions(layer=...).")
+        raise DropeLensInputError(
+            "bos_mlp_ablation_hooks needs a layer (the spike layer): pass layer or "
+            "options=BosAblationOptions(layer=...)."
+        )
     check_layer(model, layer)
     BosAblationOptions(layer=layer, mode=mode, study_compatible=study_compatible)  # type: ignore[arg-type]  # checks
     if mean_vector is not None and mode != "mean":

@@ -16,8 +16,8 @@ from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.bos import bos_mlp_ablation_hooks
 from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks
 from drope_lens.hooks.types import FwdHooks
-
 from drope_lens.options import CONDITIONS, MeanReplacementOptions, check_conditions  # noqa: E402,F401
+
 #: Conditions that ablate the BOS MLP (they need the spike layer).
 NEEDS_BOS = ("bos_mlp", "combined")
 #: Conditions that mean-replace Q/K.
@@ -55,8 +55,9 @@ def condition_hooks(
     if condition in NEEDS_BOS:
         if bos_layer is None:
             raise DropeLensInputError(f"condition {condition!r} needs bos_layer (the spike layer).")
-        hooks += bos_mlp_ablation_hooks(bos_layer, mode=bos_mode, mean_vector=bos_mean_vector,
-                                        study_compatible=study_compatible, model=model)
+        hooks += bos_mlp_ablation_hooks(
+            bos_layer, mode=bos_mode, mean_vector=bos_mean_vector, study_compatible=study_compatible, model=model
+        )
     if condition in NEEDS_QK:
         hooks += qk_mean_replacement_hooks(model, **qk_settings(qk_kwargs))
     return hooks

@@ -44,7 +44,8 @@ def current_real_mask(x: torch.Tensor) -> Bool[torch.Tensor, "batch pos"]:
                 f"A statistic over tokens (mean replacement) ran on {b} rows with no real-token mask "
                 "declared, so padding would count as real tokens. Run it through a drope_lens analysis "
                 "(they declare each batch's mask), or wrap the call in `with real_token_mask(batch.mask):` "
-                "(all-True for unpadded rows), or run one row at a time.")
+                "(all-True for unpadded rows), or run one row at a time."
+            )
         return torch.ones(b, t, dtype=torch.bool, device=x.device)
     if tuple(mask.shape) != (b, t):
         raise ValueError(

@@ -54,8 +54,7 @@ def mean_replace(
 class _MeanReplacement:
     """Shared state of one :func:`mean_replacement_hooks` call."""
 
-    def __init__(self, tracker: PositionTracker, *, k: int, threshold, decode: str, rotary: str,
-                 largest: bool = True):
+    def __init__(self, tracker: PositionTracker, *, k: int, threshold, decode: str, rotary: str, largest: bool = True):
         self.tracker, self.k, self.threshold, self.decode, self.rotary = tracker, k, threshold, decode, rotary
         self.largest = largest
         self.prefill: dict[str, tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -91,11 +90,16 @@ class _MeanReplacement:
             else:
                 decode_step = self.tracker.offset > 0
             if not decode_step:
-                new, selected, means = mean_replace(x, current_real_mask(x), k=self.k, threshold=self.threshold,
-                                                    largest=self.largest)
+                new, selected, means = mean_replace(
+                    x, current_real_mask(x), k=self.k, threshold=self.threshold, largest=self.largest
+                )
                 if full_sequence_k:
                     self.prefill[hook.name if hook is not None else str(layer)] = (
-                        x.shape[1], selected, means, current_real_mask(x))
+                        x.shape[1],
+                        selected,
+                        means,
+                        current_real_mask(x),
+                    )
                 return new
             if not full_sequence_k:
                 return None  # decode="skip": new tokens untouched; pre-RoPE cached keys stay perturbed
@@ -138,8 +142,13 @@ def mean_replacement_hooks(
     if not isinstance(k, int) or not 1 <= k <= d_head:
         raise ValueError(f"k must be an integer in 1..d_head={d_head}, got {k!r}")
     o = MeanReplacementOptions(  # the other checks (the str choices become its Literal fields)
-        tensors=tensors, k=k, rotary=rotary, layers=layers, decode=decode,  # type: ignore[arg-type]
-        threshold=threshold, largest=largest,
+        tensors=tensors,
+        k=k,
+        rotary=rotary,
+        layers=layers,
+        decode=decode,  # type: ignore[arg-type]
+        threshold=threshold,
+        largest=largest,
     )
     tensors, k, rotary, decode, threshold, largest = o.tensors, o.k, o.rotary, o.decode, o.threshold, o.largest
     layers = check_layers(model, o.layers)

@@ -60,9 +60,12 @@ class ChannelSelection:
 
     def to_dict(self) -> dict:
         return {
-            "label": self.label, "rotary": self.rotary, "seed": self.seed,
+            "label": self.label,
+            "rotary": self.rotary,
+            "seed": self.seed,
             "counts_per_layer": self.counts(),
-            "totals": {t: self.total(t) for t in self.tensors}, "total": self.total(),
+            "totals": {t: self.total(t) for t in self.tensors},
+            "total": self.total(),
             "channels": {t: [list(c) for c in self.channels(t)] for t in self.tensors},
             "shapes": {t: list(m.shape) for t, m in self.masks.items()},
             **self.meta,
@@ -78,8 +81,13 @@ class ChannelSelection:
                 m[layer, head, dim] = True
             masks[t] = m
         known = {"label", "rotary", "seed", "counts_per_layer", "totals", "total", "channels", "shapes"}
-        return cls(masks, rotary=d.get("rotary", "pre"), label=d.get("label", "massive"),
-                   seed=d.get("seed"), meta={k: v for k, v in d.items() if k not in known})
+        return cls(
+            masks,
+            rotary=d.get("rotary", "pre"),
+            label=d.get("label", "massive"),
+            seed=d.get("seed"),
+            meta={k: v for k, v in d.items() if k not in known},
+        )
 
     def to_dataframe(self):
         import pandas as pd
@@ -88,9 +96,7 @@ class ChannelSelection:
         return pd.DataFrame(rows, columns=["tensor", "layer", "head", "dim"])
 
 
-def random_control(
-    selection: ChannelSelection, *, seed: int, exclude_selected: bool = True
-) -> ChannelSelection:
+def random_control(selection: ChannelSelection, *, seed: int, exclude_selected: bool = True) -> ChannelSelection:
     """Random channels with the same count per layer and tensor as ``selection``.
 
     Layers ascending, tensors in ``selection`` order, one ``torch.randperm`` per (layer, tensor) from

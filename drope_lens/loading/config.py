@@ -61,9 +61,7 @@ class DropeLensConfig(HookedTransformerConfig):
 
     def __post_init__(self) -> None:
         if self.position_encoding not in ("rope", "nope"):
-            raise ValueError(
-                f"position_encoding must be 'rope' or 'nope', got {self.position_encoding!r}"
-            )
+            raise ValueError(f"position_encoding must be 'rope' or 'nope', got {self.position_encoding!r}")
         if self.position_encoding == "nope":
             self.positional_embedding_type = "rotary"
             self.rotary_dim = 0
@@ -81,8 +79,11 @@ class DropeLensConfig(HookedTransformerConfig):
 
         ``attention=True`` appends the attention path (fast sdpa or explicit).
         """
-        what = (f"{self.model_name} (RoPE, theta={self.rotary_base:g})" if not self.is_nope
-                else f"{self.model_name} ({self.nope_origin or 'NoPE'})")
+        what = (
+            f"{self.model_name} (RoPE, theta={self.rotary_base:g})"
+            if not self.is_nope
+            else f"{self.model_name} ({self.nope_origin or 'NoPE'})"
+        )
         if attention:
             what += f"; attention: {'fast (sdpa when no pattern hook)' if self.fast_attention else 'explicit'}"
         return what
@@ -184,9 +185,7 @@ def config_from_hf(
     if (scaling.get("rope_type") or scaling.get("type") or "").lower() == "llama3":
         fields.update(
             use_NTK_by_parts_rope=True,
-            NTK_original_ctx_len=scaling.get(
-                "original_max_position_embeddings", fields["n_ctx"]
-            ),
+            NTK_original_ctx_len=scaling.get("original_max_position_embeddings", fields["n_ctx"]),
             NTK_by_parts_low_freq_factor=scaling.get("low_freq_factor", 1.0),
             NTK_by_parts_high_freq_factor=scaling.get("high_freq_factor", 4.0),
             NTK_by_parts_factor=scaling.get("factor", 1.0),

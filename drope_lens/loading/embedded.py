@@ -61,7 +61,8 @@ def check_cache_writable(target: Optional[Union[str, Path]] = None) -> None:
     why = unwritable_reason(target)
     if why:
         raise DropeLensInputError(
-            f"model cache {target} ($DROPE_LENS_CACHE): {why}; set DROPE_LENS_CACHE to a writable folder")
+            f"model cache {target} ($DROPE_LENS_CACHE): {why}; set DROPE_LENS_CACHE to a writable folder"
+        )
 
 
 def embedded_checkpoint(cache_dir: Optional[Union[str, Path]] = None) -> Path:
@@ -73,9 +74,7 @@ def embedded_checkpoint(cache_dir: Optional[Union[str, Path]] = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_gguf_path()
-    hf = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    )
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The GGUF quantizer metadata makes the model "not serializable"; the weights are already fp32.
     hf.hf_quantizer = None  # type: ignore[assignment]  # an nn.Module attribute to mypy

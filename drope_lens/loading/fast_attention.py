@@ -41,8 +41,12 @@ _FAST = "_drope_lens_fast_attention"
 def _hooked(hp: HookPoint) -> bool:
     """Whether anything observes this hook point (TransformerLens handles or raw torch hooks)."""
     return bool(
-        hp.fwd_hooks or hp.bwd_hooks or hp._forward_hooks or hp._forward_pre_hooks
-        or hp._backward_hooks or getattr(hp, "_backward_pre_hooks", None)
+        hp.fwd_hooks
+        or hp.bwd_hooks
+        or hp._forward_hooks
+        or hp._forward_pre_hooks
+        or hp._backward_hooks
+        or getattr(hp, "_backward_pre_hooks", None)
     )
 
 
@@ -56,8 +60,12 @@ def fast_path_applies(attn: AbstractAttention) -> bool:
     if getattr(attn, "_attention_dir_override", None) or cfg.attention_dir != "causal":
         return False
     if (
-        cfg.positional_embedding_type != "rotary" or cfg.load_in_4bit or cfg.use_attn_result
-        or cfg.use_attention_sinks or cfg.use_logn_attn or cfg.clip_qkv is not None
+        cfg.positional_embedding_type != "rotary"
+        or cfg.load_in_4bit
+        or cfg.use_attn_result
+        or cfg.use_attention_sinks
+        or cfg.use_logn_attn
+        or cfg.clip_qkv is not None
         or softcap_enabled(cfg.attn_scores_soft_cap)
         or getattr(attn, "attn_type", "global") != "global"
         or cfg.original_architecture in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
@@ -79,8 +87,9 @@ def _raise_non_finite(attn, q: torch.Tensor, k: torch.Tensor, z: torch.Tensor) -
     )
 
 
-def _sdpa_z(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int,
-            attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+def _sdpa_z(
+    attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int, attention_mask: Optional[torch.Tensor]
+) -> torch.Tensor:
     """``z [batch, q_pos, head, d_head]`` = softmax(q·k / attn_scale + causal/pad mask) · v."""
     cfg = attn.cfg
     out_dtype = v.dtype
@@ -112,8 +121,7 @@ def _sdpa_z(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int
     if cfg.check_finite:
         total = q.sum() + k.sum() + z.sum()
         if not bool(torch.isfinite(total)):
-            if not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(k).all())
-                    and bool(torch.isfinite(z).all())):
+            if not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(k).all()) and bool(torch.isfinite(z).all())):
                 _raise_non_finite(attn, q, k, z)
     return z.to(out_dtype)
 
@@ -129,8 +137,16 @@ def _forward(
     position_bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     if additive_attention_mask is not None or position_bias is not None or not fast_path_applies(self):
-        return type(self).forward(self, query_input, key_input, value_input, past_kv_cache_entry,
-                                  additive_attention_mask, attention_mask, position_bias)
+        return type(self).forward(
+            self,
+            query_input,
+            key_input,
+            value_input,
+            past_kv_cache_entry,
+            additive_attention_mask,
+            attention_mask,
+            position_bias,
+        )
     q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)
     if past_kv_cache_entry is not None:
         offset = past_kv_cache_entry.past_keys.size(1)

@@ -46,9 +46,13 @@ def _dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     table = {
-        "float32": torch.float32, "fp32": torch.float32,
-        "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-        "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "half": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
     }
     if dtype not in table:
         raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(table)}")
@@ -73,7 +77,9 @@ def read_config_dict(source: Union[str, os.PathLike]) -> dict:
         try:
             return json.loads(cfg_file.read_text())
         except (ValueError, UnicodeDecodeError) as exc:
-            raise CorruptFileError(f"{cfg_file} is not valid JSON ({exc}); re-save or re-download the checkpoint") from exc
+            raise CorruptFileError(
+                f"{cfg_file} is not valid JSON ({exc}); re-save or re-download the checkpoint"
+            ) from exc
     if path.exists() or _looks_local(str(source)):
         raise MissingFileError(
             f"No model folder at {path}. Give an existing folder saved with `save_pretrained`, "
@@ -108,7 +114,8 @@ def check_model_folder(path: Path, raw: dict, *, flag: str = "model folder", tok
     if tokenizer and not any((path / f).exists() for f in TOKENIZER_FILES):
         raise MissingFileError(
             f"{name}: no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); save the tokenizer "
-            "into the folder (tokenizer.save_pretrained) or copy it from the original checkpoint")
+            "into the folder (tokenizer.save_pretrained) or copy it from the original checkpoint"
+        )
     for file in sorted(path.glob("*.safetensors")):
         try:
             with safe_open(str(file), framework="pt") as f:
@@ -116,7 +123,8 @@ def check_model_folder(path: Path, raw: dict, *, flag: str = "model folder", tok
         except Exception as exc:  # safetensors raises its own error types for every kind of damage
             raise CorruptFileError(
                 f"{name}: {file.name} is not a readable safetensors file ({type(exc).__name__}: {exc}); "
-                "the file is truncated or corrupt, re-download or re-save the checkpoint") from exc
+                "the file is truncated or corrupt, re-download or re-save the checkpoint"
+            ) from exc
 
 
 def _drope_facts(raw: dict) -> tuple[Optional[str], Optional[float]]:
@@ -226,7 +234,7 @@ def hooked_from_hf(
         model.load_and_process_state_dict(state_dict)
     else:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        missing = [k for k in missing if not k.split(".")[-1] in _BUFFERS]
+        missing = [k for k in missing if k.split(".")[-1] not in _BUFFERS]
         if missing or unexpected:
             raise RuntimeError(f"Weight conversion mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if getattr(cfg, "n_devices", 1) > 1:
@@ -270,10 +278,16 @@ def load_hooked(
         raise ValueError(f"n_devices must be >= 1, got {n_devices}.")
     if not isinstance(source, (str, os.PathLike)):
         return hooked_from_hf(
-            source, tokenizer, model_name=model_name, dtype=dtype, device=device,
+            source,
+            tokenizer,
+            model_name=model_name,
+            dtype=dtype,
+            device=device,
             position_encoding="nope" if nope else "rope",
             nope_origin=None if not nope else "zero-shot NoPE (RoPE removed, not recalibrated)",
-            process_weights=process_weights, n_ctx=n_ctx, n_devices=n_devices,
+            process_weights=process_weights,
+            n_ctx=n_ctx,
+            n_devices=n_devices,
         )
 
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
@@ -294,23 +308,33 @@ def load_hooked(
         try:  # never run a checkpoint's remote code (DroPE configs carry an auto_map)
             tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
         except (OSError, ValueError, TypeError) as exc:
-            raise CorruptFileError(f"could not load the tokenizer of {source} ({type(exc).__name__}: {exc}); "
-                                   "check the tokenizer files or pass tokenizer=") from exc
+            raise CorruptFileError(
+                f"could not load the tokenizer of {source} ({type(exc).__name__}: {exc}); "
+                "check the tokenizer files or pass tokenizer="
+            ) from exc
     use_nope = is_drope or bool(nope)
-    origin = (_recalibrated_origin(source) or DROPE_CHECKPOINT) if is_drope else (
-        "zero-shot NoPE (RoPE removed, not recalibrated)" if use_nope else None
+    origin = (
+        (_recalibrated_origin(source) or DROPE_CHECKPOINT)
+        if is_drope
+        else ("zero-shot NoPE (RoPE removed, not recalibrated)" if use_nope else None)
     )
     folder = checkpoint_folder(source) if lean and not process_weights else None
     if folder is not None:
         check_supported(hf_config)
         cfg = config_from_hf(
-            hf_config, model_name=model_name or str(source), dtype=dtype, device=device,
-            position_encoding="nope" if use_nope else "rope", n_ctx=n_ctx, nope_origin=origin,
-            source=str(source), drope_attention_type=attention_type, softmax_scale=softmax_scale,
+            hf_config,
+            model_name=model_name or str(source),
+            dtype=dtype,
+            device=device,
+            position_encoding="nope" if use_nope else "rope",
+            n_ctx=n_ctx,
+            nope_origin=origin,
+            source=str(source),
+            drope_attention_type=attention_type,
+            softmax_scale=softmax_scale,
             n_devices=n_devices,
         )
-        model = lean_hooked(folder, cfg, tokenizer,
-                            tied=bool(getattr(hf_config, "tie_word_embeddings", False)))
+        model = lean_hooked(folder, cfg, tokenizer, tied=bool(getattr(hf_config, "tie_word_embeddings", False)))
         linear_layout(model)
         install_attention_numerics(model)
         if attention_type not in (None, "nope"):
@@ -319,11 +343,15 @@ def load_hooked(
         return model
     hf_model = LlamaForCausalLM.from_pretrained(str(source), config=hf_config, dtype=dtype)
     model = hooked_from_hf(
-        hf_model, tokenizer,
+        hf_model,
+        tokenizer,
         model_name=model_name or str(source),
         position_encoding="nope" if use_nope else "rope",
         nope_origin=origin,
-        dtype=dtype, device=device, process_weights=process_weights, n_ctx=n_ctx,
+        dtype=dtype,
+        device=device,
+        process_weights=process_weights,
+        n_ctx=n_ctx,
         source=str(source),
         drope_attention_type=attention_type,
         softmax_scale=softmax_scale,
@@ -337,7 +365,7 @@ def load_hooked(
 
 
 def _recalibrated_origin(source) -> Optional[str]:
-    """"RoPE removed, recalibrated on N tokens (recipe)" for a drope_lens recalibration checkpoint."""
+    """ "RoPE removed, recalibrated on N tokens (recipe)" for a drope_lens recalibration checkpoint."""
     from drope_lens.recalibrate.checkpoint import read_meta
 
     path = Path(os.path.expanduser(str(source)))

@@ -20,8 +20,11 @@ from torch import nn
 from transformer_lens import HookedTransformer
 
 
-def _relayout(param: nn.Parameter, to_linear: Callable[[torch.Tensor], torch.Tensor],
-              from_linear: Callable[[torch.Tensor], torch.Tensor]) -> None:
+def _relayout(
+    param: nn.Parameter,
+    to_linear: Callable[[torch.Tensor], torch.Tensor],
+    from_linear: Callable[[torch.Tensor], torch.Tensor],
+) -> None:
     with torch.no_grad():
         base = to_linear(param.data).contiguous()
         view = from_linear(base)
@@ -38,15 +41,13 @@ def _laid_out(w: torch.Tensor, to_linear: Callable, from_linear: Callable) -> bo
 def _heads_in(w: torch.Tensor) -> tuple[Callable, Callable]:
     """``[head, d_model, d_head]`` used as ``[(head d_head), d_model]``."""
     h, m, d = w.shape
-    return (lambda t: t.permute(0, 2, 1).reshape(h * d, m),
-            lambda b: b.view(h, d, m).permute(0, 2, 1))
+    return (lambda t: t.permute(0, 2, 1).reshape(h * d, m), lambda b: b.view(h, d, m).permute(0, 2, 1))
 
 
 def _heads_out(w: torch.Tensor) -> tuple[Callable, Callable]:
     """``[head, d_head, d_model]`` used as ``[d_model, (head d_head)]``."""
     h, d, m = w.shape
-    return (lambda t: t.permute(2, 0, 1).reshape(m, h * d),
-            lambda b: b.view(m, h, d).permute(1, 2, 0))
+    return (lambda t: t.permute(2, 0, 1).reshape(m, h * d), lambda b: b.view(m, h, d).permute(1, 2, 0))
 
 
 def _transposed(_: torch.Tensor) -> tuple[Callable, Callable]:
@@ -55,8 +56,15 @@ def _transposed(_: torch.Tensor) -> tuple[Callable, Callable]:
 
 
 _RULES = {  # parameter name (last component) -> layout rule
-    "W_Q": _heads_in, "W_K": _heads_in, "W_V": _heads_in, "_W_K": _heads_in, "_W_V": _heads_in,
-    "W_O": _heads_out, "W_in": _transposed, "W_gate": _transposed, "W_out": _transposed,
+    "W_Q": _heads_in,
+    "W_K": _heads_in,
+    "W_V": _heads_in,
+    "_W_K": _heads_in,
+    "_W_V": _heads_in,
+    "W_O": _heads_out,
+    "W_in": _transposed,
+    "W_gate": _transposed,
+    "W_out": _transposed,
     "W_U": _transposed,
 }
 

@@ -68,7 +68,7 @@ def _rules(cfg: DropeLensConfig, tied: bool) -> dict[str, tuple[str, Callable[[t
     n_kv = cfg.n_key_value_heads or n
     kv = "_" if cfg.n_key_value_heads is not None else ""
     same = lambda t: t  # noqa: E731
-    heads_in = lambda h: (lambda t: t.view(h, d, m).permute(0, 2, 1))  # noqa: E731
+    heads_in = lambda h: lambda t: t.view(h, d, m).permute(0, 2, 1)  # noqa: E731
     heads_out = lambda t: t.view(m, n, d).permute(1, 2, 0)  # noqa: E731
     transposed = lambda t: t.T  # noqa: E731
     rules = {
@@ -78,17 +78,19 @@ def _rules(cfg: DropeLensConfig, tied: bool) -> dict[str, tuple[str, Callable[[t
     }
     for layer in range(cfg.n_layers):
         hf, tl = f"model.layers.{layer}.", f"blocks.{layer}."
-        rules.update({
-            tl + "ln1.w": (hf + "input_layernorm.weight", same),
-            tl + "ln2.w": (hf + "post_attention_layernorm.weight", same),
-            tl + "attn.W_Q": (hf + "self_attn.q_proj.weight", heads_in(n)),
-            tl + f"attn.{kv}W_K": (hf + "self_attn.k_proj.weight", heads_in(n_kv)),
-            tl + f"attn.{kv}W_V": (hf + "self_attn.v_proj.weight", heads_in(n_kv)),
-            tl + "attn.W_O": (hf + "self_attn.o_proj.weight", heads_out),
-            tl + "mlp.W_in": (hf + "mlp.up_proj.weight", transposed),
-            tl + "mlp.W_gate": (hf + "mlp.gate_proj.weight", transposed),
-            tl + "mlp.W_out": (hf + "mlp.down_proj.weight", transposed),
-        })
+        rules.update(
+            {
+                tl + "ln1.w": (hf + "input_layernorm.weight", same),
+                tl + "ln2.w": (hf + "post_attention_layernorm.weight", same),
+                tl + "attn.W_Q": (hf + "self_attn.q_proj.weight", heads_in(n)),
+                tl + f"attn.{kv}W_K": (hf + "self_attn.k_proj.weight", heads_in(n_kv)),
+                tl + f"attn.{kv}W_V": (hf + "self_attn.v_proj.weight", heads_in(n_kv)),
+                tl + "attn.W_O": (hf + "self_attn.o_proj.weight", heads_out),
+                tl + "mlp.W_in": (hf + "mlp.up_proj.weight", transposed),
+                tl + "mlp.W_gate": (hf + "mlp.gate_proj.weight", transposed),
+                tl + "mlp.W_out": (hf + "mlp.down_proj.weight", transposed),
+            }
+        )
     return rules
 
 

@@ -23,8 +23,7 @@ def as_drope_lens_config(cfg) -> DropeLensConfig:
     return DropeLensConfig(**fields)
 
 
-def to_nope(model: HookedTransformer, *, origin: str = ZERO_SHOT_NOPE,
-            inplace: bool = False) -> HookedTransformer:
+def to_nope(model: HookedTransformer, *, origin: str = ZERO_SHOT_NOPE, inplace: bool = False) -> HookedTransformer:
     """The model with the identity rotation in every layer (zero-shot NoPE, no recalibration).
 
     ``inplace=False`` (default): a new HookedTransformer with copied weights; the source model is
@@ -49,8 +48,11 @@ def to_nope(model: HookedTransformer, *, origin: str = ZERO_SHOT_NOPE,
         raise RuntimeError(f"NoPE twin could not take these weights: {bad[:5]}")
     for name, param in list(twin.named_parameters()):  # one clone each, strides (layout) kept
         module_name, _, leaf = name.rpartition(".")
-        setattr(twin.get_submodule(module_name) if module_name else twin, leaf,
-                nn.Parameter(source[name].detach().clone(), requires_grad=param.requires_grad))
+        setattr(
+            twin.get_submodule(module_name) if module_name else twin,
+            leaf,
+            nn.Parameter(source[name].detach().clone(), requires_grad=param.requires_grad),
+        )
     for name, buf in model.named_buffers():  # masks etc. on the source's devices
         if "rotary_" not in name:
             module_name, _, leaf = name.rpartition(".")

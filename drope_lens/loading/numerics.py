@@ -36,9 +36,7 @@ class FullWidthRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width))
         self.eps = eps
 
-    def forward(
-        self, x: Float[torch.Tensor, "batch pos head d_head"]
-    ) -> Float[torch.Tensor, "batch pos head d_head"]:
+    def forward(self, x: Float[torch.Tensor, "batch pos head d_head"]) -> Float[torch.Tensor, "batch pos head d_head"]:
         flat = x.reshape(*x.shape[:2], -1).float()
         normed = flat * torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + self.eps)
         out = normed * self.weight.float()

@@ -26,7 +26,9 @@ def check_same_tokenizer(tok_a: Any, tok_b: Any, probe: str = PROBE_TEXT) -> Non
     ids_a = list(tok_a(probe, add_special_tokens=False)["input_ids"])
     ids_b = list(tok_b(probe, add_special_tokens=False)["input_ids"])
     if ids_a != ids_b or getattr(tok_a, "bos_token_id", None) != getattr(tok_b, "bos_token_id", None):
-        first = next((i for i, (a, b) in enumerate(zip(ids_a, ids_b, strict=False)) if a != b), min(len(ids_a), len(ids_b)))
+        first = next(
+            (i for i, (a, b) in enumerate(zip(ids_a, ids_b, strict=False)) if a != b), min(len(ids_a), len(ids_b))
+        )
         raise TokenizerMismatchError(
             "The two models tokenize differently (first difference at token "
             f"{first}; BOS {getattr(tok_a, 'bos_token_id', None)} vs "
@@ -144,7 +146,8 @@ def load_pair(
 
         raise DropeLensInputError(
             "--drope recalibrated is the cached recalibration of the embedded model; leave --rope "
-            "out, or pass your own recalibrated checkpoint folder as --drope")
+            "out, or pass your own recalibrated checkpoint folder as --drope"
+        )
     if drope == RECALIBRATED:
         from drope_lens.recalibrate.checkpoint import cached_recalibrated
 
@@ -160,11 +163,11 @@ def load_pair(
     from drope_lens.loading.nope import to_nope
 
     if rope is None:
-        rope_model = load_embedded(dtype=dtype, device=device, process_weights=process_weights,
-                                   n_devices=n_devices)
+        rope_model = load_embedded(dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices)
     else:
-        rope_model = load_hooked(rope, dtype=dtype, device=device, process_weights=process_weights,
-                                 n_devices=n_devices, lean=lean)
+        rope_model = load_hooked(
+            rope, dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices, lean=lean
+        )
     if getattr(rope_model.cfg, "is_nope", False):
         raise ValueError(f"{rope} has no RoPE; pass it as --drope and a RoPE model as --rope.")
     if drope is None:
@@ -173,16 +176,22 @@ def load_pair(
         from drope_lens.loading.embedded import EMBEDDED_NAME
         from drope_lens.recalibrate.checkpoint import cached_recalibrated
 
-        drope_model = load_hooked(cached_recalibrated(), dtype=dtype, device=device,
-                                  process_weights=process_weights, n_devices=n_devices, lean=lean,
-                                  model_name=EMBEDDED_NAME)
+        drope_model = load_hooked(
+            cached_recalibrated(),
+            dtype=dtype,
+            device=device,
+            process_weights=process_weights,
+            n_devices=n_devices,
+            lean=lean,
+            model_name=EMBEDDED_NAME,
+        )
     else:
-        drope_model = load_hooked(drope, dtype=dtype, device=device, process_weights=process_weights,
-                                  n_devices=n_devices, lean=lean)
+        drope_model = load_hooked(
+            drope, dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices, lean=lean
+        )
         if not getattr(drope_model.cfg, "is_nope", False):
             raise ValueError(
                 f"{drope} still uses RoPE. Pass a DroPE checkpoint (model_type llama_drope), "
                 "or leave --drope out to compare with the zero-shot NoPE twin."
             )
-    return ModelPair(rope_model, drope_model, device=str(target),
-                     offload=None if offload is None else str(offload))
+    return ModelPair(rope_model, drope_model, device=str(target), offload=None if offload is None else str(offload))

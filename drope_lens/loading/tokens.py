@@ -59,9 +59,7 @@ class TokenBatch:
 def bos_id(tokenizer) -> int:
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
-        raise DropeLensInputError(
-            "The tokenizer has no BOS token. Pass prepend_bos=False, or set tokenizer.bos_token."
-        )
+        raise DropeLensInputError("The tokenizer has no BOS token. Pass prepend_bos=False, or set tokenizer.bos_token.")
     return int(bos)
 
 
@@ -128,7 +126,8 @@ def _refuse_padded(model, tokens: torch.Tensor) -> None:
         raise DropeLensInputError(
             f"The token tensor looks right-padded (a row ends in the pad id {pad}), but a tensor "
             "carries no lengths, so padding would count as real tokens. Pass a TokenBatch "
-            "(tokens + lengths, e.g. from encode) or the texts themselves.")
+            "(tokens + lengths, e.g. from encode) or the texts themselves."
+        )
 
 
 def as_batch(model, inputs, **kwargs) -> TokenBatch:
@@ -150,9 +149,7 @@ def as_batch(model, inputs, **kwargs) -> TokenBatch:
         _refuse_padded(model, tokens)
         n_ctx = getattr(model.cfg, "n_ctx", None)
         if n_ctx is not None and tokens.shape[1] > n_ctx:
-            raise InputTooLongError(
-                f"Token tensor has {tokens.shape[1]} positions, more than n_ctx={n_ctx}."
-            )
+            raise InputTooLongError(f"Token tensor has {tokens.shape[1]} positions, more than n_ctx={n_ctx}.")
         return TokenBatch(tokens.long(), torch.full((tokens.shape[0],), tokens.shape[1]))
     if model.tokenizer is None:
         raise DropeLensInputError("This model has no tokenizer; pass token ids instead of texts.")

@@ -33,7 +33,8 @@ def bias_or_none(bias: torch.Tensor) -> Optional[torch.Tensor]:
 
 
 def _heads_linear(
-    x: Float[torch.Tensor, "batch pos d_model"], w: Float[torch.Tensor, "head d_model d_head"],
+    x: Float[torch.Tensor, "batch pos d_model"],
+    w: Float[torch.Tensor, "head d_model d_head"],
     b: Float[torch.Tensor, "head d_head"],
 ) -> Float[torch.Tensor, "batch pos head d_head"]:
     """TransformerLens's ``simple_attn_linear`` (same layout and product), minus a zero bias."""
@@ -51,8 +52,9 @@ def project_qkv(attn, query_input: torch.Tensor, key_input: torch.Tensor, value_
     if cfg.use_split_qkv_input or cfg.use_attn_in or cfg.load_in_4bit or cfg.use_qk_norm:
         return type(attn).calculate_qkv_matrices(attn, query_input, key_input, value_input)
     grouped = isinstance(attn, GroupedQueryAttention) and not cfg.ungroup_grouped_query_attention
-    w_k, b_k, w_v, b_v = ((attn._W_K, attn._b_K, attn._W_V, attn._b_V) if grouped
-                          else (attn.W_K, attn.b_K, attn.W_V, attn.b_V))
+    w_k, b_k, w_v, b_v = (
+        (attn._W_K, attn._b_K, attn._W_V, attn._b_V) if grouped else (attn.W_K, attn.b_K, attn.W_V, attn.b_V)
+    )
     q = attn.hook_q(_heads_linear(query_input, attn.W_Q, attn.b_Q))
     k = attn.hook_k(_heads_linear(key_input, w_k, b_k))
     v = attn.hook_v(_heads_linear(value_input, w_v, b_v))

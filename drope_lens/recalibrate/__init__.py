@@ -5,8 +5,10 @@ Names are imported on first use, so ``drope_lens.recalibrate.recipe`` (the CLI's
 from drope_lens._lazy import lazy_exports
 
 _EXPORTS = {
-    **{n: "drope_lens.recalibrate.blocks" for n in ("BlockSplit", "check_disjoint", "make_split", "pack_blocks",
-                                                    "split_blocks")},
+    **{
+        n: "drope_lens.recalibrate.blocks"
+        for n in ("BlockSplit", "check_disjoint", "make_split", "pack_blocks", "split_blocks")
+    },
     **{n: "drope_lens.recalibrate.checkpoint" for n in ("list_checkpoints", "read_meta", "recalibration_label")},
     **{n: "drope_lens.recalibrate.corpus" for n in ("Document", "builtin_documents", "load_documents")},
     "Recipe": "drope_lens.recalibrate.recipe",
@@ -14,6 +16,20 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
-__all__ = ["BlockSplit", "Document", "Recipe", "RecalibrationResult", "builtin_documents", "check_disjoint",
-           "default_run_dir", "list_checkpoints", "load_documents", "make_split", "pack_blocks",
-           "read_meta", "recalibrate", "recalibration_label", "split_blocks"]
+__all__ = [
+    "BlockSplit",
+    "Document",
+    "Recipe",
+    "RecalibrationResult",
+    "builtin_documents",
+    "check_disjoint",
+    "default_run_dir",
+    "list_checkpoints",
+    "load_documents",
+    "make_split",
+    "pack_blocks",
+    "read_meta",
+    "recalibrate",
+    "recalibration_label",
+    "split_blocks",
+]

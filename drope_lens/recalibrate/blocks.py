@@ -42,9 +42,15 @@ class BlockSplit:
         return h.hexdigest()[:16]
 
     def to_dict(self) -> dict:
-        return {"seq_len": self.seq_len, "seed": self.seed, "n_train": len(self.train_ids),
-                "n_heldout": len(self.heldout_ids), "n_stream_tokens": self.n_stream_tokens,
-                "heldout_ids": self.heldout_ids, "fingerprint": self.fingerprint()}
+        return {
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "n_train": len(self.train_ids),
+            "n_heldout": len(self.heldout_ids),
+            "n_stream_tokens": self.n_stream_tokens,
+            "heldout_ids": self.heldout_ids,
+            "fingerprint": self.fingerprint(),
+        }
 
 
 def token_stream(tokenizer, docs: Sequence[Document]) -> list[int]:
@@ -75,15 +81,17 @@ def pack_blocks(stream: Sequence[int], seq_len: int, *, bos_id: int | None) -> I
     return blocks
 
 
-def split_blocks(blocks: Int[torch.Tensor, "n seq"], *, n_heldout: int, seed: int,
-                 n_stream_tokens: int = 0) -> BlockSplit:
+def split_blocks(
+    blocks: Int[torch.Tensor, "n seq"], *, n_heldout: int, seed: int, n_stream_tokens: int = 0
+) -> BlockSplit:
     """Seeded held-out split: a ``torch.Generator(seed)`` permutation; its first ``n_heldout`` are held
     out. A training block whose tokens equal a held-out block's (repeated text) is dropped from
     training, so no held-out row is ever trained on."""
     n = len(blocks)
     if not 0 < n_heldout < n:
         raise DropeLensInputError(
-            f"held-out blocks must be between 1 and {n - 1} (the data packs into {n} blocks), got {n_heldout}")
+            f"held-out blocks must be between 1 and {n - 1} (the data packs into {n} blocks), got {n_heldout}"
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     held, train = sorted(perm[:n_heldout]), sorted(perm[n_heldout:])
     held_rows = {blocks[i].numpy().tobytes() for i in held}
@@ -93,14 +101,16 @@ def split_blocks(blocks: Int[torch.Tensor, "n seq"], *, n_heldout: int, seed: in
     return BlockSplit(blocks[train], blocks[held], train, held, blocks.shape[1], seed, n_stream_tokens)
 
 
-def make_split(tokenizer, docs: Sequence[Document], *, seq_len: int, n_heldout: int, seed: int,
-               bos: bool = True) -> BlockSplit:
+def make_split(
+    tokenizer, docs: Sequence[Document], *, seq_len: int, n_heldout: int, seed: int, bos: bool = True
+) -> BlockSplit:
     stream = token_stream(tokenizer, docs)
     bos_id = tokenizer.bos_token_id if bos else None
     if bos and bos_id is None:
         raise DropeLensInputError("The tokenizer has no BOS token; use bos=False.")
-    return split_blocks(pack_blocks(stream, seq_len, bos_id=bos_id), n_heldout=n_heldout, seed=seed,
-                        n_stream_tokens=len(stream))
+    return split_blocks(
+        pack_blocks(stream, seq_len, bos_id=bos_id), n_heldout=n_heldout, seed=seed, n_stream_tokens=len(stream)
+    )
 
 
 def check_disjoint(split: BlockSplit) -> None:

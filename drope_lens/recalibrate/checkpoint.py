@@ -34,8 +34,15 @@ def recalibration_label(tokens: int) -> str:
     return f"RoPE removed, recalibrated on {tokens:,} tokens"
 
 
-def save_checkpoint(hf_model, tokenizer, folder: Union[str, os.PathLike], *, variant: str,
-                    meta: dict, trainer_state: Optional[dict] = None) -> Path:
+def save_checkpoint(
+    hf_model,
+    tokenizer,
+    folder: Union[str, os.PathLike],
+    *,
+    variant: str,
+    meta: dict,
+    trainer_state: Optional[dict] = None,
+) -> Path:
     folder = Path(folder)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -86,7 +93,7 @@ def list_checkpoints(run_dir: Union[str, os.PathLike]) -> list[Path]:
     """The run's checkpoint folders, by step."""
     run_dir = Path(run_dir)
     found = [p for p in run_dir.glob(f"{PREFIX}*") if p.is_dir() and (p / META_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def latest_resumable(run_dir: Union[str, os.PathLike]) -> Optional[Path]:
@@ -101,8 +108,6 @@ def save_tensor_file(path: Union[str, os.PathLike], tensors: dict) -> None:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
 
 
-
-
 def cached_recalibrated(variant: Optional[str] = None) -> Path:
     """The latest checkpoint of the cached embedded default run (``drope-lens recalibrate``), else of
     the cached run of the embedded model that has seen the most tokens; ``variant=None`` prefers
@@ -115,15 +120,20 @@ def cached_recalibrated(variant: Optional[str] = None) -> Path:
         ckpts = [p for p in list_checkpoints(run_dir) if checkpoint_meta(p)["step"] > 0]
         return ckpts[-1] if ckpts else None
 
-    for v in ((variant,) if variant else ("nope", "qk_norm_nope")):
+    for v in (variant,) if variant else ("nope", "qk_norm_nope"):
         found = latest(default_run_dir(v))
         if found is not None:
             return found
-        others = [c for d in sorted(default_run_dir(v).parent.glob(f"{CACHE_PREFIX}{v}*"))
-                  for c in [latest(d)] if c is not None]
+        others = [
+            c
+            for d in sorted(default_run_dir(v).parent.glob(f"{CACHE_PREFIX}{v}*"))
+            for c in [latest(d)]
+            if c is not None
+        ]
         if others:
             return max(others, key=lambda c: checkpoint_meta(c)["tokens"])
     raise DropeLensInputError(
         f"no recalibrated twin is cached under {default_run_dir(variant or 'nope').parent}; run "
         "`drope-lens recalibrate` first (about 25 min on 2 idle CPU cores), or leave --drope out "
-        "for the zero-shot NoPE twin")
+        "for the zero-shot NoPE twin"
+    )

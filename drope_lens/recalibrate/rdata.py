@@ -52,7 +52,7 @@ class _Reader:
             n = self.int()
             if n == -1:
                 return None
-            s = self.b[self.i:self.i + n].decode("utf-8", errors="replace")
+            s = self.b[self.i : self.i + n].decode("utf-8", errors="replace")
             self.i += n
             return s
         if kind in (_LIST, _LANG):
@@ -97,6 +97,6 @@ def read_lazyload(rdx: bytes, rdb: bytes) -> dict[str, Any]:
     index = unserialize(gzip.decompress(rdx) if rdx[:2] == b"\x1f\x8b" else zlib.decompress(rdx[4:]))
     out = {}
     for name, (offset, length) in index["variables"].items():
-        raw = rdb[offset:offset + length]
+        raw = rdb[offset : offset + length]
         out[name] = unserialize(zlib.decompress(raw[4:]))
     return out

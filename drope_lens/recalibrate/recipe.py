@@ -68,12 +68,21 @@ class Recipe:
         if self.schedule not in SCHEDULES:
             bad(f"--schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.dtype not in DTYPES:
-            bad(f"--dtype must be one of {DTYPES}, got {self.dtype!r}"
-                + (" (fp16 training would need loss scaling; use bfloat16)" if self.dtype == "float16" else ""))
+            bad(
+                f"--dtype must be one of {DTYPES}, got {self.dtype!r}"
+                + (" (fp16 training would need loss scaling; use bfloat16)" if self.dtype == "float16" else "")
+            )
         if not (math.isfinite(self.lr) and self.lr > 0):
             bad(f"--lr must be a finite number > 0, got {self.lr}")
-        for name, lo in (("seq_len", 2), ("batch_size", 1), ("grad_accum", 1), ("max_steps", 1),
-                         ("save_every", 1), ("heldout_blocks", 1), ("warmup_steps", 0)):
+        for name, lo in (
+            ("seq_len", 2),
+            ("batch_size", 1),
+            ("grad_accum", 1),
+            ("max_steps", 1),
+            ("save_every", 1),
+            ("heldout_blocks", 1),
+            ("warmup_steps", 0),
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 bad(f"--{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}")
@@ -133,8 +142,10 @@ class Recipe:
 
     def describe(self) -> str:
         """Short label, e.g. ``nope, lr 1e-04 cosine, 256x4x1 tokens/step, seed 0``."""
-        s = (f"{self.variant}, lr {self.lr:.0e} {self.schedule} (warm-up {self.warmup_steps}), "
-             f"{self.seq_len}x{self.batch_size}x{self.grad_accum} tokens/step, {self.dtype}, seed {self.seed}")
+        s = (
+            f"{self.variant}, lr {self.lr:.0e} {self.schedule} (warm-up {self.warmup_steps}), "
+            f"{self.seq_len}x{self.batch_size}x{self.grad_accum} tokens/step, {self.dtype}, seed {self.seed}"
+        )
         if self.kl_weight:
             s += f", KL-to-RoPE {self.kl_weight:g} (not DroPE's recipe)"
         return s

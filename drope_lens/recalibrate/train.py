@@ -65,11 +65,19 @@ class RecalibrationResult:
         return self.checkpoints[-1]["path"] if self.checkpoints else None
 
     def to_dict(self) -> dict:
-        return {"run_dir": self.run_dir, "recipe": self.recipe.to_dict(), "source": self.source,
-                "checkpoints": self.checkpoints, "steps_done": self.steps_done,
-                "tokens_seen": self.tokens_seen, "losses": self.losses, "wall_s": round(self.wall_s, 2),
-                "tokens_per_s": self.tokens_per_s, "resumed_from": self.resumed_from,
-                "finished": self.finished}
+        return {
+            "run_dir": self.run_dir,
+            "recipe": self.recipe.to_dict(),
+            "source": self.source,
+            "checkpoints": self.checkpoints,
+            "steps_done": self.steps_done,
+            "tokens_seen": self.tokens_seen,
+            "losses": self.losses,
+            "wall_s": round(self.wall_s, 2),
+            "tokens_per_s": self.tokens_per_s,
+            "resumed_from": self.resumed_from,
+            "finished": self.finished,
+        }
 
 
 class _Order:
@@ -103,8 +111,10 @@ def check_device(device: str) -> torch.device:
     except RuntimeError as exc:
         raise DropeLensInputError(f"--device {device}: {exc}") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DropeLensInputError(f"--device {device}: this torch build sees no CUDA GPU "
-                                  f"(torch {torch.__version__}, CUDA {torch.version.cuda})")
+        raise DropeLensInputError(
+            f"--device {device}: this torch build sees no CUDA GPU "
+            f"(torch {torch.__version__}, CUDA {torch.version.cuda})"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise DropeLensInputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "mps" and not torch.backends.mps.is_available():
@@ -118,11 +128,20 @@ def _kl(student_logits, teacher_logits, temperature: float):
     return (t.exp() * (t - s)).sum(-1).mean() * temperature**2
 
 
-def _run_manifest(source: str, recipe: Recipe, split: BlockSplit, docs_fp: str, n_docs: int,
-                  data: Optional[Sequence[str]]) -> dict:
-    return {"source": source, "recipe": recipe.to_dict(), "training_identity": recipe.training_identity(),
-            "data": {"spec": list(data) if data else "builtin", "documents_fingerprint": docs_fp,
-                     "n_documents": n_docs, "split": split.to_dict()}}
+def _run_manifest(
+    source: str, recipe: Recipe, split: BlockSplit, docs_fp: str, n_docs: int, data: Optional[Sequence[str]]
+) -> dict:
+    return {
+        "source": source,
+        "recipe": recipe.to_dict(),
+        "training_identity": recipe.training_identity(),
+        "data": {
+            "spec": list(data) if data else "builtin",
+            "documents_fingerprint": docs_fp,
+            "n_documents": n_docs,
+            "split": split.to_dict(),
+        },
+    }
 
 
 def _check_same_run(run_dir: Path, manifest: dict) -> None:
@@ -131,14 +150,18 @@ def _check_same_run(run_dir: Path, manifest: dict) -> None:
         return
     old = json.loads(p.read_text())
     diffs = [k for k in ("source",) if old.get(k) != manifest[k]]
-    diffs += [f"recipe.{k}" for k in manifest["training_identity"]
-              if (old.get("training_identity") or {}).get(k) != manifest["training_identity"][k]]
+    diffs += [
+        f"recipe.{k}"
+        for k in manifest["training_identity"]
+        if (old.get("training_identity") or {}).get(k) != manifest["training_identity"][k]
+    ]
     if (old.get("data") or {}).get("split", {}).get("fingerprint") != manifest["data"]["split"]["fingerprint"]:
         diffs.append("data")
     if diffs:
         raise DropeLensInputError(
             f"{run_dir} holds a run with a different {', '.join(diffs)}; resume needs the same "
-            "source, recipe and data. Use another --out, or --force to start over there.")
+            "source, recipe and data. Use another --out, or --force to start over there."
+        )
 
 
 def _rewrite_log(path: Path, upto_step: int) -> None:
@@ -190,8 +213,9 @@ def recalibrate(
     if recipe.grad_checkpointing:
         hf.gradient_checkpointing_enable()
     docs = load_documents(data)
-    split = make_split(tok, docs, seq_len=recipe.seq_len, n_heldout=recipe.heldout_blocks,
-                       seed=recipe.seed, bos=recipe.bos)
+    split = make_split(
+        tok, docs, seq_len=recipe.seq_len, n_heldout=recipe.heldout_blocks, seed=recipe.seed, bos=recipe.bos
+    )
     check_disjoint(split)
     manifest = _run_manifest(source, recipe, split, documents_fingerprint(docs), len(docs), data)
     _check_same_run(run_dir, manifest)
@@ -211,8 +235,7 @@ def recalibrate(
         teacher.requires_grad_(False)
 
     params = [p for p in hf.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
-                            weight_decay=recipe.weight_decay)
+    opt = torch.optim.AdamW(params, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps, weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: recipe.lr_at(s) / recipe.lr)
     total = recipe.total_steps
     result = RecalibrationResult(str(run_dir), recipe, source)
@@ -233,17 +256,36 @@ def recalibrate(
         tokens = step * recipe.tokens_per_step
         from drope_lens import __version__
 
-        return {"step": step, "tokens": tokens, "label": ck.recalibration_label(tokens),
-                "recipe": recipe.to_dict(), "recipe_label": recipe.describe(), "source": source,
-                "variant": recipe.variant, "loss": loss, "run_dir": "..", "heldout": f"../{HELDOUT_FILE}",
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "drope_lens": __version__}
+        return {
+            "step": step,
+            "tokens": tokens,
+            "label": ck.recalibration_label(tokens),
+            "recipe": recipe.to_dict(),
+            "recipe_label": recipe.describe(),
+            "source": source,
+            "variant": recipe.variant,
+            "loss": loss,
+            "run_dir": "..",
+            "heldout": f"../{HELDOUT_FILE}",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "drope_lens": __version__,
+        }
 
     def save(step: int, loss: Optional[float]) -> None:
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "rng": torch.get_rng_state(), "step": step}
-        folder = ck.save_checkpoint(hf, tok, run_dir / ck.checkpoint_name(step), variant=recipe.variant,
-                                    meta=meta(step, loss), trainer_state=state)
+        state = {
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": torch.get_rng_state(),
+            "step": step,
+        }
+        folder = ck.save_checkpoint(
+            hf,
+            tok,
+            run_dir / ck.checkpoint_name(step),
+            variant=recipe.variant,
+            meta=meta(step, loss),
+            trainer_state=state,
+        )
         for older in ck.list_checkpoints(run_dir):
             if older != folder:
                 ck.drop_trainer_state(older)
@@ -253,8 +295,7 @@ def recalibrate(
     order = _Order(len(split.train), recipe.seed)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, initial=start, desc="recalibrate", unit="step", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=total, initial=start, desc="recalibrate", unit="step", disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()
     step, loss_val = start, None
     stop = total if stop_after is None else min(total, stop_after)
@@ -284,9 +325,20 @@ def recalibrate(
             loss_val = loss_sum / recipe.grad_accum
             elapsed = time.perf_counter() - t0
             tps = (step - start) * recipe.tokens_per_step / max(elapsed, 1e-9)
-            log.write(json.dumps({"step": step, "tokens": step * recipe.tokens_per_step, "loss": loss_val,
-                                  "lr": lr, "grad_norm": gnorm, "tokens_per_s": round(tps, 2),
-                                  "wall_s": round(elapsed, 2)}) + "\n")
+            log.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "tokens": step * recipe.tokens_per_step,
+                        "loss": loss_val,
+                        "lr": lr,
+                        "grad_norm": gnorm,
+                        "tokens_per_s": round(tps, 2),
+                        "wall_s": round(elapsed, 2),
+                    }
+                )
+                + "\n"
+            )
             log.flush()
             result.losses.append(loss_val)
             bar.update(1)
@@ -301,7 +353,10 @@ def recalibrate(
     if step > start:
         result.tokens_per_s = (step - start) * recipe.tokens_per_step / result.wall_s
     result.finished = step >= total
-    result.checkpoints = [{"step": m["step"], "tokens": m["tokens"], "path": str(p)}
-                          for p in ck.list_checkpoints(run_dir) for m in [ck.checkpoint_meta(p)]]
+    result.checkpoints = [
+        {"step": m["step"], "tokens": m["tokens"], "path": str(p)}
+        for p in ck.list_checkpoints(run_dir)
+        for m in [ck.checkpoint_meta(p)]
+    ]
     result.trained = hf
     return result

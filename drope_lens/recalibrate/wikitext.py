@@ -17,14 +17,39 @@ import xml.etree.ElementTree as ET
 from typing import IO, Iterator
 
 #: Sections dropped with everything under them (compared case-insensitively).
-DROPPED_SECTIONS = frozenset({
-    "references", "see also", "external links", "further reading", "notes", "bibliography",
-    "sources", "citations", "footnotes", "notes and references", "references and notes",
-    "works cited", "external sources", "links",
-})
+DROPPED_SECTIONS = frozenset(
+    {
+        "references",
+        "see also",
+        "external links",
+        "further reading",
+        "notes",
+        "bibliography",
+        "sources",
+        "citations",
+        "footnotes",
+        "notes and references",
+        "references and notes",
+        "works cited",
+        "external sources",
+        "links",
+    }
+)
 _DROPPED_LINK_PREFIXES = ("file", "image", "media", "category")
-_DROPPED_TAGS = ("math", "gallery", "timeline", "score", "imagemap", "syntaxhighlight", "source",
-                 "chem", "hiero", "graph", "mapframe", "templatedata")
+_DROPPED_TAGS = (
+    "math",
+    "gallery",
+    "timeline",
+    "score",
+    "imagemap",
+    "syntaxhighlight",
+    "source",
+    "chem",
+    "hiero",
+    "graph",
+    "mapframe",
+    "templatedata",
+)
 
 _COMMENT = re.compile(r"<!--.*?(-->|$)", re.S)
 _REF_SELF = re.compile(r"<ref\b[^>]*/>", re.I)
@@ -46,7 +71,7 @@ def _strip_nested(text: str, open_: str, close: str) -> str:
     for m in re.finditer(re.escape(open_) + "|" + re.escape(close), text):
         if m.group() == open_:
             if not depth:
-                out.append(text[last:m.start()])
+                out.append(text[last : m.start()])
             depth += 1
         elif depth:
             depth -= 1

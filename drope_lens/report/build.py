@@ -9,10 +9,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-from drope_lens.report.markdown import render_report
-from drope_lens.report.provenance import provenance
 from drope_lens.atomic import atomic_write_text
 from drope_lens.jsonio import atomic_write_json
+from drope_lens.report.markdown import render_report
+from drope_lens.report.provenance import provenance
 
 SCHEMA_VERSION = 1
 STUDY_ROPE = "llama-2-7b-hf"
@@ -25,6 +25,7 @@ def study_numbers() -> dict:
 
 def is_study_pair(pair) -> bool:
     """True when the pair is Llama-2-7B and SakanaAI's DroPE of it (by source id or folder name)."""
+
     def name(model) -> str:
         src = str(getattr(model.cfg, "source", "") or model.cfg.model_name)
         return src.rstrip("/").split("/")[-1].lower()
@@ -41,8 +42,7 @@ def build_outputs(pair, out: Path, options, outcomes: dict) -> dict:
     results = {
         "schema_version": SCHEMA_VERSION,
         "provenance": provenance(pair, options.to_dict()),
-        "pair": {"rope": pair.labels["rope"], "drope": pair.labels["drope"],
-                 "study_pair": is_study_pair(pair)},
+        "pair": {"rope": pair.labels["rope"], "drope": pair.labels["drope"], "study_pair": is_study_pair(pair)},
         "steps": {s: {"status": o.status, "seconds": round(o.seconds, 3)} for s, o in outcomes.items()},
         "experiments": experiments,
         "study": study_numbers() if is_study_pair(pair) else None,
@@ -76,32 +76,64 @@ def write_figures(pair, fig_dir: Path, exp: dict, written: Optional[list] = None
 
     m = exp.get("massive")
     if m:
-        save(F.plot_qkv_totals({lab[r]: {t.upper(): (m[r]["tensors"][t]["total_mean"],
-                                                     m[r]["tensors"][t]["total_std"])
-                                         for t in m[r]["tensors"]} for r in lab}), "qkv_totals.png")
+        save(
+            F.plot_qkv_totals(
+                {
+                    lab[r]: {
+                        t.upper(): (m[r]["tensors"][t]["total_mean"], m[r]["tensors"][t]["total_std"])
+                        for t in m[r]["tensors"]
+                    }
+                    for r in lab
+                }
+            ),
+            "qkv_totals.png",
+        )
         for t in ("q", "k"):
-            save(F.plot_layer_counts({lab[r]: m[r]["tensors"][t]["per_layer_mean"] for r in lab},
-                                     tensor=t.upper()), f"layer_counts_{t}.png")
+            save(
+                F.plot_layer_counts({lab[r]: m[r]["tensors"][t]["per_layer_mean"] for r in lab}, tensor=t.upper()),
+                f"layer_counts_{t}.png",
+            )
     d = exp.get("disruption")
     if d:
-        save(F.plot_disruption_ppl({lab[r]: {"baseline": d[r]["base_ppl"], "massive": d[r]["massive_ppl"],
-                                             "random": (sum(d[r]["random_ppls"]) / len(d[r]["random_ppls"]),
-                                                        _std(d[r]["random_ppls"]))} for r in lab}),
-             "disruption_ppl.png")
+        save(
+            F.plot_disruption_ppl(
+                {
+                    lab[r]: {
+                        "baseline": d[r]["base_ppl"],
+                        "massive": d[r]["massive_ppl"],
+                        "random": (sum(d[r]["random_ppls"]) / len(d[r]["random_ppls"]), _std(d[r]["random_ppls"])),
+                    }
+                    for r in lab
+                }
+            ),
+            "disruption_ppl.png",
+        )
         save(F.plot_mr({lab[r]: (d[r]["m_minus_r"], *d[r]["ci_m_minus_r"]) for r in lab}), "m_minus_r.png")
     p = exp.get("phase")
     if p:
         layers = {r: p[r]["baseline"]["layers"] for r in lab}
-        for key, ylabel, log in (("sink_rate", "sink rate (τ=0.3)", False), ("bos_norm", "BOS norm", False),
-                                 ("bos_ratio", "BOS norm / mean other-token norm", True),
-                                 ("entropy_sq", "entropy (σ², unnormalised)", False),
-                                 ("entropy_norm", "entropy (σ, normalised)", False)):
-            save(F.plot_layer_metric({lab[r]: layers[r][key] for r in lab}, ylabel=ylabel,
-                                     title=f"{ylabel} by layer", log=log), f"layer_{key}.png")
+        for key, ylabel, log in (
+            ("sink_rate", "sink rate (τ=0.3)", False),
+            ("bos_norm", "BOS norm", False),
+            ("bos_ratio", "BOS norm / mean other-token norm", True),
+            ("entropy_sq", "entropy (σ², unnormalised)", False),
+            ("entropy_norm", "entropy (σ, normalised)", False),
+        ):
+            save(
+                F.plot_layer_metric(
+                    {lab[r]: layers[r][key] for r in lab}, ylabel=ylabel, title=f"{ylabel} by layer", log=log
+                ),
+                f"layer_{key}.png",
+            )
         save(F.plot_sink_heatmap({lab[r]: p[r]["baseline"]["sink_score"] for r in lab}), "sink_heatmap.png")
-        conds = {c: {lab[r]: p[r]["conditions"][c]["profile"]["layers"]["bos_ratio"] for r in lab
-                     if (p[r]["conditions"].get(c) or {}).get("profile")}
-                 for c in p["rope"]["conditions"]}
+        conds = {
+            c: {
+                lab[r]: p[r]["conditions"][c]["profile"]["layers"]["bos_ratio"]
+                for r in lab
+                if (p[r]["conditions"].get(c) or {}).get("profile")
+            }
+            for c in p["rope"]["conditions"]
+        }
         conds = {c: v for c, v in conds.items() if v}
         if len(conds) > 1:
             save(F.plot_interventions(conds, ylabel="BOS ratio", log=True), "interventions_bos_ratio.png")
@@ -116,7 +148,10 @@ def write_figures(pair, fig_dir: Path, exp: dict, written: Optional[list] = None
         for r in lab:
             for sc in t[r]["scores"]:
                 acc.setdefault(lab[r], {}).setdefault(sc["task"], {})[sc["condition"]] = (
-                    sc["accuracy"], sc["ci_low"], sc["ci_high"])
+                    sc["accuracy"],
+                    sc["ci_low"],
+                    sc["ci_high"],
+                )
         save(F.plot_task_degradation(acc), "task_accuracy.png")
     if exp.get("extended"):
         from drope_lens.report.extended import write_extended_figures
@@ -131,10 +166,14 @@ def _std(xs) -> float:
 
 
 def write_views(pair, view_dir: Path, exp: dict, written: Optional[list] = None) -> list[str]:
-    from drope_lens.views import (
-        massive_channel_map, pair_attention_view, save_html, sink_score_map, to_offline_html,
-    )
     from drope_lens.data.texts import builtin_texts
+    from drope_lens.views import (
+        massive_channel_map,
+        pair_attention_view,
+        save_html,
+        sink_score_map,
+        to_offline_html,
+    )
 
     written = [] if written is None else written
     text = builtin_texts("factual")[0]
@@ -143,18 +182,26 @@ def write_views(pair, view_dir: Path, exp: dict, written: Optional[list] = None)
     p = exp.get("phase")
     layer = p["rope"].get("bos_layer") if p else None
     layer = 1 if layer is None else min(int(layer), pair.rope.cfg.n_layers - 1)
-    sections = [(f"Layer {layer}: attention heads, both models, same tokens",
-                 pair_attention_view(pair, text, layer=layer))]
+    sections = [
+        (f"Layer {layer}: attention heads, both models, same tokens", pair_attention_view(pair, text, layer=layer))
+    ]
     if layer != pair.rope.cfg.n_layers // 2:
         mid = pair.rope.cfg.n_layers // 2
         sections.append((f"Layer {mid}", pair_attention_view(pair, text, layer=mid)))
-    save_html(view_dir / "attention.html",
-              to_offline_html(sections, title="Attention heads: RoPE vs DroPE/NoPE",
-                              description="Real (native, fp32) attention patterns from hook_pattern."))
+    save_html(
+        view_dir / "attention.html",
+        to_offline_html(
+            sections,
+            title="Attention heads: RoPE vs DroPE/NoPE",
+            description="Real (native, fp32) attention patterns from hook_pattern.",
+        ),
+    )
     written.append("views/attention.html")
     if p:
-        maps = [(pair.labels[r], sink_score_map(p[r]["baseline"]["sink_score"],
-                                                 title=f"Sink scores: {pair.labels[r]}")) for r in ("rope", "drope")]
+        maps = [
+            (pair.labels[r], sink_score_map(p[r]["baseline"]["sink_score"], title=f"Sink scores: {pair.labels[r]}"))
+            for r in ("rope", "drope")
+        ]
         save_html(view_dir / "sink_scores.html", to_offline_html(maps, title="Sink-score maps (layers × heads)"))
         written.append("views/sink_scores.html")
     m = exp.get("massive")
@@ -162,11 +209,20 @@ def write_views(pair, view_dir: Path, exp: dict, written: Optional[list] = None)
         maps = []
         for r in ("rope", "drope"):
             for t in ("q", "k"):
-                maps.append((f"{pair.labels[r]} — {t.upper()}",
-                             massive_channel_map(m[r]["mean_norm_map"][t], d_head=pair.rope.cfg.d_head,
-                                                 title=f"{t.upper()} channel norms (text mean)",
-                                                 log=True, value_name="M")))
-        save_html(view_dir / "massive_channels.html",
-                  to_offline_html(maps, title="Massive-channel maps (layers × head·dim)"))
+                maps.append(
+                    (
+                        f"{pair.labels[r]} — {t.upper()}",
+                        massive_channel_map(
+                            m[r]["mean_norm_map"][t],
+                            d_head=pair.rope.cfg.d_head,
+                            title=f"{t.upper()} channel norms (text mean)",
+                            log=True,
+                            value_name="M",
+                        ),
+                    )
+                )
+        save_html(
+            view_dir / "massive_channels.html", to_offline_html(maps, title="Massive-channel maps (layers × head·dim)")
+        )
         written.append("views/massive_channels.html")
     return written

@@ -59,8 +59,7 @@ def render_report(results: dict) -> str:
         "padding rows, BOS-only ablation under KV cache, one accuracy denominator). Every study "
         "quirk is an explicit option; see the README's *Differences from the study*.",
         "",
-        "Step timings: " + ", ".join(f"{s} {v['seconds']:.1f} s ({v['status']})"
-                                     for s, v in results["steps"].items()),
+        "Step timings: " + ", ".join(f"{s} {v['seconds']:.1f} s ({v['status']})" for s, v in results["steps"].items()),
     ]
     from drope_lens.report.extended import render_extended
 
@@ -84,42 +83,51 @@ def _massive(results: dict, exp: dict) -> str:
     rows = []
     for t in t_names:
         a, b = m["rope"]["tensors"][t], m["drope"]["tensors"][t]
-        rows.append([t.upper(), f"{a['total_mean']:.1f} ± {a['total_std']:.1f}",
-                     f"{b['total_mean']:.1f} ± {b['total_std']:.1f}",
-                     _f(_pct_change(a["total_mean"], b["total_mean"]), 1) + " %"])
+        rows.append(
+            [
+                t.upper(),
+                f"{a['total_mean']:.1f} ± {a['total_std']:.1f}",
+                f"{b['total_mean']:.1f} ± {b['total_std']:.1f}",
+                _f(_pct_change(a["total_mean"], b["total_mean"]), 1) + " %",
+            ]
+        )
     q_a, q_b = m["rope"]["tensors"]["q"]["total_mean"], m["drope"]["tensors"]["q"]["total_mean"]
     layer_rows = []
     n_layers = m["rope"]["n_layers"]
     for layer in range(n_layers):
-        layer_rows.append([layer] + [m[r]["tensors"][t]["per_layer_mean"][layer]
-                                     for t in ("q", "k") for r in ROLES])
+        layer_rows.append([layer] + [m[r]["tensors"][t]["per_layer_mean"][layer] for t in ("q", "k") for r in ROLES])
     band_lines = []
     for t in ("q", "k"):
         bc = m["rope"]["tensors"][t].get("band_counts")
         if bc:
             band_lines.append(f"{t.upper()}: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(bc.items())))
-    peak = max(range(n_layers), key=lambda li: m["drope"]["tensors"]["q"]["per_layer_mean"][li]
-               - m["rope"]["tensors"]["q"]["per_layer_mean"][li])
-    return "\n".join([
-        "## 1. Massive values in Q/K/V",
-        "",
-        f"λ = {m['rope']['threshold']}, scope `{m['rope']['scope']}`, {m['rope']['rotary']}-RoPE "
-        f"projections, {m['n_texts']} built-in texts; count = (head, dim) channels per layer with "
-        "token-L2 norm > λ × layer mean, summed over layers; mean ± population std over texts.",
-        "",
-        _table(["tensor", "RoPE", "DroPE/NoPE", "change"], rows),
-        "",
-        f"*Reading:* the NoPE/DroPE model has {_f(abs(_pct_change(q_a, q_b) or 0.0), 1)} % "
-        f"{'more' if q_b >= q_a else 'fewer'} massive Q channels per text than the RoPE model; the "
-        f"layer where it exceeds RoPE most is layer {peak}.",
-        "",
-        "Per-layer mean counts:",
-        "",
-        _table(["layer", "Q RoPE", "Q DroPE", "K RoPE", "K DroPE"], layer_rows),
-        "",
-        ("RoPE model, massive channels per text by rotary band: " + "; ".join(band_lines))
-        if band_lines else "",
-    ])
+    peak = max(
+        range(n_layers),
+        key=lambda li: (
+            m["drope"]["tensors"]["q"]["per_layer_mean"][li] - m["rope"]["tensors"]["q"]["per_layer_mean"][li]
+        ),
+    )
+    return "\n".join(
+        [
+            "## 1. Massive values in Q/K/V",
+            "",
+            f"λ = {m['rope']['threshold']}, scope `{m['rope']['scope']}`, {m['rope']['rotary']}-RoPE "
+            f"projections, {m['n_texts']} built-in texts; count = (head, dim) channels per layer with "
+            "token-L2 norm > λ × layer mean, summed over layers; mean ± population std over texts.",
+            "",
+            _table(["tensor", "RoPE", "DroPE/NoPE", "change"], rows),
+            "",
+            f"*Reading:* the NoPE/DroPE model has {_f(abs(_pct_change(q_a, q_b) or 0.0), 1)} % "
+            f"{'more' if q_b >= q_a else 'fewer'} massive Q channels per text than the RoPE model; the "
+            f"layer where it exceeds RoPE most is layer {peak}.",
+            "",
+            "Per-layer mean counts:",
+            "",
+            _table(["layer", "Q RoPE", "Q DroPE", "K RoPE", "K DroPE"], layer_rows),
+            "",
+            ("RoPE model, massive channels per text by rotary band: " + "; ".join(band_lines)) if band_lines else "",
+        ]
+    )
 
 
 def _disruption(results: dict, exp: dict) -> str:
@@ -129,27 +137,50 @@ def _disruption(results: dict, exp: dict) -> str:
     rows = []
     for r in ROLES:
         x = d[r]
-        rows.append([r, x["n_massive"], x["base_ppl"], x["massive_ppl"],
-                     f"{x['massive_pct']:.1f}", f"{x['random_mean_pct']:.2f} ± {x['random_std_pct']:.2f}",
-                     f"{x['m_minus_r']:.1f} [{x['ci_m_minus_r'][0]:.1f}, {x['ci_m_minus_r'][1]:.1f}]",
-                     f"{x['paired_p']:.3g}", f"{x['cohens_d_ddof0']:.3g}"])
+        rows.append(
+            [
+                r,
+                x["n_massive"],
+                x["base_ppl"],
+                x["massive_ppl"],
+                f"{x['massive_pct']:.1f}",
+                f"{x['random_mean_pct']:.2f} ± {x['random_std_pct']:.2f}",
+                f"{x['m_minus_r']:.1f} [{x['ci_m_minus_r'][0]:.1f}, {x['ci_m_minus_r'][1]:.1f}]",
+                f"{x['paired_p']:.3g}",
+                f"{x['cohens_d_ddof0']:.3g}",
+            ]
+        )
     s = d["rope"]["settings"]
-    return "\n".join([
-        "## 2. Disruption: zeroing massive Q/K channels vs random controls",
-        "",
-        f"Massive channels found on {s['n_identify_texts']} identification texts; perplexity on "
-        f"{d['rope']['n_eval_texts']} {'identification' if s['eval_on_identify'] else 'held-out'} texts; "
-        f"{len(d['rope']['seeds'])} random controls with the same count per layer and tensor, "
-        f"{'excluding' if s['exclude_massive'] else 'not excluding'} massive channels. Paired t-test "
-        "over seeds (massive % is constant: a one-sample test), Cohen's d = mean/std of the "
-        "differences (ddof 0, as the study), bootstrap 95 % CI of M−R.",
-        "",
-        _table(["model", "massive ch.", "base PPL", "massive PPL", "massive %", "random % (mean ± std)",
-                "M−R [95 % CI]", "paired p", "d"], rows),
-        "",
-        f"*Reading:* the RoPE model's M−R is {_f(d['ratio_m_minus_r'], 3)}× the NoPE/DroPE model's "
-        f"(independent t-test p = {d['independent_p']:.3g}).",
-    ])
+    return "\n".join(
+        [
+            "## 2. Disruption: zeroing massive Q/K channels vs random controls",
+            "",
+            f"Massive channels found on {s['n_identify_texts']} identification texts; perplexity on "
+            f"{d['rope']['n_eval_texts']} {'identification' if s['eval_on_identify'] else 'held-out'} texts; "
+            f"{len(d['rope']['seeds'])} random controls with the same count per layer and tensor, "
+            f"{'excluding' if s['exclude_massive'] else 'not excluding'} massive channels. Paired t-test "
+            "over seeds (massive % is constant: a one-sample test), Cohen's d = mean/std of the "
+            "differences (ddof 0, as the study), bootstrap 95 % CI of M−R.",
+            "",
+            _table(
+                [
+                    "model",
+                    "massive ch.",
+                    "base PPL",
+                    "massive PPL",
+                    "massive %",
+                    "random % (mean ± std)",
+                    "M−R [95 % CI]",
+                    "paired p",
+                    "d",
+                ],
+                rows,
+            ),
+            "",
+            f"*Reading:* the RoPE model's M−R is {_f(d['ratio_m_minus_r'], 3)}× the NoPE/DroPE model's "
+            f"(independent t-test p = {d['independent_p']:.3g}).",
+        ]
+    )
 
 
 def _phase(results: dict, exp: dict) -> str:
@@ -160,23 +191,38 @@ def _phase(results: dict, exp: dict) -> str:
     summary_rows = [
         [f"mean sink rate (τ = {DEFAULT_TAU:g})", sm["rope"]["mean_sink_rate"], sm["drope"]["mean_sink_rate"]],
         [f"Gu et al. Sink^ε (ε = {DEFAULT_GU_EPS:g})", sm["rope"]["gu_sink"], sm["drope"]["gu_sink"]],
-        ["BOS spike layer, arg-max of ratio (code; used for ablation)",
-         sm["rope"]["spike_layer_argmax"], sm["drope"]["spike_layer_argmax"]],
-        ["BOS spike layer, first ratio > 2 (prose)",
-         sm["rope"]["spike_layer_first_above"], sm["drope"]["spike_layer_first_above"]],
-        ["peak BOS norm (layer)", f"{sm['rope']['peak_bos_norm']:.1f} ({sm['rope']['peak_bos_layer']})",
-         f"{sm['drope']['peak_bos_norm']:.1f} ({sm['drope']['peak_bos_layer']})"],
-        ["min entropy σ² unnormalised (layer)",
-         f"{sm['rope']['min_entropy_sq']:.4f} ({sm['rope']['min_entropy_sq_layer']})",
-         f"{sm['drope']['min_entropy_sq']:.4f} ({sm['drope']['min_entropy_sq_layer']})"],
-        ["min entropy σ normalised (layer)",
-         f"{sm['rope']['min_entropy_norm']:.4f} ({sm['rope']['min_entropy_norm_layer']})",
-         f"{sm['drope']['min_entropy_norm']:.4f} ({sm['drope']['min_entropy_norm_layer']})"],
+        [
+            "BOS spike layer, arg-max of ratio (code; used for ablation)",
+            sm["rope"]["spike_layer_argmax"],
+            sm["drope"]["spike_layer_argmax"],
+        ],
+        [
+            "BOS spike layer, first ratio > 2 (prose)",
+            sm["rope"]["spike_layer_first_above"],
+            sm["drope"]["spike_layer_first_above"],
+        ],
+        [
+            "peak BOS norm (layer)",
+            f"{sm['rope']['peak_bos_norm']:.1f} ({sm['rope']['peak_bos_layer']})",
+            f"{sm['drope']['peak_bos_norm']:.1f} ({sm['drope']['peak_bos_layer']})",
+        ],
+        [
+            "min entropy σ² unnormalised (layer)",
+            f"{sm['rope']['min_entropy_sq']:.4f} ({sm['rope']['min_entropy_sq_layer']})",
+            f"{sm['drope']['min_entropy_sq']:.4f} ({sm['drope']['min_entropy_sq_layer']})",
+        ],
+        [
+            "min entropy σ normalised (layer)",
+            f"{sm['rope']['min_entropy_norm']:.4f} ({sm['rope']['min_entropy_norm_layer']})",
+            f"{sm['drope']['min_entropy_norm']:.4f} ({sm['drope']['min_entropy_norm_layer']})",
+        ],
     ]
     lay = {r: p[r]["baseline"]["layers"] for r in ROLES}
     n_layers = len(lay["rope"]["sink_rate"])
-    layer_rows = [[li] + [lay[r][k][li] for k in ("sink_rate", "bos_ratio", "entropy_sq") for r in ROLES]
-                  for li in range(n_layers)]
+    layer_rows = [
+        [li] + [lay[r][k][li] for k in ("sink_rate", "bos_ratio", "entropy_sq") for r in ROLES]
+        for li in range(n_layers)
+    ]
     conds = list(p["rope"]["conditions"])
     ppl_rows = []
     for c in conds:
@@ -187,30 +233,34 @@ def _phase(results: dict, exp: dict) -> str:
             row += [cur, (cur / base) if cur and base else None]
         ppl_rows.append(row)
     opts = p["rope"]["baseline"]["options"]
-    return "\n".join([
-        "## 3. Phase metrics (native fp32 attention) and BOS-MLP ablation",
-        "",
-        f"{p['n_texts']} built-in texts, unpadded rows only; attention `{opts['attention']}` "
-        f"(real post-RoPE patterns), BOS query row {'included' if opts['include_bos_row'] else 'excluded'}, "
-        f"last layer `{opts['last_layer']}`. BOS-MLP ablation zeroes the MLP output at absolute "
-        f"position 0 of layer {p['rope']['bos_layer']} (RoPE) / {p['drope']['bos_layer']} (DroPE/NoPE).",
-        "",
-        _table(["metric", "RoPE", "DroPE/NoPE"], summary_rows),
-        "",
-        "Perplexity under each condition (ratio to baseline):",
-        "",
-        _table(["condition", "RoPE PPL", "× base", "DroPE PPL", "× base"], ppl_rows),
-        "",
-        f"*Reading:* BOS-MLP ablation multiplies RoPE perplexity by "
-        f"{_f(ppl_rows[conds.index('bos_mlp')][2] if 'bos_mlp' in conds else None, 3)} and "
-        f"NoPE/DroPE perplexity by {_f(ppl_rows[conds.index('bos_mlp')][4] if 'bos_mlp' in conds else None, 3)}; "
-        f"mean sink rates are {_f(sm['rope']['mean_sink_rate'])} vs {_f(sm['drope']['mean_sink_rate'])}.",
-        "",
-        "Per layer:",
-        "",
-        _table(["layer", "sink RoPE", "sink DroPE", "BOS ratio RoPE", "BOS ratio DroPE",
-                "H(σ²) RoPE", "H(σ²) DroPE"], layer_rows),
-    ])
+    return "\n".join(
+        [
+            "## 3. Phase metrics (native fp32 attention) and BOS-MLP ablation",
+            "",
+            f"{p['n_texts']} built-in texts, unpadded rows only; attention `{opts['attention']}` "
+            f"(real post-RoPE patterns), BOS query row {'included' if opts['include_bos_row'] else 'excluded'}, "
+            f"last layer `{opts['last_layer']}`. BOS-MLP ablation zeroes the MLP output at absolute "
+            f"position 0 of layer {p['rope']['bos_layer']} (RoPE) / {p['drope']['bos_layer']} (DroPE/NoPE).",
+            "",
+            _table(["metric", "RoPE", "DroPE/NoPE"], summary_rows),
+            "",
+            "Perplexity under each condition (ratio to baseline):",
+            "",
+            _table(["condition", "RoPE PPL", "× base", "DroPE PPL", "× base"], ppl_rows),
+            "",
+            f"*Reading:* BOS-MLP ablation multiplies RoPE perplexity by "
+            f"{_f(ppl_rows[conds.index('bos_mlp')][2] if 'bos_mlp' in conds else None, 3)} and "
+            f"NoPE/DroPE perplexity by {_f(ppl_rows[conds.index('bos_mlp')][4] if 'bos_mlp' in conds else None, 3)}; "
+            f"mean sink rates are {_f(sm['rope']['mean_sink_rate'])} vs {_f(sm['drope']['mean_sink_rate'])}.",
+            "",
+            "Per layer:",
+            "",
+            _table(
+                ["layer", "sink RoPE", "sink DroPE", "BOS ratio RoPE", "BOS ratio DroPE", "H(σ²) RoPE", "H(σ²) DroPE"],
+                layer_rows,
+            ),
+        ]
+    )
 
 
 def _context(results: dict, exp: dict) -> str:
@@ -220,15 +270,31 @@ def _context(results: dict, exp: dict) -> str:
     rows = []
     for r in ROLES:
         for p in c[r]["points"]:
-            rows.append([r, p["length"], p["passkey_accuracy"], p["ppl"], p["sink_rate"],
-                         p["max_bos_ratio"], p["massive_q"], p["massive_k"]])
+            rows.append(
+                [
+                    r,
+                    p["length"],
+                    p["passkey_accuracy"],
+                    p["ppl"],
+                    p["sink_rate"],
+                    p["max_bos_ratio"],
+                    p["massive_q"],
+                    p["massive_k"],
+                ]
+            )
     ctx = ", ".join(f"{r} {c[r]['training_context']}" for r in ROLES)
-    return "\n".join([
-        "## Context length (Exp 10)", "",
-        f"One seeded long text per length (built-in texts, then filler); passkey "
-        f"{c['rope']['n_per_depth']} prompt(s) per depth {c['rope']['depths']}. Training context: {ctx}.",
-        "", _table(["model", "length", "passkey acc", "PPL", "sink rate", "max BOS ratio",
-                    "massive Q", "massive K"], rows)])
+    return "\n".join(
+        [
+            "## Context length (Exp 10)",
+            "",
+            f"One seeded long text per length (built-in texts, then filler); passkey "
+            f"{c['rope']['n_per_depth']} prompt(s) per depth {c['rope']['depths']}. Training context: {ctx}.",
+            "",
+            _table(
+                ["model", "length", "passkey acc", "PPL", "sink rate", "max BOS ratio", "massive Q", "massive K"], rows
+            ),
+        ]
+    )
 
 
 AT_CHANCE = "baseline at chance — degradation not meaningful"
@@ -244,9 +310,13 @@ def _task_reading(res: dict, above: list[str], who: str) -> str:
         return f"{who}: no task above chance at baseline, so no degradation is read"
     degs = []
     for task in above:
-        cells = [f"{sc['condition']} {res['degradation'][task + '/' + sc['condition']]:.0f} %"
-                 for sc in res["scores"] if sc["task"] == task and sc["condition"] != "baseline"
-                 and res["degradation"].get(task + "/" + sc["condition"]) is not None]
+        cells = [
+            f"{sc['condition']} {res['degradation'][task + '/' + sc['condition']]:.0f} %"
+            for sc in res["scores"]
+            if sc["task"] == task
+            and sc["condition"] != "baseline"
+            and res["degradation"].get(task + "/" + sc["condition"]) is not None
+        ]
         degs.append(f"{task} ({', '.join(cells)})" if cells else task)
     rest = [sc["task"] for sc in res["scores"] if sc["condition"] == "baseline" and sc["task"] not in above]
     out = f"{who}: above chance at baseline — {'; '.join(degs)} degradation"
@@ -260,71 +330,114 @@ def _tasks(results: dict, exp: dict) -> str:
     rows = []
     above = {}
     for r in ROLES:
-        base_ok = {sc["task"]: bool(sc.get("above_chance")) for sc in t[r]["scores"]
-                   if sc["condition"] == "baseline"}
+        base_ok = {sc["task"]: bool(sc.get("above_chance")) for sc in t[r]["scores"] if sc["condition"] == "baseline"}
         above[r] = [k for k, v in base_ok.items() if v]
         for sc in t[r]["scores"]:
             deg = t[r]["degradation"].get(f"{sc['task']}/{sc['condition']}")
             auc = sc.get("auroc")
-            auc_cell = ("–" if auc is None or (isinstance(auc, float) and math.isnan(auc)) else
-                        f"{auc:.3f} [{_f(sc.get('auroc_low'))}, {_f(sc.get('auroc_high'))}]")
-            rows.append([r, sc["task"], sc["category"], sc["condition"],
-                         f"{sc['accuracy']:.3f} [{sc['ci_low']:.3f}, {sc['ci_high']:.3f}]", auc_cell,
-                         _f(sc.get("chance")), sc["n"],
-                         None if sc["condition"] == "baseline"
-                         else _deg_cell(deg, base_ok.get(sc["task"], False))])
+            auc_cell = (
+                "–"
+                if auc is None or (isinstance(auc, float) and math.isnan(auc))
+                else f"{auc:.3f} [{_f(sc.get('auroc_low'))}, {_f(sc.get('auroc_high'))}]"
+            )
+            rows.append(
+                [
+                    r,
+                    sc["task"],
+                    sc["category"],
+                    sc["condition"],
+                    f"{sc['accuracy']:.3f} [{sc['ci_low']:.3f}, {sc['ci_high']:.3f}]",
+                    auc_cell,
+                    _f(sc.get("chance")),
+                    sc["n"],
+                    None if sc["condition"] == "baseline" else _deg_cell(deg, base_ok.get(sc["task"], False)),
+                ]
+            )
     cat_rows = []
     for r in ROLES:
         for cond, c in t[r]["summary"].items():
             if cond == "baseline":
                 continue
-            cat_rows.append([r, cond] + [c.get(k) if c.get(k) is not None else AT_CHANCE
-                                         for k in ("parametric_degradation", "contextual_degradation")]
-                            + [c.get("ratio") if c.get("ratio") is not None else "not meaningful"])
+            cat_rows.append(
+                [r, cond]
+                + [
+                    c.get(k) if c.get(k) is not None else AT_CHANCE
+                    for k in ("parametric_degradation", "contextual_degradation")
+                ]
+                + [c.get("ratio") if c.get("ratio") is not None else "not meaningful"]
+            )
     base = {r: t[r]["summary"].get("baseline", {}) for r in ROLES}
     scoring, n_shot = t["rope"]["scoring"], t["rope"].get("n_shot", 0)
-    how = {"calibrated": "log-probability of the answer options minus the option prior measured on "
-                         "content-free prompts (\"N/A\", \"\", \"[MASK]\") under the same condition "
-                         "(contextual calibration, Zhao et al. 2021)",
-           "logprob": "log-probability of the answer options",
-           "study": "greedy generation and the study's parsing"}.get(scoring, scoring)
+    how = {
+        "calibrated": "log-probability of the answer options minus the option prior measured on "
+        'content-free prompts ("N/A", "", "[MASK]") under the same condition '
+        "(contextual calibration, Zhao et al. 2021)",
+        "logprob": "log-probability of the answer options",
+        "study": "greedy generation and the study's parsing",
+    }.get(scoring, scoring)
     reading = [_task_reading(t[r], above[r], "RoPE" if r == "rope" else "NoPE/DroPE") for r in ROLES]
     fmt = t["rope"].get("task_format", "yes_no")
-    form = ("cities and sports as two-way completions (\"Q: In which country is X?\\nA:\" → the true "
-            "country vs a distractor; the prompt names neither)" if fmt == "completion"
-            else "cities and sports as yes/no questions")
-    return "\n".join([
-        "## 4. Parametric vs contextual knowledge under each intervention",
-        "",
-        f"Scoring `{scoring}`, {n_shot}-shot, {form} ({how}; passkey by greedy "
-        "generation with KV cache and exact match); accuracy with Wilson 95 % CI; AUROC of the option "
-        "margin with a bootstrap 95 % CI (threshold-free); degradation = (baseline − condition) / "
-        "baseline × 100, only where the baseline CI lies above chance. Interventions act on the prompt only.",
-        "",
-        _table(["model", "task", "category", "condition", "accuracy [95 % CI]", "AUROC [95 % CI]",
-                "chance", "n", "degradation %"], rows),
-        "",
-        "Category averages of degradation (%), over the tasks whose baseline is above chance:",
-        "",
-        _table(["model", "condition", "parametric", "contextual", "ctx/param"], cat_rows),
-        "",
-        f"*Reading:* {'; '.join(reading)}. Baseline parametric / contextual accuracy is "
-        f"{_f(base['rope'].get('parametric_accuracy'))} / {_f(base['rope'].get('contextual_accuracy'))} "
-        f"for RoPE and {_f(base['drope'].get('parametric_accuracy'))} / "
-        f"{_f(base['drope'].get('contextual_accuracy'))} for NoPE/DroPE.",
-    ])
+    form = (
+        'cities and sports as two-way completions ("Q: In which country is X?\\nA:" → the true '
+        "country vs a distractor; the prompt names neither)"
+        if fmt == "completion"
+        else "cities and sports as yes/no questions"
+    )
+    return "\n".join(
+        [
+            "## 4. Parametric vs contextual knowledge under each intervention",
+            "",
+            f"Scoring `{scoring}`, {n_shot}-shot, {form} ({how}; passkey by greedy "
+            "generation with KV cache and exact match); accuracy with Wilson 95 % CI; AUROC of the option "
+            "margin with a bootstrap 95 % CI (threshold-free); degradation = (baseline − condition) / "
+            "baseline × 100, only where the baseline CI lies above chance. Interventions act on the prompt only.",
+            "",
+            _table(
+                [
+                    "model",
+                    "task",
+                    "category",
+                    "condition",
+                    "accuracy [95 % CI]",
+                    "AUROC [95 % CI]",
+                    "chance",
+                    "n",
+                    "degradation %",
+                ],
+                rows,
+            ),
+            "",
+            "Category averages of degradation (%), over the tasks whose baseline is above chance:",
+            "",
+            _table(["model", "condition", "parametric", "contextual", "ctx/param"], cat_rows),
+            "",
+            f"*Reading:* {'; '.join(reading)}. Baseline parametric / contextual accuracy is "
+            f"{_f(base['rope'].get('parametric_accuracy'))} / {_f(base['rope'].get('contextual_accuracy'))} "
+            f"for RoPE and {_f(base['drope'].get('parametric_accuracy'))} / "
+            f"{_f(base['drope'].get('contextual_accuracy'))} for NoPE/DroPE.",
+        ]
+    )
 
 
 def _study(results: dict, exp: dict) -> str:
     study = results.get("study")
     if not study:
-        return ("## 5. The study's published numbers\n\nThis pair is not the study's "
-                "(meta-llama/Llama-2-7b-hf vs SakanaAI/Llama-2-7b-hf-DroPE), so the study's numbers "
-                "are not shown beside ours; they are in `drope_lens/report/study_numbers.json`.")
-    rows = [[e["label"], _f(e.get("rope", e.get("value"))), _f(e.get("drope")), e["status"],
-             e.get("note", "")] for e in study["entries"]]
-    return "\n".join(["## 5. The study's published numbers (for comparison)", "",
-                      _table(["quantity", "RoPE", "DroPE", "provenance", "note"], rows)])
+        return (
+            "## 5. The study's published numbers\n\nThis pair is not the study's "
+            "(meta-llama/Llama-2-7b-hf vs SakanaAI/Llama-2-7b-hf-DroPE), so the study's numbers "
+            "are not shown beside ours; they are in `drope_lens/report/study_numbers.json`."
+        )
+    rows = [
+        [e["label"], _f(e.get("rope", e.get("value"))), _f(e.get("drope")), e["status"], e.get("note", "")]
+        for e in study["entries"]
+    ]
+    return "\n".join(
+        [
+            "## 5. The study's published numbers (for comparison)",
+            "",
+            _table(["quantity", "RoPE", "DroPE", "provenance", "note"], rows),
+        ]
+    )
 
 
 def _files(results: dict, exp: dict) -> str:

@@ -94,8 +94,18 @@ def weights_hash(model: Any, sample: int = 64) -> str:
 
 
 #: The model fields whose change invalidates a saved report part.
-IDENTITY_FIELDS = ("model_name", "source", "config_hash", "weights_hash", "dtype", "device",
-                   "position_encoding", "nope_origin", "drope_attention_type", "fp32_attention")
+IDENTITY_FIELDS = (
+    "model_name",
+    "source",
+    "config_hash",
+    "weights_hash",
+    "dtype",
+    "device",
+    "position_encoding",
+    "nope_origin",
+    "drope_attention_type",
+    "fp32_attention",
+)
 
 
 def model_identity(model: Any) -> dict:
@@ -109,8 +119,7 @@ def pair_identity(pair: Any) -> dict:
     """The identity of both models of a pair and the drope_lens version."""
     from drope_lens import __version__
 
-    return {"drope_lens": __version__,
-            "models": {role: model_identity(m) for role, m in pair.items(move=False)}}
+    return {"drope_lens": __version__, "models": {role: model_identity(m) for role, m in pair.items(move=False)}}
 
 
 def describe_difference(saved: dict, current: dict) -> str:

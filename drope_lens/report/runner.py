@@ -67,7 +67,9 @@ class ReportOptions(Options):
         self._set("threshold", check_threshold(self.threshold, "threshold"))
         for name in ("n_seeds", "max_length", "batch_size"):
             if getattr(self, name) < (2 if name == "n_seeds" else 1):
-                raise DropeLensInputError(f"{name} must be >= {2 if name == 'n_seeds' else 1}, got {getattr(self, name)}")
+                raise DropeLensInputError(
+                    f"{name} must be >= {2 if name == 'n_seeds' else 1}, got {getattr(self, name)}"
+                )
         if self.task_n is not None and self.task_n < 1:
             raise DropeLensInputError(f"task_n must be >= 1, got {self.task_n}")
         if self.task_scoring not in SCORING:
@@ -77,10 +79,14 @@ class ReportOptions(Options):
         if self.task_format not in FORMATS:
             raise DropeLensInputError(f"task_format must be one of {FORMATS}, got {self.task_format!r}")
         if self.task_format == "completion" and self.task_scoring == "study":
-            raise DropeLensInputError("task_format 'completion' needs log-prob scoring ('logprob' or "
-                                      "'calibrated'); use task_format 'yes_no' with scoring 'study'.")
+            raise DropeLensInputError(
+                "task_format 'completion' needs log-prob scoring ('logprob' or "
+                "'calibrated'); use task_format 'yes_no' with scoring 'study'."
+            )
         if not self.passkey_lengths or min(self.passkey_lengths) < 1:
-            raise DropeLensInputError(f"passkey_lengths must be positive token counts, got {list(self.passkey_lengths)}")
+            raise DropeLensInputError(
+                f"passkey_lengths must be positive token counts, got {list(self.passkey_lengths)}"
+            )
         if self.quick:  # idempotent caps, so replace() on a quick object keeps them
             self._set("n_seeds", min(self.n_seeds, 3))
             self._set("max_length", min(self.max_length, 128))
@@ -101,21 +107,28 @@ class ReportOptions(Options):
         if step == "phase":
             return PhaseOptions(profile_conditions=not self.quick)
         if step == "tasks":
-            n = ({task: self.task_n for task in REPORT_N} if self.task_n is not None
-                 else dict(QUICK_N if self.quick else REPORT_N))
-            return TaskOptions(seed=self.seed, n=n, scoring=self.task_scoring, n_shot=self.n_shot,
-                               task_format=self.task_format, passkey_lengths=tuple(self.passkey_lengths))
+            n = (
+                {task: self.task_n for task in REPORT_N}
+                if self.task_n is not None
+                else dict(QUICK_N if self.quick else REPORT_N)
+            )
+            return TaskOptions(
+                seed=self.seed,
+                n=n,
+                scoring=self.task_scoring,
+                n_shot=self.n_shot,
+                task_format=self.task_format,
+                passkey_lengths=tuple(self.passkey_lengths),
+            )
         if step == "context":
             return o.REPORT_CONTEXT.replace(seed=self.seed, threshold=self.threshold)
         return None
 
     def step_options(self, step: str) -> dict:
         """What identifies a saved part: the shared sizes and every field of the step's analysis options."""
-        common = {"quick": self.quick, "seed": self.seed, "max_length": self.max_length,
-                  "batch_size": self.batch_size}
+        common = {"quick": self.quick, "seed": self.seed, "max_length": self.max_length, "batch_size": self.batch_size}
         analysis = self.analysis_options(step)
         return {**common, **(analysis.to_dict() if analysis is not None else {})}
-
 
 
 @dataclass
@@ -130,8 +143,7 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_report(pair, out_dir, options: Optional[ReportOptions] = None, *,
-               progress: bool = True) -> dict:
+def run_report(pair, out_dir, options: Optional[ReportOptions] = None, *, progress: bool = True) -> dict:
     """Run (or resume) every step on ``pair`` and write the results folder. Returns results.json's dict."""
     from drope_lens.report import steps as step_impl
     from drope_lens.report.build import build_outputs
@@ -146,13 +158,13 @@ def run_report(pair, out_dir, options: Optional[ReportOptions] = None, *,
         return _run_locked(pair, out, options, progress, pair_identity(pair), step_impl, build_outputs)
 
 
-def _run_locked(pair, out: Path, options: "ReportOptions", progress: bool, identity: dict,
-                step_impl, build_outputs) -> dict:
+def _run_locked(
+    pair, out: Path, options: "ReportOptions", progress: bool, identity: dict, step_impl, build_outputs
+) -> dict:
     store = PartStore(out)
     outcomes: dict[str, StepOutcome] = {}
     context: dict = {}
-    optional = tuple(s for s in OPTIONAL_STEPS
-                     if s in options.steps and not (options.quick and s in NOT_IN_QUICK))
+    optional = tuple(s for s in OPTIONAL_STEPS if s in options.steps and not (options.quick and s in NOT_IN_QUICK))
     for step in STEPS + optional:
         if step not in options.steps:
             outcomes[step] = StepOutcome(step, "skipped", 0.0)

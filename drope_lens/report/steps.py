@@ -13,7 +13,6 @@ from typing import Optional
 from drope_lens.jsonio import plain
 
 
-
 def text_sets(options) -> dict[str, list[str]]:
     """The built-in texts each step uses.
 
@@ -48,8 +47,14 @@ def run_massive(pair, options, context, *, progress: bool = True) -> dict:
     idx = _positions(sets["identify"], sets["massive"])
     out = {"n_texts": len(sets["massive"])}
     for role, model in pair.items():
-        res = detect_massive(model, sets["massive"], options.analysis_options("massive"),
-                             batch_size=options.batch_size, max_length=options.max_length, progress=progress)
+        res = detect_massive(
+            model,
+            sets["massive"],
+            options.analysis_options("massive"),
+            batch_size=options.batch_size,
+            max_length=options.max_length,
+            progress=progress,
+        )
         out[role] = res.to_dict()
         out[role]["mean_norm_map"] = {  # [layer, head*d_head] text-mean M, for the channel map view
             t: res.norms(t).mean(0).flatten(1).tolist() for t in ("q", "k")
@@ -70,8 +75,14 @@ def run_phase(pair, options, context, *, progress: bool = True) -> dict:
     texts = text_sets(options)["eval"]
     out = {"n_texts": len(texts)}
     for role, model in pair.items():
-        exp = phase_experiment(model, texts, options.analysis_options("phase"), batch_size=options.batch_size,
-                               max_length=options.max_length, progress=progress)
+        exp = phase_experiment(
+            model,
+            texts,
+            options.analysis_options("phase"),
+            batch_size=options.batch_size,
+            max_length=options.max_length,
+            progress=progress,
+        )
         out[role] = exp.to_dict()
     return plain(out)
 
@@ -85,8 +96,7 @@ def _shared_inputs(role: str, context: dict, sets: dict) -> dict:
     sel = ((context.get("massive") or {}).get(role) or {}).get("identify_selection")
     if sel is not None:
         kw["massive"] = ChannelSelection.from_dict(sel)
-    base = ((((context.get("phase") or {}).get(role) or {}).get("conditions") or {})
-            .get("baseline") or {}).get("ppl")
+    base = ((((context.get("phase") or {}).get(role) or {}).get("conditions") or {}).get("baseline") or {}).get("ppl")
     idx = _positions(sets["disruption"], sets["eval"])
     if base is not None and idx is not None:
         kw["baseline"] = PerplexityResult.from_dict(base).subset(idx)
@@ -101,9 +111,14 @@ def run_disruption(pair, options, context, *, progress: bool = True) -> dict:
     results = {}
     for role, model in pair.items():
         results[role] = run_disruption(
-            model, options.analysis_options("disruption"), identify_texts=sets["identify"],
-            eval_texts=sets["disruption"], batch_size=options.batch_size, max_length=options.max_length,
-            progress=progress, **_shared_inputs(role, context, sets),
+            model,
+            options.analysis_options("disruption"),
+            identify_texts=sets["identify"],
+            eval_texts=sets["disruption"],
+            batch_size=options.batch_size,
+            max_length=options.max_length,
+            progress=progress,
+            **_shared_inputs(role, context, sets),
         )
     return plain(compare_disruption(results["rope"], results["drope"]).to_dict())
 
@@ -116,8 +131,13 @@ def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
     results = {}
     for role, model in pair.items():
         bos_layer = (phase.get(role) or {}).get("bos_layer")
-        results[role] = run_tasks(model, bos_layer=bos_layer, batch_size=options.batch_size, progress=progress,
-                                  options=options.analysis_options("tasks"))
+        results[role] = run_tasks(
+            model,
+            bos_layer=bos_layer,
+            batch_size=options.batch_size,
+            progress=progress,
+            options=options.analysis_options("tasks"),
+        )
     return plain(compare_tasks(results["rope"], results["drope"]).to_dict())
 
 

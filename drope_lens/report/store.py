@@ -54,12 +54,17 @@ class PartStore:
         """The saved result of ``step`` if it finished with the same options and models, else None."""
         return self.check(step, options, identity)[0]
 
-    def save(self, step: str, options: dict, result: Any, seconds: float,
-             identity: Optional[dict] = None) -> None:
+    def save(self, step: str, options: dict, result: Any, seconds: float, identity: Optional[dict] = None) -> None:
         atomic_write_json(
             self.path(step),
-            {"step": step, "fingerprint": fingerprint({"options": options, "identity": identity}),
-             "options": options, "identity": identity, "seconds": round(seconds, 3), "result": result},
+            {
+                "step": step,
+                "fingerprint": fingerprint({"options": options, "identity": identity}),
+                "options": options,
+                "identity": identity,
+                "seconds": round(seconds, 3),
+                "result": result,
+            },
         )
 
     def seconds(self, step: str) -> Optional[float]:
@@ -111,7 +116,8 @@ class ResultsLock:
                 if pid > 0 and pid != os.getpid() and _pid_alive(pid):
                     raise ReportLockedError(
                         f"{self.path.parent} is being written by another drope-lens report (pid {pid}, "
-                        f"started {started}); wait for it to finish or choose another --out") from None
+                        f"started {started}); wait for it to finish or choose another --out"
+                    ) from None
                 self._say(f"taking over stale lock {self.path} (pid {pid}, started {started}, not running)")
                 try:
                     self.path.unlink()
@@ -119,8 +125,7 @@ class ResultsLock:
                     pass
                 continue
             with os.fdopen(fd, "w") as fh:
-                json.dump({"pid": os.getpid(),
-                           "started": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime())}, fh)
+                json.dump({"pid": os.getpid(), "started": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime())}, fh)
             self._held = True
             return
         raise ReportLockedError(f"could not take the lock {self.path}; another report raced for it")

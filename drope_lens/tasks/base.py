@@ -22,12 +22,11 @@ from typing import Any, Optional, Sequence
 
 from drope_lens.errors import CorruptFileError, DropeLensInputError, MissingFileError
 
-CATEGORIES = {"cities": "parametric", "sports": "parametric", "sentiment": "contextual",
-              "passkey": "contextual"}
+CATEGORIES = {"cities": "parametric", "sports": "parametric", "sentiment": "contextual", "passkey": "contextual"}
 
 YES_NO_PROMPT = "Answer with only 'Yes' or 'No'.\n\nQuestion: {question}\nAnswer:"
 #: Item formats of the parametric tasks: yes/no questions (the study's) or two-way completion.
-from drope_lens.options import FORMATS  # noqa: E402  (re-exported)
+
 #: Option labels of completion items (positions in ``item.meta[choices_key]``).
 SLOTS = ("A", "B")
 
@@ -54,8 +53,9 @@ def read_rows(path: Path, what: str = "columns/keys") -> list:
         raise CorruptFileError(f"{path} is not valid {suffix[1:].upper()} ({exc}); fix the file ({what})") from exc
     data = data.get("data", data) if isinstance(data, dict) else data
     if not isinstance(data, list):
-        raise CorruptFileError(f"{path}: expected a JSON list of rows (or {{\"data\": [...]}}), got "
-                               f"{type(data).__name__}")
+        raise CorruptFileError(
+            f'{path}: expected a JSON list of rows (or {{"data": [...]}}), got {type(data).__name__}'
+        )
     return data
 
 
@@ -102,8 +102,10 @@ class TaskDataset:
     def fill(self, content: str) -> str:
         """The task's template with ``content`` in its slot."""
         if not self.template or not self.slot:
-            raise DropeLensInputError(f"Task {self.name!r} has no template/slot; calibrated and few-shot "
-                             "scoring need them (set template=, slot=, content_key=).")
+            raise DropeLensInputError(
+                f"Task {self.name!r} has no template/slot; calibrated and few-shot "
+                "scoring need them (set template=, slot=, content_key=)."
+            )
         return self.template.format(**{self.slot: content})
 
     def __post_init__(self) -> None:
@@ -116,15 +118,17 @@ class TaskDataset:
                 raise DropeLensInputError(f"Task {self.name!r}: a choice task needs >= 2 options.")
             bad = [it.answer for it in self.items if it.answer not in self.options]
             if bad:
-                raise DropeLensInputError(f"Task {self.name!r}: answers {sorted(set(bad))[:5]} are not in "
-                                 f"the options {self.options}.")
+                raise DropeLensInputError(
+                    f"Task {self.name!r}: answers {sorted(set(bad))[:5]} are not in the options {self.options}."
+                )
             if self.choices_key:
                 for it in [*self.items, *self.demo_pool]:
                     got = it.meta.get(self.choices_key)
-                    if (not isinstance(got, (list, tuple)) or len(got) != len(self.options)
-                            or len(set(got)) != len(got)):
-                        raise ValueError(f"Task {self.name!r}: item meta[{self.choices_key!r}] must "
-                                         f"hold {len(self.options)} distinct continuations, got {got!r}.")
+                    if not isinstance(got, (list, tuple)) or len(got) != len(self.options) or len(set(got)) != len(got):
+                        raise ValueError(
+                            f"Task {self.name!r}: item meta[{self.choices_key!r}] must "
+                            f"hold {len(self.options)} distinct continuations, got {got!r}."
+                        )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -136,9 +140,16 @@ class TaskDataset:
         return {opt: sum(it.answer == opt for it in self.items) for opt in self.options}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "category": self.category, "kind": self.kind,
-                "options": list(self.options), "source": self.source, "choices_key": self.choices_key,
-                "label_counts": self.label_counts(), "items": [it.to_dict() for it in self.items]}
+        return {
+            "name": self.name,
+            "category": self.category,
+            "kind": self.kind,
+            "options": list(self.options),
+            "source": self.source,
+            "choices_key": self.choices_key,
+            "label_counts": self.label_counts(),
+            "items": [it.to_dict() for it in self.items],
+        }
 
     def to_dataframe(self):
         import pandas as pd
@@ -158,8 +169,9 @@ def check_n(n: Optional[int], available: int, what: str) -> int:
     return n
 
 
-def sample_balanced(items: Sequence[TaskItem], n: Optional[int], seed: int, *, what: str,
-                    options: Sequence[str]) -> list[TaskItem]:
+def sample_balanced(
+    items: Sequence[TaskItem], n: Optional[int], seed: int, *, what: str, options: Sequence[str]
+) -> list[TaskItem]:
     """``n`` items with the answers as balanced as possible (counts differ by at most 1), shuffled.
 
     Deterministic in ``seed`` (``random.Random(seed)``; the global RNG is never touched). The
@@ -171,9 +183,11 @@ def sample_balanced(items: Sequence[TaskItem], n: Optional[int], seed: int, *, w
     want = {opt: n // k + (1 if i < n % k else 0) for i, opt in enumerate(options)}
     for opt in options:
         if want[opt] > len(by_answer[opt]):
-            raise DropeLensInputError(f"n={n} needs {want[opt]} '{opt}' items but {what} has only "
-                             f"{len(by_answer[opt])}; the largest balanced n is "
-                             f"{k * min(len(v) for v in by_answer.values())}.")
+            raise DropeLensInputError(
+                f"n={n} needs {want[opt]} '{opt}' items but {what} has only "
+                f"{len(by_answer[opt])}; the largest balanced n is "
+                f"{k * min(len(v) for v in by_answer.values())}."
+            )
     rng = random.Random(seed)
     out: list[TaskItem] = []
     for opt in options:

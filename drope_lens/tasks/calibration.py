@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -43,16 +43,18 @@ def draw_demonstrations(ds: TaskDataset, k: int, seed: int) -> list[TaskItem]:
     if ds.kind != "choice":
         raise ValueError(f"Task {ds.name!r} ({ds.kind}): few-shot prompts are for choice tasks only.")
     if not ds.demo_pool:
-        raise ValueError(f"Task {ds.name!r} has no demo_pool to draw {k} demonstrations from; "
-                         "pass one (items disjoint from the evaluated ones) or use n_shot=0.")
+        raise ValueError(
+            f"Task {ds.name!r} has no demo_pool to draw {k} demonstrations from; "
+            "pass one (items disjoint from the evaluated ones) or use n_shot=0."
+        )
     evaluated = {it.text for it in ds.items}
     pool = [it for it in ds.demo_pool if it.text not in evaluated]
-    return sample_balanced(pool, k, random.Random(seed).randrange(2**31),
-                           what=f"the demo pool of {ds.name!r}", options=ds.options)
+    return sample_balanced(
+        pool, k, random.Random(seed).randrange(2**31), what=f"the demo pool of {ds.name!r}", options=ds.options
+    )
 
 
-def build_prompt(tokenizer, ds: TaskDataset, text: str, demos: Sequence[TaskItem], *,
-                 chat: bool = False) -> str:
+def build_prompt(tokenizer, ds: TaskDataset, text: str, demos: Sequence[TaskItem], *, chat: bool = False) -> str:
     """The model's input for one item ``text`` (a filled template) after ``demos``."""
     if not demos:
         return format_prompt(tokenizer, text, chat=chat)
@@ -62,16 +64,16 @@ def build_prompt(tokenizer, ds: TaskDataset, text: str, demos: Sequence[TaskItem
         raise ValueError("chat=True needs a tokenizer with a chat template (an instruct model).")
     msgs = []
     for d in demos:
-        msgs += [{"role": "user", "content": d.text},
-                 {"role": "assistant", "content": ds.answer_text(d)}]
+        msgs += [{"role": "user", "content": d.text}, {"role": "assistant", "content": ds.answer_text(d)}]
     msgs.append({"role": "user", "content": text})
     out = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     bos = getattr(tokenizer, "bos_token", None)
-    return out[len(bos):] if bos and out.startswith(bos) else out
+    return out[len(bos) :] if bos and out.startswith(bos) else out
 
 
-def content_free_prompts(tokenizer, ds: TaskDataset, demos: Sequence[TaskItem], *,
-                         chat: bool = False, fillers: Sequence[str] = CONTENT_FREE) -> list[str]:
+def content_free_prompts(
+    tokenizer, ds: TaskDataset, demos: Sequence[TaskItem], *, chat: bool = False, fillers: Sequence[str] = CONTENT_FREE
+) -> list[str]:
     return [build_prompt(tokenizer, ds, ds.fill(f), demos, chat=chat) for f in fillers]
 
 
@@ -82,8 +84,7 @@ def log_prior(cf_logprobs: np.ndarray) -> np.ndarray:
     return np.log(np.exp(lp).mean(0))
 
 
-def item_log_priors(ds: TaskDataset, cf_logprobs: np.ndarray, continuations: Sequence[str]
-                    ) -> np.ndarray:
+def item_log_priors(ds: TaskDataset, cf_logprobs: np.ndarray, continuations: Sequence[str]) -> np.ndarray:
     """``[n_items, n_options]`` log priors of completion items from ``[n_fillers, n_continuations]``
     content-free log-probs of ``continuations`` (each item: :func:`log_prior` of its columns)."""
     col = {c: j for j, c in enumerate(continuations)}
@@ -107,8 +108,9 @@ def margins_by_option(scores: np.ndarray) -> np.ndarray:
     return out
 
 
-def auroc(scores: np.ndarray, answers: Sequence[int], *, seed: int = 0,
-          n_resamples: int = N_BOOTSTRAP) -> tuple[float, float, float]:
+def auroc(
+    scores: np.ndarray, answers: Sequence[int], *, seed: int = 0, n_resamples: int = N_BOOTSTRAP
+) -> tuple[float, float, float]:
     """AUROC of the option margin and its bootstrap 95 % CI (NaN where a class is missing)."""
     from scipy.stats import bootstrap
 
@@ -125,8 +127,16 @@ def auroc(scores: np.ndarray, answers: Sequence[int], *, seed: int = 0,
             lows.append(math.nan)
             highs.append(math.nan)
             continue
-        res = bootstrap((pos, neg), _auc, vectorized=True, paired=False, n_resamples=n_resamples,
-                        batch=200, method="percentile", random_state=np.random.default_rng(seed))
+        res = bootstrap(
+            (pos, neg),
+            _auc,
+            vectorized=True,
+            paired=False,
+            n_resamples=n_resamples,
+            batch=200,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+        )
         lows.append(float(res.confidence_interval.low))
         highs.append(float(res.confidence_interval.high))
     return float(np.mean(vals)), float(np.mean(lows)), float(np.mean(highs))

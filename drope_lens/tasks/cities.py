@@ -28,19 +28,40 @@ from typing import Optional, Union
 
 from drope_lens.errors import DropeLensInputError
 from drope_lens.tasks.base import (
-    FORMATS, SLOTS, YES_NO_PROMPT, TaskDataset, TaskItem, check_n, convert_to_question, read_rows,
+    FORMATS,
+    SLOTS,
+    YES_NO_PROMPT,
+    TaskDataset,
+    TaskItem,
+    check_n,
+    convert_to_question,
+    read_rows,
     sample_balanced,
 )
 
 OPTIONS = ("Yes", "No")
 #: Territories and codes that are not (or no longer) countries, or whose status is contested.
-EXCLUDED_CODES = frozenset({"HK", "MO", "PR", "PS", "XK", "CS", "AN", "EH", "GU", "VI", "RE", "GP",
-                            "MQ", "GF", "YT", "NC", "PF"})
+EXCLUDED_CODES = frozenset(
+    {"HK", "MO", "PR", "PS", "XK", "CS", "AN", "EH", "GU", "VI", "RE", "GP", "MQ", "GF", "YT", "NC", "PF"}
+)
 #: Country names read with a definite article.
-WITH_THE = frozenset({"United States", "United Kingdom", "Netherlands", "Philippines",
-                      "Democratic Republic of the Congo", "Republic of the Congo",
-                      "United Arab Emirates", "Czech Republic", "Dominican Republic",
-                      "Central African Republic", "Bahamas", "Gambia", "Ivory Coast"})
+WITH_THE = frozenset(
+    {
+        "United States",
+        "United Kingdom",
+        "Netherlands",
+        "Philippines",
+        "Democratic Republic of the Congo",
+        "Republic of the Congo",
+        "United Arab Emirates",
+        "Czech Republic",
+        "Dominican Republic",
+        "Central African Republic",
+        "Bahamas",
+        "Gambia",
+        "Ivory Coast",
+    }
+)
 GEOTEXT_HINT = "pip install geotext==0.4.0"
 COMPLETION_PROMPT = "Q: In which country is {city}?\nA:"
 
@@ -59,7 +80,8 @@ def geonames_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
             f"The cities task reads GeoNames data shipped in the geotext package: {GEOTEXT_HINT} "
-            "(or use load_cities_csv with your own file).")
+            "(or use load_cities_csv with your own file)."
+        )
     data = Path(list(spec.submodule_search_locations)[0]) / "data"
     for name in ("cities15000.txt", "countryInfo.txt"):
         if not (data / name).is_file():
@@ -90,8 +112,7 @@ def _dominant(pop: int, same_name: list[int]) -> bool:
     return others[0] == pop and (len(others) == 1 or others[1] < 0.1 * pop)
 
 
-def city_pool(*, pool_size: int = 500, per_country: int = 20,
-              data_dir: Optional[Path] = None) -> list[City]:
+def city_pool(*, pool_size: int = 500, per_country: int = 20, data_dir: Optional[Path] = None) -> list[City]:
     """The well-known city pool, most populous first (see the module docstring)."""
     data = Path(data_dir) if data_dir is not None else geonames_dir()
     countries = read_countries(data / "countryInfo.txt")
@@ -111,10 +132,17 @@ def city_pool(*, pool_size: int = 500, per_country: int = 20,
     per: dict[str, int] = {}
     for name, ascii_name, code, pop in rows:
         country = countries.get(code)
-        if (country is None or code in EXCLUDED_CODES or name != ascii_name or not _is_plain(name)
-                or not _dominant(pop, by_name[name.lower()]) or name.startswith("City of")
-                or name.lower() in country_names
-                or country.lower() in name.lower() or per.get(code, 0) >= per_country):
+        if (
+            country is None
+            or code in EXCLUDED_CODES
+            or name != ascii_name
+            or not _is_plain(name)
+            or not _dominant(pop, by_name[name.lower()])
+            or name.startswith("City of")
+            or name.lower() in country_names
+            or country.lower() in name.lower()
+            or per.get(code, 0) >= per_country
+        ):
             continue
         per[code] = per.get(code, 0) + 1
         pool.append(City(name, code, country, pop))
@@ -133,21 +161,35 @@ def city_item(city: str, country: str, correct_country: str) -> TaskItem:
     return TaskItem(
         text=YES_NO_PROMPT.format(question=question),
         answer="Yes" if country == correct_country else "No",
-        meta={"statement": statement, "question": question, "city": city, "country": country,
-              "correct_country": correct_country},
+        meta={
+            "statement": statement,
+            "question": question,
+            "city": city,
+            "country": country,
+            "correct_country": correct_country,
+        },
     )
 
 
 def completion_item(city: str, correct_country: str, distractor: str, true_first: bool) -> TaskItem:
-    """"In which country is X?" with the true country and a distractor as options A / B."""
+    """ "In which country is X?" with the true country and a distractor as options A / B."""
     choices = [correct_country, distractor] if true_first else [distractor, correct_country]
-    return TaskItem(COMPLETION_PROMPT.format(city=city), SLOTS[0] if true_first else SLOTS[1],
-                    {"city": city, "choices": choices, "correct_country": correct_country})
+    return TaskItem(
+        COMPLETION_PROMPT.format(city=city),
+        SLOTS[0] if true_first else SLOTS[1],
+        {"city": city, "choices": choices, "correct_country": correct_country},
+    )
 
 
-def load_cities(n: Optional[int] = 200, seed: int = 0, *, pool_size: int = 500,
-                per_country: int = 20, data_dir: Optional[Path] = None,
-                form: str = "yes_no") -> TaskDataset:
+def load_cities(
+    n: Optional[int] = 200,
+    seed: int = 0,
+    *,
+    pool_size: int = 500,
+    per_country: int = 20,
+    data_dir: Optional[Path] = None,
+    form: str = "yes_no",
+) -> TaskDataset:
     """Balanced GeoNames city items (via geotext): yes/no "Is the city of X in Y?" or completion."""
     if form not in FORMATS:
         raise ValueError(f"Unknown form {form!r}; choose from {FORMATS}.")
@@ -171,30 +213,50 @@ def load_cities(n: Optional[int] = 200, seed: int = 0, *, pool_size: int = 500,
     demo_rng = random.Random(seed + 1)
     demos = []
     for i, city in enumerate(rest):  # alternate true / false statements about unused cities
-        country = (city.country if i % 2 == 0
-                   else demo_rng.choice([c for c in countries if c != city.country]))
+        country = city.country if i % 2 == 0 else demo_rng.choice([c for c in countries if c != city.country])
         demos.append(city_item(city.name, country, city.country))
-    return TaskDataset("cities", "parametric", "choice", items, OPTIONS,
-                       source="GeoNames cities15000 via geotext (CC BY 4.0)",
-                       template=YES_NO_PROMPT, slot="question", content_key="question",
-                       demo_pool=demos)
+    return TaskDataset(
+        "cities",
+        "parametric",
+        "choice",
+        items,
+        OPTIONS,
+        source="GeoNames cities15000 via geotext (CC BY 4.0)",
+        template=YES_NO_PROMPT,
+        slot="question",
+        content_key="question",
+        demo_pool=demos,
+    )
 
 
-def _completion_cities(pool: list[City], chosen: list[City], countries: list[str],
-                       rng: random.Random, seed: int) -> TaskDataset:
+def _completion_cities(
+    pool: list[City], chosen: list[City], countries: list[str], rng: random.Random, seed: int
+) -> TaskDataset:
     n = len(chosen)
-    items = [completion_item(c.name, c.country, rng.choice([k for k in countries if k != c.country]),
-                             i < (n + 1) // 2) for i, c in enumerate(chosen)]
+    items = [
+        completion_item(c.name, c.country, rng.choice([k for k in countries if k != c.country]), i < (n + 1) // 2)
+        for i, c in enumerate(chosen)
+    ]
     rng.shuffle(items)
     used = {c.name for c in chosen}
     demo_rng = random.Random(seed + 1)
-    demos = [completion_item(c.name, c.country,
-                             demo_rng.choice([k for k in countries if k != c.country]), i % 2 == 0)
-             for i, c in enumerate(c for c in pool if c.name not in used)]
-    return TaskDataset("cities", "parametric", "choice", items, SLOTS,
-                       source="GeoNames cities15000 via geotext (CC BY 4.0)",
-                       template=COMPLETION_PROMPT, slot="city", content_key="city",
-                       demo_pool=demos, choices_key="choices")
+    demos = [
+        completion_item(c.name, c.country, demo_rng.choice([k for k in countries if k != c.country]), i % 2 == 0)
+        for i, c in enumerate(c for c in pool if c.name not in used)
+    ]
+    return TaskDataset(
+        "cities",
+        "parametric",
+        "choice",
+        items,
+        SLOTS,
+        source="GeoNames cities15000 via geotext (CC BY 4.0)",
+        template=COMPLETION_PROMPT,
+        slot="city",
+        content_key="city",
+        demo_pool=demos,
+        choices_key="choices",
+    )
 
 
 def load_cities_csv(path: Union[str, Path], n: Optional[int] = None, seed: int = 0) -> TaskDataset:
@@ -208,17 +270,23 @@ def load_cities_csv(path: Union[str, Path], n: Optional[int] = None, seed: int =
     need = {"statement", "label"}
     found = sorted(rows[0]) if rows and isinstance(rows[0], dict) else []
     if rows and not need <= set(found):
-        raise DropeLensInputError(f"{path}: needs columns {sorted(need)} "
-                                  f"(Jin format: statement,label,city,country,correct_country); found {found}.")
+        raise DropeLensInputError(
+            f"{path}: needs columns {sorted(need)} "
+            f"(Jin format: statement,label,city,country,correct_country); found {found}."
+        )
     for row in rows:
         label = str(row["label"]).strip().lower()
         if label not in ("1", "0", "true", "false"):
             raise DropeLensInputError(f"{path}: label {row['label']!r} is not 1/0/True/False.")
         question = convert_to_question(row["statement"])
         meta = {k: row[k] for k in ("statement", "city", "country", "correct_country") if k in row}
-        items.append(TaskItem(YES_NO_PROMPT.format(question=question),
-                              "Yes" if label in ("1", "true") else "No",
-                              {**meta, "question": question}))
+        items.append(
+            TaskItem(
+                YES_NO_PROMPT.format(question=question),
+                "Yes" if label in ("1", "true") else "No",
+                {**meta, "question": question},
+            )
+        )
     if not items:
         raise DropeLensInputError(f"{path} holds no rows.")
     items = sample_balanced(items, n, seed, what=str(path), options=OPTIONS) if n else items

@@ -17,11 +17,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from transformer_lens import HookedTransformer
 
+from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.conditions import CONDITIONS, NEEDS_BOS, NEEDS_QK, QK_DEFAULTS, QkSettings, qk_settings
 from drope_lens.hooks.types import FwdHooks
-
-from drope_lens.errors import DropeLensInputError
-
 
 
 @dataclass(frozen=True)
@@ -39,13 +37,15 @@ class Condition:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def standard_condition(name: str, *, bos_layer: Optional[int] = None, bos_mode: str = "zero",
-                       qk_kwargs: QkSettings = None) -> Condition:
+def standard_condition(
+    name: str, *, bos_layer: Optional[int] = None, bos_mode: str = "zero", qk_kwargs: QkSettings = None
+) -> Condition:
     """One of :data:`CONDITIONS` (``bos_layer`` required for ``bos_mlp`` / ``combined``; ``qk_kwargs``:
     a :class:`~drope_lens.options.MeanReplacementOptions` or a dict of its keywords)."""
     if name not in CONDITIONS:
-        raise DropeLensInputError(f"Unknown condition {name!r}; choose from {CONDITIONS} "
-                         "or pass a Condition for your own hooks.")
+        raise DropeLensInputError(
+            f"Unknown condition {name!r}; choose from {CONDITIONS} or pass a Condition for your own hooks."
+        )
     if name in NEEDS_BOS and bos_layer is None:
         raise DropeLensInputError(f"Condition {name!r} needs bos_layer (the BOS spike layer).")
     qk_kwargs = qk_settings(qk_kwargs)
@@ -55,8 +55,7 @@ def standard_condition(name: str, *, bos_layer: Optional[int] = None, bos_mode: 
             return []
         from drope_lens.hooks.conditions import condition_hooks
 
-        return condition_hooks(model, name, bos_layer=bos_layer, bos_mode=bos_mode,
-                               qk_kwargs=qk_kwargs)
+        return condition_hooks(model, name, bos_layer=bos_layer, bos_mode=bos_mode, qk_kwargs=qk_kwargs)
 
     info: dict[str, Any] = {}
     if name in NEEDS_BOS:
@@ -66,14 +65,22 @@ def standard_condition(name: str, *, bos_layer: Optional[int] = None, bos_mode: 
     return Condition(name, make, batch_safe=True, info=info)
 
 
-def resolve_conditions(conditions: Sequence[Union[str, Condition]], *, bos_layer: Optional[int],
-                       bos_mode: str = "zero", qk_kwargs: QkSettings = None) -> list[Condition]:
+def resolve_conditions(
+    conditions: Sequence[Union[str, Condition]],
+    *,
+    bos_layer: Optional[int],
+    bos_mode: str = "zero",
+    qk_kwargs: QkSettings = None,
+) -> list[Condition]:
     """Names and :class:`Condition` objects → conditions (names must be unique)."""
     if isinstance(conditions, (str, Condition)):
         conditions = [conditions]
-    out = [c if isinstance(c, Condition) else
-           standard_condition(c, bos_layer=bos_layer, bos_mode=bos_mode, qk_kwargs=qk_kwargs)
-           for c in conditions]
+    out = [
+        c
+        if isinstance(c, Condition)
+        else standard_condition(c, bos_layer=bos_layer, bos_mode=bos_mode, qk_kwargs=qk_kwargs)
+        for c in conditions
+    ]
     names = [c.name for c in out]
     if not out:
         raise DropeLensInputError("No conditions given.")

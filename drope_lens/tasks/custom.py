@@ -17,8 +17,14 @@ _TRUE = {"true", "yes", "1"}
 _FALSE = {"false", "no", "0"}
 
 
-def load_yes_no_file(path: Union[str, Path], *, name: str = "custom", category: str = "parametric",
-                     n: Optional[int] = None, seed: int = 0) -> TaskDataset:
+def load_yes_no_file(
+    path: Union[str, Path],
+    *,
+    name: str = "custom",
+    category: str = "parametric",
+    n: Optional[int] = None,
+    seed: int = 0,
+) -> TaskDataset:
     """Yes/no questions from a file; with ``n``, a balanced sample (``random.Random(seed)``)."""
     path = Path(path)
     items = []
@@ -30,14 +36,22 @@ def load_yes_no_file(path: Union[str, Path], *, name: str = "custom", category: 
         if key not in _TRUE | _FALSE:
             raise DropeLensInputError(f"{path}, row {i}: answer {raw!r} is not true/false, yes/no or 1/0.")
         q = str(row["question"]).strip()
-        items.append(TaskItem(YES_NO_PROMPT.format(question=q), "Yes" if key in _TRUE else "No",
-                              {"question": q}))
+        items.append(TaskItem(YES_NO_PROMPT.format(question=q), "Yes" if key in _TRUE else "No", {"question": q}))
     if not items:
         raise DropeLensInputError(f"{path} holds no questions.")
     pool = items
     if n is not None:
         items = sample_balanced(items, n, seed, what=str(path), options=OPTIONS)
     used = {it.meta["question"] for it in items}
-    return TaskDataset(name, category, "choice", items, OPTIONS, source=str(path),
-                       template=YES_NO_PROMPT, slot="question", content_key="question",
-                       demo_pool=[it for it in pool if it.meta["question"] not in used])
+    return TaskDataset(
+        name,
+        category,
+        "choice",
+        items,
+        OPTIONS,
+        source=str(path),
+        template=YES_NO_PROMPT,
+        slot="question",
+        content_key="question",
+        demo_pool=[it for it in pool if it.meta["question"] not in used],
+    )

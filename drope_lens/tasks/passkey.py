@@ -14,9 +14,8 @@ import random
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from drope_lens.tasks.base import TaskDataset, TaskItem
-
 from drope_lens.errors import DropeLensInputError
+from drope_lens.tasks.base import TaskDataset, TaskItem
 
 FILLER_FILE = Path(__file__).resolve().parent.parent / "data" / "passkey_filler.txt"
 INTRO = "A secret passkey is hidden somewhere in the text below. Find it and remember it.\n\n"
@@ -59,8 +58,16 @@ def assemble(before: str, key: str, after: str) -> str:
     return INTRO + middle + QUESTION
 
 
-def build_prompt(tokenizer, key: str, length: int, depth: float, rng: random.Random, *,
-                 wrap: Callable[[str], str] = lambda s: s, n_ctx: Optional[int] = None) -> TaskItem:
+def build_prompt(
+    tokenizer,
+    key: str,
+    length: int,
+    depth: float,
+    rng: random.Random,
+    *,
+    wrap: Callable[[str], str] = lambda s: s,
+    n_ctx: Optional[int] = None,
+) -> TaskItem:
     """One passkey item of ``length`` tokens (BOS included) with the needle at ``depth``."""
     if not 0.0 <= depth <= 1.0:
         raise DropeLensInputError(f"depth must be in [0, 1], got {depth}")
@@ -69,8 +76,10 @@ def build_prompt(tokenizer, key: str, length: int, depth: float, rng: random.Ran
     count = _Counter(tokenizer, wrap)
     overhead = count.prompt(assemble("", key, ""))
     if length < overhead + MIN_FILLER_TOKENS:
-        raise DropeLensInputError(f"length={length} is too short: the intro, passkey sentence and question "
-                         f"alone take {overhead} tokens; use at least {overhead + MIN_FILLER_TOKENS}.")
+        raise DropeLensInputError(
+            f"length={length} is too short: the intro, passkey sentence and question "
+            f"alone take {overhead} tokens; use at least {overhead + MIN_FILLER_TOKENS}."
+        )
     sentences = filler_sentences()
     sizes = {sent: count.raw(" " + sent) for sent in sentences}  # near-additive token counts
     words: list[str] = []
@@ -102,14 +111,30 @@ def build_prompt(tokenizer, key: str, length: int, depth: float, rng: random.Ran
     n_tokens = count.prompt(text)
     if abs(n_tokens - length) > LENGTH_TOLERANCE * length:
         raise RuntimeError(f"Could not build a {length}-token passkey prompt (got {n_tokens}).")
-    return TaskItem(text, key, {"key": key, "length": length, "n_tokens": n_tokens, "depth": depth,
-                                "depth_actual": offs[best] / total if total else 0.0,
-                                "filler_tokens": total})
+    return TaskItem(
+        text,
+        key,
+        {
+            "key": key,
+            "length": length,
+            "n_tokens": n_tokens,
+            "depth": depth,
+            "depth_actual": offs[best] / total if total else 0.0,
+            "filler_tokens": total,
+        },
+    )
 
 
-def load_passkey(tokenizer, *, lengths: Sequence[int] = (256, 512), n: int = 20,
-                 depth: float = 0.5, seed: int = 0, wrap: Callable[[str], str] = lambda s: s,
-                 n_ctx: Optional[int] = None) -> TaskDataset:
+def load_passkey(
+    tokenizer,
+    *,
+    lengths: Sequence[int] = (256, 512),
+    n: int = 20,
+    depth: float = 0.5,
+    seed: int = 0,
+    wrap: Callable[[str], str] = lambda s: s,
+    n_ctx: Optional[int] = None,
+) -> TaskDataset:
     """``n`` passkey prompts per length (distinct keys per length, ``random.Random`` seeded).
 
     Args:
@@ -128,5 +153,4 @@ def load_passkey(tokenizer, *, lengths: Sequence[int] = (256, 512), n: int = 20,
         for i, key in enumerate(keys):
             rng = random.Random(f"passkey-{seed}-{length}-{i}")
             items.append(build_prompt(tokenizer, key, int(length), depth, rng, wrap=wrap, n_ctx=n_ctx))
-    return TaskDataset("passkey", "contextual", "passkey", items,
-                       source="generated (project filler, seeded keys)")
+    return TaskDataset("passkey", "contextual", "passkey", items, source="generated (project filler, seeded keys)")

@@ -137,8 +137,7 @@ class TaskResults:
         for cat in CATEGORY_ORDER:
             tasks = [t for t in self.tasks if self.categories[t] == cat]
             out[f"{cat}_accuracy"] = _nanmean([self.accuracy(t, condition) for t in tasks])
-            degs = ([self.degradation(t, condition, baseline) for t in tasks]
-                    if baseline in self.conditions else [])
+            degs = [self.degradation(t, condition, baseline) for t in tasks] if baseline in self.conditions else []
             mean = _nanmean([d for d in degs if d is not None])
             out[f"{cat}_degradation"] = None if math.isnan(mean) else mean
             out[f"{cat}_tasks"] = [t for t, d in zip(tasks, degs, strict=False) if d is not None and not math.isnan(d)]
@@ -156,8 +155,7 @@ class TaskResults:
         rows = []
         for s in self.scores:
             row = {"model": self.model, **s.to_dict(), "above_chance": s.above_chance}
-            row["degradation"] = (self.degradation(s.task, s.condition)
-                                  if "baseline" in self.conditions else None)
+            row["degradation"] = self.degradation(s.task, s.condition) if "baseline" in self.conditions else None
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -167,13 +165,31 @@ class TaskResults:
         return pd.DataFrame([{"model": self.model, **it.to_dict()} for it in self.items])
 
     def to_dict(self, *, include_items: bool = True) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("model", "scoring", "chat", "seed", "tasks",
-                                             "categories", "conditions", "datasets",
-                                             "condition_info", "wall_seconds", "n_shot", "task_format",
-                                             "demonstrations", "content_free")}
+        out = {
+            k: getattr(self, k)
+            for k in (
+                "model",
+                "scoring",
+                "chat",
+                "seed",
+                "tasks",
+                "categories",
+                "conditions",
+                "datasets",
+                "condition_info",
+                "wall_seconds",
+                "n_shot",
+                "task_format",
+                "demonstrations",
+                "content_free",
+            )
+        }
         out["scores"] = [{**s.to_dict(), "above_chance": s.above_chance} for s in self.scores]
-        out["degradation"] = {s.task + "/" + s.condition: self.degradation(s.task, s.condition)
-                              for s in self.scores if "baseline" in self.conditions}
+        out["degradation"] = {
+            s.task + "/" + s.condition: self.degradation(s.task, s.condition)
+            for s in self.scores
+            if "baseline" in self.conditions
+        }
         out["summary"] = self.summary()
         if include_items:
             out["items"] = [it.to_dict() for it in self.items]
@@ -190,8 +206,10 @@ class TaskComparison:
     def __post_init__(self) -> None:
         for attr in ("tasks", "conditions", "scoring", "seed", "n_shot", "task_format"):
             if getattr(self.rope, attr) != getattr(self.drope, attr):
-                raise ValueError(f"The two results differ in {attr}: {getattr(self.rope, attr)} vs "
-                                 f"{getattr(self.drope, attr)}; run both with the same settings.")
+                raise ValueError(
+                    f"The two results differ in {attr}: {getattr(self.rope, attr)} vs "
+                    f"{getattr(self.drope, attr)}; run both with the same settings."
+                )
 
     def items(self):
         return [("rope", self.rope), ("drope", self.drope)]
@@ -210,13 +228,14 @@ class TaskComparison:
     def accuracy_table(self):
         """Wide table: task rows, (role, condition) accuracy columns."""
         df = self.to_dataframe()
-        return df.pivot_table(index="task", columns=["role", "condition"], values="accuracy",
-                              sort=False)
+        return df.pivot_table(index="task", columns=["role", "condition"], values="accuracy", sort=False)
 
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
         return {role: res.summary() for role, res in self.items()}
 
     def to_dict(self, *, include_items: bool = True) -> dict[str, Any]:
-        return {"rope": self.rope.to_dict(include_items=include_items),
-                "drope": self.drope.to_dict(include_items=include_items),
-                "summary": self.summary()}
+        return {
+            "rope": self.rope.to_dict(include_items=include_items),
+            "drope": self.drope.to_dict(include_items=include_items),
+            "summary": self.summary(),
+        }

@@ -25,31 +25,42 @@ import math
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
 from drope_lens.errors import DropeLensInputError
+from drope_lens.hooks.conditions import CONDITIONS, NEEDS_BOS
 from drope_lens.loading.forward import model_label
 from drope_lens.loading.tokens import encode
+from drope_lens.options import (  # noqa: E402,F401  (SCORING, TASKS re-exported)
+    SCORING,
+    TASKS,
+    MeanReplacementOptions,
+    TaskOptions,
+    check_task_protocol,
+    takes_options,
+)
 from drope_lens.tasks import parsing
-import numpy as np
-
 from drope_lens.tasks.base import CATEGORIES, FORMATS, TaskDataset, TaskItem
 from drope_lens.tasks.calibration import (
-    CONTENT_FREE, auroc, build_prompt, content_free_prompts, draw_demonstrations, item_log_priors,
+    CONTENT_FREE,
+    auroc,
+    build_prompt,
+    content_free_prompts,
+    draw_demonstrations,
+    item_log_priors,
     log_prior,
 )
 from drope_lens.tasks.conditions import (
-    Condition, default_bos_layer, resolve_conditions, standard_condition,
+    Condition,
+    default_bos_layer,
+    resolve_conditions,
+    standard_condition,
 )
-from drope_lens.hooks.conditions import CONDITIONS, NEEDS_BOS
 from drope_lens.tasks.results import ItemResult, TaskComparison, TaskResults, TaskScore, wilson_interval
-from drope_lens.tasks.sizes import DEFAULT_N
 from drope_lens.tasks.scoring import format_prompt, greedy_generate_batch, option_logprobs, option_token_ids
-
-from drope_lens.options import (  # noqa: E402,F401  (SCORING, TASKS re-exported)
-    SCORING, TASKS, MeanReplacementOptions, TaskOptions, check_task_protocol, takes_options,
-)
+from drope_lens.tasks.sizes import DEFAULT_N
 
 _D = TaskOptions.default  # run_tasks's defaults are TaskOptions' (drope_lens.options)
 STUDY_MAX_NEW_TOKENS = 20
@@ -108,9 +119,17 @@ def build_datasets(
         elif task == "sentiment":
             out.append(load_sentiment(_n_for(task, n), seed))
         elif task == "passkey":
-            out.append(load_passkey(tokenizer, lengths=passkey_lengths, n=_n_for(task, n),
-                                    depth=passkey_depth, seed=seed, n_ctx=n_ctx,
-                                    wrap=lambda s: format_prompt(tokenizer, s, chat=chat)))
+            out.append(
+                load_passkey(
+                    tokenizer,
+                    lengths=passkey_lengths,
+                    n=_n_for(task, n),
+                    depth=passkey_depth,
+                    seed=seed,
+                    n_ctx=n_ctx,
+                    wrap=lambda s: format_prompt(tokenizer, s, chat=chat),
+                )
+            )
         else:
             raise DropeLensInputError(f"Unknown task {task!r}; choose from {TASKS} or pass a TaskDataset.")
     names = [d.name for d in out]
@@ -131,9 +150,17 @@ def _parse_choice(response: str, options: Sequence[str]) -> Optional[str]:
     return min(hits)[1] if hits else None
 
 
-def _score_dataset(model, ds: TaskDataset, cond: Condition, *, scoring: str, chat: bool,
-                   batch_size: int, tick: Callable[[int], None], demos: Sequence[TaskItem] = ()
-                   ) -> tuple[list[ItemResult], Optional[np.ndarray]]:
+def _score_dataset(
+    model,
+    ds: TaskDataset,
+    cond: Condition,
+    *,
+    scoring: str,
+    chat: bool,
+    batch_size: int,
+    tick: Callable[[int], None],
+    demos: Sequence[TaskItem] = (),
+) -> tuple[list[ItemResult], Optional[np.ndarray]]:
     """Item results and, for calibrated scoring, the log option prior (under the active hooks)."""
     tok = model.tokenizer
     if ds.kind == "choice":
@@ -145,41 +172,59 @@ def _score_dataset(model, ds: TaskDataset, cond: Condition, *, scoring: str, cha
     if ds.kind == "choice" and scoring in ("logprob", "calibrated"):
         prefix = "" if chat else " "
         ids = option_token_ids(tok, ds.options, prefix=prefix)
-        row_ids = ([option_token_ids(tok, ds.choices(it), prefix=prefix) for it in ds.items]
-                   if ds.choices_key else None)
+        row_ids = [option_token_ids(tok, ds.choices(it), prefix=prefix) for it in ds.items] if ds.choices_key else None
         prior = None
         if scoring == "calibrated":
             cf = encode(tok, content_free_prompts(tok, ds, demos, chat=chat), n_ctx=model.cfg.n_ctx)
             if ds.choices_key:  # every distinct continuation once per filler, then per item
                 conts = sorted({c for it in ds.items for c in ds.choices(it)})
-                cf_lp = option_logprobs(model, cf, option_token_ids(tok, conts, prefix=prefix),
-                                        batch_size=batch_size, padded=cond.batch_safe).numpy()
+                cf_lp = option_logprobs(
+                    model,
+                    cf,
+                    option_token_ids(tok, conts, prefix=prefix),
+                    batch_size=batch_size,
+                    padded=cond.batch_safe,
+                ).numpy()
                 prior = item_log_priors(ds, cf_lp, conts)
             else:
-                prior = log_prior(option_logprobs(model, cf, ids, batch_size=batch_size,
-                                                  padded=cond.batch_safe).numpy())
-        logp = option_logprobs(model, batch, ids, batch_size=batch_size, padded=cond.batch_safe,
-                               on_batch=tick, row_option_ids=row_ids)
+                prior = log_prior(
+                    option_logprobs(model, cf, ids, batch_size=batch_size, padded=cond.batch_safe).numpy()
+                )
+        logp = option_logprobs(
+            model, batch, ids, batch_size=batch_size, padded=cond.batch_safe, on_batch=tick, row_option_ids=row_ids
+        )
         score = logp - torch.from_numpy(prior) if prior is not None else logp
         for i, it in enumerate(ds.items):
             row = score[i]
             pred: Optional[str] = ds.options[int(row.argmax())]
             k = ds.options.index(it.answer)
-            others = torch.cat([row[:k], row[k + 1:]])
-            results.append(ItemResult(ds.name, cond.name, i, it.answer, pred, pred == it.answer,
-                                      float(row[k] - others.max()),
-                                      {o: float(v) for o, v in zip(ds.options, logp[i], strict=True)}))
+            others = torch.cat([row[:k], row[k + 1 :]])
+            results.append(
+                ItemResult(
+                    ds.name,
+                    cond.name,
+                    i,
+                    it.answer,
+                    pred,
+                    pred == it.answer,
+                    float(row[k] - others.max()),
+                    {o: float(v) for o, v in zip(ds.options, logp[i], strict=True)},
+                )
+            )
         return results, prior
     study = scoring == "study"
     if ds.choices_key:
-        raise ValueError(f"Task {ds.name!r} is a completion task; scoring={scoring!r} generates and "
-                         "parses Yes/No answers — use task_format='yes_no' or log-prob scoring.")
+        raise ValueError(
+            f"Task {ds.name!r} is a completion task; scoring={scoring!r} generates and "
+            "parses Yes/No answers — use task_format='yes_no' or log-prob scoring."
+        )
     max_new = STUDY_MAX_NEW_TOKENS if study or ds.kind == "choice" else PASSKEY_MAX_NEW_TOKENS
     done: dict[int, ItemResult] = {}
     size = batch_size if cond.batch_safe else 1
     for idx, sub in batch.batches(size):  # similar lengths together, right-padded
         stop = None
         if ds.kind == "passkey" and not study:
+
             def stop(r, s, idx=idx):
                 return parsing.passkey_done(s, len(ds.items[idx[r]].answer))
 
@@ -188,8 +233,7 @@ def _score_dataset(model, ds: TaskDataset, cond: Condition, *, scoring: str, cha
             it = ds.items[i]
             if ds.kind == "passkey":
                 pred = parsing.first_number(text)
-                ok = (parsing.passkey_substring(text, it.answer) if study
-                      else parsing.passkey_exact(text, it.answer))
+                ok = parsing.passkey_substring(text, it.answer) if study else parsing.passkey_exact(text, it.answer)
             else:
                 pred = _parse_choice(text, ds.options)
                 ok = pred == it.answer
@@ -198,8 +242,15 @@ def _score_dataset(model, ds: TaskDataset, cond: Condition, *, scoring: str, cha
     return [done[i] for i in range(len(ds.items))], None
 
 
-def _summarise(ds: TaskDataset, cond: Condition, items: list[ItemResult], seconds: float,
-               prior: Optional[np.ndarray] = None, *, seed: int = 0) -> TaskScore:
+def _summarise(
+    ds: TaskDataset,
+    cond: Condition,
+    items: list[ItemResult],
+    seconds: float,
+    prior: Optional[np.ndarray] = None,
+    *,
+    seed: int = 0,
+) -> TaskScore:
     n = len(items)
     correct = sum(it.correct for it in items)
     lo, hi = wilson_interval(correct, n)
@@ -211,11 +262,24 @@ def _summarise(ds: TaskDataset, cond: Condition, items: list[ItemResult], second
             scores = scores - prior
         auc = auroc(scores, [ds.options.index(it.answer) for it in items], seed=seed)
     chance = 1.0 / len(ds.options) if ds.kind == "choice" else 0.0
-    return TaskScore(ds.name, ds.category, cond.name, n, correct, correct / n if n else float("nan"),
-                     lo, hi, sum(margins) / len(margins) if margins else float("nan"),
-                     sum(it.prediction is not None for it in items) / n if n else float("nan"),
-                     seconds, auroc=auc[0], auroc_low=auc[1], auroc_high=auc[2], chance=chance,
-                     prior=_prior_dict(ds, prior))
+    return TaskScore(
+        ds.name,
+        ds.category,
+        cond.name,
+        n,
+        correct,
+        correct / n if n else float("nan"),
+        lo,
+        hi,
+        sum(margins) / len(margins) if margins else float("nan"),
+        sum(it.prediction is not None for it in items) / n if n else float("nan"),
+        seconds,
+        auroc=auc[0],
+        auroc_low=auc[1],
+        auroc_high=auc[2],
+        chance=chance,
+        prior=_prior_dict(ds, prior),
+    )
 
 
 def _prior_dict(ds: TaskDataset, prior: Optional[np.ndarray]) -> Optional[dict[str, float]]:
@@ -277,29 +341,37 @@ def run_tasks(
     if model.tokenizer is None:
         raise DropeLensInputError("The model needs a tokenizer.")
     t0 = time.perf_counter()
-    names = [c if isinstance(c, str) else c.name for c in
-             ([conditions] if isinstance(conditions, (str, Condition)) else conditions)]
-    for c in ([conditions] if isinstance(conditions, (str, Condition)) else conditions):
+    names = [
+        c if isinstance(c, str) else c.name
+        for c in ([conditions] if isinstance(conditions, (str, Condition)) else conditions)
+    ]
+    for c in [conditions] if isinstance(conditions, (str, Condition)) else conditions:
         if isinstance(c, str) and c not in CONDITIONS:  # names first, before the spike-layer search
             standard_condition(c)  # raises the unknown-condition error
-    for t in ([tasks] if isinstance(tasks, (str, TaskDataset)) else tasks):
+    for t in [tasks] if isinstance(tasks, (str, TaskDataset)) else tasks:
         if isinstance(t, str) and t not in TASKS:
             raise DropeLensInputError(f"Unknown task {t!r}; choose from {TASKS} or pass a TaskDataset.")
     if bos_layer is None and any(c in NEEDS_BOS for c in names):
         bos_layer = default_bos_layer(model, batch_size=batch_size)
     conds = resolve_conditions(conditions, bos_layer=bos_layer, bos_mode=bos_mode, qk_kwargs=qk_kwargs)
-    datasets = build_datasets(model.tokenizer, tasks=tasks, n=n, seed=seed, chat=chat,
-                              passkey_lengths=passkey_lengths, passkey_depth=passkey_depth,
-                              n_ctx=model.cfg.n_ctx, task_format=task_format)
-    demos = {d.name: draw_demonstrations(d, n_shot, seed) if d.kind == "choice" else []
-             for d in datasets}
+    datasets = build_datasets(
+        model.tokenizer,
+        tasks=tasks,
+        n=n,
+        seed=seed,
+        chat=chat,
+        passkey_lengths=passkey_lengths,
+        passkey_depth=passkey_depth,
+        n_ctx=model.cfg.n_ctx,
+        task_format=task_format,
+    )
+    demos = {d.name: draw_demonstrations(d, n_shot, seed) if d.kind == "choice" else [] for d in datasets}
     label = label or model_label(model)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(conds) * sum(len(d) for d in datasets), desc=f"tasks {label[:40]}",
-                   leave=False)
+        bar = tqdm(total=len(conds) * sum(len(d) for d in datasets), desc=f"tasks {label[:40]}", leave=False)
     tick = (lambda k: bar.update(k)) if bar is not None else (lambda k: None)
     scores: list[TaskScore] = []
     items: list[ItemResult] = []
@@ -310,21 +382,42 @@ def run_tasks(
                     bar.set_postfix_str(f"{cond.name}/{ds.name}")
                 t1 = time.perf_counter()
                 with model.hooks(fwd_hooks=cond.make_hooks(model)):
-                    res, prior = _score_dataset(model, ds, cond, scoring=scoring, chat=chat,
-                                                batch_size=batch_size, tick=tick,
-                                                demos=demos[ds.name])
+                    res, prior = _score_dataset(
+                        model,
+                        ds,
+                        cond,
+                        scoring=scoring,
+                        chat=chat,
+                        batch_size=batch_size,
+                        tick=tick,
+                        demos=demos[ds.name],
+                    )
                 scores.append(_summarise(ds, cond, res, time.perf_counter() - t1, prior, seed=seed))
                 items.extend(res)
     finally:
         if bar is not None:
             bar.close()
     return TaskResults(
-        model=label, scoring=scoring, chat=chat, seed=seed, tasks=[d.name for d in datasets],
-        categories={d.name: d.category for d in datasets}, conditions=[c.name for c in conds],
-        scores=scores, items=items,
-        datasets={d.name: {"n": len(d), "label_counts": d.label_counts(), "source": d.source,
-                           "kind": d.kind, "options": list(d.options),
-                           "completion": bool(d.choices_key)} for d in datasets},
+        model=label,
+        scoring=scoring,
+        chat=chat,
+        seed=seed,
+        tasks=[d.name for d in datasets],
+        categories={d.name: d.category for d in datasets},
+        conditions=[c.name for c in conds],
+        scores=scores,
+        items=items,
+        datasets={
+            d.name: {
+                "n": len(d),
+                "label_counts": d.label_counts(),
+                "source": d.source,
+                "kind": d.kind,
+                "options": list(d.options),
+                "completion": bool(d.choices_key),
+            }
+            for d in datasets
+        },
         condition_info={c.name: dict(c.info) for c in conds},
         n_shot=n_shot,
         task_format=task_format,
@@ -339,8 +432,13 @@ def compare_tasks(rope_results: TaskResults, drope_results: TaskResults) -> Task
     return TaskComparison(rope_results, drope_results)
 
 
-def run_pair_tasks(pair, *, bos_layer: Union[None, int, Mapping[str, Optional[int]]] = None,
-                   options: Optional[TaskOptions] = None, **kwargs: Any) -> TaskComparison:
+def run_pair_tasks(
+    pair,
+    *,
+    bos_layer: Union[None, int, Mapping[str, Optional[int]]] = None,
+    options: Optional[TaskOptions] = None,
+    **kwargs: Any,
+) -> TaskComparison:
     """:func:`run_tasks` on both models of a :class:`~drope_lens.loading.pair.ModelPair`.
 
     The datasets are built once and shared. ``bos_layer``: one layer for both, ``{"rope": l1,
@@ -351,17 +449,30 @@ def run_pair_tasks(pair, *, bos_layer: Union[None, int, Mapping[str, Optional[in
         if not isinstance(options, TaskOptions):
             raise TypeError(f"options must be a TaskOptions, got {type(options).__name__}")
         kwargs = {**options.run_kwargs(), **kwargs}
-    build_keys = ("n", "seed", "chat", "passkey_lengths", "passkey_depth", "task_format")  # n_shot: drawn per run, seeded
+    build_keys = (
+        "n",
+        "seed",
+        "chat",
+        "passkey_lengths",
+        "passkey_depth",
+        "task_format",
+    )  # n_shot: drawn per run, seeded
     build_kw = {k: kwargs[k] for k in build_keys if k in kwargs}
-    datasets = build_datasets(pair.tokenizer, tasks=kwargs.pop("tasks", _D("tasks")),
-                              n_ctx=pair.n_ctx, **build_kw)
+    datasets = build_datasets(pair.tokenizer, tasks=kwargs.pop("tasks", _D("tasks")), n_ctx=pair.n_ctx, **build_kw)
     out = {}
     for role, model in pair.items():
         layer = bos_layer.get(role) if isinstance(bos_layer, Mapping) else bos_layer
-        out[role] = run_tasks(model, tasks=datasets, bos_layer=layer,
-                              label=pair.labels.get(role), **kwargs)
+        out[role] = run_tasks(model, tasks=datasets, bos_layer=layer, label=pair.labels.get(role), **kwargs)
     return compare_tasks(out["rope"], out["drope"])
 
 
-__all__ = ["TASKS", "DEFAULT_N", "SCORING", "build_datasets", "run_tasks", "compare_tasks",
-           "run_pair_tasks", "CATEGORIES"]
+__all__ = [
+    "TASKS",
+    "DEFAULT_N",
+    "SCORING",
+    "build_datasets",
+    "run_tasks",
+    "compare_tasks",
+    "run_pair_tasks",
+    "CATEGORIES",
+]

@@ -32,11 +32,10 @@ def format_prompt(tokenizer, text: str, *, chat: bool = False) -> str:
         return text
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("chat=True needs a tokenizer with a chat template (an instruct model).")
-    out = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                        add_generation_prompt=True)
+    out = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
     bos = getattr(tokenizer, "bos_token", None)
     if bos and out.startswith(bos):
-        out = out[len(bos):]
+        out = out[len(bos) :]
     return out
 
 
@@ -53,8 +52,9 @@ def _ones(n: int, device) -> torch.Tensor:
     return torch.ones((1, n), dtype=torch.long, device=device)
 
 
-def logits_at(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"],
-              index: Int[torch.Tensor, " batch"], **kwargs) -> Float[torch.Tensor, "batch d_vocab"]:
+def logits_at(
+    model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], index: Int[torch.Tensor, " batch"], **kwargs
+) -> Float[torch.Tensor, "batch d_vocab"]:
     """Logits at one position per row (``index``), unembedding only those positions.
 
     Same as ``model(tokens, **kwargs)[arange, index]`` (final norm and unembedding act per
@@ -73,23 +73,29 @@ def logits_at(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"],
 
 
 @torch.no_grad()
-def prefill(model: HookedTransformer, tokens: Int[torch.Tensor, " pos"]
-            ) -> tuple[Float[torch.Tensor, " d_vocab"], TransformerLensKeyValueCache]:
+def prefill(
+    model: HookedTransformer, tokens: Int[torch.Tensor, " pos"]
+) -> tuple[Float[torch.Tensor, " d_vocab"], TransformerLensKeyValueCache]:
     """Run one unpadded prompt with a fresh KV cache; return the last position's logits and the cache."""
     device = model.cfg.device
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
-    logits = logits_at(model, tokens[None].to(device), torch.tensor([tokens.shape[0] - 1]),
-                       past_kv_cache=cache, attention_mask=_ones(tokens.shape[0], device))
+    logits = logits_at(
+        model,
+        tokens[None].to(device),
+        torch.tensor([tokens.shape[0] - 1]),
+        past_kv_cache=cache,
+        attention_mask=_ones(tokens.shape[0], device),
+    )
     return logits[0], cache
 
 
 @torch.no_grad()
-def decode_step(model: HookedTransformer, token: int, cache: TransformerLensKeyValueCache
-                ) -> Float[torch.Tensor, " d_vocab"]:
+def decode_step(
+    model: HookedTransformer, token: int, cache: TransformerLensKeyValueCache
+) -> Float[torch.Tensor, " d_vocab"]:
     """Feed one token as a KV-cache decode step; return its logits."""
     device = model.cfg.device
-    logits = model(torch.tensor([[token]], device=device), past_kv_cache=cache,
-                   attention_mask=_ones(1, device))
+    logits = model(torch.tensor([[token]], device=device), past_kv_cache=cache, attention_mask=_ones(1, device))
     check_logits_finite(logits)
     return logits[0, -1]
 
@@ -120,8 +126,7 @@ def option_logprobs(
     Rows whose options are all single-token take the batched path, the others the KV-cache path.
     """
     n = len(batch)
-    rows = ([list(option_ids)] * n if row_option_ids is None
-            else [list(r) for r in row_option_ids])
+    rows = [list(option_ids)] * n if row_option_ids is None else [list(r) for r in row_option_ids]
     if len(rows) != n:
         raise ValueError(f"row_option_ids has {len(rows)} rows for {n} prompts.")
     k = len(rows[0]) if rows else len(option_ids)
@@ -151,8 +156,9 @@ def option_logprobs(
             mask = sub.mask.to(device)
             cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, b)
             with real_token_mask(mask):  # one prompt pass; pads stay masked in the cache
-                last = logits_at(model, sub.tokens.to(device), sub.lengths - 1, past_kv_cache=cache,
-                                 attention_mask=mask.long())
+                last = logits_at(
+                    model, sub.tokens.to(device), sub.lengths - 1, past_kv_cache=cache, attention_mask=mask.long()
+                )
             logp0 = torch.log_softmax(last.double(), -1).cpu()
             for j in range(k):
                 ids_j = [r[j] for r in rows_b]
@@ -161,8 +167,11 @@ def option_logprobs(
                 branch = copy.deepcopy(cache) if steps else None
                 for s_ in range(steps):  # one decode step for every row (finished rows idle along)
                     feed = [ids[min(s_, len(ids) - 1)] for ids in ids_j]
-                    logits = model(torch.tensor(feed, device=device)[:, None], past_kv_cache=branch,
-                                   attention_mask=torch.ones((b, 1), dtype=torch.long, device=device))
+                    logits = model(
+                        torch.tensor(feed, device=device)[:, None],
+                        past_kv_cache=branch,
+                        attention_mask=torch.ones((b, 1), dtype=torch.long, device=device),
+                    )
                     check_logits_finite(logits)
                     step = torch.log_softmax(logits[:, -1].double(), -1).cpu()
                     for r, ids in enumerate(ids_j):
@@ -208,8 +217,7 @@ def greedy_generate_batch(
     mask = (torch.arange(t)[None] < lengths[:, None]).to(device)
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, b)
     with real_token_mask(mask):
-        logits = logits_at(model, tokens.to(device), lengths - 1, past_kv_cache=cache,
-                           attention_mask=mask.long())
+        logits = logits_at(model, tokens.to(device), lengths - 1, past_kv_cache=cache, attention_mask=mask.long())
     outs: list[list[int]] = [[] for _ in range(b)]
     texts = [""] * b
     done = [False] * b
@@ -227,8 +235,11 @@ def greedy_generate_batch(
                 done[row] = True
         if all(done) or step == max_new_tokens - 1:
             break
-        logits = model(torch.tensor(nxt, device=device)[:, None], past_kv_cache=cache,
-                       attention_mask=torch.ones((b, 1), dtype=torch.long, device=device))[:, -1]
+        logits = model(
+            torch.tensor(nxt, device=device)[:, None],
+            past_kv_cache=cache,
+            attention_mask=torch.ones((b, 1), dtype=torch.long, device=device),
+        )[:, -1]
         check_logits_finite(logits)
     return list(zip(outs, texts, strict=True))
 
@@ -243,5 +254,4 @@ def greedy_generate(
 ) -> tuple[list[int], str]:
     """Greedy decoding of one prompt (see :func:`greedy_generate_batch`)."""
     row_stop = None if stop is None else (lambda row, text: stop(text))
-    return greedy_generate_batch(model, tokens[None], max_new_tokens, stop=row_stop,
-                                 stop_at_eos=stop_at_eos)[0]
+    return greedy_generate_batch(model, tokens[None], max_new_tokens, stop=row_stop, stop_at_eos=stop_at_eos)[0]

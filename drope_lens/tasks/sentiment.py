@@ -15,11 +15,20 @@ from drope_lens.errors import DropeLensInputError
 from drope_lens.tasks.base import TaskDataset, TaskItem, read_rows, sample_balanced
 
 OPTIONS = ("Positive", "Negative")
-PROMPT = ("Read this movie review and answer: Is it Positive or Negative?\n\n"
-          "Review: {text}\n\nSentiment (Positive/Negative):")
+PROMPT = (
+    "Read this movie review and answer: Is it Positive or Negative?\n\nReview: {text}\n\nSentiment (Positive/Negative):"
+)
 REVIEWS_FILE = Path(__file__).resolve().parent.parent / "data" / "reviews.jsonl"
-_LABELS = {"1": "Positive", "pos": "Positive", "positive": "Positive", "true": "Positive",
-           "0": "Negative", "neg": "Negative", "negative": "Negative", "false": "Negative"}
+_LABELS = {
+    "1": "Positive",
+    "pos": "Positive",
+    "positive": "Positive",
+    "true": "Positive",
+    "0": "Negative",
+    "neg": "Negative",
+    "negative": "Negative",
+    "false": "Negative",
+}
 
 
 def _label(value: Any, where: str) -> str:
@@ -48,25 +57,43 @@ def read_review_file(path: Union[str, Path]) -> list[tuple[str, str]]:
     return out
 
 
-def _dataset(rows: list[tuple[str, str]], n: Optional[int], seed: int, max_chars: Optional[int],
-             source: str) -> TaskDataset:
+def _dataset(
+    rows: list[tuple[str, str]], n: Optional[int], seed: int, max_chars: Optional[int], source: str
+) -> TaskDataset:
     pool = [review_item(text, label, max_chars) for text, label in rows]
     items = sample_balanced(pool, n, seed, what=source, options=OPTIONS)
     used = {it.meta["review"] for it in items}
     demos = [it for it in pool if it.meta["review"] not in used]
-    return TaskDataset("sentiment", "contextual", "choice", items, OPTIONS, source=source,
-                       template=PROMPT, slot="text", content_key="review", demo_pool=demos)
+    return TaskDataset(
+        "sentiment",
+        "contextual",
+        "choice",
+        items,
+        OPTIONS,
+        source=source,
+        template=PROMPT,
+        slot="text",
+        content_key="review",
+        demo_pool=demos,
+    )
 
 
-def load_sentiment(n: Optional[int] = 100, seed: int = 0, *, path: Union[str, Path, None] = None,
-                   max_chars: Optional[int] = 1500) -> TaskDataset:
+def load_sentiment(
+    n: Optional[int] = 100, seed: int = 0, *, path: Union[str, Path, None] = None, max_chars: Optional[int] = 1500
+) -> TaskDataset:
     """Balanced sample of the project's reviews (or of your own file, same format as :func:`load_imdb`)."""
     source = str(path) if path is not None else "drope_lens/data/reviews.jsonl (project)"
     return _dataset(read_review_file(path or REVIEWS_FILE), n, seed, max_chars, source)
 
 
-def load_imdb(path: Union[str, Path, None] = None, split: str = "test", n: Optional[int] = 100,
-              seed: int = 0, *, max_chars: Optional[int] = 1500) -> TaskDataset:
+def load_imdb(
+    path: Union[str, Path, None] = None,
+    split: str = "test",
+    n: Optional[int] = 100,
+    seed: int = 0,
+    *,
+    max_chars: Optional[int] = 1500,
+) -> TaskDataset:
     """Balanced sample of IMDB: from ``path`` (CSV/JSONL/JSON with text,label) or the HF hub.
 
     Without ``path`` it calls ``datasets.load_dataset("imdb", split=split)``, which needs the
@@ -77,12 +104,16 @@ def load_imdb(path: Union[str, Path, None] = None, split: str = "test", n: Optio
     try:
         from datasets import load_dataset
     except ImportError as exc:
-        raise ImportError("load_imdb without a path needs the 'datasets' package "
-                          "(pip install datasets), or pass path= to a local CSV/JSONL.") from exc
+        raise ImportError(
+            "load_imdb without a path needs the 'datasets' package "
+            "(pip install datasets), or pass path= to a local CSV/JSONL."
+        ) from exc
     try:
         ds = load_dataset("imdb", split=split)
     except Exception as exc:  # network, hub or cache errors all mean the same thing here
-        raise RuntimeError(f"Could not load IMDB ({split}) from the Hugging Face hub: {exc}. "
-                           "If you are offline, pass path= to a local CSV/JSONL with text,label.") from exc
+        raise RuntimeError(
+            f"Could not load IMDB ({split}) from the Hugging Face hub: {exc}. "
+            "If you are offline, pass path= to a local CSV/JSONL with text,label."
+        ) from exc
     rows = [(r["text"], _label(r["label"], "imdb")) for r in ds]
     return _dataset(rows, n, seed, max_chars, f"IMDB {split} (Hugging Face hub)")

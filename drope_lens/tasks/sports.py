@@ -20,7 +20,14 @@ from typing import Optional, Union
 
 from drope_lens.errors import DropeLensInputError
 from drope_lens.tasks.base import (
-    FORMATS, SLOTS, YES_NO_PROMPT, TaskDataset, TaskItem, check_n, indefinite, sample_balanced,
+    FORMATS,
+    SLOTS,
+    YES_NO_PROMPT,
+    TaskDataset,
+    TaskItem,
+    check_n,
+    indefinite,
+    sample_balanced,
 )
 
 OPTIONS = ("Yes", "No")
@@ -44,20 +51,26 @@ def read_facts(path: Union[str, Path, None] = None) -> list[tuple[str, str]]:
 
 def sports_item(athlete: str, sport: str, true_sport: str, template: int) -> TaskItem:
     question = TEMPLATES[template].format(athlete=athlete, sport=sport, a_sport=indefinite(sport))
-    return TaskItem(YES_NO_PROMPT.format(question=question), "Yes" if sport == true_sport else "No",
-                    {"question": question, "athlete": athlete, "sport": sport,
-                     "correct_sport": true_sport})
+    return TaskItem(
+        YES_NO_PROMPT.format(question=question),
+        "Yes" if sport == true_sport else "No",
+        {"question": question, "athlete": athlete, "sport": sport, "correct_sport": true_sport},
+    )
 
 
 def completion_item(athlete: str, sport: str, distractor: str, true_first: bool) -> TaskItem:
-    """"What sport does X play?" with the true sport and another one as options A / B."""
+    """ "What sport does X play?" with the true sport and another one as options A / B."""
     choices = [sport, distractor] if true_first else [distractor, sport]
-    return TaskItem(COMPLETION_PROMPT.format(athlete=athlete), SLOTS[0] if true_first else SLOTS[1],
-                    {"athlete": athlete, "choices": choices, "correct_sport": sport})
+    return TaskItem(
+        COMPLETION_PROMPT.format(athlete=athlete),
+        SLOTS[0] if true_first else SLOTS[1],
+        {"athlete": athlete, "choices": choices, "correct_sport": sport},
+    )
 
 
-def load_sports(n: Optional[int] = 100, seed: int = 0, *, path: Union[str, Path, None] = None,
-                form: str = "yes_no") -> TaskDataset:
+def load_sports(
+    n: Optional[int] = 100, seed: int = 0, *, path: Union[str, Path, None] = None, form: str = "yes_no"
+) -> TaskDataset:
     """Balanced athlete–sport items: yes/no questions (up to 2 × the athletes) or completions
     (up to 1 × the athletes)."""
     if form not in FORMATS:
@@ -69,26 +82,47 @@ def load_sports(n: Optional[int] = 100, seed: int = 0, *, path: Union[str, Path,
     if form == "completion":
         k = check_n(n, len(facts), f"the sports facts ({len(facts)} athletes, one item each)")
         chosen = rng.sample(facts, k)
-        items = [completion_item(a, s, rng.choice([o for o in sports if o != s]), i < (k + 1) // 2)
-                 for i, (a, s) in enumerate(chosen)]
+        items = [
+            completion_item(a, s, rng.choice([o for o in sports if o != s]), i < (k + 1) // 2)
+            for i, (a, s) in enumerate(chosen)
+        ]
         rng.shuffle(items)
         used = {a for a, _ in chosen}
         demo_rng = random.Random(seed + 1)
-        demos = [completion_item(a, s, demo_rng.choice([o for o in sports if o != s]), i % 2 == 0)
-                 for i, (a, s) in enumerate(f for f in facts if f[0] not in used)]
-        return TaskDataset("sports", "parametric", "choice", items, SLOTS, source=source,
-                           template=COMPLETION_PROMPT, slot="athlete", content_key="athlete",
-                           demo_pool=demos, choices_key="choices")
+        demos = [
+            completion_item(a, s, demo_rng.choice([o for o in sports if o != s]), i % 2 == 0)
+            for i, (a, s) in enumerate(f for f in facts if f[0] not in used)
+        ]
+        return TaskDataset(
+            "sports",
+            "parametric",
+            "choice",
+            items,
+            SLOTS,
+            source=source,
+            template=COMPLETION_PROMPT,
+            slot="athlete",
+            content_key="athlete",
+            demo_pool=demos,
+            choices_key="choices",
+        )
     pool = []
     for athlete, sport in facts:
         pool.append(sports_item(athlete, sport, sport, rng.randrange(len(TEMPLATES))))
         wrong = rng.choice([s for s in sports if s != sport])
         pool.append(sports_item(athlete, wrong, sport, rng.randrange(len(TEMPLATES))))
-    items = sample_balanced(pool, n, seed, what=f"the sports facts ({len(facts)} athletes)",
-                            options=OPTIONS)
+    items = sample_balanced(pool, n, seed, what=f"the sports facts ({len(facts)} athletes)", options=OPTIONS)
     used = {it.meta["athlete"] for it in items}
     demos = [it for it in pool if it.meta["athlete"] not in used]
-    return TaskDataset("sports", "parametric", "choice", items, OPTIONS,
-                       source=source,
-                       template=YES_NO_PROMPT, slot="question", content_key="question",
-                       demo_pool=demos)
+    return TaskDataset(
+        "sports",
+        "parametric",
+        "choice",
+        items,
+        OPTIONS,
+        source=source,
+        template=YES_NO_PROMPT,
+        slot="question",
+        content_key="question",
+        demo_pool=demos,
+    )

@@ -20,8 +20,9 @@ CONTEXT_PANELS = (
 )
 
 
-def plot_context(results: Mapping[str, Mapping[str, Any]],
-                 panels: Sequence[tuple[str, str, bool]] = CONTEXT_PANELS) -> Figure:
+def plot_context(
+    results: Mapping[str, Mapping[str, Any]], panels: Sequence[tuple[str, str, bool]] = CONTEXT_PANELS
+) -> Figure:
     """``results``: model label -> :meth:`ContextExperiment.to_dict` (``points``, ``training_context``).
 
     Each panel shows one metric vs length (log2 x axis); each model's training context length (from

@@ -17,8 +17,12 @@ from drope_lens.views.figures import MODEL_COLORS, _array, _fig, _grouped, _requ
 CLASS_COLORS = {"sink": "#d62728", "local": "#1f77b4", "distributed": "#2ca02c", "mixed": "#7f7f7f"}
 
 
-def plot_residual_massive(top1: Mapping[str, Any], median: Mapping[str, Any], *,
-                          title: str = "Residual massive activations (top-1 |h| vs layer median)") -> Figure:
+def plot_residual_massive(
+    top1: Mapping[str, Any],
+    median: Mapping[str, Any],
+    *,
+    title: str = "Residual massive activations (top-1 |h| vs layer median)",
+) -> Figure:
     """Per layer, log scale: each model's mean top-1 |resid_post| (solid) and median |h| (dashed)."""
     _require(top1, "top1")
     fig = _fig(8.0, 4.2)
@@ -39,8 +43,9 @@ def plot_residual_massive(top1: Mapping[str, Any], median: Mapping[str, Any], *,
     return fig
 
 
-def plot_head_classes(layer_counts: Mapping[str, Any], *, classes=tuple(CLASS_COLORS),
-                      title: str = "Attention-head classes per layer") -> Figure:
+def plot_head_classes(
+    layer_counts: Mapping[str, Any], *, classes=tuple(CLASS_COLORS), title: str = "Attention-head classes per layer"
+) -> Figure:
     """Stacked bars per layer, one panel per model; ``layer_counts[label]`` is ``[layer, class]``."""
     _require(layer_counts, "layer_counts")
     fig = _fig(9.0, 2.6 * len(layer_counts) + 0.6)
@@ -68,8 +73,9 @@ def plot_ppl_conditions(ppl: Mapping[str, Mapping[str, float]], *, title: str) -
     ax = fig.add_subplot()
     base = np.arange(len(conds))
     for i, (label, d) in enumerate(ppl.items()):
-        ax.bar(base + x[i], [d[c] for c in conds], w, label=short_label(label),
-               color=MODEL_COLORS[i % len(MODEL_COLORS)])
+        ax.bar(
+            base + x[i], [d[c] for c in conds], w, label=short_label(label), color=MODEL_COLORS[i % len(MODEL_COLORS)]
+        )
     ax.set_xticks(base, conds)
     ax.set_yscale("log")
     ax.set_ylabel("perplexity")

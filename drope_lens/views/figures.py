@@ -38,7 +38,6 @@ MODEL_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f"
 CONDITION_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 
 
-
 def short_label(label: str, *, max_len: int = 42) -> str:
     """A legend-sized model label.
 
@@ -126,8 +125,15 @@ def _tick(label: str, width: int = 24) -> str:
 def _bar_labels(ax: Any, bars: Any, values: Sequence[float]) -> None:
     for bar, v in zip(bars, values, strict=True):
         if np.isfinite(v):
-            ax.annotate(_num(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+            ax.annotate(
+                _num(v),
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
 
 
 def _grouped(n: int, width: float = 0.8) -> tuple[np.ndarray, float]:
@@ -157,8 +163,15 @@ def plot_qkv_totals(
     for i, (label, per) in enumerate(totals.items()):
         stats = [_mean_err(per[t]) if t in per else (np.nan, 0.0) for t in tensors]
         means, stds = [s[0] for s in stats], [s[1] for s in stats]
-        bars = ax.bar(x + offsets[i], means, w, yerr=stds, capsize=4, label=short_label(label),
-                      color=MODEL_COLORS[i % len(MODEL_COLORS)])
+        bars = ax.bar(
+            x + offsets[i],
+            means,
+            w,
+            yerr=stds,
+            capsize=4,
+            label=short_label(label),
+            color=MODEL_COLORS[i % len(MODEL_COLORS)],
+        )
         _bar_labels(ax, bars, means)
     ax.set_xticks(x, tensors)
     ax.set_ylabel(ylabel)
@@ -181,8 +194,14 @@ def plot_layer_counts(
     fig = _fig(8.0, 4.2)
     ax = fig.add_subplot()
     for i, (label, arr) in enumerate(arrays.items()):
-        ax.plot(np.arange(arr.size), arr, marker="o", ms=3, label=short_label(label),
-                color=MODEL_COLORS[i % len(MODEL_COLORS)])
+        ax.plot(
+            np.arange(arr.size),
+            arr,
+            marker="o",
+            ms=3,
+            label=short_label(label),
+            color=MODEL_COLORS[i % len(MODEL_COLORS)],
+        )
     if len(arrays) == 2:
         a, b = arrays.values()
         n = min(a.size, b.size)
@@ -212,8 +231,15 @@ def plot_disruption_ppl(
     for j, cond in enumerate(conditions):
         stats = [_mean_err(ppl[label][cond]) if cond in ppl[label] else (np.nan, 0.0) for label in labels]
         means = [s[0] for s in stats]
-        bars = ax.bar(x + offsets[j], means, w, yerr=[s[1] for s in stats], capsize=3, label=cond,
-                      color=CONDITION_COLORS[j % len(CONDITION_COLORS)])
+        bars = ax.bar(
+            x + offsets[j],
+            means,
+            w,
+            yerr=[s[1] for s in stats],
+            capsize=3,
+            label=cond,
+            color=CONDITION_COLORS[j % len(CONDITION_COLORS)],
+        )
         _bar_labels(ax, bars, means)
     if log:
         ax.set_yscale("log")
@@ -283,12 +309,19 @@ def plot_task_degradation(
             stats = [_ci(per[t][cond]) if t in per and cond in per[t] else (np.nan,) * 3 for t in tasks]
             v = np.array([s[0] for s in stats])
             err = np.array([[max(s[0] - s[1], 0.0) for s in stats], [max(s[2] - s[0], 0.0) for s in stats]])
-            ax.bar(x + offsets[j], v, w, yerr=np.nan_to_num(err), capsize=3, label=cond,
-                   color=CONDITION_COLORS[j % len(CONDITION_COLORS)])
+            ax.bar(
+                x + offsets[j],
+                v,
+                w,
+                yerr=np.nan_to_num(err),
+                capsize=3,
+                label=cond,
+                color=CONDITION_COLORS[j % len(CONDITION_COLORS)],
+            )
         ax.set_xticks(x, tasks, fontsize=8)
         ax.set_title(_tick(label, 40), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    for ax in axes[len(acc):]:
+    for ax in axes[len(acc) :]:
         ax.set_visible(False)
     axes[0].set_ylabel(ylabel)
     handles, names = axes[0].get_legend_handles_labels()
@@ -311,8 +344,14 @@ def plot_layer_metric(
     ax = fig.add_subplot()
     for i, (label, v) in enumerate(values.items()):
         arr = _array(v, f"values[{label!r}]")
-        ax.plot(np.arange(arr.size), arr, marker="o", ms=3, label=short_label(label),
-                color=MODEL_COLORS[i % len(MODEL_COLORS)])
+        ax.plot(
+            np.arange(arr.size),
+            arr,
+            marker="o",
+            ms=3,
+            label=short_label(label),
+            color=MODEL_COLORS[i % len(MODEL_COLORS)],
+        )
     if log:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -344,8 +383,14 @@ def plot_interventions(
         _require(per, f"values[{cond!r}]")
         for i, (label, v) in enumerate(per.items()):
             arr = _array(v, f"values[{cond!r}][{label!r}]")
-            ax.plot(np.arange(arr.size), arr, marker="o", ms=2, label=short_label(label),
-                    color=MODEL_COLORS[i % len(MODEL_COLORS)])
+            ax.plot(
+                np.arange(arr.size),
+                arr,
+                marker="o",
+                ms=2,
+                label=short_label(label),
+                color=MODEL_COLORS[i % len(MODEL_COLORS)],
+            )
         if log:
             ax.set_yscale("log")
         ax.set_title(cond, fontsize=10)

@@ -260,7 +260,7 @@ def to_offline_fragment(view_or_views: Any) -> str:
         if heading:
             body.append(f"<h2>{_html.escape(heading)}</h2>")
         body.append(page.render(view))
-    out = "<div class=\"dl-views\">" + f"<style>{_CSS}</style>" + page.bundle_script() + "\n".join(body) + "</div>"
+    out = '<div class="dl-views">' + f"<style>{_CSS}</style>" + page.bundle_script() + "\n".join(body) + "</div>"
     check_offline(out)
     return out
 
@@ -292,11 +292,9 @@ def to_offline_html(
             rendered.append(f"<h2>{_html.escape(heading)}</h2>")
         rendered.append(page.render(view))
     out = (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{_html.escape(title)}</title>\n<style>{_CSS}</style>\n"
-        f"{page.bundle_script()}\n</head>\n<body>\n"
-        + "\n".join(body + rendered)
-        + "\n</body>\n</html>\n"
+        f"{page.bundle_script()}\n</head>\n<body>\n" + "\n".join(body + rendered) + "\n</body>\n</html>\n"
     )
     check_offline(out)
     return out

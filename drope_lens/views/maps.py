@@ -103,9 +103,7 @@ def heatmap_view(
     row_labels = [str(i) for i in range(n_rows)] if row_labels is None else list(map(str, row_labels))
     col_labels = [str(j) for j in range(n_cols)] if col_labels is None else list(map(str, col_labels))
     if len(row_labels) != n_rows or len(col_labels) != n_cols:
-        raise ValueError(
-            f"Got {len(row_labels)} row and {len(col_labels)} column labels for a {n_rows}x{n_cols} map."
-        )
+        raise ValueError(f"Got {len(row_labels)} row and {len(col_labels)} column labels for a {n_rows}x{n_cols} map.")
     if col_group is not None and (col_group < 1 or n_cols % col_group):
         raise ValueError(f"col_group={col_group} does not divide the {n_cols} columns.")
     color_vals = arr.copy()
@@ -168,7 +166,7 @@ def heatmap_view(
                 out.append(
                     f'<rect x="{left + j * cell_w:.2f}" y="{top + i * cell_h:.2f}" width="{cell_w + 0.05:.2f}" '
                     f'height="{cell_h + 0.05:.2f}" fill="#{r:02x}{g:02x}{b:02x}">'
-                    f'<title>{_html.escape(tip)}</title></rect>'
+                    f"<title>{_html.escape(tip)}</title></rect>"
                 )
     else:
         out.append(
@@ -185,7 +183,9 @@ def heatmap_view(
     if col_group is not None:
         for g in range(1, n_cols // col_group):
             x = left + g * col_group * cell_w
-            out.append(f'<line x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{top + grid_h:.2f}" stroke="#fff" stroke-width="1"/>')
+            out.append(
+                f'<line x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{top + grid_h:.2f}" stroke="#fff" stroke-width="1"/>'
+            )
     if mask is not None:
         for i, j in zip(*np.nonzero(mask), strict=True):
             x, y = left + j * cell_w, top + i * cell_h
@@ -304,8 +304,14 @@ def massive_channel_map(
     if layered:
         rows = [f"L{i}" for i in range(arr.shape[0])]
         cols = [f"H{h} d{d}" for h in range(n_heads) for d in range(dh)]
-        titles = [[f"L{i} H{j // dh} dim {j % dh}: {value_name} {show(arr[i, j])}" for j in range(arr.shape[1])]
-                  for i in range(arr.shape[0])] if arr.size <= _MAX_TITLED_CELLS else None
+        titles = (
+            [
+                [f"L{i} H{j // dh} dim {j % dh}: {value_name} {show(arr[i, j])}" for j in range(arr.shape[1])]
+                for i in range(arr.shape[0])
+            ]
+            if arr.size <= _MAX_TITLED_CELLS
+            else None
+        )
         group = dict(col_group=dh, group_labels=[f"H{h}" for h in range(n_heads)])
     else:
         rows = [f"H{h}" for h in range(n_heads)]
@@ -316,6 +322,15 @@ def massive_channel_map(
     if is_mask:
         caption = f"{int(arr.sum())} massive channels of {arr.size}."
     return heatmap_view(
-        arr, row_labels=rows, col_labels=cols, title=title, caption=caption, cmap=cmap,
-        vmin=vmin, vmax=vmax, log=log, cell_titles=titles, **group,
+        arr,
+        row_labels=rows,
+        col_labels=cols,
+        title=title,
+        caption=caption,
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        log=log,
+        cell_titles=titles,
+        **group,
     )

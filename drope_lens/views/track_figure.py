@@ -48,7 +48,7 @@ def plot_track(result, panels: Optional[Sequence[tuple[str, str, bool]]] = None)
         if log_y and all(v > 0 for v in values + ([rope] if rope else [])):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize=8)
     fig.suptitle("Recalibration track (RoPE → DroPE)")

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from drope_lens.testing import analytic_sink_model, tiny_llama
-from tests.support import embedded_phase_case, hf_nope_twin
 
 from drope_lens.analysis import bos_metrics
 from drope_lens.analysis.profile_pass import phase_profile
 from drope_lens.loading import encode, hooked_from_hf
+from drope_lens.testing import analytic_sink_model, tiny_llama
+from tests.support import embedded_phase_case, hf_nope_twin
 
 TEXTS = ["the cat saw the dog", "a big red car went fast on the long road to rome", "yes no"]
 LOGITS = [[0.0, 2.0, 5.0, -3.0], [1.0, -1.0, 0.5, 3.0]]
@@ -63,8 +63,7 @@ def test_nan_in_last_residual_is_recorded_as_nan(tokenizer):
         return x
 
     with pytest.warns(RuntimeWarning, match="NaN"):
-        prof = phase_profile(model, TEXTS, batch_size=3,
-                             fwd_hooks=[("blocks.1.hook_resid_post", poison)])
+        prof = phase_profile(model, TEXTS, batch_size=3, fwd_hooks=[("blocks.1.hook_resid_post", poison)])
     row = prof.lengths.index(max(prof.lengths))  # batch row 0 = longest text (sorted batches)
     assert np.isnan(prof.bos_ratio_per_text[row, 1]) and np.isnan(prof.entropy_sq_per_text[row, 1])
     assert np.isfinite(prof.bos_norm_per_text[row, 1])  # BOS itself was untouched

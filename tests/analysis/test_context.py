@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from drope_lens.testing import hf_nope_reference, tiny_llama
 
 from drope_lens.analysis.context import (
     ContextExperiment,
@@ -18,6 +17,7 @@ from drope_lens.analysis.context import (
     training_context,
 )
 from drope_lens.loading import ModelPair, encode, hooked_from_hf, to_nope
+from drope_lens.testing import hf_nope_reference, tiny_llama
 
 LENGTHS = [80, 160]
 
@@ -38,10 +38,12 @@ def _hf_reference(hf, ids, tau=0.3, threshold=5.0):
     q_out, k_out = {}, {}
     handles = []
     for i, layer in enumerate(hf.model.layers):
-        handles.append(layer.self_attn.q_proj.register_forward_hook(
-            lambda m, a, o, i=i: q_out.__setitem__(i, o.detach())))
-        handles.append(layer.self_attn.k_proj.register_forward_hook(
-            lambda m, a, o, i=i: k_out.__setitem__(i, o.detach())))
+        handles.append(
+            layer.self_attn.q_proj.register_forward_hook(lambda m, a, o, i=i: q_out.__setitem__(i, o.detach()))
+        )
+        handles.append(
+            layer.self_attn.k_proj.register_forward_hook(lambda m, a, o, i=i: k_out.__setitem__(i, o.detach()))
+        )
     try:
         with torch.no_grad():
             out = hf(ids, output_attentions=True)
@@ -63,8 +65,7 @@ def _hf_reference(hf, ids, tau=0.3, threshold=5.0):
 
 
 def test_metrics_equal_hf_reference(result, tokenizer):
-    for role, hf in (("rope", tiny_llama(seed=8).eval()),
-                     ("drope", hf_nope_reference(tiny_llama(seed=8)).eval())):
+    for role, hf in (("rope", tiny_llama(seed=8).eval()), ("drope", hf_nope_reference(tiny_llama(seed=8)).eval())):
         hf.config._attn_implementation = "eager"
         exp = getattr(result, role)
         for p in exp.points:
@@ -93,9 +94,10 @@ def test_passkey_accuracy_equals_hf_greedy(result, pair, tokenizer):
                 assert abs(it.meta["n_tokens"] - p.length) <= 0.02 * p.length
                 ids = encode(tokenizer, it.text).tokens
                 with torch.no_grad():
-                    gen = hf.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None,
-                                      pad_token_id=tokenizer.pad_token_id)
-                text = tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
+                    gen = hf.generate(
+                        ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=tokenizer.pad_token_id
+                    )
+                text = tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
                 # drope_lens stops once the key's digits are out; the first number decides
                 correct += parsing.passkey_exact(text, key)
             assert p.passkey_by_depth[d] == correct / 2
@@ -110,10 +112,12 @@ def test_result_exports_and_is_seeded(result, pair):
     assert len(df) == 2 * len(LENGTHS) and {"passkey_depth_0.2", "ppl", "sink_rate"} <= set(df.columns)
     assert isinstance(result.rope, ContextExperiment) and result.rope.metric("ppl")[0] > 0
     again = context_experiment(pair.rope, LENGTHS, depths=(0.2, 0.8), n_per_depth=2, seed=3)
-    assert [p.to_dict() | {"seconds": 0} for p in again.points] == \
-        [p.to_dict() | {"seconds": 0} for p in result.rope.points]
-    assert not torch.equal(long_text_tokens(pair.rope.tokenizer, 100, seed=0),
-                           long_text_tokens(pair.rope.tokenizer, 100, seed=1))
+    assert [p.to_dict() | {"seconds": 0} for p in again.points] == [
+        p.to_dict() | {"seconds": 0} for p in result.rope.points
+    ]
+    assert not torch.equal(
+        long_text_tokens(pair.rope.tokenizer, 100, seed=0), long_text_tokens(pair.rope.tokenizer, 100, seed=1)
+    )
 
 
 def test_long_text_is_exact_length_with_bos(tokenizer):
@@ -121,11 +125,18 @@ def test_long_text_is_exact_length_with_bos(tokenizer):
     assert ids.shape == (1, 500) and int(ids[0, 0]) == tokenizer.bos_token_id
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(lengths=[]), "non-empty"), (dict(lengths=[10]), ">= 64"), (dict(lengths=[100, 100]), "duplicates"),
-    (dict(lengths=[100], depths=[1.5]), "depths"), (dict(lengths=[100], n_per_depth=-1), "n_per_depth"),
-    (dict(lengths=[100], tau=0.0), "tau"), (dict(lengths=[10_000]), "beyond_context"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(lengths=[]), "non-empty"),
+        (dict(lengths=[10]), ">= 64"),
+        (dict(lengths=[100, 100]), "duplicates"),
+        (dict(lengths=[100], depths=[1.5]), "depths"),
+        (dict(lengths=[100], n_per_depth=-1), "n_per_depth"),
+        (dict(lengths=[100], tau=0.0), "tau"),
+        (dict(lengths=[10_000]), "beyond_context"),
+    ],
+)
 def test_bad_options_are_refused(pair, kw, msg):
     with pytest.raises(ValueError, match=msg):
         context_experiment(pair.rope, **kw)
@@ -144,15 +155,17 @@ def test_figure_and_cli(result, tmp_path, monkeypatch, pair, capsys):
     d = result.to_dict()
     fig = plot_context({"a": d["rope"], "b": d["drope"]})
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 6
-    assert any(abs(line.get_xdata()[0] - d["rope"]["training_context"]) < 1e-9
-               for line in fig.axes[0].lines if len(line.get_xdata()) == 2)
+    assert any(
+        abs(line.get_xdata()[0] - d["rope"]["training_context"]) < 1e-9
+        for line in fig.axes[0].lines
+        if len(line.get_xdata()) == 2
+    )
     from drope_lens.cli import main
 
     monkeypatch.setattr("drope_lens.cli.context.load_pair_from_args", lambda args: pair)
     out = tmp_path / "ctx.json"
     png = tmp_path / "ctx.png"
-    assert main(["context", "--lengths", "80", "--n-per-depth", "1", "--json", str(out),
-                 "--figure", str(png)]) == 0
+    assert main(["context", "--lengths", "80", "--n-per-depth", "1", "--json", str(out), "--figure", str(png)]) == 0
     assert json.loads(out.read_text())["rope"]["points"][0]["length"] == 80 and png.stat().st_size > 0
     assert main(["context", "--lengths", "8"]) == 1  # refused before loading
     assert ">= 64" in capsys.readouterr().err

@@ -42,7 +42,9 @@ def test_protocol(planted, results):
     assert perplexity(planted, EVAL).ppl == pytest.approx(rope.base_ppl, rel=1e-9)
     assert perplexity(planted, EVAL, fwd_hooks=zero_channel_hooks(sel)).ppl == pytest.approx(rope.massive_ppl, rel=1e-9)
     ctrl = random_control(sel, seed=44)
-    assert perplexity(planted, EVAL, fwd_hooks=zero_channel_hooks(ctrl)).ppl == pytest.approx(rope.random_ppls[2], rel=1e-9)
+    assert perplexity(planted, EVAL, fwd_hooks=zero_channel_hooks(ctrl)).ppl == pytest.approx(
+        rope.random_ppls[2], rel=1e-9
+    )
     assert abs(rope.massive_ppl - rope.base_ppl) > 1e-3 * rope.base_ppl  # (random weights: either sign)
     assert len(set(rope.random_ppls)) > 1  # seeds really draw different channels
 
@@ -57,17 +59,25 @@ def test_given_selection_and_baseline_reproduce_the_run(planted, results):
     sel = ChannelSelection.from_dict(json.loads(json.dumps(sel.to_dict())))
     both = perplexity(planted, IDENTIFY + EVAL)
     base = PerplexityResult.from_dict(json.loads(json.dumps(both.to_dict()))).subset(
-        range(len(IDENTIFY), len(IDENTIFY) + len(EVAL)))
-    again = run_disruption(planted, identify_texts=IDENTIFY, eval_texts=EVAL, n_seeds=4,
-                           n_resamples=999, massive=sel, baseline=base)
+        range(len(IDENTIFY), len(IDENTIFY) + len(EVAL))
+    )
+    again = run_disruption(
+        planted, identify_texts=IDENTIFY, eval_texts=EVAL, n_seeds=4, n_resamples=999, massive=sel, baseline=base
+    )
     ref = results[0]
     assert again.massive_counts == ref.massive_counts
     assert again.base_ppl == pytest.approx(ref.base_ppl, rel=1e-12)
     assert again.massive_ppl == ref.massive_ppl and again.random_ppls == ref.random_ppls
     assert again.settings["selection"] == "given" and ref.settings["selection"] == "detected"
     with pytest.raises(ValueError, match="not measured on these eval texts"):
-        run_disruption(planted, identify_texts=IDENTIFY, eval_texts=EVAL, n_seeds=2, massive=sel,
-                       baseline=both.subset(range(len(IDENTIFY))))
+        run_disruption(
+            planted,
+            identify_texts=IDENTIFY,
+            eval_texts=EVAL,
+            n_seeds=2,
+            massive=sel,
+            baseline=both.subset(range(len(IDENTIFY))),
+        )
     with pytest.raises(ValueError, match="asks for rotary"):
         run_disruption(planted, eval_texts=EVAL, n_seeds=2, massive=sel, rotary="post")
 
@@ -177,9 +187,13 @@ def test_hooks_removed_when_disruption_raises(planted, monkeypatch):
 
 @pytest.mark.slow
 def test_embedded_pair_short_run(embedded_rope, embedded_nope):
-    kw = dict(identify_texts=["The harbour was quiet at dawn, and the fishing boats rocked gently."],
-              eval_texts=["A small dog chased the red ball across the garden and back again."],
-              n_seeds=2, n_resamples=99, max_length=32)
+    kw = dict(
+        identify_texts=["The harbour was quiet at dawn, and the fishing boats rocked gently."],
+        eval_texts=["A small dog chased the red ball across the garden and back again."],
+        n_seeds=2,
+        n_resamples=99,
+        max_length=32,
+    )
     rope = run_disruption(embedded_rope, **kw)
     nope = run_disruption(embedded_nope, **kw)
     cmp = compare_disruption(rope, nope)
@@ -205,12 +219,26 @@ def test_cli_detect_and_disrupt_json(tmp_path, tokenizer, capsys):
     args = parser.parse_args(["detect", "--rope", str(folder), "--threshold", "1.5", "--json", "-", *texts])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    payload = json.loads(out[out.index("{\n"):])
+    payload = json.loads(out[out.index("{\n") :])
     assert set(payload["models"]) == {"rope", "drope"} and payload["n_texts"] == len(TINY_TEXTS)
     assert payload["models"]["drope"]["position_encoding"] == "nope"
     assert set(payload["change_pct"]) == {"q", "k", "v"}
-    args = parser.parse_args(["disrupt", "--rope", str(folder), "--only", "rope", "--threshold", "1.5",
-                              "--n-seeds", "2", "--json", str(tmp_path / "d.json"), *texts[:4]])
+    args = parser.parse_args(
+        [
+            "disrupt",
+            "--rope",
+            str(folder),
+            "--only",
+            "rope",
+            "--threshold",
+            "1.5",
+            "--n-seeds",
+            "2",
+            "--json",
+            str(tmp_path / "d.json"),
+            *texts[:4],
+        ]
+    )
     assert args.func(args) == 0
     saved = json.loads((tmp_path / "d.json").read_text())
     assert set(saved["models"]) == {"rope"} and saved["models"]["rope"]["n_eval_texts"] == 2

@@ -6,11 +6,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from drope_lens.testing import analytic_sink_model
-from tests.support import embedded_phase_case, hf_nope_twin
 
 from drope_lens.analysis.entropy import spectrum_metrics
 from drope_lens.analysis.profile_pass import phase_profile
+from drope_lens.testing import analytic_sink_model
+from tests.support import embedded_phase_case, hf_nope_twin
 
 TEXTS = ["the cat saw the dog", "a big red car went fast on the long road to rome", "yes no"]
 

@@ -5,14 +5,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from drope_lens.testing import TINY_TEXTS, analytic_sink_model, tiny_llama
-from tests.support import EMBEDDED_TEXTS
 
 from drope_lens.analysis.bos_write import bos_v_ablation_hooks, bos_write, bos_write_experiment, bos_write_from
 from drope_lens.analysis.head_classes import CLASSES, classify_heads, head_classes, pattern_metrics
 from drope_lens.analysis.layer_ablation import layer_ablation, layer_ablation_hooks
 from drope_lens.analysis.layer_norms import layer_norms
 from drope_lens.loading import encode, hooked_from_hf
+from drope_lens.testing import TINY_TEXTS, analytic_sink_model, tiny_llama
+from tests.support import EMBEDDED_TEXTS
 
 T = 12
 
@@ -127,7 +127,7 @@ def test_bos_write_analytic_model(tokenizer):
     cfg = m.cfg
     x0 = m.W_E[bos].detach().double()
     for layer in range(cfg.n_layers):
-        ln = x0 / torch.sqrt((x0 ** 2).mean() + cfg.eps) * m.blocks[layer].ln1.w.detach().double()
+        ln = x0 / torch.sqrt((x0**2).mean() + cfg.eps) * m.blocks[layer].ln1.w.detach().double()
         W_V = m.blocks[layer].attn._W_V.detach().double()  # [kv_head, d_model, d_head]
         b_V = m.blocks[layer].attn._b_V.detach().double()
         for h in range(cfg.n_heads):
@@ -182,18 +182,22 @@ def test_layer_ablation_tasks_run_under_each_condition(model):
     Independent reference: the margins of a plain ``run_tasks`` call with the same hooks as a
     hand-made condition; the baseline equals a hook-free ``run_tasks``.
     """
-    from tests.tasks.test_tasks_runner import tiny_tasks
-
     from drope_lens.tasks import run_tasks
     from drope_lens.tasks.conditions import Condition
+    from tests.tasks.test_tasks_runner import tiny_tasks
 
     tasks = tiny_tasks(4)[:2]
-    res = layer_ablation(model, list(TINY_TEXTS), layer=1, conditions=("attn",),
-                         tasks={"tasks": tasks, "batch_size": 4})
+    res = layer_ablation(
+        model, list(TINY_TEXTS), layer=1, conditions=("attn",), tasks={"tasks": tasks, "batch_size": 4}
+    )
     names = {s["condition"] for s in res.tasks["scores"]}
     assert names == {"baseline", "layer1_attn"}
-    ref = run_tasks(model, tasks=tasks, batch_size=4, conditions=[
-        "baseline", Condition("manual", lambda m: layer_ablation_hooks(m, 1, "attn"), batch_safe=True)])
+    ref = run_tasks(
+        model,
+        tasks=tasks,
+        batch_size=4,
+        conditions=["baseline", Condition("manual", lambda m: layer_ablation_hooks(m, 1, "attn"), batch_safe=True)],
+    )
     got = {(it["task"], it["condition"], it["index"]): it["margin"] for it in res.tasks["items"]}
     for it in ref.items:
         cond = "layer1_attn" if it.condition == "manual" else "baseline"
@@ -218,7 +222,7 @@ def test_layer_norms_vs_cache(model, tokenizer):
     res = layer_norms(model, texts, batch_size=5)
     batch = encode(tokenizer, texts)
     for t, n in enumerate(batch.lengths.tolist()):
-        _, cache = model.run_with_cache(batch.tokens[t: t + 1, :n])
+        _, cache = model.run_with_cache(batch.tokens[t : t + 1, :n])
         for layer in range(model.cfg.n_layers):
             a = cache[f"blocks.{layer}.hook_attn_out"][0].norm(dim=-1).mean()
             q = cache[f"blocks.{layer}.attn.hook_q"][0].reshape(n, -1).norm(dim=-1).mean()
@@ -239,15 +243,17 @@ def test_embedded_attention_fraction_matches_hf(embedded_rope, embedded_hf):
     for t, n in enumerate(batch.lengths.tolist()):
         handles = []
         for li, layer in enumerate(embedded_hf.model.layers):
+
             def ga(mod, args, out, li=li, t=t):
                 attn_ref[t, li] = float((out[0] if isinstance(out, tuple) else out)[0].double().norm(dim=-1).mean())
 
             def gm(mod, args, out, li=li, t=t):
                 mlp_ref[t, li] = float(out[0].double().norm(dim=-1).mean())
+
             handles += [layer.self_attn.register_forward_hook(ga), layer.mlp.register_forward_hook(gm)]
         try:
             with torch.no_grad():
-                embedded_hf(batch.tokens[t: t + 1, :n])
+                embedded_hf(batch.tokens[t : t + 1, :n])
         finally:
             for h in handles:
                 h.remove()
@@ -267,8 +273,7 @@ def test_run_extended_and_report_step(tokenizer, tmp_path):
     with torch.no_grad():  # a massive BOS entry in every layer's residual
         rope.W_E[tokenizer.bos_token_id, 9] = 4000.0
     pair = ModelPair(rope, to_nope(rope))
-    results = run_report(pair, tmp_path, ReportOptions(quick=True, max_length=48, steps=("extended",)),
-                         progress=False)
+    results = run_report(pair, tmp_path, ReportOptions(quick=True, max_length=48, steps=("extended",)), progress=False)
     validate_results(results)
     e = results["experiments"]["extended"]
     for role in ("rope", "drope"):
@@ -281,8 +286,13 @@ def test_run_extended_and_report_step(tokenizer, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "Residual massive activations" in report
     figs = results["files"]["figures"]
-    for name in ("residual_massive.png", "bos_write.png", "head_classes.png", "attention_fraction.png",
-                 "extended_ppl.png"):
+    for name in (
+        "residual_massive.png",
+        "bos_write.png",
+        "head_classes.png",
+        "attention_fraction.png",
+        "extended_ppl.png",
+    ):
         assert f"figures/{name}" in figs
         assert (tmp_path / "figures" / name).stat().st_size > 0
 

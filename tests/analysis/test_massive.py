@@ -146,10 +146,18 @@ def test_results_export(planted):
     assert "Q: 4.0" in res.summary()
 
 
-@pytest.mark.parametrize("kw", [
-    dict(threshold=0), dict(threshold=-1.0), dict(threshold=float("nan")), dict(scope="global"),
-    dict(rotary="mid"), dict(tensors=("q", "o")), dict(tensors=()),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(threshold=0),
+        dict(threshold=-1.0),
+        dict(threshold=float("nan")),
+        dict(scope="global"),
+        dict(rotary="mid"),
+        dict(tensors=("q", "o")),
+        dict(tensors=()),
+    ],
+)
 def test_bad_options_are_refused(planted, kw):
     with pytest.raises(ValueError):
         detect_massive(planted, ["the cat"], **kw)
@@ -190,8 +198,10 @@ def hf_counts(hf, tokenizer, texts, lam=5.0):
         handles = []
         for i, layer in enumerate(hf.model.layers):
             for t in "qkv":
+
                 def grab(mod, inp, outp, i=i, t=t, grabbed=grabbed):
                     grabbed[(i, t)] = outp.detach()
+
                 handles.append(getattr(layer.self_attn, f"{t}_proj").register_forward_hook(grab))
         try:
             with torch.no_grad():

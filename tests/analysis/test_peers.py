@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from drope_lens.testing import TINY_TEXTS, analytic_sink_model, plant_channels, tiny_llama
 
 from drope_lens.analysis.massive import detect_massive
 from drope_lens.analysis.peers import concentration, key_importance, key_importance_from, massive_similarity
 from drope_lens.hooks.mean_replacement import mean_replace
 from drope_lens.loading import encode, hooked_from_hf
+from drope_lens.testing import TINY_TEXTS, analytic_sink_model, plant_channels, tiny_llama
 
 
 def test_key_importance_from_uniform():
@@ -47,7 +47,7 @@ def test_norm_curves_vs_cache(tokenizer):
     batch = encode(tokenizer, texts)
     ks = []
     for t, n in enumerate(batch.lengths.tolist()):
-        _, c = m.run_with_cache(batch.tokens[t: t + 1, :n])
+        _, c = m.run_with_cache(batch.tokens[t : t + 1, :n])
         ks.append(c["blocks.1.attn.hook_k"][0, :8].reshape(min(n, 8), -1).norm(dim=-1))
     np.testing.assert_allclose(res.k_norm[1], torch.stack(ks).mean(0).numpy(), rtol=1e-5)
 

@@ -75,8 +75,9 @@ def test_fwd_hooks_apply_and_are_removed_on_error(tiny_pair):
     with pytest.raises(RuntimeError, match="boom"):
         perplexity(model, texts, fwd_hooks=[("blocks.1.hook_resid_pre", boom)])
     assert all(len(hp._forward_hooks) == 0 for hp in model.hook_dict.values())
-    assert perplexity(model, texts, fwd_hooks=[("blocks.0.hook_mlp_out", lambda x, hook: 0 * x)]).ppl != \
-        pytest.approx(perplexity(model, texts).ppl, rel=1e-4)
+    assert perplexity(model, texts, fwd_hooks=[("blocks.0.hook_mlp_out", lambda x, hook: 0 * x)]).ppl != pytest.approx(
+        perplexity(model, texts).ppl, rel=1e-4
+    )
 
 
 @pytest.mark.slow

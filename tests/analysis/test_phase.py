@@ -4,17 +4,21 @@ import json
 
 import numpy as np
 import pytest
-from drope_lens.testing import tiny_llama
 
-from drope_lens.analysis.profile import PhaseProfile
-from drope_lens.hooks.conditions import condition_hooks
 from drope_lens.analysis.interventions import phase_experiment
+from drope_lens.analysis.profile import PhaseProfile
 from drope_lens.analysis.profile_pass import phase_profile
 from drope_lens.hooks.bos import bos_mlp_ablation_hooks
+from drope_lens.hooks.conditions import condition_hooks
 from drope_lens.loading import hooked_from_hf
+from drope_lens.testing import tiny_llama
 
-TEXTS = ["the cat saw the dog", "a big red car went fast on the long road to rome",
-         "she said yes and they went home", "one two three four five six"]
+TEXTS = [
+    "the cat saw the dog",
+    "a big red car went fast on the long road to rome",
+    "she said yes and they went home",
+    "one two three four five six",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +30,27 @@ def test_profile_exports(model):
     prof = phase_profile(model, TEXTS, batch_size=3)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     d = json.loads(json.dumps(prof.to_dict(per_text=True)))
-    assert set(d["layers"]) >= {"sink_rate", "sink_rate_std", "gu_rate", "bos_norm", "bos_ratio",
-                                "entropy_sq", "entropy_norm", "anisotropy"}
+    assert set(d["layers"]) >= {
+        "sink_rate",
+        "sink_rate_std",
+        "gu_rate",
+        "bos_norm",
+        "bos_ratio",
+        "entropy_sq",
+        "entropy_norm",
+        "anisotropy",
+    }
     assert len(d["layers"]["bos_ratio"]) == L and np.shape(d["sink_score"]) == (L, H)
     assert np.shape(d["per_text"]["sink_scores"]) == (len(TEXTS), L, H)
-    assert d["options"] == {"tau": 0.3, "gu_eps": 0.3, "include_bos_row": False, "last_layer": "resid",
-                            "attention": "native", "spike_threshold": 2.0, "sinks_from": "stream"}
+    assert d["options"] == {
+        "tau": 0.3,
+        "gu_eps": 0.3,
+        "include_bos_row": False,
+        "last_layer": "resid",
+        "attention": "native",
+        "spike_threshold": 2.0,
+        "sinks_from": "stream",
+    }
     assert d["position_encoding"] == "rope"
     df = prof.to_dataframe()
     assert list(df["layer"]) == list(range(L)) and np.allclose(df["bos_ratio"], prof.layer_stats()["bos_ratio"])
@@ -90,8 +109,7 @@ def test_phase_experiment_perplexity_per_condition(model):
     assert list(df["condition"]) == list(ppl) and df["ppl_ratio"].iloc[0] == pytest.approx(1.0)
     json.dumps(exp.to_dict())
     # first_above rule, explicit layer, mean mode, study-compatible, profile-only
-    exp2 = phase_experiment(model, TEXTS, conditions=("bos_mlp",), bos_layer=0, bos_mode="mean",
-                            study_compatible=True)
+    exp2 = phase_experiment(model, TEXTS, conditions=("bos_mlp",), bos_layer=0, bos_mode="mean", study_compatible=True)
     assert exp2.bos_layer == 0 and list(exp2.conditions) == ["bos_mlp"]
     only = phase_experiment(model, TEXTS, conditions=())
     assert only.conditions == {} and only.bos_layer is None
@@ -142,8 +160,18 @@ def test_cli_phase_json(tmp_path, tokenizer, capsys, monkeypatch):
     tiny_llama(seed=8).save_pretrained(str(src))
     tokenizer.save_pretrained(str(src))
     out = tmp_path / "phase.json"
-    args = ["phase", "--rope", str(src), "--json", str(out), "--conditions", "baseline,bos_mlp",
-            "--include-bos-row", "--last-layer", "final_norm"]
+    args = [
+        "phase",
+        "--rope",
+        str(src),
+        "--json",
+        str(out),
+        "--conditions",
+        "baseline,bos_mlp",
+        "--include-bos-row",
+        "--last-layer",
+        "final_norm",
+    ]
     for t in TEXTS:
         args += ["--text", t]
     assert main(args) == 0

@@ -5,10 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from drope_lens.testing import TINY_TEXTS, tiny_llama
-from tests.support import EMBEDDED_TEXTS
 
-from drope_lens.analysis.perplexity import perplexity
 from drope_lens.analysis.residual import (
     compare_residual_massive,
     first_delimiter,
@@ -19,6 +16,8 @@ from drope_lens.analysis.residual import (
     true_median,
 )
 from drope_lens.loading import encode, hooked_from_hf
+from drope_lens.testing import TINY_TEXTS, tiny_llama
+from tests.support import EMBEDDED_TEXTS
 
 BIG_CHANNEL = 13
 
@@ -91,8 +90,7 @@ def test_planted_outlier_at_delimiter(model, tokenizer):
         x[0, pos, 7] = 5000.0
         return x
 
-    res = residual_massive_activations(model, [text], top_k=2,
-                                       fwd_hooks=[("blocks.1.hook_resid_post", plant)])
+    res = residual_massive_activations(model, [text], top_k=2, fwd_hooks=[("blocks.1.hook_resid_post", plant)])
     with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", plant)]):
         _, cache = model.run_with_cache(batch.tokens)
     ref = cache["blocks.1.hook_resid_post"][0].abs().double().numpy()
@@ -164,10 +162,13 @@ def test_embedded_matches_hf_hidden_states(embedded_rope, embedded_hf):
     for t, n in enumerate(batch.lengths.tolist()):
         grabbed = {}
         handle = embedded_hf.model.layers[-1].register_forward_hook(
-            lambda mod, args, out, grabbed=grabbed: grabbed.__setitem__("last", out[0] if isinstance(out, tuple) else out))
+            lambda mod, args, out, grabbed=grabbed: grabbed.__setitem__(
+                "last", out[0] if isinstance(out, tuple) else out
+            )
+        )
         try:
             with torch.no_grad():
-                out = embedded_hf(batch.tokens[t: t + 1, :n], output_hidden_states=True)
+                out = embedded_hf(batch.tokens[t : t + 1, :n], output_hidden_states=True)
         finally:
             handle.remove()
         hidden = [out.hidden_states[layer + 1][0] for layer in range(L - 1)] + [grabbed["last"].reshape(n, -1)]

@@ -5,13 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from drope_lens.testing import analytic_sink_model, tiny_llama
-from tests.support import embedded_phase_case, hf_nope_twin
 
 from drope_lens import NonFiniteError
 from drope_lens.analysis import sinks
 from drope_lens.analysis.profile_pass import phase_profile
 from drope_lens.loading import encode, hooked_from_hf
+from drope_lens.testing import analytic_sink_model, tiny_llama
+from tests.support import embedded_phase_case, hf_nope_twin
 
 TEXTS = ["the cat saw the dog", "a big red car went fast on the long road to rome", "yes no"]
 LOGITS = [[0.0, 2.0, 5.0, -3.0], [1.0, -1.0, 0.5, 3.0]]
@@ -28,8 +28,7 @@ def test_analytic_sink_scores_and_rates_are_exact(tokenizer, include_bos_row):
     batch = encode(tokenizer, TEXTS)  # right-padded: pads must not count
     prof = phase_profile(model, batch, tau=0.3, include_bos_row=include_bos_row, batch_size=3)
     T = batch.lengths.tolist()
-    expected = np.array([[[_analytic_score(b, n, include_bos_row) for b in heads] for heads in LOGITS]
-                         for n in T])
+    expected = np.array([[[_analytic_score(b, n, include_bos_row) for b in heads] for heads in LOGITS] for n in T])
     assert np.abs(prof.sink_scores_per_text - expected).max() <= 1e-6
     gu = np.array([[[_analytic_score(b, n, True) for b in heads] for heads in LOGITS] for n in T])
     assert np.abs(prof.gu_importance_per_text - gu).max() <= 1e-6
@@ -37,8 +36,7 @@ def test_analytic_sink_scores_and_rates_are_exact(tokenizer, include_bos_row):
     assert np.array_equal(prof.layer_stats()["sink_rate"], rate)
     assert prof.summary()["gu_sink"] == pytest.approx((gu > 0.3).mean())
     # The analytic truth differs between the two row conventions (the BOS row adds A[0,0] = 1).
-    other = np.array([[[_analytic_score(b, n, not include_bos_row) for b in heads] for heads in LOGITS]
-                      for n in T])
+    other = np.array([[[_analytic_score(b, n, not include_bos_row) for b in heads] for heads in LOGITS] for n in T])
     assert np.abs(prof.sink_scores_per_text - other).max() > 1e-2
 
 
@@ -50,8 +48,7 @@ def test_uniform_attention_on_rope_model_gives_harmonic_scores(tokenizer):
     prof = phase_profile(model, TEXTS, batch_size=2)
     for i, n in enumerate(prof.lengths):
         assert np.abs(prof.sink_scores_per_text[i] - sinks.uniform_sink_score(n)).max() <= 1e-6
-        assert np.abs(prof.gu_importance_per_text[i]
-                      - sinks.uniform_sink_score(n, include_bos_row=True)).max() <= 1e-6
+        assert np.abs(prof.gu_importance_per_text[i] - sinks.uniform_sink_score(n, include_bos_row=True)).max() <= 1e-6
 
 
 def test_tau_is_inclusive_and_gu_is_strict():
@@ -60,11 +57,17 @@ def test_tau_is_inclusive_and_gu_is_strict():
     assert float(sinks.gu_sink_rate(scores, 0.3)) == 0.25
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(tau=0.0), "tau"), (dict(tau=1.5), "tau"), (dict(gu_eps=-0.1), "gu_eps"),
-    (dict(attention="eager"), "attention"), (dict(last_layer="norm"), "last_layer"),
-    (dict(batch_size=0), "batch_size"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(tau=0.0), "tau"),
+        (dict(tau=1.5), "tau"),
+        (dict(gu_eps=-0.1), "gu_eps"),
+        (dict(attention="eager"), "attention"),
+        (dict(last_layer="norm"), "last_layer"),
+        (dict(batch_size=0), "batch_size"),
+    ],
+)
 def test_bad_options_are_refused(tokenizer, kw, msg):
     model, _ = analytic_sink_model(tokenizer, LOGITS)
     with pytest.raises(ValueError, match=msg):

@@ -7,15 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from drope_lens.testing import TINY_TEXTS, analytic_sink_model, qk_norm_drope_model, tiny_llama
 
-from drope_lens.hooks.conditions import condition_hooks
 from drope_lens.analysis.interventions import phase_experiment
 from drope_lens.analysis.profile_pass import phase_profile
 from drope_lens.analysis.stream_sinks import first_column
 from drope_lens.errors import NonFiniteError
+from drope_lens.hooks.conditions import condition_hooks
 from drope_lens.loading import encode, hooked_from_hf
 from drope_lens.loading import fast_attention as fa
+from drope_lens.testing import TINY_TEXTS, analytic_sink_model, qk_norm_drope_model, tiny_llama
 
 TEXTS = list(TINY_TEXTS) + ["the cat", "a b"]  # lengths differ: right padding inside a batch
 
@@ -37,12 +37,18 @@ MODELS = {
 def test_first_column_equals_hook_pattern(kind, chunk, tokenizer, tmp_path):
     model = MODELS[kind](tokenizer, tmp_path)
     batch = encode(tokenizer, TEXTS)
-    _, cache = model.run_with_cache(batch.tokens, names_filter=lambda n: n.endswith(
-        ("hook_rot_q", "hook_rot_k", "hook_pattern")))
+    _, cache = model.run_with_cache(
+        batch.tokens, names_filter=lambda n: n.endswith(("hook_rot_q", "hook_rot_k", "hook_pattern"))
+    )
     rows = batch.mask[:, None, :]  # real query rows
     for layer in range(model.cfg.n_layers):
-        col = first_column(cache["rot_q", layer], cache["rot_k", layer], batch.lengths,
-                           model.blocks[layer].attn.attn_scale, chunk=chunk)
+        col = first_column(
+            cache["rot_q", layer],
+            cache["rot_k", layer],
+            batch.lengths,
+            model.blocks[layer].attn.attn_scale,
+            chunk=chunk,
+        )
         ref = cache["pattern", layer][..., 0]
         assert (col - ref).abs()[rows.expand_as(col)].max() <= 1e-6
 
@@ -63,8 +69,7 @@ def test_profile_stream_equals_pattern_path(include_bos_row, tokenizer, tmp_path
         stream = phase_profile(model, TEXTS, include_bos_row=include_bos_row, batch_size=3)
         n_batches = math.ceil(len(TEXTS) / 3)
         assert calls["sdpa"] == n_batches * model.cfg.n_layers  # the model kept its fast attention
-        ref = phase_profile(model, TEXTS, include_bos_row=include_bos_row, batch_size=3,
-                            sinks_from="pattern")
+        ref = phase_profile(model, TEXTS, include_bos_row=include_bos_row, batch_size=3, sinks_from="pattern")
         assert stream.sinks_from == "stream" and ref.sinks_from == "pattern"
         assert np.abs(stream.sink_scores_per_text - ref.sink_scores_per_text).max() <= 1e-6, kind
         assert np.abs(stream.gu_importance_per_text - ref.gu_importance_per_text).max() <= 1e-6, kind
@@ -94,6 +99,7 @@ def test_stream_under_an_intervention_equals_pattern_path(tokenizer):
     a = phase_profile(model, TEXTS, fwd_hooks=hooks)
     b = phase_profile(model, TEXTS, fwd_hooks=hooks, sinks_from="pattern")
     assert np.abs(a.sink_scores_per_text - b.sink_scores_per_text).max() <= 1e-6
+
     # an intervention that writes the pattern itself makes the profile read the real pattern
     def flatten(p, hook):
         return torch.tril(torch.ones_like(p)) / torch.tril(torch.ones_like(p)).sum(-1, keepdim=True)
@@ -142,7 +148,13 @@ def test_embedded_heldout_phase_numbers_unchanged(embedded_rope, embedded_nope):
         assert np.abs(a.sink_scores_per_text - b.sink_scores_per_text).max() <= 1e-6
         assert np.abs(a.gu_importance_per_text - b.gu_importance_per_text).max() <= 1e-6
         sa, sb = a.summary(), b.summary()
-        for key in ("mean_sink_rate", "gu_sink", "spike_layer_argmax", "spike_layer_first_above",
-                    "peak_bos_layer", "min_entropy_sq_layer"):
+        for key in (
+            "mean_sink_rate",
+            "gu_sink",
+            "spike_layer_argmax",
+            "spike_layer_first_above",
+            "peak_bos_layer",
+            "min_entropy_sq_layer",
+        ):
             assert sa[key] == sb[key], key
         np.testing.assert_allclose(a.bos_ratio_per_text, b.bos_ratio_per_text, rtol=1e-4)

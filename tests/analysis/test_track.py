@@ -69,16 +69,19 @@ def test_track_run_folder_includes_rope_reference_and_figure(run_dir, tmp_path):
     assert fig.axes[0].get_xlabel() == "tokens seen"
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["recalibrate", "--lr", "0"], "--lr"),
-    (["recalibrate", "--seq-len", "1"], "--seq-len"),
-    (["recalibrate", "--max-steps", "0"], "--max-steps"),
-    (["recalibrate", "--data", "/no/such/file.txt", "--out", "OUT"], "--data"),
-    (["recalibrate", "--rope", "/no/such/folder", "--out", "OUT"], "--rope"),
-    (["recalibrate", "--device", "nonsense"], "--device"),
-    (["track", "OUT", "--metrics", "ppl,bogus"], "--metrics"),
-    (["track", "/no/such/run"], "not a folder"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["recalibrate", "--lr", "0"], "--lr"),
+        (["recalibrate", "--seq-len", "1"], "--seq-len"),
+        (["recalibrate", "--max-steps", "0"], "--max-steps"),
+        (["recalibrate", "--data", "/no/such/file.txt", "--out", "OUT"], "--data"),
+        (["recalibrate", "--rope", "/no/such/folder", "--out", "OUT"], "--rope"),
+        (["recalibrate", "--device", "nonsense"], "--device"),
+        (["track", "OUT", "--metrics", "ppl,bogus"], "--metrics"),
+        (["track", "/no/such/run"], "not a folder"),
+    ],
+)
 def test_cli_bad_options_refused_before_loading(argv, match, tmp_path, monkeypatch, capsys):
     from drope_lens.cli import main
 
@@ -107,9 +110,30 @@ def test_cli_recalibrate_and_track_end_to_end(rope_dir, toy_data, tmp_path, caps
     from drope_lens.cli import main
 
     out = tmp_path / "run"
-    assert main(["recalibrate", "--rope", str(rope_dir), "--out", str(out), "--data", *toy_data,
-                 "--max-steps", "2", "--save-every", "1", "--seq-len", "32", "--heldout-blocks", "4",
-                 "--lr", "3e-3"]) == 0
+    assert (
+        main(
+            [
+                "recalibrate",
+                "--rope",
+                str(rope_dir),
+                "--out",
+                str(out),
+                "--data",
+                *toy_data,
+                "--max-steps",
+                "2",
+                "--save-every",
+                "1",
+                "--seq-len",
+                "32",
+                "--heldout-blocks",
+                "4",
+                "--lr",
+                "3e-3",
+            ]
+        )
+        == 0
+    )
     assert "2 steps, 256 tokens" in capsys.readouterr().out
     j = tmp_path / "t.json"
     assert main(["track", str(out), "--metrics", "ppl,bos", "--json", str(j), "--figure", str(tmp_path / "t.png")]) == 0
@@ -135,8 +159,10 @@ def test_load_pair_recalibrated_uses_the_cached_default_run(rope_dir, toy_data, 
     from drope_lens.recalibrate import default_run_dir, recalibrate
 
     monkeypatch.setenv("DROPE_LENS_CACHE", str(tmp_path))
-    monkeypatch.setattr("drope_lens.loading.embedded.load_embedded",
-                        lambda **kw: load_hooked(rope_dir, dtype=kw.get("dtype", "float32")))
+    monkeypatch.setattr(
+        "drope_lens.loading.embedded.load_embedded",
+        lambda **kw: load_hooked(rope_dir, dtype=kw.get("dtype", "float32")),
+    )
     recalibrate(rope_dir, _recipe(max_steps=2, save_every=1), default_run_dir("nope"), data=toy_data, progress=False)
     pair = load_pair(drope="recalibrated")
     assert pair.drope.cfg.source == str(default_run_dir("nope") / "checkpoint-000002")
@@ -183,8 +209,25 @@ def test_cli_track_default_metrics_cover_every_group_on_every_checkpoint(run_dir
 
     assert DEFAULT_METRICS == METRIC_GROUPS
     j = tmp_path / "t.json"
-    assert main(["track", str(run_dir), "--out", str(tmp_path / "parts"), "--json", str(j),
-                 "--max-length", "32", "--heldout-blocks", "2", "--passkey-n", "2"]) == 0
+    assert (
+        main(
+            [
+                "track",
+                str(run_dir),
+                "--out",
+                str(tmp_path / "parts"),
+                "--json",
+                str(j),
+                "--max-length",
+                "32",
+                "--heldout-blocks",
+                "2",
+                "--passkey-n",
+                "2",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(j.read_text())["rows"]
     got = {(r["checkpoint"], r["group"]) for r in rows}
     names = ["rope", "checkpoint-000000", "checkpoint-000001", "checkpoint-000002"]

@@ -23,13 +23,32 @@ def _sec(t, mem=None, passes=1, status="ok"):
     return {"status": status, "time_s": t, "times": [t], "peak_delta_mb": mem, "passes": passes}
 
 
-def _record(case="detection", ours=1.05, tl=1.0, tl_nl=0.9, hf=0.7, study=5.0, mem=(20.0, 15.0, 14.0, 300.0),
-            needs_logits=False, **kw):
-    rec = {"case": case, "status": "ok", "model": "embedded", "params_mb": 500.0, "workload": "4 × 256 tok",
-           "analysis_needs_logits": needs_logits,
-           "sections": {"drope_lens": _sec(ours, mem[0]), "tl_forward": _sec(tl, mem[1]),
-                        "tl_forward_nologits": _sec(tl_nl, mem[2]), "hf_forward": _sec(hf, 10.0),
-                        "study_way": _sec(study, mem[3])}}
+def _record(
+    case="detection",
+    ours=1.05,
+    tl=1.0,
+    tl_nl=0.9,
+    hf=0.7,
+    study=5.0,
+    mem=(20.0, 15.0, 14.0, 300.0),
+    needs_logits=False,
+    **kw,
+):
+    rec = {
+        "case": case,
+        "status": "ok",
+        "model": "embedded",
+        "params_mb": 500.0,
+        "workload": "4 × 256 tok",
+        "analysis_needs_logits": needs_logits,
+        "sections": {
+            "drope_lens": _sec(ours, mem[0]),
+            "tl_forward": _sec(tl, mem[1]),
+            "tl_forward_nologits": _sec(tl_nl, mem[2]),
+            "hf_forward": _sec(hf, 10.0),
+            "study_way": _sec(study, mem[3]),
+        },
+    }
     rec.update(kw)
     return rec
 
@@ -71,8 +90,12 @@ def test_failed_sections_give_no_ratio():
 
 
 def test_overall_speedup_sums_times_and_ignores_scaling_and_failures():
-    recs = [_record("detection", ours=1.0, study=2.0), _record("phase", ours=1.0, study=10.0),
-            _record("scaling", ours=1.0, study=100.0), {"case": "tasks", "status": "error"}]
+    recs = [
+        _record("detection", ours=1.0, study=2.0),
+        _record("phase", ours=1.0, study=10.0),
+        _record("scaling", ours=1.0, study=100.0),
+        {"case": "tasks", "status": "error"},
+    ]
     assert rt.overall_speedup(recs) == pytest.approx(6.0)
     assert rt.overall_speedup([]) is None
 
@@ -83,18 +106,32 @@ def _by_target(vs, word):
 
 
 def test_verdicts_met_and_not_met():
-    recs = [_record("detection", ours=0.95, tl_nl=0.9, study=10.0),
-            {"case": "report", "status": "ok", "model": "embedded", "quick": False,
-             "sections": {"drope_lens": _sec(420.0)}}]
+    recs = [
+        _record("detection", ours=0.95, tl_nl=0.9, study=10.0),
+        {
+            "case": "report",
+            "status": "ok",
+            "model": "embedded",
+            "quick": False,
+            "sections": {"drope_lens": _sec(420.0)},
+        },
+    ]
     vs = rt.verdicts(recs)
     assert _by_target(vs, "detection")["met"] is True
     assert _by_target(vs, "report")["met"] is True
     assert _by_target(vs, "speed-up")["met"] is True
     assert _by_target(vs, "memory")["met"] is True
 
-    recs = [_record("detection", ours=1.2, tl_nl=1.0, study=2.0, mem=(900.0, 100.0, 100.0, 50.0)),
-            {"case": "report", "status": "ok", "model": "embedded", "quick": False,
-             "sections": {"drope_lens": _sec(900.0)}}]
+    recs = [
+        _record("detection", ours=1.2, tl_nl=1.0, study=2.0, mem=(900.0, 100.0, 100.0, 50.0)),
+        {
+            "case": "report",
+            "status": "ok",
+            "model": "embedded",
+            "quick": False,
+            "sections": {"drope_lens": _sec(900.0)},
+        },
+    ]
     vs = rt.verdicts(recs)
     assert _by_target(vs, "detection")["met"] is False
     assert _by_target(vs, "report")["met"] is False
@@ -107,8 +144,17 @@ def test_verdicts_without_measurements_are_not_measured():
     vs = rt.verdicts([])
     assert all(v["met"] is None and v["status"] == "not measured" for v in vs)
     # a quick report is shown but not judged against the full-report target
-    vs = rt.verdicts([{"case": "report", "status": "ok", "model": "embedded", "quick": True,
-                       "sections": {"drope_lens": _sec(100.0)}}])
+    vs = rt.verdicts(
+        [
+            {
+                "case": "report",
+                "status": "ok",
+                "model": "embedded",
+                "quick": True,
+                "sections": {"drope_lens": _sec(100.0)},
+            }
+        ]
+    )
     assert _by_target(vs, "report")["met"] is None
 
 
@@ -129,11 +175,19 @@ def test_fmt_num():
 
 
 def test_render_results_has_every_table():
-    recs = [_record("detection"), _record("disruption", needs_logits=True, label="10 seeds"),
-            {"case": "tasks", "status": "skipped", "reason": "not available yet"},
-            _record("scaling", n_texts=1, seq_len=1024)]
-    payload = {"date": "2026-01-01 00:00", "command": "python benchmarks/run.py", "repeat": 3,
-               "machine": {"cpu": "Test CPU", "cores": 2}, "cases": recs}
+    recs = [
+        _record("detection"),
+        _record("disruption", needs_logits=True, label="10 seeds"),
+        {"case": "tasks", "status": "skipped", "reason": "not available yet"},
+        _record("scaling", n_texts=1, seq_len=1024),
+    ]
+    payload = {
+        "date": "2026-01-01 00:00",
+        "command": "python benchmarks/run.py",
+        "repeat": 3,
+        "machine": {"cpu": "Test CPU", "cores": 2},
+        "cases": recs,
+    }
     text = rt.render_results(payload)
     assert "python benchmarks/run.py" in text and "Test CPU" in text
     assert "| detection |" in text and "| disruption (10 seeds) |" in text
@@ -177,11 +231,10 @@ def test_study_parsers():
 
 def test_study_detection_agrees_with_drope_lens(tokenizer):
     """The baseline measures the same thing: per-text massive counts equal drope_lens's."""
-    from drope_lens.testing import TINY_TEXTS, plant_channels, tiny_llama
-
     from benchmarks import study_way
     from drope_lens.analysis.massive import detect_massive
     from drope_lens.loading import encode, hooked_from_hf
+    from drope_lens.testing import TINY_TEXTS, tiny_llama
 
     hf = tiny_llama()
     with torch.no_grad():
@@ -214,9 +267,26 @@ def test_llama2_shaped_path_on_cpu_with_a_tiny_shape():
 
 
 def test_llama2_shaped_refused_on_cpu_by_the_cli():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--model", "llama2-7b-shaped",
-                           "--device", "cpu", "--cases", "detection", "--no-readme", "--out", "/dev/null"],
-                          capture_output=True, text=True, cwd=str(ROOT), timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--model",
+            "llama2-7b-shaped",
+            "--device",
+            "cpu",
+            "--cases",
+            "detection",
+            "--no-readme",
+            "--out",
+            "/dev/null",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "needs a CUDA GPU" in proc.stderr
 
@@ -227,9 +297,27 @@ def test_quick_tiny_run_writes_well_formed_json(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{rt.RESULTS_START}\nold\n{rt.RESULTS_END}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--model", "tiny", "--cases", "detection",
-         "--out", str(out), "--readme", str(readme), "--threads", "1"],
-        capture_output=True, text=True, cwd=str(ROOT), timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--model",
+            "tiny",
+            "--cases",
+            "detection",
+            "--out",
+            str(out),
+            "--readme",
+            str(readme),
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     payload = json.loads(out.read_text())
     assert payload["settings"]["quick"] is True and payload["machine"]["cores"]

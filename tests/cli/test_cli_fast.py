@@ -28,15 +28,18 @@ def _cli(*argv: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["detect", "--threshold", "-1"], "--threshold (λ) must be a finite number > 0, e.g. 5.0; got -1.0"),
-    (["phase", "--tau", "1.5"], "--tau must be in (0, 1], got 1.5"),
-    (["tasks", "--tasks", "cities,vibes"], "--tasks: unknown ['vibes']"),
-    (["disrupt", "--n-seeds", "1"], "--n-seeds must be >= 2, got 1"),
-    (["report", "--steps", "massive,vibes", "--out", "{tmp}"], "Unknown report steps ['vibes']"),
-    (["context", "--depths", "0.5,2"], "depths must be fractions in [0, 1], got [0.5, 2.0]"),
-    (["track", "--metrics", "ppl,vibes"], "vibes"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["detect", "--threshold", "-1"], "--threshold (λ) must be a finite number > 0, e.g. 5.0; got -1.0"),
+        (["phase", "--tau", "1.5"], "--tau must be in (0, 1], got 1.5"),
+        (["tasks", "--tasks", "cities,vibes"], "--tasks: unknown ['vibes']"),
+        (["disrupt", "--n-seeds", "1"], "--n-seeds must be >= 2, got 1"),
+        (["report", "--steps", "massive,vibes", "--out", "{tmp}"], "Unknown report steps ['vibes']"),
+        (["context", "--depths", "0.5,2"], "depths must be fractions in [0, 1], got [0.5, 2.0]"),
+        (["track", "--metrics", "ppl,vibes"], "vibes"),
+    ],
+)
 def test_bad_options_refused_without_torch(argv, message, tmp_path):
     res = _cli(*[a.replace("{tmp}", str(tmp_path / "out")) for a in argv])
     assert res["rc"] == 1

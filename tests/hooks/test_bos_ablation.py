@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from drope_lens.testing import tiny_llama
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from drope_lens.hooks.bos import bos_mlp_ablation_hooks, mlp_out_mean
 from drope_lens.loading import encode, hooked_from_hf
+from drope_lens.testing import tiny_llama
 
 LAYER = 0
 PROMPT = "the cat saw the dog and"
@@ -20,6 +20,7 @@ def model(request, tokenizer):
 def _recorder(store):
     def rec(out, hook):
         store.append(out.detach().clone())
+
     return rec
 
 
@@ -120,10 +121,15 @@ def test_mlp_out_mean_excludes_bos_and_padding(model, tokenizer):
     assert torch.allclose(vec, torch.cat(rows).mean(0), atol=1e-5)
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(layer=2), "out of range"), (dict(layer=-1), "out of range"),
-    (dict(layer=0, mode="half"), "mode"), (dict(layer=0, mean_vector=torch.zeros(3)), "mean_vector"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(layer=2), "out of range"),
+        (dict(layer=-1), "out of range"),
+        (dict(layer=0, mode="half"), "mode"),
+        (dict(layer=0, mean_vector=torch.zeros(3)), "mean_vector"),
+    ],
+)
 def test_bad_arguments(model, kw, msg):
     kw = dict(kw)
     layer = kw.pop("layer")

@@ -6,8 +6,8 @@ from transformer_lens import TransformerLensKeyValueCache
 
 from drope_lens.analysis.massive import detect_massive
 from drope_lens.analysis.perplexity import perplexity
-from drope_lens.hooks.selection import ChannelSelection, random_control
 from drope_lens.hooks.mean_replacement import mean_replace, qk_mean_replacement_hooks
+from drope_lens.hooks.selection import ChannelSelection, random_control
 from drope_lens.hooks.zeroing import zero_channel_hooks
 from drope_lens.loading import hooked_from_hf, to_nope
 from drope_lens.testing import TINY_TEXTS, plant_channels, tiny_llama
@@ -127,6 +127,7 @@ def cached_logits(model, tokens, n_prompt):
 def prompt_only_reference_hooks(model, n_prompt, rotary):
     """Hand-written reference: replace the top-1 channel of each head by its prompt mean, on the
     prompt positions only (the generated positions are never touched), in a cache-free pass."""
+
     def fn(x, hook):
         p = x[:, :n_prompt]
         top = p.norm(dim=1).argmax(-1)  # [b, H]
@@ -136,6 +137,7 @@ def prompt_only_reference_hooks(model, n_prompt, rotary):
                 d = int(top[b, h])
                 out[b, :n_prompt, h, d] = p[b, :, h, d].mean()
         return out
+
     kind = "hook_rot_" if rotary == "post" else "hook_"
     return [(f"blocks.{layer}.attn.{kind}{t}", fn) for layer in range(model.cfg.n_layers) for t in "qk"]
 
@@ -167,8 +169,9 @@ def test_mean_replacement_with_kv_cache_perturbs_the_prompt_only(planted, rotary
             return lambda x, hook: f(x, hook) if x.shape[1] == n_prompt else None
 
         hooks = qk_mean_replacement_hooks(planted, rotary="post")
-        broken = [(n, prefill_only(f) if n.endswith("rot_k") and getattr(f, "__name__", "") == "fn" else f)
-                  for n, f in hooks]
+        broken = [
+            (n, prefill_only(f) if n.endswith("rot_k") and getattr(f, "__name__", "") == "fn" else f) for n, f in hooks
+        ]
         assert sum(b[1] is not h[1] for b, h in zip(broken, hooks, strict=True)) == planted.cfg.n_layers
         with planted.hooks(fwd_hooks=broken):
             wrong = cached_logits(planted, toks, n_prompt)
@@ -181,8 +184,9 @@ def test_generate_under_mean_replacement_matches_reference(planted, rotary):
     prompt = planted.to_tokens("the cat saw a dog in the")
     n_prompt = prompt.shape[1]
     with planted.hooks(fwd_hooks=qk_mean_replacement_hooks(planted, rotary=rotary)):
-        out = planted.generate(prompt, max_new_tokens=6, do_sample=False, use_past_kv_cache=True,
-                               stop_at_eos=False, verbose=False)
+        out = planted.generate(
+            prompt, max_new_tokens=6, do_sample=False, use_past_kv_cache=True, stop_at_eos=False, verbose=False
+        )
     seq = prompt
     with planted.hooks(fwd_hooks=prompt_only_reference_hooks(planted, n_prompt, rotary)):
         for _ in range(6):
@@ -221,10 +225,19 @@ def test_nope_model_mean_replacement_pre_equals_post(planted):
     torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(k=0), dict(k=25), dict(k=1.5), dict(rotary="both"), dict(decode="apply"),
-    dict(threshold=0.0), dict(layers=[2]), dict(layers=[]),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(k=0),
+        dict(k=25),
+        dict(k=1.5),
+        dict(rotary="both"),
+        dict(decode="apply"),
+        dict(threshold=0.0),
+        dict(layers=[2]),
+        dict(layers=[]),
+    ],
+)
 def test_bad_options_are_refused(planted, kw):
     with pytest.raises(ValueError):
         qk_mean_replacement_hooks(planted, **kw)

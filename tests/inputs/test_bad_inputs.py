@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from drope_lens.testing import save_drope_checkpoint, tiny_llama, tiny_tokenizer
 
 import drope_lens.loading
 import drope_lens.loading.embedded
@@ -26,16 +25,24 @@ import drope_lens.loading.pair
 from drope_lens.atomic import atomic_write_text, unwritable_reason
 from drope_lens.cli import main
 from drope_lens.errors import (
-    CorruptFileError, DropeLensInputError, InputTooLongError, MissingFileError, NonFiniteError,
-    OutputWriteError, TokenizerMismatchError, UnsupportedModelError,
+    CorruptFileError,
+    DropeLensInputError,
+    InputTooLongError,
+    MissingFileError,
+    NonFiniteError,
+    OutputWriteError,
+    TokenizerMismatchError,
+    UnsupportedModelError,
 )
 from drope_lens.loading import hooked_from_hf, load_hooked, load_pair
+from drope_lens.testing import save_drope_checkpoint, tiny_llama, tiny_tokenizer
 
 # /sys is read-only for everyone, root included, while os.access(/sys, W_OK) says True for root:
 # the one folder on a stock Linux box where the real probe and os.access disagree.
 READ_ONLY = Path("/sys/drope-lens-probe")
-needs_sys = pytest.mark.skipif(not Path("/sys").is_dir() or unwritable_reason(READ_ONLY) is None,
-                               reason="needs a read-only /sys")
+needs_sys = pytest.mark.skipif(
+    not Path("/sys").is_dir() or unwritable_reason(READ_ONLY) is None, reason="needs a read-only /sys"
+)
 
 
 # ------------------------------------------------------------------------------ model folders
@@ -75,11 +82,17 @@ def folders(tmp_path_factory):
 @pytest.fixture
 def no_loading(monkeypatch):
     """Every way the CLI could load a model fails the test."""
+
     def boom(*a, **k):
         raise AssertionError("a model was loaded before the bad input was refused")
-    for mod, name in ((drope_lens.loading, "load_pair"), (drope_lens.loading.pair, "load_pair"),
-                      (drope_lens.loading, "load_hooked"), (drope_lens.loading.hf, "load_hooked"),
-                      (drope_lens.loading.embedded, "load_embedded")):
+
+    for mod, name in (
+        (drope_lens.loading, "load_pair"),
+        (drope_lens.loading.pair, "load_pair"),
+        (drope_lens.loading, "load_hooked"),
+        (drope_lens.loading.hf, "load_hooked"),
+        (drope_lens.loading.embedded, "load_embedded"),
+    ):
         monkeypatch.setattr(mod, name, boom)
 
 
@@ -115,11 +128,17 @@ CLI_ROWS = [
     (["detect", "--texts-file", "/nonexistent/texts.txt"], "--texts-file /nonexistent/texts.txt: no such file"),
     (["report", "--out", "{file}"], "is an existing file, not a folder; choose a folder path"),
     (["report", "--out", "{file}/sub"], "is a file, so the folder cannot be created; choose a folder you can write to"),
-    (["detect", "--json", "/nonexistent_dir/x.json"], "--json /nonexistent_dir/x.json: folder /nonexistent_dir does not exist"),
+    (
+        ["detect", "--json", "/nonexistent_dir/x.json"],
+        "--json /nonexistent_dir/x.json: folder /nonexistent_dir does not exist",
+    ),
     (["detect", "--json", "{tmp_dir}"], "is a folder; give a file path"),
     (["report", "--rope", "/nonexistent/model", "--out", "{tmp}"], "--rope /nonexistent/model: no such folder"),
     (["report", "--rope", "{gpt2}", "--out", "{tmp}"], "drope_lens supports Llama-family causal LMs"),
-    (["detect", "--rope", "{no_tokenizer}"], "no tokenizer files (none of tokenizer.json, tokenizer.model, vocab.json)"),
+    (
+        ["detect", "--rope", "{no_tokenizer}"],
+        "no tokenizer files (none of tokenizer.json, tokenizer.model, vocab.json)",
+    ),
     (["detect", "--rope", "{corrupt}"], "model.safetensors is not a readable safetensors file"),
     (["detect", "--rope", "{bad_config}"], "config.json is not valid JSON"),
     (["tasks", "--bos-layer", "3,-2"], "--bos-layer must be >= 0, got 3,-2"),
@@ -132,8 +151,13 @@ def _fill(argv, folders, tmp_path, live_lock):
     file = tmp_path / "a_file.txt"
     file.write_text("x")
     (tmp_path / "dir").mkdir(exist_ok=True)
-    subs = {"{tmp}": str(tmp_path / "out"), "{file}": str(file), "{locked}": str(live_lock),
-            "{tmp_dir}": str(tmp_path / "dir"), **{"{" + k + "}": str(v) for k, v in folders.items()}}
+    subs = {
+        "{tmp}": str(tmp_path / "out"),
+        "{file}": str(file),
+        "{locked}": str(live_lock),
+        "{tmp_dir}": str(tmp_path / "dir"),
+        **{"{" + k + "}": str(v) for k, v in folders.items()},
+    }
     out = []
     for a in argv:
         for key, value in subs.items():
@@ -151,10 +175,13 @@ def test_cli_row(argv, message, folders, tmp_path, live_lock, no_loading, capsys
     assert "Traceback" not in "\n".join(err)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["report", "--dtype", "float64"], "invalid choice: 'float64'"),
-    (["detect", "--top", "x"], "invalid int value: 'x'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["report", "--dtype", "float64"], "invalid choice: 'float64'"),
+        (["detect", "--top", "x"], "invalid int value: 'x'"),
+    ],
+)
 def test_cli_argparse_row(argv, message, no_loading, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -163,9 +190,13 @@ def test_cli_argparse_row(argv, message, no_loading, capsys):
 
 def test_cli_real_subprocess_exit_code(tmp_path):
     """The installed entry point (not just main()): one line, exit 1, well under the load time."""
-    r = subprocess.run([sys.executable, "-m", "drope_lens", "detect", "--threshold", "-1"],
-                       capture_output=True, text=True, timeout=300,
-                       cwd=os.path.dirname(os.path.dirname(drope_lens.__file__)))
+    r = subprocess.run(
+        [sys.executable, "-m", "drope_lens", "detect", "--threshold", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.path.dirname(os.path.dirname(drope_lens.__file__)),
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr and "Loading" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("drope-lens detect: error: --threshold (λ)")
 
@@ -190,6 +221,7 @@ def test_probe_failure_is_reported_whatever_the_cause(tmp_path, monkeypatch, no_
 
     def fail(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
+
     monkeypatch.setattr(tempfile, "mkstemp", fail)
     assert unwritable_reason(tmp_path) == f"cannot create files in {tmp_path} (Read-only file system)"
     assert main(["report", "--out", str(tmp_path / "o")]) == 1
@@ -244,6 +276,7 @@ def _full_disk(monkeypatch, name):
     def fake_open(path, mode="r", *a, **k):
         fh = real_open(path, mode, *a, **k)
         return Full(fh) if "w" in mode and os.path.basename(str(path)).startswith(f".{name}.") else fh
+
     monkeypatch.setattr(builtins, "open", fake_open)
 
 
@@ -270,8 +303,10 @@ def test_full_disk_cli_one_line_and_old_file_intact(tmp_path, monkeypatch, token
     monkeypatch.undo()
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == (f"drope-lens detect: error: could not write {out}: No space left on device; free disk "
-                   "space or choose a writable location (any previous massive.json is unchanged)")
+    assert err == (
+        f"drope-lens detect: error: could not write {out}: No space left on device; free disk "
+        "space or choose a writable location (any previous massive.json is unchanged)"
+    )
     assert json.loads(out.read_text()) == {"old": True}
 
 
@@ -296,36 +331,87 @@ def _api_rows():
 
     long_text = " ".join(["the cat"] * 30)
     return [
-        ("threshold 0", lambda m: detect_massive(m, TEXTS, threshold=0), DropeLensInputError,
-         "threshold (lambda) must be a finite number > 0, e.g. 5.0; got 0"),
-        ("threshold -1", lambda m: detect_massive(m, TEXTS, threshold=-1.0), DropeLensInputError,
-         "must be a finite number > 0"),
-        ("threshold nan", lambda m: detect_massive(m, TEXTS, threshold=math.nan), DropeLensInputError,
-         "got nan"),
-        ("empty text", lambda m: detect_massive(m, ["the cat", ""]), DropeLensInputError,
-         "Text 1 is empty (it has no tokens); give non-empty texts."),
+        (
+            "threshold 0",
+            lambda m: detect_massive(m, TEXTS, threshold=0),
+            DropeLensInputError,
+            "threshold (lambda) must be a finite number > 0, e.g. 5.0; got 0",
+        ),
+        (
+            "threshold -1",
+            lambda m: detect_massive(m, TEXTS, threshold=-1.0),
+            DropeLensInputError,
+            "must be a finite number > 0",
+        ),
+        ("threshold nan", lambda m: detect_massive(m, TEXTS, threshold=math.nan), DropeLensInputError, "got nan"),
+        (
+            "empty text",
+            lambda m: detect_massive(m, ["the cat", ""]),
+            DropeLensInputError,
+            "Text 1 is empty (it has no tokens); give non-empty texts.",
+        ),
         ("no texts", lambda m: perplexity(m, []), DropeLensInputError, "No texts given."),
-        ("one-token text, perplexity", lambda m: perplexity(m, torch.tensor([[1]])), DropeLensInputError,
-         "Every text needs at least 2 tokens (BOS + one target) for perplexity."),
-        ("one-token text, phase", lambda m: phase_profile(m, torch.tensor([[1]])), DropeLensInputError,
-         "Every text needs at least one token after BOS"),
-        ("text longer than n_ctx", lambda m: perplexity(m, [long_text]), InputTooLongError,
-         "Text 0 is 61 tokens long, more than the model's n_ctx=24. Shorten it, or pass max_length=24"),
-        ("max_length 1", lambda m: encode(m.tokenizer, TEXTS, max_length=1), DropeLensInputError,
-         "max_length=1 leaves no room for text tokens."),
+        (
+            "one-token text, perplexity",
+            lambda m: perplexity(m, torch.tensor([[1]])),
+            DropeLensInputError,
+            "Every text needs at least 2 tokens (BOS + one target) for perplexity.",
+        ),
+        (
+            "one-token text, phase",
+            lambda m: phase_profile(m, torch.tensor([[1]])),
+            DropeLensInputError,
+            "Every text needs at least one token after BOS",
+        ),
+        (
+            "text longer than n_ctx",
+            lambda m: perplexity(m, [long_text]),
+            InputTooLongError,
+            "Text 0 is 61 tokens long, more than the model's n_ctx=24. Shorten it, or pass max_length=24",
+        ),
+        (
+            "max_length 1",
+            lambda m: encode(m.tokenizer, TEXTS, max_length=1),
+            DropeLensInputError,
+            "max_length=1 leaves no room for text tokens.",
+        ),
         ("tau 2", lambda m: phase_profile(m, TEXTS, tau=2.0), DropeLensInputError, "tau must be in (0, 1], got 2.0"),
-        ("tau nan", lambda m: phase_profile(m, TEXTS, tau=math.nan), DropeLensInputError,
-         "tau must be in (0, 1], got nan"),
-        ("unknown step", lambda m: ReportOptions(steps=("vibes",)), DropeLensInputError,
-         "Unknown report steps ['vibes']; choose from"),
-        ("report threshold nan", lambda m: ReportOptions(threshold=math.nan), DropeLensInputError,
-         "threshold must be a finite number > 0"),
-        ("unknown task", lambda m: run_tasks(m, tasks=["vibes"]), DropeLensInputError,
-         "Unknown task 'vibes'; choose from"),
-        ("unknown condition", lambda m: run_tasks(m, tasks=["sports"], conditions=["vibes"], n=2),
-         DropeLensInputError, "Unknown condition 'vibes'; choose from"),
-        ("BOS layer out of range", lambda m: bos_mlp_ablation_hooks(99, model=m), DropeLensInputError,
-         "layer 99 is out of range (the model has 2 layers, 0…1); pass a layer in that range."),
+        (
+            "tau nan",
+            lambda m: phase_profile(m, TEXTS, tau=math.nan),
+            DropeLensInputError,
+            "tau must be in (0, 1], got nan",
+        ),
+        (
+            "unknown step",
+            lambda m: ReportOptions(steps=("vibes",)),
+            DropeLensInputError,
+            "Unknown report steps ['vibes']; choose from",
+        ),
+        (
+            "report threshold nan",
+            lambda m: ReportOptions(threshold=math.nan),
+            DropeLensInputError,
+            "threshold must be a finite number > 0",
+        ),
+        (
+            "unknown task",
+            lambda m: run_tasks(m, tasks=["vibes"]),
+            DropeLensInputError,
+            "Unknown task 'vibes'; choose from",
+        ),
+        (
+            "unknown condition",
+            lambda m: run_tasks(m, tasks=["sports"], conditions=["vibes"], n=2),
+            DropeLensInputError,
+            "Unknown condition 'vibes'; choose from",
+        ),
+        (
+            "BOS layer out of range",
+            lambda m: bos_mlp_ablation_hooks(99, model=m),
+            DropeLensInputError,
+            "layer 99 is out of range (the model has 2 layers, 0…1); pass a layer in that range.",
+        ),
         ("unknown genre", lambda m: builtin_texts("vibes"), DropeLensInputError, "Unknown genre 'vibes'"),
     ]
 
@@ -388,24 +474,52 @@ def test_fp16_overflow_names_the_layer_never_zeros(tokenizer):
 
 
 # ------------------------------------------------------------------------------ task files
-@pytest.mark.parametrize("name, content, loader, error, message", [
-    ("q.json", '[{"question": "Is the sky blue?", "answer": "yes"}', "yes_no", CorruptFileError,
-     "is not valid JSON"),
-    ("q.json", '{"rows": 3}', "yes_no", CorruptFileError, "expected a JSON list of rows"),
-    ("q.jsonl", '{"question": "Is it?", "answer": "yes"}\n{"question": ', "yes_no", CorruptFileError,
-     "is not valid JSONL"),
-    ("q.csv", 'text,answer\n"Is it?",yes\n', "yes_no", DropeLensInputError, "row 0: needs a 'question'"),
-    ("q.csv", 'question,answer\n"Is it?",maybe\n', "yes_no", DropeLensInputError,
-     "answer 'maybe' is not true/false, yes/no or 1/0"),
-    ("q.txt", "Is it?", "yes_no", DropeLensInputError, "use .csv, .tsv, .jsonl or .json"),
-    ("missing.csv", None, "yes_no", MissingFileError, "no such task file"),
-    ("r.csv", 'text,label\n"great film",maybe\n', "reviews", DropeLensInputError,
-     "label 'maybe' is not positive/negative"),
-    ("r.csv", 'text,label\n"unterminated,1\n', "reviews", CorruptFileError, "is not valid CSV"),
-    ("c.csv", "statement,city\nParis is in France,Paris\n", "cities", DropeLensInputError,
-     "needs columns ['label', 'statement']"),
-    ("c.csv", "", "cities", DropeLensInputError, "holds no rows"),
-])
+@pytest.mark.parametrize(
+    "name, content, loader, error, message",
+    [
+        (
+            "q.json",
+            '[{"question": "Is the sky blue?", "answer": "yes"}',
+            "yes_no",
+            CorruptFileError,
+            "is not valid JSON",
+        ),
+        ("q.json", '{"rows": 3}', "yes_no", CorruptFileError, "expected a JSON list of rows"),
+        (
+            "q.jsonl",
+            '{"question": "Is it?", "answer": "yes"}\n{"question": ',
+            "yes_no",
+            CorruptFileError,
+            "is not valid JSONL",
+        ),
+        ("q.csv", 'text,answer\n"Is it?",yes\n', "yes_no", DropeLensInputError, "row 0: needs a 'question'"),
+        (
+            "q.csv",
+            'question,answer\n"Is it?",maybe\n',
+            "yes_no",
+            DropeLensInputError,
+            "answer 'maybe' is not true/false, yes/no or 1/0",
+        ),
+        ("q.txt", "Is it?", "yes_no", DropeLensInputError, "use .csv, .tsv, .jsonl or .json"),
+        ("missing.csv", None, "yes_no", MissingFileError, "no such task file"),
+        (
+            "r.csv",
+            'text,label\n"great film",maybe\n',
+            "reviews",
+            DropeLensInputError,
+            "label 'maybe' is not positive/negative",
+        ),
+        ("r.csv", 'text,label\n"unterminated,1\n', "reviews", CorruptFileError, "is not valid CSV"),
+        (
+            "c.csv",
+            "statement,city\nParis is in France,Paris\n",
+            "cities",
+            DropeLensInputError,
+            "needs columns ['label', 'statement']",
+        ),
+        ("c.csv", "", "cities", DropeLensInputError, "holds no rows"),
+    ],
+)
 def test_bad_task_files(name, content, loader, error, message, tmp_path):
     from drope_lens.tasks.cities import load_cities_csv
     from drope_lens.tasks.custom import load_yes_no_file
@@ -426,8 +540,9 @@ def test_good_task_files_still_load(tmp_path):
     from drope_lens.tasks.custom import load_yes_no_file
     from drope_lens.tasks.sentiment import read_review_file
 
-    (tmp_path / "q.json").write_text(json.dumps({"data": [{"question": "Is it?", "answer": "yes"},
-                                                          {"question": "Is it not?", "label": 0}]}))
+    (tmp_path / "q.json").write_text(
+        json.dumps({"data": [{"question": "Is it?", "answer": "yes"}, {"question": "Is it not?", "label": 0}]})
+    )
     assert [it.answer for it in load_yes_no_file(tmp_path / "q.json").items] == ["Yes", "No"]
     (tmp_path / "r.jsonl").write_text('{"text": "good", "label": "pos"}\n\n{"text": "bad", "label": 0}\n')
     assert read_review_file(tmp_path / "r.jsonl") == [("good", "Positive"), ("bad", "Negative")]

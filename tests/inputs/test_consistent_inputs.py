@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from drope_lens.testing import tiny_llama
 
-from drope_lens.loading.forward import to_batch
 from drope_lens.loading import hooked_from_hf
+from drope_lens.loading.forward import to_batch
 from drope_lens.loading.tokens import as_batch
+from drope_lens.testing import tiny_llama
 
 TEXTS = ["the quick brown fox jumps over the lazy dog again and again", "a b c d e f g h"]
 
@@ -52,8 +52,8 @@ def _one_row_at_a_time(model, batch, hooks):
 def test_mean_replacement_uses_the_batch_mask(model, kind):
     """A padded batch through drope_lens (forward_batch declares its mask) equals each text alone;
     counting the pads as real (the old silent behaviour) does not."""
-    from drope_lens.loading.forward import forward_batch
     from drope_lens.hooks.mask import real_token_mask
+    from drope_lens.loading.forward import forward_batch
 
     batch = as_batch(model, TEXTS)
     assert not bool(batch.mask.all())  # really padded

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from drope_lens.testing import qk_norm_drope_model, tiny_llama, tiny_tokenizer
 
 import drope_lens as dl
 from drope_lens.errors import NonFiniteError
 from drope_lens.loading import encode, hooked_from_hf
 from drope_lens.loading import fast_attention as fa
+from drope_lens.testing import qk_norm_drope_model, tiny_llama, tiny_tokenizer
 
 LOGIT_TOL = 1e-5
 HOOKS = ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_z", "hook_attn_out")
@@ -47,8 +47,9 @@ MODELS = {
     "rope_gqa": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=1), tok),
     "rope_mha": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=2, num_key_value_heads=4), tok),
     "nope_gqa": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=3), tok, position_encoding="nope"),
-    "nope_mha": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=4, num_key_value_heads=4), tok,
-                                                position_encoding="nope"),
+    "nope_mha": lambda tok, tmp: hooked_from_hf(
+        tiny_llama(seed=4, num_key_value_heads=4), tok, position_encoding="nope"
+    ),
     "drope_qk_norm": _drope_qk_norm_model,
 }
 
@@ -117,7 +118,7 @@ def test_kv_cache_greedy_generation_is_identical(kind, tokenizer, tmp_path, monk
     # decoding with the cache equals one full forward of the generated sequence (fast path both)
     with torch.no_grad():
         full = model(fast[:, :-1]).argmax(-1)
-    assert torch.equal(full[:, prompt.shape[1] - 1:], fast[:, prompt.shape[1]:])
+    assert torch.equal(full[:, prompt.shape[1] - 1 :], fast[:, prompt.shape[1] :])
 
 
 def test_pattern_hook_switches_only_that_layer_back(tokenizer, monkeypatch):

@@ -5,10 +5,10 @@ import copy
 import einops
 import pytest
 import torch
-from drope_lens.testing import TINY_TEXTS, tiny_llama
 
 from drope_lens.loading import hooked_from_hf, linear_layout, to_nope
 from drope_lens.tasks.scoring import greedy_generate_batch
+from drope_lens.testing import TINY_TEXTS, tiny_llama
 
 
 def _contiguous_copy(model):

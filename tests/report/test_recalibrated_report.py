@@ -20,8 +20,10 @@ def cached_run(rope_dir, toy_data, tmp_path, monkeypatch):  # noqa: F811
     from drope_lens.recalibrate import default_run_dir, recalibrate
 
     monkeypatch.setenv("DROPE_LENS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("drope_lens.loading.embedded.load_embedded",
-                        lambda **kw: load_hooked(rope_dir, dtype=kw.get("dtype", "float32")))
+    monkeypatch.setattr(
+        "drope_lens.loading.embedded.load_embedded",
+        lambda **kw: load_hooked(rope_dir, dtype=kw.get("dtype", "float32")),
+    )
     recipe = _recipe(max_steps=2, save_every=1)
     recalibrate(rope_dir, recipe, default_run_dir("nope"), data=toy_data, progress=False)
     return recipe
@@ -48,12 +50,14 @@ def legends(monkeypatch):
 def _report(out, *extra):
     from drope_lens.cli import main
 
-    return main(["report", "--out", str(out), "--quick", "--steps", "massive", "--max-length", "32",
-                 "--allow-partial", *extra])
+    return main(
+        ["report", "--out", str(out), "--quick", "--steps", "massive", "--max-length", "32", "--allow-partial", *extra]
+    )
 
 
 def test_report_labels_the_recalibrated_twin_and_never_mixes_it_with_the_zero_shot_one(
-        cached_run, legends, tmp_path, capsys):
+    cached_run, legends, tmp_path, capsys
+):
     out = tmp_path / "report"
     assert _report(out, "--drope", "recalibrated") == 0
     res = json.loads((out / "results.json").read_text())
@@ -86,7 +90,8 @@ def test_report_drope_recalibrated_without_a_cached_twin_says_run_recalibrate(tm
     from drope_lens.cli import main
 
     monkeypatch.setenv("DROPE_LENS_CACHE", str(tmp_path))
-    monkeypatch.setattr("drope_lens.loading.embedded.load_embedded",
-                        lambda **kw: pytest.fail("loaded a model before refusing"))
+    monkeypatch.setattr(
+        "drope_lens.loading.embedded.load_embedded", lambda **kw: pytest.fail("loaded a model before refusing")
+    )
     assert main(["report", "--drope", "recalibrated", "--out", str(tmp_path / "r")]) == 1
     assert "run `drope-lens recalibrate` first" in capsys.readouterr().err

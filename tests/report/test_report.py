@@ -3,13 +3,13 @@
 import json
 
 import pytest
-from drope_lens.testing import plant_channels, tiny_llama
 
 from drope_lens.loading import ModelPair, hooked_from_hf, to_nope
 from drope_lens.report import steps as report_steps
 from drope_lens.report.runner import ReportOptions, run_report
 from drope_lens.report.schema import validate_results
 from drope_lens.report.store import PartStore, fingerprint
+from drope_lens.testing import plant_channels, tiny_llama
 
 STEPS = ("massive", "phase", "disruption")  # run order
 
@@ -43,7 +43,8 @@ def test_report_writes_every_file_and_valid_json(tiny_pair, tmp_path):
         assert (tmp_path / rel).stat().st_size > 0, rel
     assert any(p.endswith("qkv_totals.png") for p in on_disk["files"]["figures"])
     assert {"views/attention.html", "views/sink_scores.html", "views/massive_channels.html"} <= set(
-        on_disk["files"]["views"])
+        on_disk["files"]["views"]
+    )
     from drope_lens.views import check_offline
 
     for view in on_disk["files"]["views"]:
@@ -63,13 +64,13 @@ def test_report_writes_every_file_and_valid_json(tiny_pair, tmp_path):
 def test_disruption_alone_measures_what_it_needs(tiny_pair, tmp_path):
     # full mode: disruption evaluates a subset of the phase texts, so the baseline is a subset too
     steps = ("massive", "phase", "disruption")
-    shared = run_report(tiny_pair, tmp_path / "a", _options(quick=False, steps=steps),
-                        progress=False)["experiments"]
+    shared = run_report(tiny_pair, tmp_path / "a", _options(quick=False, steps=steps), progress=False)["experiments"]
     assert shared["disruption"]["rope"]["n_eval_texts"] < shared["phase"]["n_texts"]
     assert shared["disruption"]["rope"]["settings"]["baseline"] == "given"
     shared = shared["disruption"]
-    alone = run_report(tiny_pair, tmp_path / "b", _options(quick=False, steps=("disruption",)),
-                       progress=False)["experiments"]["disruption"]
+    alone = run_report(tiny_pair, tmp_path / "b", _options(quick=False, steps=("disruption",)), progress=False)[
+        "experiments"
+    ]["disruption"]
     assert alone["rope"]["settings"]["selection"] == "detected"
     assert alone["rope"]["settings"]["baseline"] == "measured"
     for key in ("base_ppl", "massive_ppl", "m_minus_r"):
@@ -101,6 +102,7 @@ def test_interrupted_report_resumes_without_redoing_finished_steps(tiny_pair, tm
             if step == "disruption" and calls[step] == 1:
                 raise KeyboardInterrupt  # the user pressed Ctrl-C during the third experiment
             return originals[step](*args, **kwargs)
+
         return run
 
     for s in STEPS:
@@ -115,7 +117,10 @@ def test_interrupted_report_resumes_without_redoing_finished_steps(tiny_pair, tm
     results = run_report(tiny_pair, tmp_path, _options(), progress=False)
     assert calls == {"massive": 1, "phase": 1, "disruption": 2}
     assert {s: results["steps"][s]["status"] for s in STEPS} == {
-        "massive": "resumed", "phase": "resumed", "disruption": "ran"}
+        "massive": "resumed",
+        "phase": "resumed",
+        "disruption": "ran",
+    }
     assert results["experiments"]["massive"] == first_massive["result"]
     # other options -> the step is not reused
     run_report(tiny_pair, tmp_path, _options(steps=("massive",), threshold=4.0), progress=False)
@@ -137,9 +142,14 @@ def test_bad_report_options_are_refused():
         ReportOptions(steps=("massive", "vibes"))
     with pytest.raises(ValueError, match="threshold"):
         ReportOptions(threshold=0)
-    for bad, match in ((dict(n_seeds=1), "n_seeds"), (dict(max_length=0), "max_length"),
-                       (dict(batch_size=0), "batch_size"), (dict(task_n=0), "task_n"),
-                       (dict(passkey_lengths=(0,)), "passkey_lengths"), (dict(passkey_lengths=()), "passkey")):
+    for bad, match in (
+        (dict(n_seeds=1), "n_seeds"),
+        (dict(max_length=0), "max_length"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(task_n=0), "task_n"),
+        (dict(passkey_lengths=(0,)), "passkey_lengths"),
+        (dict(passkey_lengths=()), "passkey"),
+    ):
         with pytest.raises(ValueError, match=match):
             ReportOptions(**bad)
     quick = ReportOptions(quick=True, passkey_lengths=(256, 512))

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-from drope_lens.testing import tiny_llama
 
 import drope_lens
 from drope_lens.errors import ReportLockedError
@@ -18,14 +17,18 @@ from drope_lens.report import steps as report_steps
 from drope_lens.report.provenance import pair_identity, weights_hash
 from drope_lens.report.runner import ReportOptions, run_report
 from drope_lens.report.store import PartStore, ResultsLock
+from drope_lens.testing import tiny_llama
 
 STEPS = ("massive", "phase")
 
 
 def _pair(tokenizer, seed=11, dtype=None, drope_seed=None):
     rope = hooked_from_hf(tiny_llama(seed=seed), tokenizer, dtype=dtype)
-    drope = (to_nope(rope) if drope_seed is None
-             else to_nope(hooked_from_hf(tiny_llama(seed=drope_seed), tokenizer, dtype=dtype)))
+    drope = (
+        to_nope(rope)
+        if drope_seed is None
+        else to_nope(hooked_from_hf(tiny_llama(seed=drope_seed), tokenizer, dtype=dtype))
+    )
     return ModelPair(rope, drope)
 
 
@@ -42,6 +45,7 @@ def counted(monkeypatch):
         def run(*a, _s=s, _o=orig, **k):
             calls[_s] += 1
             return _o(*a, **k)
+
         monkeypatch.setattr(report_steps, f"run_{s}", run)
     return calls
 
@@ -124,10 +128,16 @@ def test_lock_held_by_a_live_process_refuses_and_stale_lock_is_taken_over(tmp_pa
 def test_two_concurrent_reports_one_refuses(tokenizer, tmp_path):
     pair = _pair(tokenizer)
     # a real second process holds the folder's lock while we try to report into it
-    code = ("import sys, time; from drope_lens.report.store import ResultsLock; "
-            "l = ResultsLock(sys.argv[1]); l.acquire(); print('locked', flush=True); time.sleep(60)")
-    other = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                             cwd=os.path.dirname(os.path.dirname(drope_lens.__file__)))
+    code = (
+        "import sys, time; from drope_lens.report.store import ResultsLock; "
+        "l = ResultsLock(sys.argv[1]); l.acquire(); print('locked', flush=True); time.sleep(60)"
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(drope_lens.__file__)),
+    )
     try:
         assert other.stdout.readline().strip() == "locked"
         with pytest.raises(ReportLockedError, match="another drope-lens report"):
@@ -143,15 +153,17 @@ def test_failing_figure_is_listed_and_cli_exit_is_nonzero(tokenizer, tmp_path, m
 
     def broken(*a, **k):
         raise RuntimeError("matplotlib exploded")
+
     monkeypatch.setattr(report_build, "write_figures", broken)
     res = run_report(pair, tmp_path, _opts(steps=("massive",)), progress=False)
     assert any("figures" in m and "matplotlib exploded" in m for m in res["files"]["missing"])
     assert "NOT WRITTEN" in (tmp_path / "report.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["files"]["missing"] == res["files"]["missing"]
 
-    from drope_lens.cli import report as cli_report
-    from drope_lens.cli import main
     import drope_lens.loading as loading
+    from drope_lens.cli import main
+    from drope_lens.cli import report as cli_report
+
     monkeypatch.setattr(loading, "load_pair", lambda *a, **k: pair)
     argv = ["report", "--quick", "--steps", "massive", "--out", str(tmp_path / "cli"), "--max-length", "32"]
     assert main(argv) == 1
@@ -160,11 +172,11 @@ def test_failing_figure_is_listed_and_cli_exit_is_nonzero(tokenizer, tmp_path, m
 
 
 def test_library_bugs_are_not_disguised_and_debug_shows_tracebacks(monkeypatch, capsys):
-    from drope_lens.cli import main
-    from drope_lens.cli import common
+    from drope_lens.cli import common, main
 
     def boom(args):
         int("not a number")  # a ValueError raised by Python itself, not a drope_lens input error
+
     monkeypatch.setattr(common, "check_model_args", boom)
     with pytest.raises(ValueError):
         main(["detect"])
@@ -178,8 +190,15 @@ def test_massive_masks_follow_threshold_and_scope_changes():
 
     g = torch.Generator().manual_seed(0)
     sumsq = {"q": torch.rand(2, 2, 2, 4, generator=g) ** 6 * 100}
-    mv = MassiveValues(sumsq=sumsq, lengths=torch.tensor([5, 5]), threshold=5.0, scope="layer", rotary="pre",
-                       model_label="m", position_encoding="rope")
+    mv = MassiveValues(
+        sumsq=sumsq,
+        lengths=torch.tensor([5, 5]),
+        threshold=5.0,
+        scope="layer",
+        rotary="pre",
+        model_label="m",
+        position_encoding="rope",
+    )
     first = mv.masks("q").clone()
     mv.threshold = 1.5
     assert torch.equal(mv.masks("q"), massive_mask(sumsq["q"].sqrt(), 1.5, "layer"))

@@ -9,7 +9,12 @@ import torch
 from drope_lens.loading import hooked_from_hf
 from drope_lens.tasks import Condition, TaskDataset, TaskItem, run_tasks
 from drope_lens.tasks.calibration import (
-    _auc, auroc, build_prompt, content_free_prompts, draw_demonstrations, log_prior,
+    _auc,
+    auroc,
+    build_prompt,
+    content_free_prompts,
+    draw_demonstrations,
+    log_prior,
 )
 from drope_lens.tasks.results import TaskResults, TaskScore
 
@@ -38,8 +43,9 @@ def cue_dataset(n=20, pool=10):
 
     items = [item(i) for i in range(n)]
     demos = [item(i) for i in range(n, n + pool)]
-    return TaskDataset("cue", "parametric", "choice", items, OPTS, template=TEMPLATE, slot="q",
-                       content_key="q", demo_pool=demos)
+    return TaskDataset(
+        "cue", "parametric", "choice", items, OPTS, template=TEMPLATE, slot="q", content_key="q", demo_pool=demos
+    )
 
 
 def test_biased_model_raw_at_chance_calibrated_at_true_accuracy(tiny, tokenizer):
@@ -54,12 +60,15 @@ def test_biased_model_raw_at_chance_calibrated_at_true_accuracy(tiny, tokenizer)
             toks = store["tokens"]
             x = x.clone()
             sign = (toks == cat).any(-1).float() - (toks == dog).any(-1).float()
-            x[..., yes] += 100.0 + 2.0 * sign[:, None]   # constant bias toward 'yes' swamps the signal
+            x[..., yes] += 100.0 + 2.0 * sign[:, None]  # constant bias toward 'yes' swamps the signal
             x[..., no] -= 2.0 * sign[:, None]
             return x
 
-        handles.append(model.embed.register_forward_pre_hook(  # the token ids of each pass
-            lambda mod, args: store.__setitem__("tokens", args[0])))
+        handles.append(
+            model.embed.register_forward_pre_hook(  # the token ids of each pass
+                lambda mod, args: store.__setitem__("tokens", args[0])
+            )
+        )
         return [("unembed.hook_out", logits)]
 
     cond = Condition("biased", make, batch_safe=True)
@@ -90,10 +99,12 @@ def test_prior_is_computed_under_the_condition_hooks(tiny, tokenizer):
             x = x.clone()
             x[..., yes] += 3.0
             return x
+
         return [("unembed.hook_out", f)]
 
-    res = run_tasks(tiny, tasks=[ds], conditions=["baseline", Condition("shift", shift, batch_safe=True)],
-                    scoring="calibrated")
+    res = run_tasks(
+        tiny, tasks=[ds], conditions=["baseline", Condition("shift", shift, batch_safe=True)], scoring="calibrated"
+    )
     p0, p1 = res.score("cue", "baseline").prior, res.score("cue", "shift").prior
     assert p1["yes"] > p0["yes"] + 0.1 and p1["no"] < p0["no"]
     # independent computation of the baseline prior from plain forward passes
@@ -126,8 +137,10 @@ def test_demonstrations_are_balanced_disjoint_and_seeded(tokenizer):
         d = draw_demonstrations(ds, 4, seed)
         assert [x.answer for x in d].count("yes") == 2 and not {x.text for x in d} & evaluated
         assert [x.text for x in d] == [x.text for x in draw_demonstrations(ds, 4, seed)]
-    assert any([x.text for x in draw_demonstrations(ds, 4, s)] != [x.text for x in draw_demonstrations(ds, 4, 0)]
-               for s in range(1, 6))
+    assert any(
+        [x.text for x in draw_demonstrations(ds, 4, s)] != [x.text for x in draw_demonstrations(ds, 4, 0)]
+        for s in range(1, 6)
+    )
     d = draw_demonstrations(ds, 2, 0)
     p = build_prompt(tokenizer, ds, ds.items[3].text, d)
     assert p == f"{d[0].text} {d[0].answer}\n\n{d[1].text} {d[1].answer}\n\n{ds.items[3].text}"
@@ -146,7 +159,9 @@ def test_few_shot_run_uses_the_same_prompts_for_every_condition(tiny):
         def make(model):
             def f(x, hook):
                 seen.setdefault(name, []).append(x.shape[1])
+
             return [("blocks.0.hook_resid_pre", f)]
+
         return Condition(name, make, batch_safe=True)
 
     r = run_tasks(tiny, tasks=[ds], conditions=[spy("a"), spy("b")], n_shot=2, scoring="calibrated", seed=3)
@@ -178,13 +193,19 @@ def test_auroc_against_an_independent_count():
 def test_category_summary_skips_at_chance_tasks():
     def sc(task, cat, cond, correct, n=40):
         from drope_lens.tasks.results import wilson_interval
+
         lo, hi = wilson_interval(correct, n)
         return TaskScore(task, cat, cond, n, correct, correct / n, lo, hi, chance=0.5)
 
-    scores = [sc("a", "parametric", "baseline", 20), sc("a", "parametric", "x", 10),
-              sc("b", "contextual", "baseline", 36), sc("b", "contextual", "x", 18)]
-    r = TaskResults("m", "logprob", False, 0, ["a", "b"], {"a": "parametric", "b": "contextual"},
-                    ["baseline", "x"], scores, [])
+    scores = [
+        sc("a", "parametric", "baseline", 20),
+        sc("a", "parametric", "x", 10),
+        sc("b", "contextual", "baseline", 36),
+        sc("b", "contextual", "x", 18),
+    ]
+    r = TaskResults(
+        "m", "logprob", False, 0, ["a", "b"], {"a": "parametric", "b": "contextual"}, ["baseline", "x"], scores, []
+    )
     assert r.degradation("a", "x") is None and r.degradation("b", "x") == pytest.approx(50.0)
     s = r.category_summary("x")
     assert s["parametric_degradation"] is None and s["contextual_degradation"] == pytest.approx(50.0)
@@ -223,12 +244,20 @@ def completion_dataset(n=8, pool=4):
 
     def item(i):
         a, b = words[i % len(words)], words[(i + 3) % len(words)]
-        return TaskItem(TEMPLATE.format(q=f"w{i}"), "A" if i % 2 == 0 else "B",
-                        {"q": f"w{i}", "choices": [a, b]})
+        return TaskItem(TEMPLATE.format(q=f"w{i}"), "A" if i % 2 == 0 else "B", {"q": f"w{i}", "choices": [a, b]})
 
-    return TaskDataset("comp", "parametric", "choice", [item(i) for i in range(n)], ("A", "B"),
-                       template=TEMPLATE, slot="q", content_key="q",
-                       demo_pool=[item(i) for i in range(n, n + pool)], choices_key="choices")
+    return TaskDataset(
+        "comp",
+        "parametric",
+        "choice",
+        [item(i) for i in range(n)],
+        ("A", "B"),
+        template=TEMPLATE,
+        slot="q",
+        content_key="q",
+        demo_pool=[item(i) for i in range(n, n + pool)],
+        choices_key="choices",
+    )
 
 
 def test_completion_items_scored_on_their_own_continuations_and_calibrated_per_item(tiny, tokenizer):
@@ -285,9 +314,16 @@ def test_report_reading_names_above_chance_tasks_and_their_degradation_only(tiny
         return x
 
     cue = cue_dataset(24)
-    blind = TaskDataset("blind", "contextual", "choice",
-                        [TaskItem(TEMPLATE.format(q=f"x {i}"), OPTS[i % 2], {"q": f"x {i}"})
-                         for i in range(24)], OPTS, template=TEMPLATE, slot="q", content_key="q")
+    blind = TaskDataset(
+        "blind",
+        "contextual",
+        "choice",
+        [TaskItem(TEMPLATE.format(q=f"x {i}"), OPTS[i % 2], {"q": f"x {i}"}) for i in range(24)],
+        OPTS,
+        template=TEMPLATE,
+        slot="q",
+        content_key="q",
+    )
     h = tiny.embed.register_forward_pre_hook(lambda mod, args: store.__setitem__("tokens", args[0]))
     try:
         with tiny.hooks(fwd_hooks=[("unembed.hook_out", logits)]):

@@ -8,8 +8,14 @@ import re
 import pytest
 
 from drope_lens.tasks import (
-    convert_to_question, load_cities, load_cities_csv, load_imdb, load_passkey, load_sentiment,
-    load_sports, load_yes_no_file,
+    convert_to_question,
+    load_cities,
+    load_cities_csv,
+    load_imdb,
+    load_passkey,
+    load_sentiment,
+    load_sports,
+    load_yes_no_file,
 )
 from drope_lens.tasks.passkey import NEEDLE, filler_sentences
 from drope_lens.tasks.sentiment import REVIEWS_FILE
@@ -20,11 +26,14 @@ def _texts(ds):
     return [it.text for it in ds.items]
 
 
-@pytest.mark.parametrize("loader,n,opts", [
-    (load_cities, 200, ("Yes", "No")),
-    (load_sports, 100, ("Yes", "No")),
-    (load_sentiment, 100, ("Positive", "Negative")),
-])
+@pytest.mark.parametrize(
+    "loader,n,opts",
+    [
+        (load_cities, 200, ("Yes", "No")),
+        (load_sports, 100, ("Yes", "No")),
+        (load_sentiment, 100, ("Positive", "Negative")),
+    ],
+)
 def test_sizes_balance_and_determinism(loader, n, opts):
     a, b, c = loader(n, 0), loader(n, 0), loader(n, 1)
     assert len(a) == n and a.options == opts
@@ -63,15 +72,15 @@ def test_cities_need_geotext(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "geotext" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "geotext" else real(name, *a))
     with pytest.raises(ModuleNotFoundError, match="pip install geotext==0.4.0"):
         load_cities(10, 0)
 
 
 def test_convert_to_question_matches_the_study():
-    assert (convert_to_question("The city of Petaling Jaya is in Malaysia.")
-            == "Is the city of Petaling Jaya in Malaysia?")
+    assert (
+        convert_to_question("The city of Petaling Jaya is in Malaysia.") == "Is the city of Petaling Jaya in Malaysia?"
+    )
     with pytest.raises(ValueError):
         convert_to_question("Paris in France.")
 
@@ -105,8 +114,7 @@ def test_sports_facts_file_and_questions():
         assert it.meta["correct_sport"] == true_sport[it.meta["athlete"]]
         assert (it.answer == "Yes") == (it.meta["sport"] == it.meta["correct_sport"])
         assert it.meta["athlete"] in it.meta["question"] and it.meta["sport"] in it.meta["question"]
-    assert any("an ice hockey player" in it.text or "an American football player" in it.text
-               for it in ds.items)
+    assert any("an ice hockey player" in it.text or "an American football player" in it.text for it in ds.items)
 
 
 def test_reviews_file_is_original_and_well_formed():
@@ -121,15 +129,17 @@ def test_reviews_file_is_original_and_well_formed():
 
 def test_imdb_from_local_files(tmp_path):
     csv_path = tmp_path / "imdb.csv"
-    csv_path.write_text("text,label\n" + "".join(
-        f"\"review {i} {'great' if i % 2 else 'bad'}\",{i % 2}\n" for i in range(20)))
+    csv_path.write_text(
+        "text,label\n" + "".join(f'"review {i} {"great" if i % 2 else "bad"}",{i % 2}\n' for i in range(20))
+    )
     ds = load_imdb(csv_path, n=10, seed=0)
     assert len(ds) == 10 and ds.label_counts() == {"Positive": 5, "Negative": 5}
     for it in ds.items:
         assert ("great" in it.meta["review"]) == (it.answer == "Positive")
     jl = tmp_path / "imdb.jsonl"
-    jl.write_text("\n".join(json.dumps({"text": "x" * 3000, "label": lab})
-                            for lab in ["pos", "neg", "positive", "negative"]))
+    jl.write_text(
+        "\n".join(json.dumps({"text": "x" * 3000, "label": lab}) for lab in ["pos", "neg", "positive", "negative"])
+    )
     ds = load_imdb(jl, n=4, max_chars=1500)
     assert all(len(it.meta["review"]) == 1500 and it.meta["chars"] == 3000 for it in ds.items)
     bad = tmp_path / "bad.jsonl"
@@ -178,8 +188,7 @@ def test_passkey_length_and_depth(smol_tokenizer, length):
         na = len(tok(after.strip(), add_special_tokens=False)["input_ids"]) if after.strip() else 0
         assert abs(nb / (nb + na) - it.meta["depth_actual"]) <= 2 / (nb + na)
         # the needle sits at the sentence boundary nearest to the requested depth
-        half_sentence = max(len(tok(" " + s, add_special_tokens=False)["input_ids"])
-                            for s in filler_sentences()) / 2
+        half_sentence = max(len(tok(" " + s, add_special_tokens=False)["input_ids"]) for s in filler_sentences()) / 2
         assert abs(nb - 0.5 * (nb + na)) <= half_sentence + 1
 
 
@@ -222,7 +231,8 @@ def test_passkey_length_includes_the_chat_template(smol_tokenizer):
 @pytest.mark.parametrize("loader,n,pool_of", [("cities", 60, "city"), ("sports", 40, "athlete")])
 def test_completion_form_counts_balance_disjointness(loader, n, pool_of):
     from drope_lens.tasks import load_cities, load_sports
-    from drope_lens.tasks.cities import COMPLETION_PROMPT as CITY_PROMPT, city_pool
+    from drope_lens.tasks.cities import COMPLETION_PROMPT as CITY_PROMPT
+    from drope_lens.tasks.cities import city_pool
     from drope_lens.tasks.sports import COMPLETION_PROMPT as SPORT_PROMPT
 
     load = load_cities if loader == "cities" else load_sports
@@ -237,8 +247,7 @@ def test_completion_form_counts_balance_disjointness(loader, n, pool_of):
         a, b = it.meta["choices"]
         assert a != b and ds.answer_text(it) == it.meta[truth_key] == truth[it.meta[pool_of]]
         # the prompt names the entity and neither option: the answer must come from the weights
-        assert it.text == (CITY_PROMPT if loader == "cities" else SPORT_PROMPT).format(
-            **{pool_of: it.meta[pool_of]})
+        assert it.text == (CITY_PROMPT if loader == "cities" else SPORT_PROMPT).format(**{pool_of: it.meta[pool_of]})
         assert a not in it.text and b not in it.text
     used = {it.meta[pool_of] for it in ds.items}
     assert len(used) == n  # each entity once
@@ -258,8 +267,8 @@ def test_completion_items_need_their_continuations():
     TaskDataset("t", "parametric", "choice", [good], ("A", "B"), choices_key="c")
     for bad in ({"c": ["x"]}, {"c": ["x", "x"]}, {}):
         with pytest.raises(ValueError, match="continuations"):
-            TaskDataset("t", "parametric", "choice", [TaskItem("q", "A", bad)], ("A", "B"),
-                        choices_key="c")
+            TaskDataset("t", "parametric", "choice", [TaskItem("q", "A", bad)], ("A", "B"), choices_key="c")
     with pytest.raises(ValueError, match="sports facts"):
         from drope_lens.tasks import load_sports
+
         load_sports(len(read_facts()) + 1, form="completion")

@@ -11,7 +11,12 @@ from drope_lens.hooks.bos import bos_mlp_ablation_hooks
 from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks
 from drope_lens.loading import encode, hooked_from_hf
 from drope_lens.tasks import (
-    Condition, TaskDataset, TaskItem, compare_tasks, load_passkey, run_tasks,
+    Condition,
+    TaskDataset,
+    TaskItem,
+    compare_tasks,
+    load_passkey,
+    run_tasks,
 )
 from drope_lens.tasks.scoring import decode_step, greedy_generate, prefill
 
@@ -34,14 +39,20 @@ def tiny_nope(tokenizer):
 
 def tiny_tasks(n_words: int = 10):
     words = "cat dog bird fish tree house car road city river".split()[:n_words]
-    param = [TaskItem(f"is the {w} in the sea ? answer :", "yes" if i % 2 else "no")
-             for i, w in enumerate(words)]
-    ctx = [TaskItem(f"the movie was {'great' if i % 2 else 'awful'} . review : {w} . answer :",
-                    "positive" if i % 2 else "negative") for i, w in enumerate(words)]
+    param = [TaskItem(f"is the {w} in the sea ? answer :", "yes" if i % 2 else "no") for i, w in enumerate(words)]
+    ctx = [
+        TaskItem(
+            f"the movie was {'great' if i % 2 else 'awful'} . review : {w} . answer :",
+            "positive" if i % 2 else "negative",
+        )
+        for i, w in enumerate(words)
+    ]
     key = [TaskItem("the secret number is 4 2 . remember . the secret number is", "42", {"length": 12})]
-    return [TaskDataset("facts", "parametric", "choice", param, YES_NO),
-            TaskDataset("mood", "contextual", "choice", ctx, ("positive", "negative")),
-            TaskDataset("key", "contextual", "passkey", key)]
+    return [
+        TaskDataset("facts", "parametric", "choice", param, YES_NO),
+        TaskDataset("mood", "contextual", "choice", ctx, ("positive", "negative")),
+        TaskDataset("key", "contextual", "passkey", key),
+    ]
 
 
 class Recorder:
@@ -68,8 +79,7 @@ def test_condition_hooks_are_active_on_every_pass_and_removed(tiny, tokenizer):
     rec = Recorder()
     tasks = tiny_tasks(4)
     n_key = int(encode(tokenizer, tasks[2].items[0].text).lengths[0])
-    res = run_tasks(tiny, tasks=tasks, conditions=["baseline", Condition("rec", rec.hooks)],
-                    batch_size=4)
+    res = run_tasks(tiny, tasks=tasks, conditions=["baseline", Condition("rec", rec.hooks)], batch_size=4)
     assert _n_hooks(tiny) == 0
     # not batch-safe -> one prompt per pass for the choice tasks (4 + 4 passes),
     # then the passkey prompt and its one-token decode steps
@@ -86,8 +96,9 @@ def test_hooks_are_removed_when_scoring_fails(tiny):
 
 
 def test_results_structure_and_numbers(tiny, tiny_nope):
-    r = run_tasks(tiny, tasks=tiny_tasks(6), conditions=["baseline", "qk", "bos_mlp", "combined"],
-                  bos_layer=0, batch_size=4)
+    r = run_tasks(
+        tiny, tasks=tiny_tasks(6), conditions=["baseline", "qk", "bos_mlp", "combined"], bos_layer=0, batch_size=4
+    )
     df = r.to_dataframe()
     assert len(df) == 3 * 4 and set(df.condition) == {"baseline", "qk", "bos_mlp", "combined"}
     for s in r.scores:
@@ -103,8 +114,7 @@ def test_results_structure_and_numbers(tiny, tiny_nope):
             assert it.correct == (it.margin > 0)
     base, cond = r.accuracy("mood", "baseline"), r.accuracy("mood", "qk")
     sc = r.score("mood", "baseline")
-    expect = (None if not sc.ci_low > sc.chance else
-              math.nan if base == 0 else (base - cond) / base * 100)
+    expect = None if not sc.ci_low > sc.chance else math.nan if base == 0 else (base - cond) / base * 100
     got = r.degradation("mood", "qk")
     assert (got is None and expect is None) or got == pytest.approx(expect, nan_ok=True)
     summ = r.category_summary("qk")
@@ -112,8 +122,7 @@ def test_results_structure_and_numbers(tiny, tiny_nope):
     d = r.to_dict()
     assert len(d["items"]) == len(r.items) and d["datasets"]["facts"]["label_counts"] == {"yes": 3, "no": 3}
     assert r.condition_info["bos_mlp"]["bos_layer"] == 0
-    r2 = run_tasks(tiny_nope, tasks=tiny_tasks(6), conditions=["baseline", "qk", "bos_mlp", "combined"],
-                   bos_layer=0)
+    r2 = run_tasks(tiny_nope, tasks=tiny_tasks(6), conditions=["baseline", "qk", "bos_mlp", "combined"], bos_layer=0)
     cmp = compare_tasks(r, r2)
     assert len(cmp.to_dataframe()) == 24 and cmp.accuracy_table().shape == (3, 8)
     with pytest.raises(ValueError, match="differ"):
@@ -208,8 +217,7 @@ def test_greedy_generate_under_conditions_equals_prompt_only_reference(tiny, tok
     hooks = qk_mean_replacement_hooks(tiny) + bos_mlp_ablation_hooks(0, model=tiny)
     with tiny.hooks(fwd_hooks=hooks):
         ids, _ = greedy_generate(tiny, prompt, 6, stop_at_eos=False)
-    ref = _prompt_only_logits(tiny, prompt, 5, qk_mean_replacement_hooks(tiny)
-                              + bos_mlp_ablation_hooks(0, model=tiny))
+    ref = _prompt_only_logits(tiny, prompt, 5, qk_mean_replacement_hooks(tiny) + bos_mlp_ablation_hooks(0, model=tiny))
     assert ids == [int(row.argmax()) for row in ref]
 
 
@@ -218,9 +226,12 @@ def test_greedy_generate_under_conditions_equals_prompt_only_reference(tiny, tok
 def test_embedded_pair_all_tasks_all_conditions(embedded_rope, embedded_nope):
     from drope_lens.tasks import build_datasets
 
-    datasets = build_datasets(embedded_rope.tokenizer, n={"cities": 2, "sports": 2, "sentiment": 2,
-                                                          "passkey": 1},
-                              passkey_lengths=(128,), seed=0)
+    datasets = build_datasets(
+        embedded_rope.tokenizer,
+        n={"cities": 2, "sports": 2, "sentiment": 2, "passkey": 1},
+        passkey_lengths=(128,),
+        seed=0,
+    )
     assert [d.name for d in datasets] == ["cities", "sports", "sentiment", "passkey"]
     results = {}
     for role, model in (("rope", embedded_rope), ("drope", embedded_nope)):

@@ -13,9 +13,12 @@ from drope_lens.tasks import check_yes_no, degradation, option_logprobs, parse_s
 from drope_lens.tasks.parsing import first_number, passkey_done, passkey_exact, passkey_substring
 from drope_lens.tasks.scoring import format_prompt, greedy_generate, option_token_ids
 
-PROMPTS = ["the cat is in the house . answer :", "is paris in france ? answer :",
-           "the sky is blue and the sun is hot . is it cold ? answer : no . is it hot ? answer :",
-           "a"]
+PROMPTS = [
+    "the cat is in the house . answer :",
+    "is paris in france ? answer :",
+    "the sky is blue and the sun is hot . is it cold ? answer : no . is it hot ? answer :",
+    "a",
+]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,7 @@ def test_greedy_generate_matches_cache_free_argmax_loop(tiny, tokenizer):
     seq = prompt.tolist()
     for _ in range(6):
         seq.append(int(tiny(torch.tensor([seq]))[0, -1].argmax()))
-    assert ids == seq[len(prompt):]
+    assert ids == seq[len(prompt) :]
     assert text == tokenizer.decode(ids, skip_special_tokens=True)
     short, _ = greedy_generate(tiny, prompt, 6, stop=lambda s: True, stop_at_eos=False)
     assert short == ids[:1]
@@ -85,21 +88,37 @@ def test_greedy_generate_stops_at_eos(tiny, tokenizer):
 
 
 # ------------------------------------------------------------------------------------ parsing
-@pytest.mark.parametrize("response,expected", [
-    (" Yes, it is.", "Yes"), ("yes", "Yes"), (" No.", "No"), ("not at all", "No"),
-    ("November is cold", "No"), ("I think that is true", "Yes"), ("that is wrong", "No"),
-    ("I do not know", "No"),  # 'no' inside 'not' and 'know': the study's quirk, kept
-    ("The answer is correct", "Yes"), ("The answer is incorrect", None),  # 'correct' ⊂ 'incorrect'
-    ("", None), ("Paris", None),
-])
+@pytest.mark.parametrize(
+    "response,expected",
+    [
+        (" Yes, it is.", "Yes"),
+        ("yes", "Yes"),
+        (" No.", "No"),
+        ("not at all", "No"),
+        ("November is cold", "No"),
+        ("I think that is true", "Yes"),
+        ("that is wrong", "No"),
+        ("I do not know", "No"),  # 'no' inside 'not' and 'know': the study's quirk, kept
+        ("The answer is correct", "Yes"),
+        ("The answer is incorrect", None),  # 'correct' ⊂ 'incorrect'
+        ("", None),
+        ("Paris", None),
+    ],
+)
 def test_check_yes_no_reproduces_the_study(response, expected):
     assert check_yes_no(response) == expected
 
 
-@pytest.mark.parametrize("response,expected", [
-    (" Positive", "Positive"), ("negative review", "Negative"), ("Positive, not negative", "Positive"),
-    ("negative rather than positive", "Negative"), ("Neutral", None),
-])
+@pytest.mark.parametrize(
+    "response,expected",
+    [
+        (" Positive", "Positive"),
+        ("negative review", "Negative"),
+        ("Positive, not negative", "Positive"),
+        ("negative rather than positive", "Negative"),
+        ("Neutral", None),
+    ],
+)
 def test_parse_sentiment(response, expected):
     assert parse_sentiment(response) == expected
 
@@ -155,8 +174,9 @@ def test_batched_generation_equals_one_by_one(tiny, tokenizer):
     assert len(set(batch.lengths.tolist())) == 1
     for hooks in ([], qk_mean_replacement_hooks(tiny) + bos_mlp_ablation_hooks(0, model=tiny)):
         with tiny.hooks(fwd_hooks=hooks):
-            together = greedy_generate_batch(tiny, batch.tokens, 5, stop_at_eos=False,
-                                             stop=lambda r, s: r == 1 and len(s.split()) >= 2)
+            together = greedy_generate_batch(
+                tiny, batch.tokens, 5, stop_at_eos=False, stop=lambda r, s: r == 1 and len(s.split()) >= 2
+            )
             alone = [greedy_generate(tiny, batch.tokens[i], 5, stop_at_eos=False) for i in range(3)]
         assert together[0] == alone[0] and together[2] == alone[2]
         assert together[1][0] == alone[1][0][:2]  # row 1 stopped early, the others went on
@@ -177,10 +197,10 @@ def test_padded_batch_generation_equals_one_by_one(tiny, tokenizer, nope):
     assert len(set(batch.lengths.tolist())) == 3
     for hooks in ([], qk_mean_replacement_hooks(model) + bos_mlp_ablation_hooks(1, model=model)):
         with model.hooks(fwd_hooks=hooks):
-            together = greedy_generate_batch(model, batch.tokens, 6, lengths=batch.lengths,
-                                             stop_at_eos=False)
-            alone = [greedy_generate(model, batch.tokens[i, : int(batch.lengths[i])], 6, stop_at_eos=False)
-                     for i in range(3)]
+            together = greedy_generate_batch(model, batch.tokens, 6, lengths=batch.lengths, stop_at_eos=False)
+            alone = [
+                greedy_generate(model, batch.tokens[i, : int(batch.lengths[i])], 6, stop_at_eos=False) for i in range(3)
+            ]
         assert together == alone
     with pytest.raises(ValueError, match="lengths"):
         greedy_generate_batch(model, batch.tokens, 2, lengths=batch.lengths + 100)
@@ -199,8 +219,10 @@ def test_per_row_options_equal_direct_computation(tiny, tokenizer, padded):
             assert got[i, j] == pytest.approx(direct_logprob(tiny, prompt, opt), abs=1e-4)
     # shared options given per row give the shared result
     shared = option_token_ids(tokenizer, (" red sky", " blue"), prefix="")
-    assert torch.allclose(option_logprobs(tiny, batch, shared, batch_size=3),
-                          option_logprobs(tiny, batch, [], batch_size=3,
-                                          row_option_ids=[shared] * len(PROMPTS)), atol=1e-9)
+    assert torch.allclose(
+        option_logprobs(tiny, batch, shared, batch_size=3),
+        option_logprobs(tiny, batch, [], batch_size=3, row_option_ids=[shared] * len(PROMPTS)),
+        atol=1e-9,
+    )
     with pytest.raises(ValueError, match="rows"):
         option_logprobs(tiny, batch, [], row_option_ids=row_ids[:2])

@@ -5,12 +5,12 @@ import re
 import numpy as np
 import pytest
 import torch
-from drope_lens.testing import tiny_llama
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
 import drope_lens.views as dv
 from drope_lens.loading import ModelPair, hooked_from_hf, to_nope
+from drope_lens.testing import tiny_llama
 
 TEXT = "the cat saw the dog . remember the secret number 4 2 and say it"
 BUNDLE_MARK = "var CircuitsVis="
@@ -155,10 +155,13 @@ def test_cdn_html_is_refused_and_props_are_escaped():
 def test_page_mixes_views_maps_and_figures(pair):
     fig = dv.plot_layer_metric({"a (RoPE, theta=1)": [1, 2, 3]}, ylabel="y", title="t")
     page = dv.to_offline_html(
-        {"attention": dv.attention_heads_view(pair.drope, TEXT, layer=0),
-         "sinks": dv.sink_score_map(np.full((2, 4), 0.5)),
-         "figure": fig},
-        title="mixed", description="demo",
+        {
+            "attention": dv.attention_heads_view(pair.drope, TEXT, layer=0),
+            "sinks": dv.sink_score_map(np.full((2, 4), 0.5)),
+            "figure": fig,
+        },
+        title="mixed",
+        description="demo",
     )
     _assert_offline_page(page)
     assert page.count("<h2>") == 3 and "data:image/png;base64," in page and "<svg" in page
@@ -237,10 +240,10 @@ def test_short_label():
     assert dv.short_label("SakanaAI/Llama-2-7b-hf-DroPE (DroPE checkpoint (RoPE removed, recalibrated))") == (
         "Llama-2-7b-hf-DroPE (DroPE)"
     )
-    assert dv.short_label("SmolLM2-135M-Instruct (RoPE removed, recalibrated on 122,880 tokens; nope, lr 1e-04 "
-                          "cosine (warm-up 10), 256x4x1 tokens/step, float32, seed 0)") == (
-        "SmolLM2-135M-Instruct (RoPE removed, recalibrated on 122,880 tokens)"
-    )
+    assert dv.short_label(
+        "SmolLM2-135M-Instruct (RoPE removed, recalibrated on 122,880 tokens; nope, lr 1e-04 "
+        "cosine (warm-up 10), 256x4x1 tokens/step, float32, seed 0)"
+    ) == ("SmolLM2-135M-Instruct (RoPE removed, recalibrated on 122,880 tokens)")
     assert len(dv.short_label("x" * 100, max_len=20)) == 20
 
 
@@ -262,8 +265,12 @@ def test_plot_qkv_totals_and_layer_counts(tmp_path):
 
 
 def test_plot_disruption_mr_and_tasks():
-    fig = dv.plot_disruption_ppl({ROPE: {"baseline": 1.3, "massive": 1508.5, "random": (1.31, 0.01)},
-                                  NOPE: {"baseline": 1.49, "massive": 22.7, "random": (1.49, 0.02)}})
+    fig = dv.plot_disruption_ppl(
+        {
+            ROPE: {"baseline": 1.3, "massive": 1508.5, "random": (1.31, 0.01)},
+            NOPE: {"baseline": 1.49, "massive": 22.7, "random": (1.49, 0.02)},
+        }
+    )
     (ax,) = fig.axes
     assert ax.get_yscale() == "log" and len(_bars(ax)) == 3 and all(len(b) == 2 for b in _bars(ax))
 
@@ -271,8 +278,10 @@ def test_plot_disruption_mr_and_tasks():
     (ax,) = fig.axes
     assert len(_bars(ax)[0]) == 2 and any(t.get_text() == "ratio 81.6×" for t in ax.texts)
 
-    acc = {label: {task: {"baseline": (0.9, 0.85, 0.95), "Q/K disrupted": 0.5} for task in ("cities", "passkey", "imdb")}
-           for label in (ROPE, NOPE)}
+    acc = {
+        label: {task: {"baseline": (0.9, 0.85, 0.95), "Q/K disrupted": 0.5} for task in ("cities", "passkey", "imdb")}
+        for label in (ROPE, NOPE)
+    }
     fig = dv.plot_task_degradation(acc)
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 2
