@@ -451,7 +451,7 @@ def residual_intervention(
         ppl[m] = perplexity(model, inputs, fwd_hooks=h, batch_size=batch_size, max_length=max_length)
     return ResidualIntervention(
         model=result.model,
-        layer=fn.layer,
+        layer=fn.layer,  # type: ignore[attr-defined]
         channels=fn.channels,  # type: ignore[attr-defined]
         means=fn.means,  # type: ignore[attr-defined]
         ratio=ratio,

@@ -141,11 +141,12 @@ def mean_replacement_hooks(
     d_head = model.cfg.d_head
     if not isinstance(k, int) or not 1 <= k <= d_head:
         raise ValueError(f"k must be an integer in 1..d_head={d_head}, got {k!r}")
-    o = MeanReplacementOptions(  # the other checks (the str choices become its Literal fields)
-        tensors=tensors,
+    # the other checks (the str choices become its Literal fields)
+    o = MeanReplacementOptions(
+        tensors=tensors,  # type: ignore[arg-type]
         k=k,
-        rotary=rotary,
-        layers=layers,
+        rotary=rotary,  # type: ignore[arg-type]
+        layers=layers,  # type: ignore[arg-type]
         decode=decode,  # type: ignore[arg-type]
         threshold=threshold,
         largest=largest,

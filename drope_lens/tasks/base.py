@@ -25,8 +25,6 @@ from drope_lens.errors import CorruptFileError, DropeLensInputError, MissingFile
 CATEGORIES = {"cities": "parametric", "sports": "parametric", "sentiment": "contextual", "passkey": "contextual"}
 
 YES_NO_PROMPT = "Answer with only 'Yes' or 'No'.\n\nQuestion: {question}\nAnswer:"
-#: Item formats of the parametric tasks: yes/no questions (the study's) or two-way completion.
-
 #: Option labels of completion items (positions in ``item.meta[choices_key]``).
 SLOTS = ("A", "B")
 

@@ -34,6 +34,7 @@ from drope_lens.hooks.conditions import CONDITIONS, NEEDS_BOS
 from drope_lens.loading.forward import model_label
 from drope_lens.loading.tokens import encode
 from drope_lens.options import (  # noqa: E402,F401  (SCORING, TASKS re-exported)
+    FORMATS,
     SCORING,
     TASKS,
     MeanReplacementOptions,
@@ -42,7 +43,7 @@ from drope_lens.options import (  # noqa: E402,F401  (SCORING, TASKS re-exported
     takes_options,
 )
 from drope_lens.tasks import parsing
-from drope_lens.tasks.base import CATEGORIES, FORMATS, TaskDataset, TaskItem
+from drope_lens.tasks.base import CATEGORIES, TaskDataset, TaskItem
 from drope_lens.tasks.calibration import (
     CONTENT_FREE,
     auroc,

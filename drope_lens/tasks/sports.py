@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from drope_lens.errors import DropeLensInputError
+from drope_lens.options import FORMATS
 from drope_lens.tasks.base import (
-    FORMATS,
     SLOTS,
     YES_NO_PROMPT,
     TaskDataset,
