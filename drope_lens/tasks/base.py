@@ -69,6 +69,21 @@ class TaskItem:
         return asdict(self)
 
 
+def two_way_item(
+    text: str, subject_key: str, subject: str, correct_key: str, correct: str, distractor: str, true_first: bool
+) -> TaskItem:
+    """A completion item with ``correct`` and ``distractor`` as options A / B (``correct`` first if ``true_first``).
+
+    ``meta`` is ``{subject_key: subject, "choices": [...], correct_key: correct}``.
+    """
+    choices = [correct, distractor] if true_first else [distractor, correct]
+    return TaskItem(
+        text,
+        SLOTS[0] if true_first else SLOTS[1],
+        {subject_key: subject, "choices": choices, correct_key: correct},
+    )
+
+
 @dataclass
 class TaskDataset:
     """A named, categorised list of items with its scoring kind and answer options."""

@@ -37,6 +37,7 @@ from drope_lens.tasks.base import (
     convert_to_question,
     read_rows,
     sample_balanced,
+    two_way_item,
 )
 
 OPTIONS = ("Yes", "No")
@@ -173,11 +174,8 @@ def city_item(city: str, country: str, correct_country: str) -> TaskItem:
 
 def completion_item(city: str, correct_country: str, distractor: str, true_first: bool) -> TaskItem:
     """ "In which country is X?" with the true country and a distractor as options A / B."""
-    choices = [correct_country, distractor] if true_first else [distractor, correct_country]
-    return TaskItem(
-        COMPLETION_PROMPT.format(city=city),
-        SLOTS[0] if true_first else SLOTS[1],
-        {"city": city, "choices": choices, "correct_country": correct_country},
+    return two_way_item(
+        COMPLETION_PROMPT.format(city=city), "city", city, "correct_country", correct_country, distractor, true_first
     )
 
 

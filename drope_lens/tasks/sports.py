@@ -28,6 +28,7 @@ from drope_lens.tasks.base import (
     check_n,
     indefinite,
     sample_balanced,
+    two_way_item,
 )
 
 OPTIONS = ("Yes", "No")
@@ -60,11 +61,8 @@ def sports_item(athlete: str, sport: str, true_sport: str, template: int) -> Tas
 
 def completion_item(athlete: str, sport: str, distractor: str, true_first: bool) -> TaskItem:
     """ "What sport does X play?" with the true sport and another one as options A / B."""
-    choices = [sport, distractor] if true_first else [distractor, sport]
-    return TaskItem(
-        COMPLETION_PROMPT.format(athlete=athlete),
-        SLOTS[0] if true_first else SLOTS[1],
-        {"athlete": athlete, "choices": choices, "correct_sport": sport},
+    return two_way_item(
+        COMPLETION_PROMPT.format(athlete=athlete), "athlete", athlete, "correct_sport", sport, distractor, true_first
     )
 
 
