@@ -83,24 +83,10 @@ def bootstrap_ci(
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = (
-                stats.bootstrap(
-                    (arr,),
-                    statistic,
-                    confidence_level=confidence,
-                    n_resamples=n_resamples,
-                    method=method,
-                    rng=np.random.default_rng(seed),
-                )
-                if _has_rng_arg()
-                else stats.bootstrap(
-                    (arr,),
-                    statistic,
-                    confidence_level=confidence,
-                    n_resamples=n_resamples,
-                    method=method,
-                    random_state=np.random.default_rng(seed),
-                )
+            # SciPy >= 1.15 takes ``rng``; older versions call it ``random_state``
+            seed_kw = {"rng" if _has_rng_arg() else "random_state": np.random.default_rng(seed)}
+            res = stats.bootstrap(
+                (arr,), statistic, confidence_level=confidence, n_resamples=n_resamples, method=method, **seed_kw
             )
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
         if np.isfinite(lo) and np.isfinite(hi):
