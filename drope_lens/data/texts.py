@@ -82,32 +82,30 @@ def _n_tokens(tokenizer, text: str) -> int:
 
 def _pack(paragraphs: list[str], tokenizer, budget: int) -> list[str]:
     budget -= 1  # room for BOS
-    chunks: list[str] = []
+    pieces = [
+        piece
+        for para in paragraphs  # cut a long paragraph at word boundaries
+        for piece in (
+            _greedy_join(para.split(" "), " ", tokenizer, budget) if _n_tokens(tokenizer, para) > budget else [para]
+        )
+    ]
+    return _greedy_join(pieces, "\n\n", tokenizer, budget)
+
+
+def _greedy_join(parts: list[str], sep: str, tokenizer, budget: int) -> list[str]:
+    """Join consecutive ``parts`` with ``sep`` while the join fits ``budget`` tokens (one part alone may not)."""
+    out: list[str] = []
     current = ""
-    for para in paragraphs:
-        pieces = [para]
-        if _n_tokens(tokenizer, para) > budget:  # cut a long paragraph at word boundaries
-            pieces, words = [], para.split(" ")
-            piece = ""
-            for w in words:
-                cand = f"{piece} {w}".strip()
-                if piece and _n_tokens(tokenizer, cand) > budget:
-                    pieces.append(piece)
-                    piece = w
-                else:
-                    piece = cand
-            if piece:
-                pieces.append(piece)
-        for piece in pieces:
-            cand = f"{current}\n\n{piece}" if current else piece
-            if current and _n_tokens(tokenizer, cand) > budget:
-                chunks.append(current)
-                current = piece
-            else:
-                current = cand
+    for part in parts:
+        cand = f"{current}{sep}{part}" if current else part
+        if current and _n_tokens(tokenizer, cand) > budget:
+            out.append(current)
+            current = part
+        else:
+            current = cand
     if current:
-        chunks.append(current)
-    return chunks
+        out.append(current)
+    return out
 
 
 def load_hf_texts(
