@@ -209,6 +209,12 @@ def sample_balanced(
     return out
 
 
+def unused_items(pool: Sequence[TaskItem], items: Sequence[TaskItem], key: str) -> list[TaskItem]:
+    """The ``pool`` items whose ``meta[key]`` no chosen item has: the demonstration pool of a task."""
+    used = {it.meta[key] for it in items}
+    return [it for it in pool if it.meta[key] not in used]
+
+
 def convert_to_question(statement: str) -> str:
     """The study's statement → question rule: "The city of X is in Y." → "Is the city of X in Y?"."""
     s = statement.strip()

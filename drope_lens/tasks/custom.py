@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from drope_lens.errors import DropeLensInputError
-from drope_lens.tasks.base import YES_NO_PROMPT, TaskDataset, TaskItem, read_rows, sample_balanced
+from drope_lens.tasks.base import YES_NO_PROMPT, TaskDataset, TaskItem, read_rows, sample_balanced, unused_items
 
 OPTIONS = ("Yes", "No")
 _TRUE = {"true", "yes", "1"}
@@ -42,7 +42,6 @@ def load_yes_no_file(
     pool = items
     if n is not None:
         items = sample_balanced(items, n, seed, what=str(path), options=OPTIONS)
-    used = {it.meta["question"] for it in items}
     return TaskDataset(
         name,
         category,
@@ -53,5 +52,5 @@ def load_yes_no_file(
         template=YES_NO_PROMPT,
         slot="question",
         content_key="question",
-        demo_pool=[it for it in pool if it.meta["question"] not in used],
+        demo_pool=unused_items(pool, items, "question"),
     )

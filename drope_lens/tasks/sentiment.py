@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from drope_lens.errors import DropeLensInputError
-from drope_lens.tasks.base import TaskDataset, TaskItem, read_rows, sample_balanced
+from drope_lens.tasks.base import TaskDataset, TaskItem, read_rows, sample_balanced, unused_items
 
 OPTIONS = ("Positive", "Negative")
 PROMPT = (
@@ -62,8 +62,7 @@ def _dataset(
 ) -> TaskDataset:
     pool = [review_item(text, label, max_chars) for text, label in rows]
     items = sample_balanced(pool, n, seed, what=source, options=OPTIONS)
-    used = {it.meta["review"] for it in items}
-    demos = [it for it in pool if it.meta["review"] not in used]
+    demos = unused_items(pool, items, "review")
     return TaskDataset(
         "sentiment",
         "contextual",

@@ -29,6 +29,7 @@ from drope_lens.tasks.base import (
     indefinite,
     sample_balanced,
     two_way_item,
+    unused_items,
 )
 
 OPTIONS = ("Yes", "No")
@@ -110,8 +111,7 @@ def load_sports(
         wrong = rng.choice([s for s in sports if s != sport])
         pool.append(sports_item(athlete, wrong, sport, rng.randrange(len(TEMPLATES))))
     items = sample_balanced(pool, n, seed, what=f"the sports facts ({len(facts)} athletes)", options=OPTIONS)
-    used = {it.meta["athlete"] for it in items}
-    demos = [it for it in pool if it.meta["athlete"] not in used]
+    demos = unused_items(pool, items, "athlete")
     return TaskDataset(
         "sports",
         "parametric",
