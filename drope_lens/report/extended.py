@@ -80,32 +80,32 @@ def write_extended_figures(lab: dict, exp: dict, save) -> None:
             ),
             "residual_massive.png",
         )
-    bw = {r: e[r]["bos_write"] for r in roles if e[r].get("bos_write")}
-    if bw:
-        save(
-            plot_layer_metric(
-                {lab[r]: bw[r]["layer_write"] for r in bw},
-                ylabel="attention to BOS × ‖v_BOS‖",
-                title="BOS write by layer (head mean)",
-            ),
-            "bos_write.png",
-        )
+
+    def layer_figure(part: str, key: str, name: str, **labels: str) -> None:
+        per = {lab[r]: e[r][part][key] for r in roles if e[r].get(part)}
+        if per:
+            save(plot_layer_metric(per, **labels), name)
+
+    layer_figure(
+        "bos_write",
+        "layer_write",
+        "bos_write.png",
+        ylabel="attention to BOS × ‖v_BOS‖",
+        title="BOS write by layer (head mean)",
+    )
     hc = {r: e[r]["head_classes"] for r in roles if e[r].get("head_classes")}
     if hc:
         import numpy as np
 
         counts = {lab[r]: np.stack([(np.asarray(hc[r]["classes"]) == i).sum(-1) for i in range(4)], -1) for r in hc}
         save(X.plot_head_classes(counts), "head_classes.png")
-    ln = {r: e[r]["layer_norms"] for r in roles if e[r].get("layer_norms")}
-    if ln:
-        save(
-            plot_layer_metric(
-                {lab[r]: ln[r]["attn_fraction"] for r in ln},
-                ylabel="attn / (attn + MLP) norm",
-                title="Attention fraction by layer",
-            ),
-            "attention_fraction.png",
-        )
+    layer_figure(
+        "layer_norms",
+        "attn_fraction",
+        "attention_fraction.png",
+        ylabel="attn / (attn + MLP) norm",
+        title="Attention fraction by layer",
+    )
     ppl = {}
     for r in roles:
         d: dict[str, float] = {}
