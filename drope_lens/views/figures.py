@@ -136,6 +136,18 @@ def _bar_labels(ax: Any, bars: Any, values: Sequence[float]) -> None:
             )
 
 
+def _model_line(ax: Any, i: int, label: str, arr: np.ndarray, ms: float = 3) -> None:
+    """One model's per-layer line: dot markers, short label, the i-th model colour."""
+    ax.plot(
+        np.arange(arr.size),
+        arr,
+        marker="o",
+        ms=ms,
+        label=short_label(label),
+        color=MODEL_COLORS[i % len(MODEL_COLORS)],
+    )
+
+
 def _grouped(n: int, width: float = 0.8) -> tuple[np.ndarray, float]:
     w = width / n
     return (np.arange(n) - (n - 1) / 2) * w, w
@@ -194,14 +206,7 @@ def plot_layer_counts(
     fig = _fig(8.0, 4.2)
     ax = fig.add_subplot()
     for i, (label, arr) in enumerate(arrays.items()):
-        ax.plot(
-            np.arange(arr.size),
-            arr,
-            marker="o",
-            ms=3,
-            label=short_label(label),
-            color=MODEL_COLORS[i % len(MODEL_COLORS)],
-        )
+        _model_line(ax, i, label, arr)
     if len(arrays) == 2:
         a, b = arrays.values()
         n = min(a.size, b.size)
@@ -344,14 +349,7 @@ def plot_layer_metric(
     ax = fig.add_subplot()
     for i, (label, v) in enumerate(values.items()):
         arr = _array(v, f"values[{label!r}]")
-        ax.plot(
-            np.arange(arr.size),
-            arr,
-            marker="o",
-            ms=3,
-            label=short_label(label),
-            color=MODEL_COLORS[i % len(MODEL_COLORS)],
-        )
+        _model_line(ax, i, label, arr)
     if log:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -383,14 +381,7 @@ def plot_interventions(
         _require(per, f"values[{cond!r}]")
         for i, (label, v) in enumerate(per.items()):
             arr = _array(v, f"values[{cond!r}][{label!r}]")
-            ax.plot(
-                np.arange(arr.size),
-                arr,
-                marker="o",
-                ms=2,
-                label=short_label(label),
-                color=MODEL_COLORS[i % len(MODEL_COLORS)],
-            )
+            _model_line(ax, i, label, arr, ms=2)
         if log:
             ax.set_yscale("log")
         ax.set_title(cond, fontsize=10)
