@@ -49,10 +49,15 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_pair_from_args(args: argparse.Namespace):
-    from drope_lens.loading import load_pair
-
     check_model_args(args)
     print(f"Loading {'embedded default pair' if args.rope is None else args.rope} ...", file=sys.stderr)
+    return pair_from_args(args)
+
+
+def pair_from_args(args: argparse.Namespace):
+    """``load_pair`` with the model options of ``args`` (--rope/--drope/--dtype/--device/--offload/--n-devices)."""
+    from drope_lens.loading import load_pair
+
     return load_pair(
         args.rope,
         args.drope,

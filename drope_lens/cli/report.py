@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 
-from drope_lens.cli.common import add_model_args, command_options
+from drope_lens.cli.common import add_model_args, command_options, pair_from_args
 from drope_lens.cli.lists import add_list_argument, int_list
 
 HELP = "run every experiment on a RoPE/DroPE pair and write report.md, results.json, figures, views"
@@ -141,18 +141,10 @@ def run(args: argparse.Namespace) -> int:
     lock.release()
     if args.force and (out / "parts").exists():
         shutil.rmtree(out / "parts")
-    from drope_lens.loading import load_pair
     from drope_lens.report.runner import run_report
 
     t0 = time.perf_counter()
-    pair = load_pair(
-        args.rope,
-        args.drope,
-        dtype=args.dtype,
-        device=args.device,
-        offload=getattr(args, "offload", None),
-        n_devices=getattr(args, "n_devices", 1),
-    )
+    pair = pair_from_args(args)
     print(f"pair: {pair.labels['rope']}  vs  {pair.labels['drope']}", file=sys.stderr)
     results = run_report(pair, out, options)
     print(

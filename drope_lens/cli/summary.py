@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from drope_lens.cli.common import add_model_args, add_output_args, emit_json
+from drope_lens.cli.common import add_model_args, add_output_args, emit_json, pair_from_args
 
 HELP = "load a RoPE/DroPE pair, verify it against Hugging Face, print a summary"
 
@@ -27,18 +27,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import LlamaForCausalLM
 
-    from drope_lens.loading import embedded_checkpoint, load_pair
+    from drope_lens.loading import embedded_checkpoint
     from drope_lens.loading.parity import logit_parity
 
     t0 = time.perf_counter()
-    pair = load_pair(
-        args.rope,
-        args.drope,
-        dtype=args.dtype,
-        device=args.device,
-        offload=getattr(args, "offload", None),
-        n_devices=getattr(args, "n_devices", 1),
-    )
+    pair = pair_from_args(args)
     load_s = time.perf_counter() - t0
     tokens = pair.encode(args.text).tokens.to(args.device)
     out = {"load_seconds": round(load_s, 2), "tokens": int(tokens.shape[1]), "models": {}}
