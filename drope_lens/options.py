@@ -64,6 +64,8 @@ DEFAULT_THRESHOLD = 5.0
 #: Sink-rate threshold τ (inclusive ``≥``) and Gu et al.'s ε (strict ``>``): the study's 0.3 both.
 DEFAULT_TAU = 0.3
 DEFAULT_GU_EPS = 0.3
+#: Texts per forward pass of every analysis (``batch_size=`` keywords, ``--batch-size``).
+DEFAULT_BATCH_SIZE = 8
 
 
 def scaled_n(n: int) -> dict[str, int]:
@@ -287,22 +289,18 @@ class BosAblationOptions(Options):
     def __post_init__(self) -> None:
         if self.layer is not None:
             check_layer(None, self.layer)
-        if self.mode not in BOS_MODES:
-            raise DropeLensInputError(f"Unknown mode {self.mode!r}; choose one of {BOS_MODES}.")
+        check_choice("mode", self.mode, BOS_MODES)
 
 
 def check_profile_options(
     tau: float, gu_eps: float, last_layer: str, attention: str, sinks_from: str = "stream"
 ) -> None:
     """The phase profile's choices (shared by :class:`PhaseOptions` and ``phase_profile``)."""
-    if sinks_from not in SINK_SOURCES:
-        raise DropeLensInputError(f"Unknown sinks_from {sinks_from!r}; choose one of {SINK_SOURCES}.")
+    check_choice("sinks_from", sinks_from, SINK_SOURCES)
     check_tau(tau)
     check_tau(gu_eps, "gu_eps")
-    if last_layer not in LAST_LAYER_MODES:
-        raise DropeLensInputError(f"Unknown last_layer {last_layer!r}; choose one of {LAST_LAYER_MODES}.")
-    if attention not in ATTENTION_SOURCES:
-        raise DropeLensInputError(f"Unknown attention {attention!r}; choose one of {ATTENTION_SOURCES}.")
+    check_choice("last_layer", last_layer, LAST_LAYER_MODES)
+    check_choice("attention", attention, ATTENTION_SOURCES)
 
 
 @dataclass(frozen=True)
@@ -328,11 +326,9 @@ class PhaseOptions(Options):
 
     def __post_init__(self) -> None:
         self._set("conditions", check_conditions(self.conditions))
-        if self.spike_rule not in SPIKE_RULES:
-            raise DropeLensInputError(f"Unknown spike rule {self.spike_rule!r}; choose one of {SPIKE_RULES}.")
+        check_choice("spike rule", self.spike_rule, SPIKE_RULES)
         check_profile_options(self.tau, self.gu_eps, self.last_layer, self.attention, self.sinks_from)
-        if self.bos_mode not in BOS_MODES:
-            raise DropeLensInputError(f"Unknown mode {self.bos_mode!r}; choose one of {BOS_MODES}.")
+        check_choice("mode", self.bos_mode, BOS_MODES)
 
     def bos_ablation(self, layer: Optional[int] = None) -> BosAblationOptions:
         """The BOS-MLP ablation of the ``bos_mlp`` / ``combined`` conditions at ``layer``."""
@@ -347,19 +343,25 @@ class PhaseOptions(Options):
 PROFILE_FIELDS = ("tau", "include_bos_row", "last_layer", "attention", "gu_eps", "spike_threshold", "sinks_from")
 
 
-def check_task_protocol(scoring: str, n_shot: int, task_format: str) -> None:
-    """The choice-task protocol (shared by :class:`TaskOptions` and ``run_tasks``)."""
-    if scoring not in SCORING:
-        raise DropeLensInputError(f"Unknown scoring {scoring!r}; choose from {SCORING}.")
-    if isinstance(n_shot, bool) or not isinstance(n_shot, int) or n_shot < 0:
-        raise DropeLensInputError(f"n_shot must be an int >= 0, got {n_shot!r}")
-    if task_format not in FORMATS:
-        raise DropeLensInputError(f"Unknown task_format {task_format!r}; choose from {FORMATS}.")
+def check_task_protocol(scoring: str, n_shot: int, task_format: str, *, prefix: str = "") -> None:
+    """The choice-task protocol (shared by :class:`TaskOptions`, :class:`ReportOptions` -- whose fields
+    are named ``task_<name>``: ``prefix="task_"`` -- and ``run_tasks``)."""
+    check_choice(f"{prefix}scoring", scoring, SCORING)
+    _check_int("n_shot", n_shot, 0)
+    check_choice(f"{prefix}format" if prefix else "task_format", task_format, FORMATS)
     if task_format == "completion" and scoring == "study":
         raise DropeLensInputError(
-            "task_format='completion' needs log-prob scoring ('logprob' or 'calibrated'); "
+            f"{prefix or 'task_'}format='completion' needs log-prob scoring ('logprob' or 'calibrated'); "
             "the study's generation + parsing reads Yes/No answers."
         )
+
+
+def check_passkey_lengths(lengths: Sequence[int]) -> tuple[int, ...]:
+    """Passkey prompt lengths in tokens: a non-empty sequence of positive ints, as a tuple."""
+    lens = tuple(lengths)
+    if not lens or min(lens) < 1:
+        raise DropeLensInputError(f"passkey_lengths must be positive token counts, got {list(lens)}")
+    return lens
 
 
 @dataclass(frozen=True)
@@ -393,14 +395,10 @@ class TaskOptions(Options):
         if isinstance(self.n, Mapping):
             self._set("n", dict(self.n))
         check_task_protocol(self.scoring, self.n_shot, self.task_format)
-        lens = tuple(self.passkey_lengths)
-        if not lens or min(lens) < 1:
-            raise DropeLensInputError(f"passkey_lengths must be positive token counts, got {list(lens)}")
-        self._set("passkey_lengths", lens)
+        self._set("passkey_lengths", check_passkey_lengths(self.passkey_lengths))
         if not 0.0 <= self.passkey_depth <= 1.0:
             raise DropeLensInputError(f"passkey_depth must be in [0, 1], got {self.passkey_depth}")
-        if self.bos_mode not in BOS_MODES:
-            raise DropeLensInputError(f"Unknown mode {self.bos_mode!r}; choose one of {BOS_MODES}.")
+        check_choice("mode", self.bos_mode, BOS_MODES)
 
     def bos_ablation(self, layer: Optional[int] = None) -> BosAblationOptions:
         """The BOS-MLP ablation of the ``bos_mlp`` / ``combined`` conditions at ``layer``."""
@@ -508,6 +506,94 @@ class TrackOptions(TrackSizes):
         self._set("metrics", check_metrics(self.metrics))
 
 
+#: The report's core steps, in run order (later steps reuse earlier ones).
+REPORT_STEPS = ("massive", "phase", "disruption", "tasks")
+#: Run only when named (``--steps ...,extended,context``), after the core steps.
+OPTIONAL_STEPS = ("extended", "context")
+#: Optional steps too long for ``quick``: skipped there even when named.
+NOT_IN_QUICK = ("context",)
+#: What runs without ``--steps``.
+DEFAULT_STEPS = REPORT_STEPS
+
+
+@dataclass(frozen=True)
+class ReportOptions(Options):
+    """:func:`~drope_lens.report.runner.run_report` / ``drope-lens report``: which ``steps`` run and the
+    sizes they share (frozen; ``replace(...)`` gives a changed copy). ``quick`` shrinks every experiment
+    (for smoke runs and CI): at most 3 seeds, texts cut at 128 tokens, 5 evaluation texts, a few task
+    items, passkey at 128 tokens -- applied when the object is built, so ``opts.replace(quick=True)`` is
+    the shrunk copy of ``opts``. :meth:`analysis_options` gives each step's analysis options."""
+
+    quick: bool = False
+    seed: int = 0
+    threshold: float = DEFAULT_THRESHOLD
+    n_seeds: int = DisruptionOptions.default("n_seeds")
+    max_length: int = 512
+    batch_size: int = DEFAULT_BATCH_SIZE
+    task_n: Optional[int] = None
+    #: Choice-task protocol: contextual calibration, zero-shot, cities/sports as two-way completions
+    #: (measured on the embedded pair: see README and benchmarks/README.md).
+    task_scoring: Scoring = "calibrated"
+    n_shot: int = 0
+    task_format: TaskFormat = "completion"
+    passkey_lengths: tuple[int, ...] = (256,)
+    steps: tuple[str, ...] = DEFAULT_STEPS
+
+    def __post_init__(self) -> None:
+        self._set("steps", tuple(self.steps))
+        unknown = [s for s in self.steps if s not in REPORT_STEPS + OPTIONAL_STEPS]
+        if unknown:
+            raise DropeLensInputError(
+                f"Unknown report steps {unknown}; choose from {list(REPORT_STEPS + OPTIONAL_STEPS)}."
+            )
+        self._set("threshold", check_threshold(self.threshold, "threshold"))
+        if self.n_seeds < 2:
+            raise DropeLensInputError(f"n_seeds must be >= 2, got {self.n_seeds}")
+        for name in ("max_length", "batch_size"):
+            if getattr(self, name) < 1:
+                raise DropeLensInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.task_n is not None and self.task_n < 1:
+            raise DropeLensInputError(f"task_n must be >= 1, got {self.task_n}")
+        check_task_protocol(self.task_scoring, self.n_shot, self.task_format, prefix="task_")
+        self._set("passkey_lengths", check_passkey_lengths(self.passkey_lengths))
+        if self.quick:  # idempotent caps, so replace() on a quick object keeps them
+            self._set("n_seeds", min(self.n_seeds, 3))
+            self._set("max_length", min(self.max_length, 128))
+            self._set("passkey_lengths", tuple(p for p in self.passkey_lengths if p <= 128) or (128,))
+
+    def analysis_options(self, step: str) -> Optional[Options]:
+        """The options object of ``step``'s analysis, or None (``extended``). ``context``:
+        :data:`REPORT_CONTEXT` (its lengths are cut to the pair's ``n_ctx`` when the step runs)."""
+        if step == "massive":
+            return MassiveOptions(threshold=self.threshold)
+        if step == "disruption":
+            return DisruptionOptions(threshold=self.threshold, n_seeds=self.n_seeds)
+        if step == "phase":
+            return PhaseOptions(profile_conditions=not self.quick)
+        if step == "tasks":
+            if self.task_n is not None:
+                n = {task: self.task_n for task in REPORT_N}
+            else:
+                n = dict(QUICK_N if self.quick else REPORT_N)
+            return TaskOptions(
+                seed=self.seed,
+                n=n,
+                scoring=self.task_scoring,
+                n_shot=self.n_shot,
+                task_format=self.task_format,
+                passkey_lengths=self.passkey_lengths,
+            )
+        if step == "context":
+            return REPORT_CONTEXT.replace(seed=self.seed, threshold=self.threshold)
+        return None
+
+    def step_options(self, step: str) -> dict:
+        """What identifies a saved part: the shared sizes and every field of the step's analysis options."""
+        common = {"quick": self.quick, "seed": self.seed, "max_length": self.max_length, "batch_size": self.batch_size}
+        analysis = self.analysis_options(step)
+        return {**common, **(analysis.to_dict() if analysis is not None else {})}
+
+
 __all__ = [
     "Options",
     "MassiveOptions",
@@ -552,4 +638,11 @@ __all__ = [
     "MeanReplacementOptions",
     "BosAblationOptions",
     "DECODE_MODES",
+    "DEFAULT_BATCH_SIZE",
+    "check_passkey_lengths",
+    "ReportOptions",
+    "REPORT_STEPS",
+    "OPTIONAL_STEPS",
+    "NOT_IN_QUICK",
+    "DEFAULT_STEPS",
 ]

@@ -9,9 +9,10 @@ from drope_lens.errors import DropeLensInputError
 
 
 def check_choice(name: str, value: Any, allowed: Sequence) -> None:
-    """Refuse ``value`` unless it is one of ``allowed`` (``ValueError`` naming ``name`` and the choices)."""
+    """Refuse ``value`` unless it is one of ``allowed`` (a :class:`DropeLensInputError`, so a ``ValueError``,
+    naming ``name`` and the choices)."""
     if value not in allowed:
-        raise ValueError(f"Unknown {name} {value!r}; use one of {tuple(allowed)}.")
+        raise DropeLensInputError(f"Unknown {name} {value!r}; choose one of {tuple(allowed)}.")
 
 
 def check_threshold(threshold: float, name: str = "threshold (lambda)") -> float:

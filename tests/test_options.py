@@ -266,7 +266,7 @@ def test_report_options_frozen_quick_copy_and_context_step():
     assert ReportOptions(threshold=4.0).step_options("context") != opts
     for bad, message in (
         (dict(n_seeds=1), "n_seeds must be >= 2, got 1"),
-        (dict(task_scoring="vibes"), "task_scoring must be one of"),
+        (dict(task_scoring="vibes"), "Unknown task_scoring 'vibes'; choose one of"),
         (dict(task_n=0), "task_n must be >= 1, got 0"),
         (dict(passkey_lengths=()), "passkey_lengths must be positive token counts"),
     ):

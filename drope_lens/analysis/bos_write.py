@@ -30,6 +30,7 @@ from drope_lens.hooks.bos import check_layer
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHook, FwdHooks
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
+from drope_lens.options import DEFAULT_BATCH_SIZE
 
 
 def bos_write_from(
@@ -136,7 +137,12 @@ class BosWrite:
 
 @torch.no_grad()
 def bos_write(
-    model, inputs, *, batch_size: int = 8, max_length: Optional[int] = None, fwd_hooks: Sequence[FwdHook] = ()
+    model,
+    inputs,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_length: Optional[int] = None,
+    fwd_hooks: Sequence[FwdHook] = (),
 ) -> BosWrite:
     """BOS write per text, layer and head, and the BOS ratio per layer, in one pass per batch."""
     if batch_size < 1:
@@ -190,7 +196,7 @@ def bos_write_experiment(
     *,
     spike_layer: Optional[int] = None,
     baseline: Optional[PerplexityResult] = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = None,
 ) -> BosWrite:
     """:func:`bos_write` plus perplexity on ``ppl_inputs`` (default ``inputs``): baseline, BOS-V

@@ -34,7 +34,7 @@ from drope_lens.hooks.selection import ChannelSelection, random_control
 from drope_lens.hooks.zeroing import zero_channel_hooks
 from drope_lens.loading.forward import model_label, to_batch
 from drope_lens.loading.tokens import TokenBatch
-from drope_lens.options import DisruptionOptions
+from drope_lens.options import DEFAULT_BATCH_SIZE, DisruptionOptions
 
 Inputs = Union[Sequence[str], TokenBatch, torch.Tensor]  # texts, or token ids (models without a tokenizer)
 
@@ -237,7 +237,7 @@ def run_disruption(
     *,
     identify_texts: Optional[Inputs] = None,
     eval_texts: Optional[Inputs] = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = 512,
     massive: Optional[ChannelSelection] = None,
     baseline: Optional[PerplexityResult] = None,

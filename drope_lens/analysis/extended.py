@@ -22,6 +22,7 @@ from drope_lens.analysis.residual import (
     residual_intervention,
     residual_massive_activations,
 )
+from drope_lens.options import DEFAULT_BATCH_SIZE
 
 EXPERIMENTS = ("residual", "bos_write", "layer_ablation", "head_classes", "layer_norms")
 
@@ -82,7 +83,7 @@ def run_extended(
     top_k: int = 5,
     ablation_layer: int = 1,
     baseline: Optional[PerplexityResult] = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = 256,
 ) -> Extended:
     """Run ``experiments`` on ``model``: measurements on ``texts``, perplexities on ``ppl_texts``

@@ -27,6 +27,7 @@ from jaxtyping import Float, Int
 from drope_lens.analysis import sinks
 from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
+from drope_lens.options import DEFAULT_BATCH_SIZE
 
 CLASSES = ("sink", "local", "distributed", "mixed")
 
@@ -169,7 +170,7 @@ def head_classes(
     window: int = 5,
     max_distance: int = 50,
     include_bos_row: bool = False,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = None,
     fwd_hooks: Sequence[FwdHook] = (),
 ) -> HeadClasses:

@@ -21,7 +21,7 @@ from drope_lens.analysis.profile_pass import Inputs, measure, phase_profile
 from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.bos import mlp_out_mean
 from drope_lens.hooks.conditions import NEEDS_BOS, QkSettings, condition_hooks, qk_settings
-from drope_lens.options import PhaseOptions
+from drope_lens.options import DEFAULT_BATCH_SIZE, PhaseOptions
 
 
 @dataclass
@@ -93,7 +93,7 @@ def phase_experiment(
     ppl_texts: Optional[Inputs] = None,
     bos_layer: Optional[int] = None,
     qk_kwargs: QkSettings = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = None,
     progress: bool = False,
     **overrides,

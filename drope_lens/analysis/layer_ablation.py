@@ -25,6 +25,7 @@ from drope_lens.hooks.bos import check_layer
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHooks
 from drope_lens.loading.forward import model_label
+from drope_lens.options import DEFAULT_BATCH_SIZE
 
 ABLATIONS = ("mlp", "attn", "both", "bos_only")
 
@@ -110,7 +111,7 @@ def layer_ablation(
     conditions=ABLATIONS,
     baseline: Optional[PerplexityResult] = None,
     tasks: Optional[dict] = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = None,
 ) -> LayerAblation:
     """Perplexity on ``inputs`` for the baseline and each condition at ``layer``.

@@ -26,6 +26,7 @@ from jaxtyping import Float
 from drope_lens.errors import NonFiniteError
 from drope_lens.hooks.types import FwdHook, FwdHooks
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
+from drope_lens.options import DEFAULT_BATCH_SIZE
 
 QUANTITIES = ("attn", "mlp", "q", "k", "v", "rot_q", "rot_k")
 _HOOKS = {
@@ -102,7 +103,7 @@ def layer_norms(
     inputs,
     *,
     exclude_bos: bool = False,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = None,
     fwd_hooks: Sequence[FwdHook] = (),
 ) -> LayerNorms:

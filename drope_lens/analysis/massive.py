@@ -36,7 +36,7 @@ from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.points import check_tensors, hook_name, n_heads_of
 from drope_lens.hooks.selection import ChannelSelection
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
-from drope_lens.options import AGGREGATES, SCOPES, MassiveOptions  # noqa: F401  (re-exported)
+from drope_lens.options import AGGREGATES, DEFAULT_BATCH_SIZE, SCOPES, MassiveOptions  # noqa: F401  (re-exported)
 from drope_lens.validation import check_choice, check_threshold  # noqa: F401  (re-exported)
 
 
@@ -284,7 +284,7 @@ def detect_massive(
     inputs,
     options: Optional[MassiveOptions] = None,
     *,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = None,
     progress: bool = False,
     **overrides,

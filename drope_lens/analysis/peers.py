@@ -22,6 +22,7 @@ from jaxtyping import Float
 from drope_lens.analysis import sinks
 from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
+from drope_lens.options import DEFAULT_BATCH_SIZE
 
 
 def key_importance_from(pattern: Float[torch.Tensor, "head q k"]) -> Float[torch.Tensor, "head k"]:
@@ -97,7 +98,7 @@ def key_importance(
     inputs,
     *,
     max_positions: int = 64,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = None,
     fwd_hooks: Sequence[FwdHook] = (),
 ) -> KeyImportance:

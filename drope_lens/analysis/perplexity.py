@@ -22,6 +22,7 @@ from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.forward import forward_batch, to_batch
 from drope_lens.loading.numerics import check_logits_finite
 from drope_lens.loading.tokens import TokenBatch
+from drope_lens.options import DEFAULT_BATCH_SIZE
 
 
 @dataclass
@@ -146,7 +147,7 @@ def perplexity(
     inputs: Union[Sequence[str], TokenBatch, torch.Tensor],
     *,
     fwd_hooks: Sequence[FwdHook] = (),
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = None,
     progress: bool = False,
 ) -> PerplexityResult:

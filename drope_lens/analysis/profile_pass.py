@@ -27,7 +27,7 @@ from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.forward import forward_batch
 from drope_lens.loading.tokens import TokenBatch, as_batch
-from drope_lens.options import check_profile_options
+from drope_lens.options import DEFAULT_BATCH_SIZE, check_profile_options
 
 if TYPE_CHECKING:
     from drope_lens.analysis.perplexity import PerplexityResult
@@ -58,7 +58,7 @@ def phase_profile(
     attention: str = "native",
     gu_eps: float = DEFAULT_GU_EPS,
     spike_threshold: float = 2.0,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = None,
     fwd_hooks: Sequence[FwdHook] = (),
     progress: bool = False,
@@ -107,7 +107,7 @@ def measure(
     profile: bool,
     ppl: bool,
     fwd_hooks: Sequence[FwdHook] = (),
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = None,
     progress: bool = False,
     **options: Any,

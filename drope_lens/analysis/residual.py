@@ -32,6 +32,7 @@ from drope_lens.errors import NonFiniteError
 from drope_lens.hooks.mask import current_real_mask
 from drope_lens.hooks.types import FwdHook, FwdHooks
 from drope_lens.loading.forward import forward_batch, model_label, to_batch
+from drope_lens.options import DEFAULT_BATCH_SIZE
 
 DEFAULT_RATIOS = (100.0, 1000.0)
 DEFAULT_DELIMITERS = (".", "\n")
@@ -269,7 +270,7 @@ def residual_massive_activations(
     top_k: int = 5,
     ratios: Sequence[float] = DEFAULT_RATIOS,
     delimiters: Sequence[str] = DEFAULT_DELIMITERS,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = None,
     fwd_hooks: Sequence[FwdHook] = (),
     progress: bool = False,
@@ -440,7 +441,7 @@ def residual_intervention(
     layer: Optional[int] = None,
     ratio: float = 1000.0,
     baseline: Optional[PerplexityResult] = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = None,
 ) -> ResidualIntervention:
     """Perplexity on ``inputs``: baseline, massive activations set to zero, set to their mean."""

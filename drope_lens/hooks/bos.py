@@ -19,7 +19,7 @@ from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.mask import current_real_mask, real_token_mask
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHooks
-from drope_lens.options import BOS_MODES, BosAblationOptions, takes_options  # noqa: E402,F401  (BOS_MODES re-exported)
+from drope_lens.options import BOS_MODES, DEFAULT_BATCH_SIZE, BosAblationOptions, takes_options  # noqa: E402,F401  (BOS_MODES re-exported)
 from drope_lens.validation import check_layer  # noqa: E402,F401  (re-exported)
 
 
@@ -78,7 +78,12 @@ def bos_mlp_ablation_hooks(
 
 @torch.no_grad()
 def mlp_out_mean(
-    model: HookedTransformer, inputs, layer: int, *, batch_size: int = 8, max_length: Optional[int] = None
+    model: HookedTransformer,
+    inputs,
+    layer: int,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_length: Optional[int] = None,
 ) -> Float[torch.Tensor, " d_model"]:
     """Mean of ``blocks.{layer}.hook_mlp_out`` over the real non-BOS tokens of ``inputs`` (float32)."""
     from drope_lens.loading.tokens import as_batch

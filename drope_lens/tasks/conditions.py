@@ -20,6 +20,7 @@ from transformer_lens import HookedTransformer
 from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.conditions import CONDITIONS, NEEDS_BOS, NEEDS_QK, QK_DEFAULTS, QkSettings, qk_settings
 from drope_lens.hooks.types import FwdHooks
+from drope_lens.options import DEFAULT_BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def resolve_conditions(
     return out
 
 
-def default_bos_layer(model: HookedTransformer, *, batch_size: int = 8) -> int:
+def default_bos_layer(model: HookedTransformer, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
     """The BOS spike layer (argmax of the mean BOS ratio, the study's rule) on the built-in texts."""
     from drope_lens.analysis.profile_pass import phase_profile
     from drope_lens.data import builtin_texts

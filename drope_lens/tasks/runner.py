@@ -34,6 +34,7 @@ from drope_lens.hooks.conditions import CONDITIONS, NEEDS_BOS
 from drope_lens.loading.forward import model_label
 from drope_lens.loading.tokens import encode
 from drope_lens.options import (  # noqa: E402,F401  (SCORING, TASKS re-exported)
+    DEFAULT_BATCH_SIZE,
     FORMATS,
     SCORING,
     TASKS,
@@ -311,7 +312,7 @@ def run_tasks(
     n_shot: int = _D("n_shot"),
     task_format: str = _D("task_format"),
     chat: bool = _D("chat"),
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     passkey_lengths: Sequence[int] = _D("passkey_lengths"),
     passkey_depth: float = _D("passkey_depth"),
     bos_mode: str = _D("bos_mode"),

@@ -21,6 +21,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from drope_lens.hooks.mask import real_token_mask
 from drope_lens.loading.numerics import check_logits_finite
 from drope_lens.loading.tokens import TokenBatch
+from drope_lens.options import DEFAULT_BATCH_SIZE
 
 
 def format_prompt(tokenizer, text: str, *, chat: bool = False) -> str:
@@ -106,7 +107,7 @@ def option_logprobs(
     batch: TokenBatch,
     option_ids: Sequence[Sequence[int]],
     *,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     padded: bool = True,
     on_batch: Optional[Callable[[int], None]] = None,
     row_option_ids: Optional[Sequence[Sequence[Sequence[int]]]] = None,
