@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from drope_lens.atomic import atomic_write_text
 from drope_lens.jsonio import atomic_write_json
+from drope_lens.options import DEFAULT_TAU
 from drope_lens.report.markdown import render_report
 from drope_lens.report.provenance import provenance
 
@@ -113,7 +114,7 @@ def write_figures(pair, fig_dir: Path, exp: dict, written: Optional[list] = None
     if p:
         layers = {r: p[r]["baseline"]["layers"] for r in lab}
         for key, ylabel, log in (
-            ("sink_rate", "sink rate (τ=0.3)", False),
+            ("sink_rate", f"sink rate (τ={DEFAULT_TAU:g})", False),  # the report runs PhaseOptions() defaults
             ("bos_norm", "BOS norm", False),
             ("bos_ratio", "BOS norm / mean other-token norm", True),
             ("entropy_sq", "entropy (σ², unnormalised)", False),
