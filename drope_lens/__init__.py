@@ -21,6 +21,7 @@ from drope_lens.options import (
     MassiveOptions,
     MeanReplacementOptions,
     PhaseOptions,
+    ReportOptions,
     TaskOptions,
     TrackOptions,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "MeanReplacementOptions",
     "BosAblationOptions",
     "TrackOptions",
+    "ReportOptions",
 ]
 
 
