@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from drope_lens.cli.common import add_pair_texts_args, emit_json
+from drope_lens.cli.common import add_batch_args, add_pair_texts_args, batch_kwargs, emit_json, given_texts
 
 ACT_HELP = "residual-stream massive activations (top-k |resid_post| vs layer median), set-to-zero/mean PPL"
 EXT_HELP = "the study's Exp 5-9: BOS write, layer ablations, head classes, attention/MLP norms and fractions"
@@ -34,20 +34,18 @@ def add_parser(sub) -> None:
 
 def _common_args(p: argparse.ArgumentParser) -> None:
     g = add_pair_texts_args(p, "texts (default: built-in 'identify' texts; perplexity on the 'eval' texts)")
-    g.add_argument("--max-length", type=int, default=256, help="tokens per text, BOS included (default 256)")
-    g.add_argument("--batch-size", type=int, default=8)
+    add_batch_args(g, max_length=256)
 
 
 def _texts(args) -> tuple[list[str], list[str]]:
-    from drope_lens.data.texts import builtin_split, load_text_file
+    """The texts measured and those perplexity is computed on (the same, when given)."""
+    from drope_lens.data.texts import builtin_split
 
     if args.max_length < 2 or args.batch_size < 1:
         raise ValueError("--max-length must be >= 2 and --batch-size >= 1.")
-    if args.text:
-        return list(args.text), list(args.text)
-    if args.texts_file:
-        t = load_text_file(args.texts_file)
-        return t, t
+    texts = given_texts(args)
+    if texts is not None:
+        return texts, texts
     split = builtin_split()
     return split["identify"], split["eval"][::2]
 
@@ -71,9 +69,7 @@ def run_activations(args: argparse.Namespace) -> int:
     out: dict = {"command": "activations", "n_texts": len(texts), "models": {}}
     results = {}
     for role, model in _models(args):
-        res = residual_massive_activations(
-            model, texts, top_k=args.top_k, batch_size=args.batch_size, max_length=args.max_length, progress=True
-        )
+        res = residual_massive_activations(model, texts, top_k=args.top_k, progress=True, **batch_kwargs(args))
         results[role] = res
         out["models"][role] = {"result": res.to_dict()}
         s = res.summary()
@@ -99,8 +95,7 @@ def run_activations(args: argparse.Namespace) -> int:
                     res,
                     layer=args.layer,
                     ratio=args.ratio,
-                    batch_size=args.batch_size,
-                    max_length=args.max_length,
+                    **batch_kwargs(args),
                 )
             except ValueError as exc:
                 print(f"  no intervention: {exc}")
@@ -145,8 +140,7 @@ def run_ext(args: argparse.Namespace) -> int:
             texts,
             ppl_texts,
             ablation_layer=args.ablation_layer,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
+            **batch_kwargs(args),
         )
         out["models"][role] = res.to_dict()
         print(f"[{role}]")

@@ -6,9 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from drope_lens.jsonio import to_jsonable_or_str
+from drope_lens.options import DEFAULT_BATCH_SIZE
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +49,12 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_pair_args(parser: argparse.ArgumentParser) -> None:
+    """The pair's model options (:func:`add_model_args`) and ``--json`` (:func:`add_output_args`)."""
+    add_model_args(parser)
+    add_output_args(parser)
+
+
 def load_pair_from_args(args: argparse.Namespace):
     check_model_args(args)
     print(f"Loading {'embedded default pair' if args.rope is None else args.rope} ...", file=sys.stderr)
@@ -75,16 +82,70 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     atomic_write_json(Path(path), payload)
 
 
-def add_pair_texts_args(parser: argparse.ArgumentParser, texts_title: str):
-    """Model and output options, ``--only rope|drope``, and a texts group with ``--text`` /
-    ``--texts-file`` (returned, for the command's own text options)."""
-    add_model_args(parser)
-    add_output_args(parser)
-    parser.add_argument("--only", choices=["rope", "drope"], help="run one model of the pair only")
-    g = parser.add_argument_group(texts_title)
+def add_texts_args(parser: argparse.ArgumentParser, title: str, *, genre: bool = False):
+    """A texts group with ``--text`` / ``--texts-file`` (and ``--genre`` of the built-in texts), returned
+    for the command's own text options; read back by :func:`given_texts` / :func:`texts_from_args`."""
+    g = parser.add_argument_group(title)
     g.add_argument("--text", action="append", metavar="TEXT", help="a text (repeatable)")
     g.add_argument("--texts-file", metavar="PATH", help="UTF-8 file, one text per paragraph")
+    if genre:
+        g.add_argument("--genre", help="one genre of the built-in texts")
     return g
+
+
+def add_pair_texts_args(parser: argparse.ArgumentParser, texts_title: str, *, genre: bool = False):
+    """:func:`add_pair_args`, ``--only rope|drope``, and :func:`add_texts_args` (returned)."""
+    add_pair_args(parser)
+    parser.add_argument("--only", choices=["rope", "drope"], help="run one model of the pair only")
+    return add_texts_args(parser, texts_title, genre=genre)
+
+
+def add_batch_size(parser: Any, default: int = DEFAULT_BATCH_SIZE, help: str = "texts per forward pass") -> None:
+    parser.add_argument("--batch-size", type=int, default=default, help=help + " (default %(default)s)")
+
+
+def add_batch_args(parser: Any, max_length: Optional[int]) -> None:
+    """``--max-length`` (default ``max_length``; None: whole texts) and ``--batch-size``, as
+    :func:`batch_kwargs` passes them to an analysis."""
+    whole = " (default: whole texts)" if max_length is None else " (default %(default)s)"
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=max_length,
+        help="truncate each text to this many tokens, BOS included" + whole,
+    )
+    add_batch_size(parser)
+
+
+def batch_kwargs(args: argparse.Namespace) -> dict:
+    """The ``batch_size`` / ``max_length`` keywords of an analysis, from :func:`add_batch_args`."""
+    return {"batch_size": args.batch_size, "max_length": args.max_length}
+
+
+def given_texts(args: argparse.Namespace) -> Optional[list[str]]:
+    """The texts of ``--text`` or ``--texts-file``, or None when neither was given."""
+    if args.text:
+        return list(args.text)
+    if args.texts_file:
+        from drope_lens.data.texts import load_text_file
+
+        return load_text_file(args.texts_file)
+    return None
+
+
+def texts_from_args(args: argparse.Namespace) -> list[str]:
+    """:func:`given_texts`, else ``--hf-dataset`` rows (where the command has it), else the built-in
+    texts (of ``--genre``)."""
+    texts = given_texts(args)
+    if texts is not None:
+        return texts
+    from drope_lens.data.texts import builtin_texts, load_hf_texts
+
+    if getattr(args, "hf_dataset", None):
+        return load_hf_texts(
+            args.hf_dataset, config=args.hf_config, split=args.hf_split, column=args.hf_column, n=args.n_texts
+        )
+    return builtin_texts(args.genre)
 
 
 def command_options(args: argparse.Namespace):

@@ -3,40 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
-from drope_lens.cli.common import command_options, emit_json
-from drope_lens.cli.lists import add_list_argument
-from drope_lens.cli.massive_args import add_massive_args, models_from_args, texts_from_args
-from drope_lens.options import MassiveOptions
+from drope_lens.cli.common import batch_kwargs, command_options, emit_json, texts_from_args
+from drope_lens.cli.fields import add_option, options_from_args
+from drope_lens.cli.massive_args import add_massive_args, models_from_args
+from drope_lens.options import MassiveOptions as O
 
 HELP = "count massive Q/K/V channels per layer (token-L2 > λ × layer mean) on both models"
 
 
 def add_parser(sub) -> None:
     d = sub.add_parser("detect", help=HELP, description=HELP + ".")
-    add_massive_args(d)
-    add_list_argument(
-        d,
-        "--tensors",
-        default=list(MassiveOptions.default("tensors")),
-        help="comma-separated subset of q,k,v (default: all)",
-    )
-    d.add_argument(
-        "--top", type=int, default=MassiveOptions.default("top"), help="top channels listed per tensor in --json"
-    )
-    d.add_argument("--context-length", type=int, help="context for rotary bands (default: n_ctx)")
-    d.set_defaults(func=run_detect, build_options=options_from_args)
-
-
-def options_from_args(args: argparse.Namespace) -> MassiveOptions:
-    return MassiveOptions(
-        threshold=args.threshold,
-        scope=args.scope,
-        rotary=args.rotary,
-        tensors=tuple(args.tensors),
-        top=args.top,
-        context_length=args.context_length,
-    )
+    add_massive_args(d, O)
+    add_option(d, O, "tensors", "comma-separated subset of q,k,v (default: all)")
+    add_option(d, O, "top", "top channels listed per tensor in --json")
+    add_option(d, O, "context_length", "context for rotary bands (default: n_ctx)")
+    d.set_defaults(func=run_detect, build_options=functools.partial(options_from_args, O))
 
 
 def run_detect(args: argparse.Namespace) -> int:
@@ -45,9 +28,7 @@ def run_detect(args: argparse.Namespace) -> int:
     texts = texts_from_args(args)
     out: dict = {"command": "detect", "n_texts": len(texts), "models": {}}
     for role, model in models_from_args(args):
-        res = detect_massive(
-            model, texts, command_options(args), batch_size=args.batch_size, max_length=args.max_length, progress=True
-        )
+        res = detect_massive(model, texts, command_options(args), progress=True, **batch_kwargs(args))
         out["models"][role] = res.to_dict()
         print(f"[{role}] {res.summary()}")
         _print_layers(res)

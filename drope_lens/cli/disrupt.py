@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from drope_lens.cli.common import command_options, emit_json
-from drope_lens.cli.massive_args import add_massive_args, models_from_args, texts_from_args
+from drope_lens.cli.common import batch_kwargs, command_options, emit_json, texts_from_args
+from drope_lens.cli.fields import add_option, options_from_args
+from drope_lens.cli.massive_args import add_massive_args, models_from_args
 from drope_lens.options import DisruptionOptions as O
 
 HELP = "perplexity with massive Q/K channels zeroed vs seeded random controls; M-R, t-tests"
@@ -13,31 +14,19 @@ HELP = "perplexity with massive Q/K channels zeroed vs seeded random controls; M
 
 def add_parser(sub) -> None:
     r = sub.add_parser("disrupt", help=HELP, description=HELP + ".")
-    add_massive_args(r)
+    add_massive_args(r, O)
     r.add_argument(
         "--identify-file",
         metavar="PATH",
         help="identification texts (one per paragraph); default: built-in 'identify' split",
     )
-    r.add_argument(
-        "--n-seeds", type=int, default=O.default("n_seeds"), help="random-control seeds (default %(default)s)"
+    add_option(r, O, "n_seeds", "random-control seeds")
+    add_option(r, O, "first_seed", "seeds are FIRST..FIRST+N-1 (default %(default)s, the study)")
+    add_option(
+        r, O, "aggregate", "how identification texts are combined (default: threshold the text-mean M, the study)"
     )
-    r.add_argument(
-        "--first-seed",
-        type=int,
-        default=O.default("first_seed"),
-        help="seeds are FIRST..FIRST+N-1 (default %(default)s, the study)",
-    )
-    r.add_argument(
-        "--aggregate",
-        choices=O.choices("aggregate"),
-        default=O.default("aggregate"),
-        help="how identification texts are combined (default: threshold the text-mean M, the study)",
-    )
-    r.add_argument(
-        "--eval-on-identify",
-        action="store_true",
-        help="evaluate on the identification texts (the study's quirk; default: disjoint texts)",
+    add_option(
+        r, O, "eval_on_identify", "evaluate on the identification texts (the study's quirk; default: disjoint texts)"
     )
     r.add_argument(
         "--allow-overlap",
@@ -45,20 +34,12 @@ def add_parser(sub) -> None:
         help="random control may include massive channels (the study; default: excluded)",
     )
     r.add_argument("--welch", action="store_true", help="Welch instead of Student t-test between models")
-    r.set_defaults(func=run_disrupt, build_options=options_from_args)
+    r.set_defaults(func=run_disrupt, build_options=build_options)
 
 
-def options_from_args(args: argparse.Namespace) -> O:
-    return O(
-        threshold=args.threshold,
-        scope=args.scope,
-        rotary=args.rotary,
-        aggregate=args.aggregate,
-        n_seeds=args.n_seeds,
-        first_seed=args.first_seed,
-        eval_on_identify=args.eval_on_identify,
-        exclude_massive=not args.allow_overlap,
-    )
+def build_options(args: argparse.Namespace) -> O:
+    """The :class:`~drope_lens.options.DisruptionOptions` of the parsed arguments."""
+    return options_from_args(O, args, exclude_massive=not args.allow_overlap)
 
 
 def run_disrupt(args: argparse.Namespace) -> int:
@@ -77,9 +58,8 @@ def run_disrupt(args: argparse.Namespace) -> int:
             command_options(args),
             identify_texts=identify,
             eval_texts=eval_texts,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
             progress=True,
+            **batch_kwargs(args),
         )
         print(f"[{role}] {results[role].summary()}")
     out: dict = {"command": "disrupt", "models": {r: x.to_dict() for r, x in results.items()}}

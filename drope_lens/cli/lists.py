@@ -37,8 +37,11 @@ class _Flatten(argparse.Action):
 
 
 def add_list_argument(
-    parser, flag: str, *, item: Callable[[str], list] = csv_list, default=None, **kwargs
+    parser, flag: str, *, item: Callable[[str], list] = csv_list, default=None, spaces: bool = True, **kwargs
 ) -> argparse.Action:
     """A list option: comma- (or space-) separated values parsed by ``item`` (:func:`csv_list`,
-    :func:`int_list`, :func:`float_list`); ``default`` is a list, used as is."""
+    :func:`int_list`, :func:`float_list`); ``default`` is a list, used as is. ``spaces=False``: one
+    comma-separated word only (for a command with positional arguments, which spaces would swallow)."""
+    if not spaces:
+        return parser.add_argument(flag, type=item, default=default, **kwargs)
     return parser.add_argument(flag, type=item, nargs="+", action=_Flatten, default=default, **kwargs)

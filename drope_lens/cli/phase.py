@@ -6,8 +6,17 @@ import argparse
 import sys
 import time
 
-from drope_lens.cli.common import add_model_args, add_output_args, command_options, emit_json, load_pair_from_args
-from drope_lens.cli.lists import add_list_argument
+from drope_lens.cli.common import (
+    add_batch_args,
+    add_pair_args,
+    add_texts_args,
+    batch_kwargs,
+    command_options,
+    emit_json,
+    load_pair_from_args,
+    texts_from_args,
+)
+from drope_lens.cli.fields import add_option, options_from_args
 from drope_lens.options import MeanReplacementOptions
 from drope_lens.options import PhaseOptions as O
 
@@ -15,80 +24,53 @@ HELP = "attention sinks, BOS norm/ratio, entropy per layer; perplexity under BOS
 
 
 def add_parser(sub) -> None:
-    from drope_lens.options import CONDITIONS, ROTARY_MODES
+    from drope_lens.options import CONDITIONS
 
     p = sub.add_parser("phase", help=HELP, description=HELP + ". Runs on both models of the pair.")
-    add_model_args(p)
-    add_output_args(p)
-    g = p.add_argument_group("texts (default: the built-in texts)")
-    g.add_argument("--text", action="append", metavar="TEXT", help="a text (repeatable)")
-    g.add_argument("--texts-file", metavar="PATH", help="UTF-8 file, one text per paragraph")
-    g.add_argument("--genre", help="one genre of the built-in texts")
-    g.add_argument("--max-length", type=int, help="truncate each text to this many tokens (BOS included)")
-    g.add_argument("--batch-size", type=int, default=8)
+    add_pair_args(p)
+    add_batch_args(add_texts_args(p, "texts (default: the built-in texts)", genre=True), max_length=None)
     m = p.add_argument_group("metrics")
-    m.add_argument(
-        "--tau", type=float, default=O.default("tau"), help="sink-rate threshold, inclusive (default %(default)s)"
+    add_option(m, O, "tau", "sink-rate threshold, inclusive")
+    add_option(m, O, "gu_eps", "Gu et al. 2025 ε, strict")
+    add_option(m, O, "include_bos_row", "count query row 0 in sink scores (the study did; default: excluded)")
+    add_option(
+        m, O, "last_layer", "last layer = raw residual (default) or final RMSNorm output (study, HF hidden_states[-1])"
     )
-    m.add_argument(
-        "--gu-eps", type=float, default=O.default("gu_eps"), help="Gu et al. 2025 ε, strict (default %(default)s)"
-    )
-    m.add_argument(
-        "--include-bos-row",
-        action="store_true",
-        help="count query row 0 in sink scores (the study did; default: excluded)",
-    )
-    m.add_argument(
-        "--last-layer",
-        choices=O.choices("last_layer"),
-        default=O.default("last_layer"),
-        help="last layer = raw residual (default) or final RMSNorm output (study, HF hidden_states[-1])",
-    )
-    m.add_argument(
-        "--attention",
-        choices=O.choices("attention"),
-        default=O.default("attention"),
-        help="native hook_pattern (default) or the study's manual pre-RoPE Q/K softmax (bug B1)",
-    )
+    add_option(m, O, "attention", "native hook_pattern (default) or the study's manual pre-RoPE Q/K softmax (bug B1)")
     c = p.add_argument_group("interventions")
-    add_list_argument(
-        c,
-        "--conditions",
-        default=list(CONDITIONS),
-        help=f"comma-separated subset of {','.join(CONDITIONS)} (default: all)",
-    )
+    add_option(c, O, "conditions", f"comma-separated subset of {','.join(CONDITIONS)} (default: all)")
     c.add_argument("--profile-only", action="store_true", help="no interventions, no perplexity")
     c.add_argument("--bos-layer", type=int, help="BOS-MLP layer (default: the spike layer by --spike-rule)")
-    c.add_argument(
-        "--spike-rule",
-        choices=O.choices("spike_rule"),
-        default=O.default("spike_rule"),
-        help="spike layer for the ablation: arg-max of mean BOS ratio (study code, default) "
+    add_option(
+        c,
+        O,
+        "spike_rule",
+        "spike layer for the ablation: arg-max of mean BOS ratio (study code, default) "
         "or first layer with ratio > 2 (study prose)",
     )
-    c.add_argument("--bos-mode", choices=O.choices("bos_mode"), default=O.default("bos_mode"))
-    c.add_argument(
-        "--study-compatible",
-        action="store_true",
-        help="BOS-MLP hook hits index 0 of every forward call (the study's bug B3)",
-    )
-    c.add_argument(
-        "--qk-threshold",
-        type=float,
-        help="Q/K mean replacement gate: only dims with norm > X x the head mean "
+    add_option(c, O, "bos_mode", "BOS-MLP ablation at BOS: zero, or the mean MLP output over the other real positions")
+    add_option(c, O, "study_compatible", "BOS-MLP hook hits index 0 of every forward call (the study's bug B3)")
+    M = MeanReplacementOptions
+    add_option(
+        c,
+        M,
+        "threshold",
+        "Q/K mean replacement gate: only dims with norm > X x the head mean "
         "(the study's Exp-4 J-B used 5); default: always top-1 (J-A)",
+        flag="--qk-threshold",
+        dest="qk_threshold",
     )
-    c.add_argument(
-        "--qk-rotary",
-        choices=ROTARY_MODES,
-        default=MeanReplacementOptions.default("rotary"),
-        help="Q/K mean replacement on pre-RoPE hook_q/k (study) or post-RoPE hook_rot_q/k (Jin)",
+    add_option(
+        c,
+        M,
+        "rotary",
+        "Q/K mean replacement on pre-RoPE hook_q/k (study) or post-RoPE hook_rot_q/k (Jin)",
+        flag="--qk-rotary",
+        dest="qk_rotary",
     )
-    c.add_argument(
-        "--profile-conditions", action="store_true", help="also compute the phase profile under each intervention"
-    )
+    add_option(c, O, "profile_conditions", "also compute the phase profile under each intervention")
     p.add_argument("--per-text", action="store_true", help="include per-text arrays in --json")
-    p.set_defaults(func=run, build_options=options_from_args)
+    p.set_defaults(func=run, build_options=build_options)
 
 
 def qk_options(args: argparse.Namespace) -> MeanReplacementOptions:
@@ -96,30 +78,10 @@ def qk_options(args: argparse.Namespace) -> MeanReplacementOptions:
     return MeanReplacementOptions(rotary=args.qk_rotary, threshold=args.qk_threshold)
 
 
-def options_from_args(args: argparse.Namespace) -> O:
+def build_options(args: argparse.Namespace) -> O:
+    """The :class:`~drope_lens.options.PhaseOptions` of the parsed arguments (``--qk-*`` checked too)."""
     qk_options(args)  # refuse bad --qk-* values before any model code too
-    return O(
-        tau=args.tau,
-        gu_eps=args.gu_eps,
-        include_bos_row=args.include_bos_row,
-        last_layer=args.last_layer,
-        attention=args.attention,
-        conditions=() if args.profile_only else tuple(args.conditions),
-        spike_rule=args.spike_rule,
-        bos_mode=args.bos_mode,
-        study_compatible=args.study_compatible,
-        profile_conditions=args.profile_conditions,
-    )
-
-
-def _texts(args) -> list[str]:
-    if args.text:
-        return list(args.text)
-    from drope_lens.data.texts import builtin_texts, load_text_file
-
-    if args.texts_file:
-        return load_text_file(args.texts_file)
-    return builtin_texts(args.genre)
+    return options_from_args(O, args, conditions=() if args.profile_only else tuple(args.conditions))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
     conditions = command_options(args).conditions
     t0 = time.perf_counter()
-    texts = _texts(args)
+    texts = texts_from_args(args)
     pair = load_pair_from_args(args)
     out = {
         "n_texts": len(texts),
@@ -158,9 +120,8 @@ def run(args: argparse.Namespace) -> int:
             command_options(args),
             bos_layer=args.bos_layer,
             qk_kwargs=qk_options(args),
-            batch_size=args.batch_size,
-            max_length=args.max_length,
             progress=True,
+            **batch_kwargs(args),
         )
         out["models"][role] = {"label": pair.labels[role], **exp.to_dict(per_text=args.per_text)}
     out["wall_s"] = round(time.perf_counter() - t0, 2)

@@ -27,6 +27,7 @@ examples:
 
 
 def add_parser(sub) -> None:
+    from drope_lens.cli.fields import add_option
     from drope_lens.recalibrate.recipe import DTYPES, SCHEDULES, VARIANTS, Recipe
 
     d = Recipe()
@@ -57,68 +58,34 @@ def add_parser(sub) -> None:
         help="training text: .txt/.jsonl files or folders, or hf:NAME[:CONFIG][@SPLIT] "
         "(default: the built-in offline corpus)",
     )
-    p.add_argument("--variant", default=d.variant, choices=VARIANTS, help="DroPE attention type (default %(default)s)")
-    p.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps (default %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=None, help="token budget (overrides --max-steps)")
-    p.add_argument("--seq-len", type=int, default=d.seq_len, help="block length, BOS included (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="blocks per micro-batch (default %(default)s)")
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step (default %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)g)")
-    p.add_argument(
-        "--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps (default %(default)s)"
-    )
-    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES, help="after warm-up (default %(default)s)")
-    p.add_argument(
-        "--save-every", type=int, default=d.save_every, help="checkpoint every N steps (default %(default)s)"
-    )
-    p.add_argument(
-        "--heldout-blocks",
-        type=int,
-        default=d.heldout_blocks,
-        help="blocks set aside, never trained on (default %(default)s)",
-    )
-    p.add_argument(
-        "--dtype",
-        default=d.dtype,
-        choices=DTYPES,
-        help="float32, or bfloat16 autocast with fp32 master weights (default %(default)s)",
-    )
-    p.add_argument("--device", default=d.device, help="torch device (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="data split, order and init seed (default %(default)s)")
-    p.add_argument("--grad-checkpointing", action="store_true", help="trade compute for activation memory")
-    p.add_argument(
-        "--kl-weight",
-        type=float,
-        default=0.0,
-        help="weight of a KL term to the frozen RoPE teacher; NOT part of DroPE's recipe (default 0)",
-    )
+    R = Recipe
+    add_option(p, R, "variant", "DroPE attention type", choices=VARIANTS)
+    add_option(p, R, "max_steps", "optimizer steps")
+    add_option(p, R, "max_tokens", "token budget (overrides --max-steps)")
+    add_option(p, R, "seq_len", "block length, BOS included")
+    add_option(p, R, "batch_size", "blocks per micro-batch")
+    add_option(p, R, "grad_accum", "micro-batches per step")
+    add_option(p, R, "lr", "peak learning rate (default %(default)g)")
+    add_option(p, R, "warmup_steps", "linear warm-up steps")
+    add_option(p, R, "schedule", "after warm-up", choices=SCHEDULES)
+    add_option(p, R, "save_every", "checkpoint every N steps")
+    add_option(p, R, "heldout_blocks", "blocks set aside, never trained on")
+    add_option(p, R, "dtype", "float32, or bfloat16 autocast with fp32 master weights", choices=DTYPES)
+    add_option(p, R, "device", "torch device")
+    add_option(p, R, "seed", "data split, order and init seed")
+    add_option(p, R, "grad_checkpointing", "trade compute for activation memory")
+    add_option(p, R, "kl_weight", "weight of a KL term to the frozen RoPE teacher; NOT part of DroPE's recipe")
     p.add_argument("--force", action="store_true", help="delete the run's checkpoints and start over")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from drope_lens.cli.common import check_model_path, check_out_dir
+    from drope_lens.cli.fields import options_from_args
     from drope_lens.errors import DropeLensInputError
     from drope_lens.recalibrate import Recipe, recalibrate
 
-    recipe = Recipe(
-        variant=args.variant,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        schedule=args.schedule,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        max_steps=args.max_steps,
-        max_tokens=args.max_tokens,
-        save_every=args.save_every,
-        heldout_blocks=args.heldout_blocks,
-        dtype=args.dtype,
-        device=args.device,
-        seed=args.seed,
-        grad_checkpointing=args.grad_checkpointing,
-        kl_weight=args.kl_weight,
-    )
+    recipe = options_from_args(Recipe, args)
     from drope_lens.recalibrate.train import check_device
 
     check_device(args.device)

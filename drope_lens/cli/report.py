@@ -8,7 +8,7 @@ import sys
 import time
 
 from drope_lens.cli.common import add_model_args, command_options, pair_from_args
-from drope_lens.cli.lists import add_list_argument, int_list
+from drope_lens.cli.fields import add_option, options_from_args
 
 HELP = "run every experiment on a RoPE/DroPE pair and write report.md, results.json, figures, views"
 
@@ -26,106 +26,64 @@ examples:
 
 
 def add_parser(sub) -> None:
-    import dataclasses
-
-    from drope_lens.options import FORMATS, QUICK_N, REPORT_N, SCORING
-    from drope_lens.report.runner import DEFAULT_STEPS, OPTIONAL_STEPS, STEPS, ReportOptions
-
-    R = {f.name: f.default for f in dataclasses.fields(ReportOptions)}  # defaults live in ReportOptions
+    from drope_lens.options import DEFAULT_STEPS, OPTIONAL_STEPS, QUICK_N, REPORT_N, REPORT_STEPS
+    from drope_lens.options import ReportOptions as R
 
     p = sub.add_parser(
         "report", help=HELP, description=HELP + ".", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_model_args(p)
     p.add_argument("--out", default="drope_lens_results", help="results folder (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="reduced experiments (fewer texts, seeds, items)")
-    add_list_argument(
+    add_option(p, R, "quick", "reduced experiments (fewer texts, seeds, items)")
+    add_option(
         p,
-        "--steps",
-        default=list(DEFAULT_STEPS),
-        help="comma-separated subset of: "
-        + ", ".join(STEPS + OPTIONAL_STEPS)
+        R,
+        "steps",
+        "comma-separated subset of: "
+        + ", ".join(REPORT_STEPS + OPTIONAL_STEPS)
         + " (default: "
         + ",".join(DEFAULT_STEPS)
         + "); the optional 'extended' (residual massive "
         "activations, study Exp 5-9) and 'context' (context-length experiment) run only "
         "when named (context never with --quick)",
     )
-    p.add_argument("--threshold", type=float, default=R["threshold"], help="massive-value λ (default %(default)s)")
-    p.add_argument(
-        "--n-seeds", type=int, default=R["n_seeds"], help="random controls for disruption (default %(default)s)"
-    )
-    p.add_argument(
-        "--task-n",
-        type=int,
-        default=None,
-        help="items per task, passkey: per length (default: "
+    add_option(p, R, "threshold", "massive-value λ")
+    add_option(p, R, "n_seeds", "random controls for disruption")
+    add_option(
+        p,
+        R,
+        "task_n",
+        "items per task, passkey: per length (default: "
         + ", ".join(f"{task} {n}" for task, n in REPORT_N.items())
         + "; --quick: "
         + ", ".join(map(str, QUICK_N.values()))
         + ")",
     )
-    p.add_argument(
-        "--scoring",
-        default=R["task_scoring"],
-        choices=SCORING,
-        help="choice-task scoring (default: calibrated, contextual calibration)",
+    add_option(
+        p, R, "task_scoring", "choice-task scoring (default: calibrated, contextual calibration)", flag="--scoring"
     )
-    p.add_argument(
-        "--n-shot", type=int, default=R["n_shot"], help="demonstrations per choice item (default %(default)s)"
+    add_option(p, R, "n_shot", "demonstrations per choice item")
+    add_option(p, R, "task_format", "cities/sports as two-way completions (default) or the study's yes/no questions")
+    add_option(
+        p, R, "passkey_lengths", "passkey prompt lengths in tokens (default %(default)s; --quick: 128)", metavar="N,N"
     )
-    p.add_argument(
-        "--task-format",
-        default=R["task_format"],
-        choices=FORMATS,
-        help="cities/sports as two-way completions (default) or the study's yes/no questions",
-    )
-    add_list_argument(
-        p,
-        "--passkey-lengths",
-        item=int_list,
-        default=list(R["passkey_lengths"]),
-        metavar="N,N",
-        help="passkey prompt lengths in tokens (default: "
-        + ",".join(map(str, R["passkey_lengths"]))
-        + "; --quick: 128)",
-    )
-    p.add_argument(
-        "--max-length",
-        type=int,
-        default=R["max_length"],
-        help="cut texts at this many tokens, BOS included (default %(default)s; --quick: 128)",
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=R["batch_size"], help="texts per forward pass (default %(default)s)"
-    )
-    p.add_argument("--seed", type=int, default=R["seed"], help="seed for datasets and controls")
+    add_option(p, R, "max_length", "cut texts at this many tokens, BOS included (default %(default)s; --quick: 128)")
+    add_option(p, R, "batch_size", "texts per forward pass")
+    add_option(p, R, "seed", "seed for datasets and controls")
     p.add_argument("--force", action="store_true", help="discard saved parts and rerun everything")
     p.add_argument(
         "--allow-partial",
         action="store_true",
         help="exit 0 even if a figure or view could not be written (it is listed in report.md)",
     )
-    p.set_defaults(func=run, build_options=options_from_args)
+    p.set_defaults(func=run, build_options=build_options)
 
 
-def options_from_args(args: argparse.Namespace):
-    from drope_lens.report.runner import ReportOptions
+def build_options(args: argparse.Namespace):
+    """The :class:`~drope_lens.options.ReportOptions` of the parsed arguments."""
+    from drope_lens.options import ReportOptions
 
-    return ReportOptions(
-        quick=args.quick,
-        seed=args.seed,
-        threshold=args.threshold,
-        n_seeds=args.n_seeds,
-        task_n=args.task_n,
-        task_scoring=args.scoring,
-        n_shot=args.n_shot,
-        task_format=args.task_format,
-        steps=tuple(args.steps),
-        passkey_lengths=tuple(args.passkey_lengths),
-        max_length=args.max_length,
-        batch_size=args.batch_size,
-    )
+    return options_from_args(ReportOptions, args)
 
 
 def run(args: argparse.Namespace) -> int:

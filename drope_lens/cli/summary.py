@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from drope_lens.cli.common import add_model_args, add_output_args, emit_json, pair_from_args
+from drope_lens.cli.common import add_pair_args, emit_json, pair_from_args
 
 HELP = "load a RoPE/DroPE pair, verify it against Hugging Face, print a summary"
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("summary", help=HELP, description=HELP + ".")
-    add_model_args(p)
-    add_output_args(p)
+    add_pair_args(p)
     p.add_argument(
         "--text",
         default="The river flows past the old mill, where the miller's "

@@ -7,50 +7,46 @@ import math
 import sys
 import time
 
-from drope_lens.cli.common import add_model_args, add_output_args, command_options, emit_json, load_pair_from_args
-from drope_lens.cli.lists import add_list_argument, int_list
+from drope_lens.cli.common import add_batch_size, add_pair_args, command_options, emit_json, load_pair_from_args
+from drope_lens.cli.fields import add_option, options_from_args
+from drope_lens.cli.lists import int_list
 from drope_lens.options import TaskOptions as O
 
 HELP = "knowledge tasks (cities, sports, sentiment, passkey) under baseline / qk / bos_mlp / combined"
 
 
 def add_parser(sub) -> None:
-    from drope_lens.options import CONDITIONS, DEFAULT_N, SCORING, TASKS
+    from drope_lens.options import DEFAULT_N
 
     p = sub.add_parser("tasks", help=HELP, description=HELP + ".")
-    add_model_args(p)
-    add_output_args(p)
-    add_list_argument(p, "--tasks", default=list(TASKS), help=f"comma-separated, from {','.join(TASKS)}")
-    add_list_argument(p, "--conditions", default=list(CONDITIONS), help=f"comma-separated, from {','.join(CONDITIONS)}")
-    p.add_argument(
-        "--n",
+    add_pair_args(p)
+    for name in ("tasks", "conditions"):
+        add_option(p, O, name, f"comma-separated, from {','.join(O.choices(name))} (default: all)")
+    add_option(
+        p,
+        O,
+        "n",
+        "items per task (passkey: per length); default " + ", ".join(f"{task} {n}" for task, n in DEFAULT_N.items()),
         type=int,
-        help="items per task (passkey: per length); default "
-        + ", ".join(f"{task} {n}" for task, n in DEFAULT_N.items()),
     )
-    p.add_argument("--seed", type=int, default=O.default("seed"))
-    p.add_argument(
-        "--scoring",
-        choices=SCORING,
-        default=O.default("scoring"),
-        help="logprob: compare answer log-probs (passkey: greedy + exact match); "
+    add_option(p, O, "seed", "seed of the task items, demonstrations and AUROC bootstrap")
+    add_option(
+        p,
+        O,
+        "scoring",
+        "logprob: compare answer log-probs (passkey: greedy + exact match); "
         "calibrated: logprob minus the option prior of content-free prompts (Zhao et al. 2021); "
         "study: 20-token greedy generation + the study's parsing, one denominator",
     )
-    p.add_argument(
-        "--n-shot",
-        type=int,
-        default=O.default("n_shot"),
-        help="balanced demonstrations before each choice item (default %(default)s)",
-    )
-    p.add_argument(
-        "--task-format",
-        choices=O.choices("task_format"),
-        default=O.default("task_format"),
-        help="cities/sports as the study's yes/no questions (default) or as two-way "
+    add_option(p, O, "n_shot", "balanced demonstrations before each choice item")
+    add_option(
+        p,
+        O,
+        "task_format",
+        "cities/sports as the study's yes/no questions (default) or as two-way "
         "completions ('In which country is X?': true country vs a distractor)",
     )
-    p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    add_option(p, O, "chat", "wrap prompts in the chat template")
     p.add_argument(
         "--bos-layer",
         type=int_list,
@@ -58,32 +54,22 @@ def add_parser(sub) -> None:
         help="BOS-MLP ablation layer for both models, or one per model; "
         "default: each model's BOS spike layer on the built-in texts",
     )
-    add_list_argument(p, "--passkey-lengths", item=int_list, default=list(O.default("passkey_lengths")), metavar="N,N")
-    p.add_argument("--passkey-depth", type=float, default=O.default("passkey_depth"))
-    p.add_argument("--batch-size", type=int, default=8)
+    add_option(p, O, "passkey_lengths", "passkey prompt lengths in tokens", metavar="N,N")
+    add_option(p, O, "passkey_depth", "fraction of the passkey filler placed before the needle, in [0, 1]")
+    add_batch_size(p)
     p.add_argument("--no-items", action="store_true", help="leave per-item predictions out of the JSON")
-    p.set_defaults(func=run, build_options=options_from_args)
+    p.set_defaults(func=run, build_options=build_options)
 
 
-def options_from_args(args: argparse.Namespace) -> O:
+def build_options(args: argparse.Namespace) -> O:
+    """The :class:`~drope_lens.options.TaskOptions` of the parsed arguments (CLI-worded errors first)."""
     if args.n_shot < 0:
         raise ValueError(f"--n-shot must be >= 0, got {args.n_shot}")
     if args.task_format == "completion" and args.scoring == "study":
         raise ValueError("--task-format completion needs --scoring logprob or calibrated.")
     if args.bos_layer is not None and len(args.bos_layer) not in (1, 2):
         raise ValueError("--bos-layer takes one layer or two (rope,drope).")
-    return O(
-        tasks=tuple(args.tasks),
-        conditions=tuple(args.conditions),
-        n=args.n,
-        seed=args.seed,
-        scoring=args.scoring,
-        n_shot=args.n_shot,
-        task_format=args.task_format,
-        chat=args.chat,
-        passkey_lengths=tuple(args.passkey_lengths),
-        passkey_depth=args.passkey_depth,
-    )
+    return options_from_args(O, args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from drope_lens.cli.common import command_options
+from drope_lens.cli.fields import add_option, options_from_args
 
 HELP = "track massive values, sinks, BOS, perplexity (...) over recalibration checkpoints"
 
@@ -21,7 +22,8 @@ examples:
 
 
 def add_parser(sub) -> None:
-    from drope_lens.options import DEFAULT_METRICS, METRIC_GROUPS, SIZES
+    from drope_lens.options import METRIC_GROUPS
+    from drope_lens.options import TrackOptions as O
 
     p = sub.add_parser(
         "track", help=HELP, description=HELP + ".", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -32,24 +34,14 @@ def add_parser(sub) -> None:
         metavar="DIR",
         help="run folder or checkpoint folders (default: the cached embedded run)",
     )
-    p.add_argument(
-        "--metrics",
-        default=",".join(DEFAULT_METRICS),
-        help=f"comma-separated subset of {','.join(METRIC_GROUPS)} (default %(default)s)",
-    )
+    add_option(p, O, "metrics", f"comma-separated subset of {','.join(METRIC_GROUPS)}", spaces=False)
     p.add_argument("--out", metavar="DIR", help="parts folder for resume (default: <run>/track)")
     p.add_argument("--json", metavar="PATH", dest="json_out", help="write the rows as JSON here ('-': stdout)")
     p.add_argument("--figure", metavar="PNG", help="save the metric-vs-tokens figure here")
-    p.add_argument(
-        "--max-length", type=int, default=SIZES.max_length, help="cut analysis texts at N tokens (default %(default)s)"
-    )
-    p.add_argument(
-        "--heldout-blocks", type=int, default=SIZES.heldout_blocks, help="held-out blocks for ppl (default %(default)s)"
-    )
-    p.add_argument(
-        "--n-seeds", type=int, default=SIZES.n_seeds, help="random controls for disruption (default %(default)s)"
-    )
-    p.add_argument("--passkey-n", type=int, default=SIZES.passkey_n, help="passkey prompts (default %(default)s)")
+    add_option(p, O, "max_length", "cut analysis texts at N tokens")
+    add_option(p, O, "heldout_blocks", "held-out blocks for ppl")
+    add_option(p, O, "n_seeds", "random controls for disruption")
+    add_option(p, O, "passkey_n", "passkey prompts")
     p.add_argument("--no-rope", action="store_true", help="leave out the RoPE reference of a run folder")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
@@ -61,14 +53,7 @@ def build_options(args: argparse.Namespace):
     """The :class:`~drope_lens.options.TrackOptions` of the parsed arguments."""
     from drope_lens.options import TrackOptions
 
-    return TrackOptions(
-        metrics=args.metrics,
-        max_length=args.max_length,
-        heldout_blocks=args.heldout_blocks,
-        n_seeds=args.n_seeds,
-        passkey_n=args.passkey_n,
-        include_rope=not args.no_rope,
-    )
+    return options_from_args(TrackOptions, args, include_rope=not args.no_rope)
 
 
 def run(args: argparse.Namespace) -> int:
