@@ -293,15 +293,43 @@ def tl_forwards(models: Models, wl: Workload, roles: Sequence[str], *, logits: b
     return run
 
 
-def hf_forwards(models: Models, wl: Workload, roles: Sequence[str], attn: str = "sdpa") -> Callable[[], None]:
+def hf_forwards(
+    models: Models, wl: Workload, roles: Sequence[str], attn: str = "sdpa", *, logits: bool = True
+) -> Callable[[], None]:
+    """Bare HF forwards over the same batches; ``logits=False``: the decoder ``hf.model`` only (no LM head)."""
+
     @torch.no_grad()
     def run():
         for role in roles:
             hf = models.hf(role, attn)
+            forward = hf if logits else hf.model
             for _, sub in wl.batch.batches(wl.batch_size):
-                tokens = sub.tokens.to(hf.device)
-                out = hf(input_ids=tokens, attention_mask=sub.mask.long().to(hf.device))
+                out = forward(input_ids=sub.tokens.to(hf.device), attention_mask=sub.mask.long().to(hf.device))
                 del out
+        _sync(models.device)
+
+    return run
+
+
+def each_role(models: Models, roles: Sequence[str], run_one: Callable[[Any], Any]) -> Callable[[], None]:
+    """A section: ``run_one(model)`` on the TL model of each role, then a device sync."""
+
+    def run():
+        for role in roles:
+            run_one(models.tl[role])
+        _sync(models.device)
+
+    return run
+
+
+def each_hf(
+    models: Models, roles: Sequence[str], run_one: Callable[[Any], Any], attn: str = "sdpa"
+) -> Callable[[], None]:
+    """A section: ``run_one(hf)`` on the HF model of each role that has one (:func:`_hf_roles`), then a sync."""
+
+    def run():
+        for role in _hf_roles(models, roles):
+            run_one(models.hf(role, attn))
         _sync(models.device)
 
     return run
@@ -322,16 +350,8 @@ def case_detection(models: Models, wl: Workload, roles: Sequence[str], opts: dic
     from benchmarks import study_way
     from drope_lens.analysis.massive import detect_massive
 
-    def ours():
-        for role in roles:
-            detect_massive(models.tl[role], wl.batch, batch_size=wl.batch_size)
-        _sync(models.device)
-
-    def study():
-        for role in _hf_roles(models, roles):
-            study_way.detection(models.hf(role), wl.rows())
-        _sync(models.device)
-
+    ours = each_role(models, roles, lambda m: detect_massive(m, wl.batch, batch_size=wl.batch_size))
+    study = each_hf(models, roles, lambda hf: study_way.detection(hf, wl.rows()))
     secs = [Section("drope_lens", ours)] + _bare_sections(models, wl, roles, _hf_roles(models, roles))
     if _hf_roles(models, roles):
         secs.append(Section("study_way", study))
@@ -349,18 +369,18 @@ def case_disruption(models: Models, wl: Workload, roles: Sequence[str], opts: di
     n_seeds = int(opts.get("seeds", 10))
     inputs = wl.texts if wl.texts is not None else wl.batch  # random-weight models: token ids
 
-    def ours():
-        for role in roles:
-            run_disruption(
-                models.tl[role],
-                identify_texts=inputs,
-                eval_on_identify=True,
-                n_seeds=n_seeds,
-                batch_size=wl.batch_size,
-                max_length=wl.seq_len,
-                n_resamples=999,
-            )
-        _sync(models.device)
+    def disrupt(model):
+        run_disruption(
+            model,
+            identify_texts=inputs,
+            eval_on_identify=True,
+            n_seeds=n_seeds,
+            batch_size=wl.batch_size,
+            max_length=wl.seq_len,
+            n_resamples=999,
+        )
+
+    ours = each_role(models, roles, disrupt)
 
     def study():
         rows = wl.rows()
@@ -378,16 +398,8 @@ def case_phase(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -
     from benchmarks import study_way
     from drope_lens.analysis.profile_pass import phase_profile
 
-    def ours():
-        for role in roles:
-            phase_profile(models.tl[role], wl.batch, batch_size=wl.batch_size)
-        _sync(models.device)
-
-    def study():
-        for role in _hf_roles(models, roles):
-            study_way.phase(models.hf(role, "eager"), wl.rows())
-        _sync(models.device)
-
+    ours = each_role(models, roles, lambda m: phase_profile(m, wl.batch, batch_size=wl.batch_size))
+    study = each_hf(models, roles, lambda hf: study_way.phase(hf, wl.rows()), attn="eager")
     secs = [Section("drope_lens", ours)] + _bare_sections(models, wl, roles, _hf_roles(models, roles))
     secs.append(Section("study_way", study, passes=2))
     return CaseSpec("phase", secs, analysis_needs_logits=False, label="BOS norm/ratio, entropy, sinks")
@@ -422,16 +434,8 @@ def sink_rates(model, batch, batch_size: int, tau: Optional[float] = None) -> to
 def case_sinks(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
     from benchmarks import study_way
 
-    def ours():
-        for role in roles:
-            sink_rates(models.tl[role], wl.batch, wl.batch_size)
-        _sync(models.device)
-
-    def study():
-        for role in _hf_roles(models, roles):
-            study_way.sinks(models.hf(role), wl.rows())
-        _sync(models.device)
-
+    ours = each_role(models, roles, lambda m: sink_rates(m, wl.batch, wl.batch_size))
+    study = each_hf(models, roles, lambda hf: study_way.sinks(hf, wl.rows()))
     secs = [Section("drope_lens", ours)] + _bare_sections(models, wl, roles, _hf_roles(models, roles))
     secs.append(Section("study_way", study))
     return CaseSpec("sinks", secs, analysis_needs_logits=False, label="hook_pattern sink rates")
@@ -473,19 +477,14 @@ def case_tasks(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -
     datasets, study_items = task_workload(models, opts)
     n_items = sum(len(d) for d in datasets)
 
-    def ours():
-        for role in roles:
-            run_tasks(
-                models.tl[role], tasks=datasets, conditions=("baseline",), scoring="logprob", batch_size=wl.batch_size
-            )
-        _sync(models.device)
+    def tasks_scored(scoring):
+        return each_role(
+            models,
+            roles,
+            lambda m: run_tasks(m, tasks=datasets, conditions=("baseline",), scoring=scoring, batch_size=wl.batch_size),
+        )
 
-    def ours_study_scoring():
-        for role in roles:
-            run_tasks(
-                models.tl[role], tasks=datasets, conditions=("baseline",), scoring="study", batch_size=wl.batch_size
-            )
-        _sync(models.device)
+    ours, ours_study_scoring = tasks_scored("logprob"), tasks_scored("study")
 
     def study():
         for role in roles:

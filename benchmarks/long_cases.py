@@ -27,7 +27,8 @@ from benchmarks.cases import (
     Section,
     Workload,
     _hf_roles,
-    _sync,
+    each_hf,
+    each_role,
     hf_forwards,
     tl_forwards,
 )
@@ -37,21 +38,6 @@ def _explicit(models: Models, roles: Sequence[str]):
     import drope_lens as dl
 
     return dl.explicit_attention(*[models.tl[r] for r in roles])
-
-
-def hf_forwards_nologits(models: Models, wl: Workload, roles: Sequence[str]):
-    """Bare HF decoder (``hf.model``, no LM head), sdpa, over the same batches."""
-
-    @torch.no_grad()
-    def run():
-        for role in roles:
-            hf = models.hf(role, "sdpa")
-            for _, sub in wl.batch.batches(wl.batch_size):
-                out = hf.model(input_ids=sub.tokens.to(hf.device), attention_mask=sub.mask.long().to(hf.device))
-                del out
-        _sync(models.device)
-
-    return run
 
 
 def _with_explicit(models, roles, fn):
@@ -65,18 +51,14 @@ def _with_explicit(models, roles, fn):
 def case_long_detection(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
     from drope_lens.analysis.massive import detect_massive
 
-    def ours():
-        for role in roles:
-            detect_massive(models.tl[role], wl.batch, batch_size=wl.batch_size)
-        _sync(models.device)
-
+    ours = each_role(models, roles, lambda m: detect_massive(m, wl.batch, batch_size=wl.batch_size))
     hr = _hf_roles(models, roles)
     secs = [
         Section("drope_lens", ours),
         Section("drope_lens_explicit", _with_explicit(models, roles, ours)),
         Section("tl_forward_nologits", tl_forwards(models, wl, roles, logits=False)),
         Section("hf_forward", hf_forwards(models, wl, hr)),
-        Section("hf_forward_nologits", hf_forwards_nologits(models, wl, hr)),
+        Section("hf_forward_nologits", hf_forwards(models, wl, hr, logits=False)),
     ]
     return CaseSpec("long_detection", secs, analysis_needs_logits=False, label="fast attention vs explicit vs HF sdpa")
 
@@ -84,42 +66,38 @@ def case_long_detection(models: Models, wl: Workload, roles: Sequence[str], opts
 def case_long_phase(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
     from drope_lens.analysis.profile_pass import phase_profile
 
-    def ours():
-        for role in roles:
-            phase_profile(models.tl[role], wl.batch, batch_size=wl.batch_size)
-        _sync(models.device)
-
-    def pattern_path():
-        for role in roles:
-            phase_profile(models.tl[role], wl.batch, batch_size=wl.batch_size, sinks_from="pattern")
-        _sync(models.device)
+    ours = each_role(models, roles, lambda m: phase_profile(m, wl.batch, batch_size=wl.batch_size))
+    pattern_path = each_role(
+        models, roles, lambda m: phase_profile(m, wl.batch, batch_size=wl.batch_size, sinks_from="pattern")
+    )
 
     hr = _hf_roles(models, roles)
     secs = [
         Section("drope_lens", ours),
         Section("drope_lens_pattern", pattern_path, max_repeat=1),
         Section("tl_forward_nologits", tl_forwards(models, wl, roles, logits=False)),
-        Section("hf_forward_nologits", hf_forwards_nologits(models, wl, hr)),
+        Section("hf_forward_nologits", hf_forwards(models, wl, hr, logits=False)),
     ]
     return CaseSpec(
         "long_phase", secs, analysis_needs_logits=False, label="streamed sinks vs hook_pattern; peak memory vs T"
     )
 
 
-def case_short_ppl(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
-    from drope_lens.analysis.perplexity import perplexity
-
-    def ours():
-        for role in roles:
-            perplexity(models.tl[role], wl.batch, batch_size=wl.batch_size)
-        _sync(models.device)
-
-    secs = [
+def _ppl_sections(models: Models, wl: Workload, roles: Sequence[str], ours) -> list[Section]:
+    """A perplexity case's sections: ours (fast and explicit attention), bare TL and HF forwards with logits."""
+    return [
         Section("drope_lens", ours),
         Section("drope_lens_explicit", _with_explicit(models, roles, ours)),
         Section("tl_forward", tl_forwards(models, wl, roles, logits=True)),
         Section("hf_forward", hf_forwards(models, wl, _hf_roles(models, roles))),
     ]
+
+
+def case_short_ppl(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> CaseSpec:
+    from drope_lens.analysis.perplexity import perplexity
+
+    ours = each_role(models, roles, lambda m: perplexity(m, wl.batch, batch_size=wl.batch_size))
+    secs = _ppl_sections(models, wl, roles, ours)
     return CaseSpec("short_ppl", secs, analysis_needs_logits=True, label="plain perplexity")
 
 
@@ -164,24 +142,12 @@ def case_jin(models: Models, wl: Workload, roles: Sequence[str], opts: dict) -> 
     from drope_lens.analysis.perplexity import perplexity
     from drope_lens.hooks.mean_replacement import qk_mean_replacement_hooks
 
-    def ours():
-        for role in roles:
-            m = models.tl[role]
-            perplexity(m, wl.batch, batch_size=wl.batch_size, fwd_hooks=qk_mean_replacement_hooks(m))
-        _sync(models.device)
+    def jin_ppl(m):
+        perplexity(m, wl.batch, batch_size=wl.batch_size, fwd_hooks=qk_mean_replacement_hooks(m))
 
-    def peer():
-        for role in _hf_roles(models, roles):
-            jin_style_hf(models.hf(role, "sdpa"), wl.rows())
-        _sync(models.device)
-
-    secs = [
-        Section("drope_lens", ours),
-        Section("drope_lens_explicit", _with_explicit(models, roles, ours)),
-        Section("tl_forward", tl_forwards(models, wl, roles, logits=True)),
-        Section("hf_forward", hf_forwards(models, wl, _hf_roles(models, roles))),
-        Section("peer_jin_hf", peer),
-    ]
+    ours = each_role(models, roles, jin_ppl)
+    peer = each_hf(models, roles, lambda hf: jin_style_hf(hf, wl.rows()))
+    secs = _ppl_sections(models, wl, roles, ours) + [Section("peer_jin_hf", peer)]
     return CaseSpec(
         "jin", secs, analysis_needs_logits=True, label="Q/K mean replacement (J-A) PPL vs plain-HF Jin-style"
     )
@@ -192,10 +158,7 @@ def case_context(models: Models, wl: Workload, roles: Sequence[str], opts: dict)
 
     lengths = [int(x) for x in str(opts.get("context_lengths") or "512,1024,2048").split(",") if x]
 
-    def ours():
-        for role in roles:
-            context_experiment(models.tl[role], lengths, n_per_depth=1, batch_size=3)
-        _sync(models.device)
+    ours = each_role(models, roles, lambda m: context_experiment(m, lengths, n_per_depth=1, batch_size=3))
 
     return CaseSpec(
         "context",

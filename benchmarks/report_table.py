@@ -234,6 +234,27 @@ def case_label(r: dict) -> str:
     return f"{base} ({extra})" if extra else base
 
 
+def _cells(r: dict, tl: str) -> dict[str, str]:
+    """One record's formatted figures, as both tables show them (``tl``: the bare TL section to show)."""
+    rr = case_ratios(r)
+    return {
+        "ours": fmt_num(_sec_time(r, ANALYSIS)),
+        "tl": fmt_num(_sec_time(r, tl)),
+        "hf": fmt_num(_sec_time(r, HF_BARE)),
+        "study": fmt_num(_sec_time(r, STUDY)),
+        "vs_tl": fmt_num(rr["vs_tl_same_work"], "×"),
+        "vs_hf": fmt_num(rr["vs_hf"], "×"),
+        "speedup": fmt_num(rr["speedup"], "×"),
+        "mem_ours": fmt_num(_sec_mem(r, ANALYSIS), digits=0),
+        "mem_tl": fmt_num(_sec_mem(r, tl), digits=0),
+        "mem_study": fmt_num(_sec_mem(r, STUDY), digits=0),
+    }
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def render_cases_table(records: list[dict]) -> str:
     """One row per case: times, memory, and the ratios."""
     head = (
@@ -250,16 +271,13 @@ def render_cases_table(records: list[dict]) -> str:
                 f"{r.get('reason', '')} | | | | | | | |"
             )
             continue
-        rr = case_ratios(r)
-        tl = _sec_time(r, TL_BARE_NOLOGITS) if r.get("analysis_needs_logits") is False else _sec_time(r, TL_BARE)
-        tl_mem = _sec_mem(r, TL_BARE_NOLOGITS) if r.get("analysis_needs_logits") is False else _sec_mem(r, TL_BARE)
+        c = _cells(r, TL_BARE_NOLOGITS if r.get("analysis_needs_logits") is False else TL_BARE)
+        peaks = f"{c['mem_ours']} / {c['mem_tl']} / {c['mem_study']}"
         lines.append(
-            f"| {case_label(r)} | {r.get('workload', '-')} | {fmt_num(_sec_time(r, ANALYSIS))} | {fmt_num(tl)} "
-            f"| {fmt_num(_sec_time(r, HF_BARE))} | {fmt_num(_sec_time(r, STUDY))} "
-            f"| {fmt_num(rr['vs_tl_same_work'], '×')} | {fmt_num(rr['vs_hf'], '×')} "
-            f"| {fmt_num(rr['speedup'], '×')} "
-            f"| {fmt_num(_sec_mem(r, ANALYSIS), digits=0)} / {fmt_num(tl_mem, digits=0)} / "
-            f"{fmt_num(_sec_mem(r, STUDY), digits=0)} |"
+            _md_row(
+                [case_label(r), str(r.get("workload", "-")), c["ours"], c["tl"], c["hf"], c["study"]]
+                + [c["vs_tl"], c["vs_hf"], c["speedup"], peaks]
+            )
         )
     return "\n".join(lines)
 
@@ -275,13 +293,12 @@ def render_scaling_table(records: list[dict]) -> str:
     )
     lines = [head, "|" + "---|" * 10]
     for r in sorted(rows, key=lambda r: (r.get("n_texts", 0) * r.get("seq_len", 0), r.get("seq_len", 0))):
-        rr = case_ratios(r)
+        c = _cells(r, TL_BARE_NOLOGITS)
         lines.append(
-            f"| {r.get('n_texts')} × {r.get('seq_len')} | {fmt_num(_sec_time(r, ANALYSIS))} "
-            f"| {fmt_num(_sec_time(r, TL_BARE_NOLOGITS))} | {fmt_num(rr['vs_tl_same_work'], '×')} "
-            f"| {fmt_num(_sec_time(r, HF_BARE))} | {fmt_num(_sec_time(r, STUDY))} | {fmt_num(rr['speedup'], '×')} "
-            f"| {fmt_num(_sec_mem(r, ANALYSIS), digits=0)} | {fmt_num(_sec_mem(r, TL_BARE_NOLOGITS), digits=0)} "
-            f"| {fmt_num(_sec_mem(r, STUDY), digits=0)} |"
+            _md_row(
+                [f"{r.get('n_texts')} × {r.get('seq_len')}", c["ours"], c["tl"], c["vs_tl"], c["hf"], c["study"]]
+                + [c["speedup"], c["mem_ours"], c["mem_tl"], c["mem_study"]]
+            )
         )
     return "\n".join(lines)
 

@@ -15,13 +15,15 @@ Use them in your own tests the way drope_lens's tests do::
   (``model_type: llama_drope``, ``attention_type``, ``softmax_scale``, q/k norm gains), what
   ``load_hooked`` reads; :func:`hf_nope_reference` is the matching plain-HF reference;
 * known answers: :func:`plant_channels` (massive channels where you put them),
-  :func:`analytic_sink_model` (attention to BOS in closed form).
+  :func:`analytic_sink_model` (attention to BOS in closed form, its answer
+  :func:`analytic_bos_attention`).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -195,6 +197,14 @@ def analytic_sink_model(
                 attn.W_Q[h, 1, 0] = c
             assert len(logits) == cfg.n_heads and group >= 1
     return model, bos
+
+
+def analytic_bos_attention(b: float, n: int, *, include_bos_row: bool = False) -> float:
+    """The known answer of :func:`analytic_sink_model`: a head with BOS logit ``b`` on a text of ``n``
+    tokens gives ``A[q, 0] = e^b / (e^b + q)``; this is its mean over the query rows ``q = 1 … n-1``
+    (``0 … n-1`` with ``include_bos_row``), the sink score of drope_lens's two row conventions."""
+    rows = range(0 if include_bos_row else 1, n)
+    return sum(math.exp(b) / (math.exp(b) + q) for q in rows) / len(rows)
 
 
 # --- massive values ---------------------------------------------------------------------------

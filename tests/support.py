@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable
 
+import pytest
 import torch
 
-from drope_lens.testing import hf_nope_reference
+from drope_lens.errors import NonFiniteError
+from drope_lens.loading import fast_attention as fa
+from drope_lens.loading import hooked_from_hf
+from drope_lens.testing import hf_nope_reference, qk_norm_drope_model, tiny_llama
 
 EMBEDDED_TEXTS = (
     "Paris is the capital of France. It has many museums and a famous iron tower.",
@@ -59,3 +64,56 @@ def _hf_nope_twin(hf):
     import copy
 
     return hf_nope_reference(copy.deepcopy(hf))
+
+
+# ------------------------------------------------------------------------------------ hooks and paths
+def hooks_left(model) -> list[str]:
+    """Names of ``model``'s hook points still holding a forward hook (TransformerLens's handles or torch's)."""
+    return [name for name, hp in model.hook_dict.items() if hp.fwd_hooks or hp._forward_hooks]
+
+
+def poison_hook(index, value: float = float("nan")):
+    """A hook fn that writes ``value`` at ``index`` of a copy of its activation."""
+
+    def poison(x, hook):
+        x = x.clone()
+        x[index] = value
+        return x
+
+    return poison
+
+
+def assert_non_finite_refused(model, run, hook_name: str, *, index, value: float = float("nan"), match: str):
+    """``run(fwd_hooks=...)`` with ``value`` planted at ``index`` of ``hook_name`` raises NonFiniteError
+    matching ``match``, and leaves no hook on ``model``."""
+    with pytest.raises(NonFiniteError, match=match):
+        run(fwd_hooks=[(hook_name, poison_hook(index, value))])
+    assert not hooks_left(model)
+
+
+class SdpaSpy:
+    """Counts calls of the fast attention path's kernel (so a test knows which path ran)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        real = fa.F.scaled_dot_product_attention
+
+        def spy(*a, **kw):
+            self.calls += 1
+            return real(*a, **kw)
+
+        monkeypatch.setattr(fa.F, "scaled_dot_product_attention", spy)
+
+
+def attention_layouts(*, drope_gain_seed: int = 0) -> dict[str, Callable[[Any, Any], Any]]:
+    """Builders ``(tokenizer, tmp_path) -> HookedTransformer``, one tiny model per attention layout:
+    RoPE/NoPE x GQA/MHA and a DroPE qk-norm checkpoint (its gains drawn from ``drope_gain_seed``)."""
+    return {
+        "rope_gqa": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=1), tok),
+        "rope_mha": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=2, num_key_value_heads=4), tok),
+        "nope_gqa": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=3), tok, position_encoding="nope"),
+        "nope_mha": lambda tok, tmp: hooked_from_hf(
+            tiny_llama(seed=4, num_key_value_heads=4), tok, position_encoding="nope"
+        ),
+        "drope_qk_norm": lambda tok, tmp: qk_norm_drope_model(tok, tmp / "drope", gain_seed=drope_gain_seed),
+    }

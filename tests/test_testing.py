@@ -1,14 +1,17 @@
 """drope_lens.testing: the public tiny models are what they say (checked against plain HF and known answers)."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from drope_lens.analysis.massive import detect_massive
-from drope_lens.loading import load_hooked
+from drope_lens.loading import encode, load_hooked
 from drope_lens.testing import (
     TINY_TEXTS,
+    analytic_bos_attention,
+    analytic_sink_model,
     hf_nope_reference,
     plant_channels,
     tiny_drope_checkpoint,
@@ -86,3 +89,22 @@ def test_tiny_tokenizer_round_trips_texts():
     tok = tiny_tokenizer()
     ids = tok(TINY_TEXTS[0], add_special_tokens=False)["input_ids"]
     assert tok.unk_token_id not in ids and tok.decode(ids) == TINY_TEXTS[0]
+
+
+@pytest.mark.parametrize("include_bos_row", [False, True])
+def test_analytic_sink_model_attends_to_bos_as_its_closed_form_says(include_bos_row):
+    tok = tiny_tokenizer()
+    logits = [[4.0, 0.0, -2.0, 1.5], [-1.0, 3.0, 0.5, 2.0]]
+    model, bos = analytic_sink_model(tok, logits)
+    ids = encode(tok, [TINY_TEXTS[1]]).tokens
+    n = ids.shape[1]
+    assert int(ids[0, 0]) == bos
+    _, cache = model.run_with_cache(ids, names_filter=lambda name: name.endswith("hook_pattern"))
+    start = 0 if include_bos_row else 1
+    for layer, heads in enumerate(logits):
+        col = cache["pattern", layer][0, :, :, 0].double()  # [head, q]: attention of each query to BOS
+        for h, b in enumerate(heads):
+            e = math.exp(b)
+            assert float((col[h] - e / (e + torch.arange(n, dtype=torch.float64))).abs().max()) <= 1e-6
+            mean = float(col[h, start:].mean())
+            assert mean == pytest.approx(analytic_bos_attention(b, n, include_bos_row=include_bos_row), abs=1e-6)

@@ -15,6 +15,7 @@ from drope_lens.hooks.selection import random_control
 from drope_lens.hooks.zeroing import zero_channel_hooks
 from drope_lens.loading import hooked_from_hf, to_nope
 from drope_lens.testing import TINY_TEXTS, plant_channels, tiny_llama
+from tests.support import hooks_left
 
 PLANTS = {"q": [(0, 1, 4), (1, 0, 2), (1, 3, 9)], "k": [(0, 0, 9), (1, 1, 3)]}
 IDENTIFY = list(TINY_TEXTS[:3])
@@ -182,7 +183,7 @@ def test_hooks_removed_when_disruption_raises(planted, monkeypatch):
     monkeypatch.setattr(mod, "perplexity", flaky)
     with pytest.raises(RuntimeError, match="boom"):
         run_disruption(planted, identify_texts=IDENTIFY, eval_texts=EVAL, n_seeds=2)
-    assert all(len(hp._forward_hooks) == 0 for hp in planted.hook_dict.values())
+    assert not hooks_left(planted)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from drope_lens.analysis.head_classes import CLASSES, classify_heads, head_class
 from drope_lens.analysis.layer_ablation import layer_ablation, layer_ablation_hooks
 from drope_lens.analysis.layer_norms import layer_norms
 from drope_lens.loading import encode, hooked_from_hf
-from drope_lens.testing import TINY_TEXTS, analytic_sink_model, tiny_llama
+from drope_lens.testing import TINY_TEXTS, analytic_bos_attention, analytic_sink_model, tiny_llama
 from tests.support import EMBEDDED_TEXTS
 
 T = 12
@@ -80,17 +80,23 @@ def test_classify_heads_rule():
     assert CLASSES[stricter[0, 1]] != "sink" and CLASSES[stricter[0, 0]] == "sink"
 
 
+ANALYTIC_LOGITS = [[4.0, 2.0, -1.0, -3.0], [0.0, 5.0, -5.0, 1.0]]  # [layer][head] BOS logit b
+
+
+def _analytic_case(tokenizer, text):
+    """:func:`analytic_sink_model` of ANALYTIC_LOGITS, its BOS id and the token count of ``text``."""
+    m, bos = analytic_sink_model(tokenizer, ANALYTIC_LOGITS)
+    return m, bos, int(encode(tokenizer, [text]).lengths[0])
+
+
 def test_head_classes_analytic_sinks(tokenizer):
     """A[q, 0] = e^b / (e^b + q): the BOS metric and the classes follow in closed form."""
-    logits = [[4.0, 2.0, -1.0, -3.0], [0.0, 5.0, -5.0, 1.0]]
-    m, _ = analytic_sink_model(tokenizer, logits)
     text = TINY_TEXTS[0]
-    n = int(encode(tokenizer, [text]).lengths[0])
+    m, _, n = _analytic_case(tokenizer, text)
     res = head_classes(m, [text])
-    for layer, row in enumerate(logits):
+    for layer, row in enumerate(ANALYTIC_LOGITS):
         for h, b in enumerate(row):
-            q = np.arange(1, n)
-            expect = np.mean(np.exp(b) / (np.exp(b) + q))
+            expect = analytic_bos_attention(b, n)
             assert res.bos[0, layer, h] == pytest.approx(expect, rel=1e-5)
             if expect >= 0.3:
                 assert CLASSES[res.classes[layer, h]] == "sink"
@@ -119,10 +125,8 @@ def test_bos_write_from_known_pattern():
 
 
 def test_bos_write_analytic_model(tokenizer):
-    logits = [[4.0, 2.0, -1.0, -3.0], [0.0, 5.0, -5.0, 1.0]]
-    m, bos = analytic_sink_model(tokenizer, logits)
     text = TINY_TEXTS[2]
-    n = int(encode(tokenizer, [text]).lengths[0])
+    m, bos, n = _analytic_case(tokenizer, text)
     res = bos_write(m, [text])
     cfg = m.cfg
     x0 = m.W_E[bos].detach().double()
@@ -133,7 +137,7 @@ def test_bos_write_analytic_model(tokenizer):
         for h in range(cfg.n_heads):
             g = h // (cfg.n_heads // cfg.n_key_value_heads)
             vnorm = float((ln @ W_V[g] + b_V[g]).norm())
-            attn = float(np.mean(np.exp(logits[layer][h]) / (np.exp(logits[layer][h]) + np.arange(1, n))))
+            attn = analytic_bos_attention(ANALYTIC_LOGITS[layer][h], n)
             assert res.v_norm[0, layer, h] == pytest.approx(vnorm, rel=1e-5)
             assert res.write[0, layer, h] == pytest.approx(vnorm * attn, rel=1e-5)
 

@@ -11,6 +11,7 @@ from drope_lens.analysis.massive import detect_massive, gini, massive_mask, top_
 from drope_lens.analysis.rotary import band_of, rotary_bands, rotary_frequencies
 from drope_lens.loading import hooked_from_hf, to_nope
 from drope_lens.testing import TINY_TEXTS, plant_channels, tiny_llama
+from tests.support import hooks_left
 
 PLANTS = {
     "q": [(0, 0, 3), (0, 2, 10), (1, 1, 5), (1, 3, 20)],
@@ -171,7 +172,7 @@ def test_hooks_removed_when_detection_raises(planted, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         detect_massive(planted, list(TINY_TEXTS))
     monkeypatch.undo()
-    assert all(len(hp._forward_hooks) == 0 for hp in planted.hook_dict.values())
+    assert not hooks_left(planted)
     from drope_lens.hooks.mask import _REAL_MASK
 
     assert _REAL_MASK.get() is None

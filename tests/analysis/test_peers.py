@@ -8,7 +8,7 @@ from drope_lens.analysis.massive import detect_massive
 from drope_lens.analysis.peers import concentration, key_importance, key_importance_from, massive_similarity
 from drope_lens.hooks.mean_replacement import mean_replace
 from drope_lens.loading import encode, hooked_from_hf
-from drope_lens.testing import TINY_TEXTS, analytic_sink_model, plant_channels, tiny_llama
+from drope_lens.testing import TINY_TEXTS, analytic_bos_attention, analytic_sink_model, plant_channels, tiny_llama
 
 
 def test_key_importance_from_uniform():
@@ -30,9 +30,9 @@ def test_key_importance_analytic_sinks(tokenizer):
     q = np.arange(n)
     for layer, row in enumerate(logits):
         for h, b in enumerate(row):
-            e = np.exp(b)
-            a0 = e / (e + q)  # A[q, 0]; A[q, j>0] = 1 / (e + q)
-            assert res.importance[layer, h, 0] == pytest.approx(a0.mean(), rel=1e-5)
+            e = np.exp(b)  # A[q, 0] = e / (e + q); A[q, j>0] = 1 / (e + q)
+            a0 = analytic_bos_attention(b, n, include_bos_row=True)
+            assert res.importance[layer, h, 0] == pytest.approx(a0, rel=1e-5)
             j = 3
             assert res.importance[layer, h, j] == pytest.approx(np.mean(1 / (e + q[j:])), rel=1e-5)
     assert np.isnan(res.importance[:, :, n:]).all() and res.n_texts[n] == 0

@@ -11,6 +11,7 @@ from drope_lens.data.texts import GENRES, builtin_split, builtin_texts, load_hf_
 from drope_lens.errors import NonFiniteError
 from drope_lens.loading import hooked_from_hf
 from drope_lens.testing import TINY_TEXTS, tiny_llama
+from tests.support import hooks_left
 
 
 def hf_ppl(hf, tokenizer, texts):
@@ -67,14 +68,14 @@ def test_fwd_hooks_apply_and_are_removed_on_error(tiny_pair):
 
     with pytest.raises(NonFiniteError):
         perplexity(model, texts, fwd_hooks=[("ln_final.hook_normalized", nan_logits)])
-    assert all(len(hp._forward_hooks) == 0 for hp in model.hook_dict.values())
+    assert not hooks_left(model)
 
     def boom(x, hook):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         perplexity(model, texts, fwd_hooks=[("blocks.1.hook_resid_pre", boom)])
-    assert all(len(hp._forward_hooks) == 0 for hp in model.hook_dict.values())
+    assert not hooks_left(model)
     assert perplexity(model, texts, fwd_hooks=[("blocks.0.hook_mlp_out", lambda x, hook: 0 * x)]).ppl != pytest.approx(
         perplexity(model, texts).ppl, rel=1e-4
     )

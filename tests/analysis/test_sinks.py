@@ -1,25 +1,25 @@
 """Attention sinks from hook_pattern: analytic model, HF eager reference, numerics, options."""
 
-import math
+import functools
 
 import numpy as np
 import pytest
 import torch
 
-from drope_lens import NonFiniteError
 from drope_lens.analysis import sinks
 from drope_lens.analysis.profile_pass import phase_profile
 from drope_lens.loading import encode, hooked_from_hf
-from drope_lens.testing import analytic_sink_model, tiny_llama
-from tests.support import embedded_phase_case, hf_nope_twin
+from drope_lens.testing import analytic_bos_attention, analytic_sink_model, tiny_llama
+from tests.support import assert_non_finite_refused, embedded_phase_case, hf_nope_twin
 
 TEXTS = ["the cat saw the dog", "a big red car went fast on the long road to rome", "yes no"]
 LOGITS = [[0.0, 2.0, 5.0, -3.0], [1.0, -1.0, 0.5, 3.0]]
 
 
-def _analytic_score(b: float, T: int, include_bos_row: bool) -> float:
-    rows = range(0 if include_bos_row else 1, T)
-    return sum(math.exp(b) / (math.exp(b) + q) for q in rows) / len(rows)
+def _analytic_scores(lengths, include_bos_row):
+    """[text, layer, head] known sink scores of analytic_sink_model(LOGITS) for texts of ``lengths`` tokens."""
+    score = functools.partial(analytic_bos_attention, include_bos_row=include_bos_row)
+    return np.array([[[score(b, n) for b in heads] for heads in LOGITS] for n in lengths])
 
 
 @pytest.mark.parametrize("include_bos_row", [False, True])
@@ -28,15 +28,15 @@ def test_analytic_sink_scores_and_rates_are_exact(tokenizer, include_bos_row):
     batch = encode(tokenizer, TEXTS)  # right-padded: pads must not count
     prof = phase_profile(model, batch, tau=0.3, include_bos_row=include_bos_row, batch_size=3)
     T = batch.lengths.tolist()
-    expected = np.array([[[_analytic_score(b, n, include_bos_row) for b in heads] for heads in LOGITS] for n in T])
+    expected = _analytic_scores(T, include_bos_row)
     assert np.abs(prof.sink_scores_per_text - expected).max() <= 1e-6
-    gu = np.array([[[_analytic_score(b, n, True) for b in heads] for heads in LOGITS] for n in T])
+    gu = _analytic_scores(T, True)
     assert np.abs(prof.gu_importance_per_text - gu).max() <= 1e-6
     rate = (expected >= 0.3).mean(-1).mean(0)
     assert np.array_equal(prof.layer_stats()["sink_rate"], rate)
     assert prof.summary()["gu_sink"] == pytest.approx((gu > 0.3).mean())
     # The analytic truth differs between the two row conventions (the BOS row adds A[0,0] = 1).
-    other = np.array([[[_analytic_score(b, n, not include_bos_row) for b in heads] for heads in LOGITS] for n in T])
+    other = _analytic_scores(T, not include_bos_row)
     assert np.abs(prof.sink_scores_per_text - other).max() > 1e-2
 
 
@@ -114,15 +114,8 @@ def test_half_precision_nope_gives_finite_fp32_patterns(tokenizer, dtype):
 def test_injected_nan_is_reported_not_zeroed(tokenizer, check_finite):
     model = hooked_from_hf(tiny_llama(), tokenizer, position_encoding="nope")
     model.cfg.check_finite = check_finite  # False: TransformerLens zeroes NaN rows; we still refuse
-
-    def poison(q, hook):
-        q = q.clone()
-        q[0, 3, 1, 0] = float("nan")
-        return q
-
-    with pytest.raises(NonFiniteError, match="Layer 1"):
-        phase_profile(model, TEXTS, fwd_hooks=[("blocks.1.attn.hook_q", poison)])
-    assert all(len(hp.fwd_hooks) == 0 for hp in model.hook_dict.values())
+    run = functools.partial(phase_profile, model, TEXTS)
+    assert_non_finite_refused(model, run, "blocks.1.attn.hook_q", index=(0, 3, 1, 0), match="Layer 1")
 
 
 @pytest.mark.slow

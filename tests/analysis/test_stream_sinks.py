@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -11,25 +12,15 @@ import torch
 from drope_lens.analysis.interventions import phase_experiment
 from drope_lens.analysis.profile_pass import phase_profile
 from drope_lens.analysis.stream_sinks import first_column
-from drope_lens.errors import NonFiniteError
 from drope_lens.hooks.conditions import condition_hooks
 from drope_lens.loading import encode, hooked_from_hf
-from drope_lens.loading import fast_attention as fa
-from drope_lens.testing import TINY_TEXTS, analytic_sink_model, qk_norm_drope_model, tiny_llama
+from drope_lens.testing import TINY_TEXTS, analytic_bos_attention, analytic_sink_model, tiny_llama
+from tests.support import SdpaSpy, assert_non_finite_refused, attention_layouts
 
 TEXTS = list(TINY_TEXTS) + ["the cat", "a b"]  # lengths differ: right padding inside a batch
 
 
-def _qk_norm_drope(tokenizer, tmp_path):
-    return qk_norm_drope_model(tokenizer, tmp_path / "d", gain_seed=1)
-
-
-MODELS = {
-    "rope_gqa": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=1), tok),
-    "rope_mha": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=2, num_key_value_heads=4), tok),
-    "nope_gqa": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=3), tok, position_encoding="nope"),
-    "drope_qk_norm": _qk_norm_drope,
-}
+MODELS = attention_layouts(drope_gain_seed=1)
 
 
 @pytest.mark.parametrize("kind", sorted(MODELS))
@@ -55,20 +46,13 @@ def test_first_column_equals_hook_pattern(kind, chunk, tokenizer, tmp_path):
 
 @pytest.mark.parametrize("include_bos_row", [False, True])
 def test_profile_stream_equals_pattern_path(include_bos_row, tokenizer, tmp_path, monkeypatch):
-    calls = {"sdpa": 0}
-    real = fa.F.scaled_dot_product_attention
-
-    def spy(*a, **kw):
-        calls["sdpa"] += 1
-        return real(*a, **kw)
-
-    monkeypatch.setattr(fa.F, "scaled_dot_product_attention", spy)
+    spy = SdpaSpy(monkeypatch)
     for kind, make in MODELS.items():
         model = make(tokenizer, tmp_path / kind)
-        calls["sdpa"] = 0
+        spy.calls = 0
         stream = phase_profile(model, TEXTS, include_bos_row=include_bos_row, batch_size=3)
         n_batches = math.ceil(len(TEXTS) / 3)
-        assert calls["sdpa"] == n_batches * model.cfg.n_layers  # the model kept its fast attention
+        assert spy.calls == n_batches * model.cfg.n_layers  # the model kept its fast attention
         ref = phase_profile(model, TEXTS, include_bos_row=include_bos_row, batch_size=3, sinks_from="pattern")
         assert stream.sinks_from == "stream" and ref.sinks_from == "pattern"
         assert np.abs(stream.sink_scores_per_text - ref.sink_scores_per_text).max() <= 1e-6, kind
@@ -85,11 +69,10 @@ def test_stream_gives_closed_form_scores(include_bos_row, tokenizer):
     logits = [[2.0, 0.0, -1.0, 3.0], [1.0, 4.0, 0.5, -2.0]]
     model, bos = analytic_sink_model(tokenizer, logits)
     prof = phase_profile(model, TEXTS, include_bos_row=include_bos_row)
-    start = 0 if include_bos_row else 1
     for t, n in enumerate(prof.lengths):
         for layer, heads in enumerate(logits):
             for h, b in enumerate(heads):
-                want = np.mean([math.exp(b) / (math.exp(b) + q) for q in range(start, n)])
+                want = analytic_bos_attention(b, n, include_bos_row=include_bos_row)
                 assert abs(prof.sink_scores_per_text[t, layer, h] - want) <= 1e-6
 
 
@@ -126,15 +109,10 @@ def test_bad_source_and_nan_are_refused(tokenizer):
     model = hooked_from_hf(tiny_llama(), tokenizer, position_encoding="nope")
     with pytest.raises(ValueError, match="sinks_from"):
         phase_profile(model, TEXTS, sinks_from="fast")
-
-    def poison(k, hook):
-        k = k.clone()
-        k[0, 2, 0, 0] = float("inf")
-        return k
-
-    with pytest.raises(NonFiniteError, match="Layer 1"):
-        phase_profile(model, TEXTS, fwd_hooks=[("blocks.1.attn.hook_rot_k", poison)])
-    assert all(len(hp.fwd_hooks) == 0 for hp in model.hook_dict.values())
+    run = functools.partial(phase_profile, model, TEXTS)
+    assert_non_finite_refused(
+        model, run, "blocks.1.attn.hook_rot_k", index=(0, 2, 0, 0), value=float("inf"), match="Layer 1"
+    )
 
 
 @pytest.mark.slow

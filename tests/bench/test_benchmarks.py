@@ -105,56 +105,36 @@ def _by_target(vs, word):
     return next(v for v in vs if word in v["target"])
 
 
-def test_verdicts_met_and_not_met():
-    recs = [
-        _record("detection", ours=0.95, tl_nl=0.9, study=10.0),
-        {
-            "case": "report",
-            "status": "ok",
-            "model": "embedded",
-            "quick": False,
-            "sections": {"drope_lens": _sec(420.0)},
-        },
-    ]
-    vs = rt.verdicts(recs)
-    assert _by_target(vs, "detection")["met"] is True
-    assert _by_target(vs, "report")["met"] is True
-    assert _by_target(vs, "speed-up")["met"] is True
-    assert _by_target(vs, "memory")["met"] is True
+def _report(seconds, quick=False):
+    return {
+        "case": "report",
+        "status": "ok",
+        "model": "embedded",
+        "quick": quick,
+        "sections": {"drope_lens": _sec(seconds)},
+    }
 
-    recs = [
-        _record("detection", ours=1.2, tl_nl=1.0, study=2.0, mem=(900.0, 100.0, 100.0, 50.0)),
-        {
-            "case": "report",
-            "status": "ok",
-            "model": "embedded",
-            "quick": False,
-            "sections": {"drope_lens": _sec(900.0)},
-        },
-    ]
-    vs = rt.verdicts(recs)
-    assert _by_target(vs, "detection")["met"] is False
-    assert _by_target(vs, "report")["met"] is False
-    assert _by_target(vs, "speed-up")["met"] is False
-    assert _by_target(vs, "memory")["met"] is False
-    assert _by_target(vs, "memory")["status"] == "NOT met"
+
+@pytest.mark.parametrize(
+    "met, detection, report_s",
+    [
+        (True, dict(ours=0.95, tl_nl=0.9, study=10.0), 420.0),
+        (False, dict(ours=1.2, tl_nl=1.0, study=2.0, mem=(900.0, 100.0, 100.0, 50.0)), 900.0),
+    ],
+    ids=["met", "not_met"],
+)
+def test_verdicts_met_and_not_met(met, detection, report_s):
+    vs = rt.verdicts([_record("detection", **detection), _report(report_s)])
+    for target in ("detection", "report", "speed-up", "memory"):
+        assert _by_target(vs, target)["met"] is met, target
+    assert _by_target(vs, "memory")["status"] == ("met" if met else "NOT met")
 
 
 def test_verdicts_without_measurements_are_not_measured():
     vs = rt.verdicts([])
     assert all(v["met"] is None and v["status"] == "not measured" for v in vs)
     # a quick report is shown but not judged against the full-report target
-    vs = rt.verdicts(
-        [
-            {
-                "case": "report",
-                "status": "ok",
-                "model": "embedded",
-                "quick": True,
-                "sections": {"drope_lens": _sec(100.0)},
-            }
-        ]
-    )
+    vs = rt.verdicts([_report(100.0, quick=True)])
     assert _by_target(vs, "report")["met"] is None
 
 

@@ -7,6 +7,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from drope_lens.hooks.bos import bos_mlp_ablation_hooks, mlp_out_mean
 from drope_lens.loading import encode, hooked_from_hf
 from drope_lens.testing import tiny_llama
+from tests.support import hooks_left
 
 LAYER = 0
 PROMPT = "the cat saw the dog and"
@@ -92,7 +93,7 @@ def test_tl_generate_with_and_without_cache_agree(model, tokenizer):
     with model.hooks(fwd_hooks=bos_mlp_ablation_hooks(LAYER, model=model)):
         full = model.generate(ids, use_past_kv_cache=False, **kw)
     assert torch.equal(cached, full)
-    assert all(len(hp.fwd_hooks) == 0 for hp in model.hook_dict.values())
+    assert not hooks_left(model)
 
 
 def test_mean_mode(model, tokenizer):

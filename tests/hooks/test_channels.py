@@ -11,6 +11,7 @@ from drope_lens.hooks.selection import ChannelSelection, random_control
 from drope_lens.hooks.zeroing import zero_channel_hooks
 from drope_lens.loading import hooked_from_hf, to_nope
 from drope_lens.testing import TINY_TEXTS, plant_channels, tiny_llama
+from tests.support import hooks_left
 
 PLANTS = {"q": [(0, 1, 4), (1, 0, 2), (1, 2, 17)], "k": [(0, 0, 9), (1, 1, 3)]}
 
@@ -25,10 +26,6 @@ def selection(planted):
     return detect_massive(planted, list(TINY_TEXTS), tensors=("q", "k")).selection()
 
 
-def no_hooks_left(model):
-    return all(len(hp._forward_hooks) == 0 for hp in model.hook_dict.values())
-
-
 def tokens_of(model, text=TINY_TEXTS[0]):
     return model.to_tokens(text)
 
@@ -41,7 +38,7 @@ def test_zeroing_changes_exactly_the_selected_channels(planted, selection, rotar
     _, base = planted.run_with_cache(toks, names_filter=names)
     with planted.hooks(fwd_hooks=zero_channel_hooks(selection, rotary=rotary)):
         _, hooked = planted.run_with_cache(toks, names_filter=names)
-    assert no_hooks_left(planted)
+    assert not hooks_left(planted)
     for t, masks in selection.masks.items():
         name = f"blocks.0.attn.hook_{'rot_' if rotary == 'post' else ''}{t}"
         m = masks[0]
@@ -149,7 +146,7 @@ def test_zeroing_with_kv_cache_equals_no_cache(planted, selection, rotary):
         ref = planted(toks)
         got = cached_logits(planted, toks, 6)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
-    assert no_hooks_left(planted)
+    assert not hooks_left(planted)
 
 
 @pytest.mark.parametrize("rotary", ["pre", "post"])
@@ -176,7 +173,7 @@ def test_mean_replacement_with_kv_cache_perturbs_the_prompt_only(planted, rotary
         with planted.hooks(fwd_hooks=broken):
             wrong = cached_logits(planted, toks, n_prompt)
         assert (wrong[:, n_prompt:] - ref[:, n_prompt:]).abs().max() > 1e-3
-    assert no_hooks_left(planted)
+    assert not hooks_left(planted)
 
 
 @pytest.mark.parametrize("rotary", ["pre", "post"])
@@ -193,7 +190,7 @@ def test_generate_under_mean_replacement_matches_reference(planted, rotary):
             nxt = planted(seq)[:, -1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], dim=1)
     assert torch.equal(out, seq)
-    assert no_hooks_left(planted)
+    assert not hooks_left(planted)
 
 
 def test_multi_token_cache_continuation_and_decode_raise(planted):
@@ -201,12 +198,12 @@ def test_multi_token_cache_continuation_and_decode_raise(planted):
     with planted.hooks(fwd_hooks=qk_mean_replacement_hooks(planted)):
         with pytest.raises(NotImplementedError, match="one token at a time"):
             cached_logits_multi(planted, toks)
-    assert no_hooks_left(planted)
+    assert not hooks_left(planted)
     with planted.hooks(fwd_hooks=qk_mean_replacement_hooks(planted, decode="raise")):
         planted(toks)  # cache-free passes are fine
         with pytest.raises(RuntimeError, match="decode='raise'"):
             cached_logits(planted, toks, 4)
-    assert no_hooks_left(planted)
+    assert not hooks_left(planted)
 
 
 def cached_logits_multi(model, tokens):
@@ -247,4 +244,4 @@ def test_wrong_shape_mask_is_refused(planted):
     bad = ChannelSelection({"k": torch.ones(2, 4, 24, dtype=torch.bool)})  # K has 2 KV heads, not 4
     with pytest.raises(ValueError, match="KV-head count"):
         planted.run_with_hooks(tokens_of(planted), fwd_hooks=zero_channel_hooks(bad))
-    assert no_hooks_left(planted)
+    assert not hooks_left(planted)

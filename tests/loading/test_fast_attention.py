@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -9,7 +11,8 @@ import drope_lens as dl
 from drope_lens.errors import NonFiniteError
 from drope_lens.loading import encode, hooked_from_hf
 from drope_lens.loading import fast_attention as fa
-from drope_lens.testing import qk_norm_drope_model, tiny_llama, tiny_tokenizer
+from drope_lens.testing import tiny_llama, tiny_tokenizer
+from tests.support import SdpaSpy, assert_non_finite_refused, attention_layouts
 
 LOGIT_TOL = 1e-5
 HOOKS = ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_z", "hook_attn_out")
@@ -25,33 +28,7 @@ def _ids(n: int, vocab: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randint(4, vocab, (batch, n), generator=g)
 
 
-class _SdpaSpy:
-    """Counts calls of the fast path's kernel (so a test knows which path ran)."""
-
-    def __init__(self, monkeypatch):
-        self.calls = 0
-        real = fa.F.scaled_dot_product_attention
-
-        def spy(*a, **kw):
-            self.calls += 1
-            return real(*a, **kw)
-
-        monkeypatch.setattr(fa.F, "scaled_dot_product_attention", spy)
-
-
-def _drope_qk_norm_model(tokenizer, tmp_path):
-    return qk_norm_drope_model(tokenizer, tmp_path / "drope", gain_seed=0)
-
-
-MODELS = {
-    "rope_gqa": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=1), tok),
-    "rope_mha": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=2, num_key_value_heads=4), tok),
-    "nope_gqa": lambda tok, tmp: hooked_from_hf(tiny_llama(seed=3), tok, position_encoding="nope"),
-    "nope_mha": lambda tok, tmp: hooked_from_hf(
-        tiny_llama(seed=4, num_key_value_heads=4), tok, position_encoding="nope"
-    ),
-    "drope_qk_norm": _drope_qk_norm_model,
-}
+MODELS = attention_layouts()
 
 
 def _run_both(model, tokens, **kw):
@@ -70,7 +47,7 @@ def test_fast_path_equals_explicit_path(kind, tokenizer, tmp_path, monkeypatch):
     assert model.cfg.fast_attention and "fast" in model.cfg.describe(attention=True)
     if kind == "drope_qk_norm":
         assert model.cfg.drope_attention_type == "qk_norm_nope" and model.cfg.softmax_scale == 0.07
-    spy = _SdpaSpy(monkeypatch)
+    spy = SdpaSpy(monkeypatch)
     fl, fc, sl, sc = _run_both(model, _ids(37, model.cfg.d_vocab))
     assert spy.calls == model.cfg.n_layers  # the fast run used sdpa in every layer, the explicit none
     assert (fl - sl).abs().max() <= LOGIT_TOL
@@ -108,7 +85,7 @@ def test_padding_and_attention_mask(kind, tokenizer, tmp_path):
 def test_kv_cache_greedy_generation_is_identical(kind, tokenizer, tmp_path, monkeypatch):
     model = MODELS[kind](tokenizer, tmp_path)
     prompt = encode(tokenizer, "the cat saw a dog in the city and").tokens
-    spy = _SdpaSpy(monkeypatch)
+    spy = SdpaSpy(monkeypatch)
     kw = dict(max_new_tokens=12, do_sample=False, use_past_kv_cache=True, verbose=False)
     fast = model.generate(prompt, **kw)
     assert spy.calls >= model.cfg.n_layers * 12  # prefill + decode steps went through sdpa
@@ -124,7 +101,7 @@ def test_kv_cache_greedy_generation_is_identical(kind, tokenizer, tmp_path, monk
 def test_pattern_hook_switches_only_that_layer_back(tokenizer, monkeypatch):
     model = hooked_from_hf(tiny_llama(seed=1, num_hidden_layers=3), tokenizer)
     ids = _ids(21, model.cfg.d_vocab)
-    spy = _SdpaSpy(monkeypatch)
+    spy = SdpaSpy(monkeypatch)
     seen = {}
 
     def grab(pattern, hook):
@@ -156,7 +133,7 @@ def test_pattern_hook_switches_only_that_layer_back(tokenizer, monkeypatch):
 def test_config_flag_and_context_manager(tokenizer, monkeypatch):
     model = hooked_from_hf(tiny_llama(), tokenizer)
     ids = _ids(9, model.cfg.d_vocab)
-    spy = _SdpaSpy(monkeypatch)
+    spy = SdpaSpy(monkeypatch)
     with pytest.raises(RuntimeError, match="boom"):
         with dl.explicit_attention(model):
             assert model.cfg.fast_attention is False and "explicit" in model.cfg.describe(attention=True)
@@ -178,14 +155,8 @@ def test_nan_still_raises_naming_the_layer(fast, tokenizer):
     model = hooked_from_hf(tiny_llama(), tokenizer, position_encoding="nope")
     model.cfg.fast_attention = fast
 
-    def poison(q, hook):
-        q = q.clone()
-        q[0, 3, 1, 0] = float("nan")
-        return q
-
-    with pytest.raises(NonFiniteError, match="Layer 1.*NaN"):
-        model.run_with_hooks(_ids(10, model.cfg.d_vocab), fwd_hooks=[("blocks.1.attn.hook_q", poison)])
-    assert all(len(hp.fwd_hooks) == 0 for hp in model.hook_dict.values())
+    run = functools.partial(model.run_with_hooks, _ids(10, model.cfg.d_vocab))
+    assert_non_finite_refused(model, run, "blocks.1.attn.hook_q", index=(0, 3, 1, 0), match="Layer 1.*NaN")
     # a model with a NaN weight in layer 0 (every position's q of head 0 is NaN)
     bad = hooked_from_hf(tiny_llama(seed=6), tokenizer)
     bad.cfg.fast_attention = fast

@@ -1,6 +1,7 @@
 """Foundation: RoPE / NoPE / DroPE-format loading into HookedTransformer, checked against HF."""
 
 import copy
+import functools
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from drope_lens import (
 )
 from drope_lens.loading import ModelPair, encode, hooked_from_hf, load_hooked, to_nope
 from drope_lens.testing import hf_nope_reference, save_drope_checkpoint, tiny_llama, tiny_tokenizer
+from tests.support import assert_non_finite_refused
 
 TOL = 1e-4
 
@@ -248,15 +250,8 @@ def test_half_precision_nope_attention_is_fp32_and_finite(tokenizer):
 
 def test_injected_nan_is_reported_not_zeroed(tokenizer):
     tl = hooked_from_hf(tiny_llama(), tokenizer, position_encoding="nope")
-
-    def poison(q, hook):
-        q = q.clone()
-        q[0, 3, 1, 0] = float("nan")
-        return q
-
-    with pytest.raises(NonFiniteError, match="Layer 1.*NaN"):
-        tl.run_with_hooks(_ids(10, tl.cfg.d_vocab), fwd_hooks=[("blocks.1.attn.hook_q", poison)])
-    assert all(len(hp.fwd_hooks) == 0 for hp in tl.hook_dict.values())
+    run = functools.partial(tl.run_with_hooks, _ids(10, tl.cfg.d_vocab))
+    assert_non_finite_refused(tl, run, "blocks.1.attn.hook_q", index=(0, 3, 1, 0), match="Layer 1.*NaN")
 
 
 @pytest.mark.slow

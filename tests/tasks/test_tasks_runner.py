@@ -19,6 +19,7 @@ from drope_lens.tasks import (
     run_tasks,
 )
 from drope_lens.tasks.scoring import decode_step, greedy_generate, prefill
+from tests.support import hooks_left
 
 YES_NO = ("yes", "no")
 
@@ -71,16 +72,12 @@ class Recorder:
         return [("blocks.0.hook_resid_pre", rec)]
 
 
-def _n_hooks(model) -> int:
-    return sum(len(hp.fwd_hooks) for hp in model.hook_dict.values())
-
-
 def test_condition_hooks_are_active_on_every_pass_and_removed(tiny, tokenizer):
     rec = Recorder()
     tasks = tiny_tasks(4)
     n_key = int(encode(tokenizer, tasks[2].items[0].text).lengths[0])
     res = run_tasks(tiny, tasks=tasks, conditions=["baseline", Condition("rec", rec.hooks)], batch_size=4)
-    assert _n_hooks(tiny) == 0
+    assert not hooks_left(tiny)
     # not batch-safe -> one prompt per pass for the choice tasks (4 + 4 passes),
     # then the passkey prompt and its one-token decode steps
     assert len(rec.lengths) >= 8 + 2
@@ -92,7 +89,7 @@ def test_condition_hooks_are_active_on_every_pass_and_removed(tiny, tokenizer):
 def test_hooks_are_removed_when_scoring_fails(tiny):
     with pytest.raises(RuntimeError, match="boom"):
         run_tasks(tiny, tasks=tiny_tasks()[:1], conditions=[Condition("bad", Recorder(True).hooks)])
-    assert _n_hooks(tiny) == 0
+    assert not hooks_left(tiny)
 
 
 def test_results_structure_and_numbers(tiny, tiny_nope):
@@ -160,28 +157,27 @@ def test_errors(tiny):
 
 
 # ------------------------------------------------------- decode steps under an active intervention
-def _hooked_generation_logits(model, prompt, steps, hooks):
-    """Greedy decoding with ``hooks`` active on every pass: [prefill logits, step logits...]."""
-    out = []
-    with model.hooks(fwd_hooks=hooks):
-        logits, cache = prefill(model, prompt)
-        out.append(logits)
-        for _ in range(steps):
-            logits = decode_step(model, int(logits.argmax()), cache)
-            out.append(logits)
-    return torch.stack(out)
-
-
-def _prompt_only_logits(model, prompt, steps, hooks):
-    """Reference: hooks on the prompt pass only, decode steps run with no hooks at all."""
-    out = []
-    with model.hooks(fwd_hooks=hooks):
-        logits, cache = prefill(model, prompt)
-    out.append(logits)
+def _greedy_steps(model, logits, cache, steps):
+    """[logits, then the logits of ``steps`` greedy decode steps from ``cache``]."""
+    out = [logits]
     for _ in range(steps):
         logits = decode_step(model, int(logits.argmax()), cache)
         out.append(logits)
     return torch.stack(out)
+
+
+def _hooked_generation_logits(model, prompt, steps, hooks):
+    """Greedy decoding with ``hooks`` active on every pass: [prefill logits, step logits...]."""
+    with model.hooks(fwd_hooks=hooks):
+        logits, cache = prefill(model, prompt)
+        return _greedy_steps(model, logits, cache, steps)
+
+
+def _prompt_only_logits(model, prompt, steps, hooks):
+    """Reference: hooks on the prompt pass only, decode steps run with no hooks at all."""
+    with model.hooks(fwd_hooks=hooks):
+        logits, cache = prefill(model, prompt)
+    return _greedy_steps(model, logits, cache, steps)
 
 
 @pytest.mark.parametrize("which", ["qk", "bos", "both"])
