@@ -107,6 +107,12 @@ def _check_int(name: str, value: Any, lo: int) -> None:
         raise DropeLensInputError(f"{name} must be an int >= {lo}, got {value!r}")
 
 
+def field_default(cls: Any, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``cls`` (an options class or e.g. ``Recipe``)."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
 OptionsT = TypeVar("OptionsT", bound="Options")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -173,8 +179,7 @@ class Options:
     @classmethod
     def default(cls, name: str) -> Any:
         """The default of field ``name`` (for CLI defaults and help)."""
-        f = cls.__dataclass_fields__[name]
-        return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[operator]
+        return field_default(cls, name)
 
     @classmethod
     def choices(cls, name: str) -> tuple:
@@ -639,6 +644,7 @@ __all__ = [
     "BosAblationOptions",
     "DECODE_MODES",
     "DEFAULT_BATCH_SIZE",
+    "field_default",
     "check_passkey_lengths",
     "ReportOptions",
     "REPORT_STEPS",

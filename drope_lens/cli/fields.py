@@ -17,17 +17,9 @@ import typing
 from typing import Any, Literal, Optional, TypeVar
 
 from drope_lens.cli.lists import add_list_argument, csv_list, float_list, int_list
-from drope_lens.options import Options
+from drope_lens.options import field_default
 
 T = TypeVar("T")
-
-
-def field_default(cls: Any, name: str) -> Any:
-    """The default of field ``name`` of the dataclass ``cls`` (:meth:`Options.default` for options)."""
-    if issubclass(cls, Options):
-        return cls.default(name)
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[operator]
 
 
 def _strip_optional(hint: Any) -> Any:
