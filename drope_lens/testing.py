@@ -78,7 +78,7 @@ def tiny_config(*, gqa: bool = True, **kw: Any) -> Any:
     from transformers import LlamaConfig
 
     tok_vocab = len(tiny_tokenizer())
-    base = dict(
+    base: dict[str, Any] = dict(
         vocab_size=tok_vocab,
         hidden_size=64,
         intermediate_size=96,
@@ -177,19 +177,20 @@ def analytic_sink_model(
     # RMSNorm maps a·e_i to a / sqrt(a²/d + eps) · e_i
     s_other = 1.0 / (1.0 / cfg.d_model + cfg.eps) ** 0.5
     s_bos = bos_scale / (bos_scale**2 / cfg.d_model + cfg.eps) ** 0.5
-    group = cfg.n_heads // cfg.n_key_value_heads
+    n_kv = cfg.n_key_value_heads or cfg.n_heads
+    group = cfg.n_heads // n_kv
     with torch.no_grad():
         model.W_E.zero_()
         model.W_E[:, 1] = 1.0
         model.W_E[bos, 1] = 0.0
         model.W_E[bos, 0] = bos_scale
         for layer, logits in enumerate(bos_logits):
-            attn = model.blocks[layer].attn
+            attn: Any = model.blocks[layer].attn
             attn.W_Q.zero_()
             attn._W_K.zero_()
             attn.W_O.zero_()
             model.blocks[layer].mlp.W_out.zero_()
-            for g in range(cfg.n_key_value_heads):
+            for g in range(n_kv):
                 attn._W_K[g, 0, 0] = 1.0
             for h, b in enumerate(logits):
                 c = b * cfg.attn_scale / (s_other * s_bos)

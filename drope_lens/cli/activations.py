@@ -117,10 +117,10 @@ def run_activations(args: argparse.Namespace) -> int:
         from drope_lens.views.extended_figures import plot_residual_massive
         from drope_lens.views.figures import save_figure
 
-        st = {r.model: r.layer_stats() for r in results.values()}
+        stats = {r.model: r.layer_stats() for r in results.values()}
         save_figure(
             plot_residual_massive(
-                {k: v["top1_mean"] for k, v in st.items()}, {k: v["median_mean"] for k, v in st.items()}
+                {k: v["top1_mean"] for k, v in stats.items()}, {k: v["median_mean"] for k, v in stats.items()}
             ),
             args.figure,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 from drope_lens.cli.common import (
     add_batch_args,
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     texts = texts_from_args(args)
     pair = load_pair_from_args(args)
-    out = {
+    out: dict[str, Any] = {
         "n_texts": len(texts),
         "options": {
             k: getattr(args, k)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from drope_lens.cli.common import add_pair_args, emit_json, pair_from_args
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     pair = pair_from_args(args)
     load_s = time.perf_counter() - t0
     tokens = pair.encode(args.text).tokens.to(args.device)
-    out = {"load_seconds": round(load_s, 2), "tokens": int(tokens.shape[1]), "models": {}}
+    out: dict[str, Any] = {"load_seconds": round(load_s, 2), "tokens": int(tokens.shape[1]), "models": {}}
     for role, model in pair.items():
         cfg = model.cfg
         src = cfg.source
