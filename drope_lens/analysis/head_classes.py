@@ -26,7 +26,7 @@ from jaxtyping import Float, Int
 
 from drope_lens.analysis import sinks
 from drope_lens.hooks.types import FwdHook
-from drope_lens.loading.forward import forward_batch, model_label, to_batch
+from drope_lens.loading.forward import hooked_passes, model_label, to_batch
 from drope_lens.options import DEFAULT_BATCH_SIZE
 
 CLASSES = ("sink", "local", "distributed", "mixed")
@@ -205,10 +205,7 @@ def head_classes(
             decay_n[layer] += ok
 
     hooks = list(fwd_hooks) + [(f"blocks.{li}.attn.hook_pattern", collect) for li in range(L)]
-    for idx, sub in batch.batches(batch_size):
-        state["idx"] = idx
-        with model.hooks(fwd_hooks=hooks):
-            forward_batch(model, sub, return_type=None)
+    hooked_passes(model, batch, hooks, state, batch_size=batch_size)
     with np.errstate(invalid="ignore", divide="ignore"):
         decay = decay_sum / decay_n
     decay[decay_n == 0] = np.nan

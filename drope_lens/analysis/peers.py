@@ -21,7 +21,7 @@ from jaxtyping import Float
 
 from drope_lens.analysis import sinks
 from drope_lens.hooks.types import FwdHook
-from drope_lens.loading.forward import forward_batch, model_label, to_batch
+from drope_lens.loading.forward import hooked_passes, model_label, to_batch
 from drope_lens.options import DEFAULT_BATCH_SIZE
 
 
@@ -137,10 +137,7 @@ def key_importance(
             (f"blocks.{li}.attn.hook_k", lambda x, hook: on_norm(x, hook, "k")),
             (f"blocks.{li}.attn.hook_v", lambda x, hook: on_norm(x, hook, "v")),
         ]
-    for idx, sub in batch.batches(batch_size):
-        state["idx"] = idx
-        with model.hooks(fwd_hooks=hooks):
-            forward_batch(model, sub, return_type=None)
+    hooked_passes(model, batch, hooks, state, batch_size=batch_size)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = {k: v / count for k, v in sums.items()}
     for v in mean.values():
