@@ -31,6 +31,7 @@ from drope_lens.hooks.positions import zero_bos_hooks
 from drope_lens.hooks.types import FwdHook, FwdHooks
 from drope_lens.loading.forward import hooked_passes, model_label, to_batch
 from drope_lens.options import DEFAULT_BATCH_SIZE
+from drope_lens.validation import check_batch_size
 
 
 def bos_write_from(
@@ -136,8 +137,7 @@ def bos_write(
     fwd_hooks: Sequence[FwdHook] = (),
 ) -> BosWrite:
     """BOS write per text, layer and head, and the BOS ratio per layer, in one pass per batch."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     batch = to_batch(model, inputs, max_length=max_length)
     if int(batch.lengths.min()) < 2:
         raise ValueError("Every text needs at least 2 tokens (BOS + one query).")

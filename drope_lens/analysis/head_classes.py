@@ -28,6 +28,7 @@ from drope_lens.analysis import sinks
 from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.forward import hooked_passes, model_label, to_batch
 from drope_lens.options import DEFAULT_BATCH_SIZE
+from drope_lens.validation import check_batch_size
 
 CLASSES = ("sink", "local", "distributed", "mixed")
 
@@ -177,8 +178,7 @@ def head_classes(
     """Head metrics from ``hook_pattern`` per text, and the study's classes (see module docstring)."""
     for name, v in (("sink_threshold", sink_threshold), ("local_threshold", local_threshold)):
         sinks.check_tau(v, name)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     batch = to_batch(model, inputs, max_length=max_length)
     n, L, H = len(batch), model.cfg.n_layers, model.cfg.n_heads
     ent, bos, loc = (np.full((n, L, H), np.nan) for _ in range(3))

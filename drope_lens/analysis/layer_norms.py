@@ -27,6 +27,7 @@ from drope_lens.errors import NonFiniteError
 from drope_lens.hooks.types import FwdHook, FwdHooks
 from drope_lens.loading.forward import hooked_passes, model_label, to_batch
 from drope_lens.options import DEFAULT_BATCH_SIZE
+from drope_lens.validation import check_batch_size
 
 QUANTITIES = ("attn", "mlp", "q", "k", "v", "rot_q", "rot_k")
 _HOOKS = {
@@ -108,8 +109,7 @@ def layer_norms(
     fwd_hooks: Sequence[FwdHook] = (),
 ) -> LayerNorms:
     """Per-layer mean token norms of attention/MLP outputs and Q/K/V (see the module docstring)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     batch = to_batch(model, inputs, max_length=max_length)
     start = 1 if exclude_bos else 0
     if int(batch.lengths.min()) <= start:

@@ -33,6 +33,7 @@ from drope_lens.hooks.mask import current_real_mask
 from drope_lens.hooks.types import FwdHook, FwdHooks
 from drope_lens.loading.forward import hooked_passes, model_label, to_batch
 from drope_lens.options import DEFAULT_BATCH_SIZE
+from drope_lens.validation import check_batch_size
 
 DEFAULT_RATIOS = (100.0, 1000.0)
 DEFAULT_DELIMITERS = (".", "\n")
@@ -258,8 +259,7 @@ def _check(model, top_k: int, ratios: Sequence[float], batch_size: int) -> None:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
     if any(not float(r) > 0 for r in ratios):
         raise ValueError(f"ratios must be > 0, got {list(ratios)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
 
 
 @torch.no_grad()
