@@ -26,6 +26,7 @@ from jaxtyping import Float, Int
 
 from drope_lens.analysis import bos_metrics, sinks
 from drope_lens.analysis.perplexity import PerplexityResult, perplexity
+from drope_lens.frames import cell_frame
 from drope_lens.hooks.bos import check_layer
 from drope_lens.hooks.positions import zero_bos_hooks
 from drope_lens.hooks.types import FwdHook, FwdHooks
@@ -108,23 +109,7 @@ class BosWrite:
 
     def to_dataframe(self):
         """One row per (layer, head), text means."""
-        import pandas as pd
-
-        _, L, H = self.write.shape
-        return pd.DataFrame(
-            [
-                {
-                    "model": self.model,
-                    "layer": li,
-                    "head": h,
-                    "v_norm": self.v_norm[:, li, h].mean(),
-                    "attn": self.attn[:, li, h].mean(),
-                    "write": self.write[:, li, h].mean(),
-                }
-                for li in range(L)
-                for h in range(H)
-            ]
-        )
+        return cell_frame(self.model, ("layer", "head"), {k: getattr(self, k) for k in ("v_norm", "attn", "write")})
 
 
 @torch.no_grad()

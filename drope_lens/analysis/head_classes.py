@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float, Int
 
 from drope_lens.analysis import sinks
+from drope_lens.frames import cell_frame
 from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.forward import hooked_passes, model_label, to_batch
 from drope_lens.options import DEFAULT_BATCH_SIZE
@@ -142,23 +143,9 @@ class HeadClasses:
 
     def to_dataframe(self):
         """One row per (layer, head): text-mean metrics and the class."""
-        import pandas as pd
-
-        L, H = self.classes.shape
-        rows = [
-            {
-                "model": self.model,
-                "layer": li,
-                "head": h,
-                "class": CLASSES[self.classes[li, h]],
-                "bos": self.bos[:, li, h].mean(),
-                "local": self.local[:, li, h].mean(),
-                "entropy": self.entropy[:, li, h].mean(),
-            }
-            for li in range(L)
-            for h in range(H)
-        ]
-        return pd.DataFrame(rows)
+        names = np.asarray(CLASSES, dtype=object)[self.classes]
+        columns = {"class": names, "bos": self.bos, "local": self.local, "entropy": self.entropy}
+        return cell_frame(self.model, ("layer", "head"), columns)
 
 
 @torch.no_grad()
