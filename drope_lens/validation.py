@@ -15,6 +15,13 @@ def check_choice(name: str, value: Any, allowed: Sequence) -> None:
         raise DropeLensInputError(f"Unknown {name} {value!r}; choose one of {tuple(allowed)}.")
 
 
+def check_batch_size(batch_size: int) -> int:
+    """Refuse a batch size below 1."""
+    if batch_size < 1:
+        raise DropeLensInputError(f"batch_size must be >= 1, got {batch_size}")
+    return batch_size
+
+
 def check_threshold(threshold: float, name: str = "threshold (lambda)") -> float:
     """Validate a massive-value λ: a finite number > 0."""
     if (

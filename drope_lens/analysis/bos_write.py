@@ -26,11 +26,13 @@ from jaxtyping import Float, Int
 
 from drope_lens.analysis import bos_metrics, sinks
 from drope_lens.analysis.perplexity import PerplexityResult, perplexity
+from drope_lens.frames import cell_frame
 from drope_lens.hooks.bos import check_layer
-from drope_lens.hooks.positions import PositionTracker
+from drope_lens.hooks.positions import zero_bos_hooks
 from drope_lens.hooks.types import FwdHook, FwdHooks
-from drope_lens.loading.forward import forward_batch, model_label, to_batch
+from drope_lens.loading.forward import hooked_passes, model_label, to_batch
 from drope_lens.options import DEFAULT_BATCH_SIZE
+from drope_lens.validation import check_batch_size
 
 
 def bos_write_from(
@@ -54,16 +56,7 @@ def bos_v_ablation_hooks(model, layers: Union[int, Sequence[int], str] = "all") 
     elif isinstance(layers, int):
         layers = [layers]
     layers = [check_layer(model, li) for li in cast(Sequence[int], layers)]
-    tracker = PositionTracker()
-
-    def zero_bos(v: torch.Tensor, hook) -> Optional[torch.Tensor]:
-        if tracker.offset != 0:
-            return None
-        v = v.clone()
-        v[:, 0] = 0
-        return v
-
-    return tracker.hooks() + [(f"blocks.{li}.attn.hook_v", zero_bos) for li in layers]
+    return zero_bos_hooks([f"blocks.{li}.attn.hook_v" for li in layers])
 
 
 @dataclass
@@ -116,23 +109,7 @@ class BosWrite:
 
     def to_dataframe(self):
         """One row per (layer, head), text means."""
-        import pandas as pd
-
-        _, L, H = self.write.shape
-        return pd.DataFrame(
-            [
-                {
-                    "model": self.model,
-                    "layer": li,
-                    "head": h,
-                    "v_norm": self.v_norm[:, li, h].mean(),
-                    "attn": self.attn[:, li, h].mean(),
-                    "write": self.write[:, li, h].mean(),
-                }
-                for li in range(L)
-                for h in range(H)
-            ]
-        )
+        return cell_frame(self.model, ("layer", "head"), {k: getattr(self, k) for k in ("v_norm", "attn", "write")})
 
 
 @torch.no_grad()
@@ -145,8 +122,7 @@ def bos_write(
     fwd_hooks: Sequence[FwdHook] = (),
 ) -> BosWrite:
     """BOS write per text, layer and head, and the BOS ratio per layer, in one pass per batch."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     batch = to_batch(model, inputs, max_length=max_length)
     if int(batch.lengths.min()) < 2:
         raise ValueError("Every text needs at least 2 tokens (BOS + one query).")
@@ -159,13 +135,13 @@ def bos_write(
         state["v"] = v.detach()
 
     def on_pattern(pattern: torch.Tensor, hook) -> None:
-        layer, idx, lengths = hook.layer(), state["idx"], state["lengths"].to(pattern.device)
+        layer, idx, lengths = hook.layer(), state["idx"], state["batch"].lengths.to(pattern.device)
         sinks.check_pattern(pattern, lengths, layer)
         a, vn, w = bos_write_from(pattern, state.pop("v"), lengths)
         attn[idx, layer], v_norm[idx, layer], write[idx, layer] = a.cpu().numpy(), vn.cpu().numpy(), w.cpu().numpy()
 
     def on_resid(resid: torch.Tensor, hook) -> None:
-        bos, other = bos_metrics.bos_norms(resid, state["lengths"].to(resid.device))
+        bos, other = bos_metrics.bos_norms(resid, state["batch"].lengths.to(resid.device))
         ratio[state["idx"], hook.layer()] = (bos / other).cpu().numpy()
 
     hooks = list(fwd_hooks)
@@ -175,10 +151,7 @@ def bos_write(
             (f"blocks.{li}.attn.hook_pattern", on_pattern),
             (f"blocks.{li}.hook_resid_post", on_resid),
         ]
-    for idx, sub in batch.batches(batch_size):
-        state["idx"], state["lengths"] = idx, sub.lengths
-        with model.hooks(fwd_hooks=hooks):
-            forward_batch(model, sub, return_type=None)
+    hooked_passes(model, batch, hooks, state, batch_size=batch_size)
     return BosWrite(
         model=model_label(model),
         v_norm=v_norm,

@@ -27,6 +27,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from drope_lens.options import ContextOptions
+from drope_lens.validation import check_batch_size
 
 DEFAULT_LENGTHS = ContextOptions.default("lengths")
 DEFAULT_DEPTHS = ContextOptions.default("depths")
@@ -230,8 +231,7 @@ def context_experiment(
     lengths, depths = list(o.lengths), list(o.depths)
     n_per_depth, seed, tau, gu_eps, threshold = o.n_per_depth, o.seed, o.tau, o.gu_eps, o.threshold
     beyond_context = o.beyond_context
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     n_ctx = int(model.cfg.n_ctx)
     if max(lengths) > n_ctx and not beyond_context:
         raise ValueError(

@@ -25,9 +25,11 @@ import torch
 from jaxtyping import Float, Int
 
 from drope_lens.analysis import sinks
+from drope_lens.frames import cell_frame
 from drope_lens.hooks.types import FwdHook
-from drope_lens.loading.forward import forward_batch, model_label, to_batch
+from drope_lens.loading.forward import hooked_passes, model_label, to_batch
 from drope_lens.options import DEFAULT_BATCH_SIZE
+from drope_lens.validation import check_batch_size
 
 CLASSES = ("sink", "local", "distributed", "mixed")
 
@@ -141,23 +143,9 @@ class HeadClasses:
 
     def to_dataframe(self):
         """One row per (layer, head): text-mean metrics and the class."""
-        import pandas as pd
-
-        L, H = self.classes.shape
-        rows = [
-            {
-                "model": self.model,
-                "layer": li,
-                "head": h,
-                "class": CLASSES[self.classes[li, h]],
-                "bos": self.bos[:, li, h].mean(),
-                "local": self.local[:, li, h].mean(),
-                "entropy": self.entropy[:, li, h].mean(),
-            }
-            for li in range(L)
-            for h in range(H)
-        ]
-        return pd.DataFrame(rows)
+        names = np.asarray(CLASSES, dtype=object)[self.classes]
+        columns = {"class": names, "bos": self.bos, "local": self.local, "entropy": self.entropy}
+        return cell_frame(self.model, ("layer", "head"), columns)
 
 
 @torch.no_grad()
@@ -177,8 +165,7 @@ def head_classes(
     """Head metrics from ``hook_pattern`` per text, and the study's classes (see module docstring)."""
     for name, v in (("sink_threshold", sink_threshold), ("local_threshold", local_threshold)):
         sinks.check_tau(v, name)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     batch = to_batch(model, inputs, max_length=max_length)
     n, L, H = len(batch), model.cfg.n_layers, model.cfg.n_heads
     ent, bos, loc = (np.full((n, L, H), np.nan) for _ in range(3))
@@ -205,10 +192,7 @@ def head_classes(
             decay_n[layer] += ok
 
     hooks = list(fwd_hooks) + [(f"blocks.{li}.attn.hook_pattern", collect) for li in range(L)]
-    for idx, sub in batch.batches(batch_size):
-        state["idx"] = idx
-        with model.hooks(fwd_hooks=hooks):
-            forward_batch(model, sub, return_type=None)
+    hooked_passes(model, batch, hooks, state, batch_size=batch_size)
     with np.errstate(invalid="ignore", divide="ignore"):
         decay = decay_sum / decay_n
     decay[decay_n == 0] = np.nan

@@ -22,7 +22,7 @@ import torch
 
 from drope_lens.analysis.perplexity import PerplexityResult, perplexity
 from drope_lens.hooks.bos import check_layer
-from drope_lens.hooks.positions import PositionTracker
+from drope_lens.hooks.positions import zero_bos_hooks
 from drope_lens.hooks.types import FwdHooks
 from drope_lens.loading.forward import model_label
 from drope_lens.options import DEFAULT_BATCH_SIZE
@@ -46,16 +46,7 @@ def layer_ablation_hooks(model, layer: int, condition: str) -> FwdHooks:
         return [(attn, _zero_all)]
     if condition == "both":
         return [(mlp, _zero_all), (attn, _zero_all)]
-    tracker = PositionTracker()
-
-    def zero_bos(x: torch.Tensor, hook) -> Optional[torch.Tensor]:
-        if tracker.offset != 0:
-            return None
-        x = x.clone()
-        x[:, 0] = 0
-        return x
-
-    return tracker.hooks() + [(mlp, zero_bos), (attn, zero_bos)]
+    return zero_bos_hooks([mlp, attn])
 
 
 @dataclass

@@ -25,8 +25,9 @@ from jaxtyping import Float
 
 from drope_lens.errors import NonFiniteError
 from drope_lens.hooks.types import FwdHook, FwdHooks
-from drope_lens.loading.forward import forward_batch, model_label, to_batch
+from drope_lens.loading.forward import hooked_passes, model_label, to_batch
 from drope_lens.options import DEFAULT_BATCH_SIZE
+from drope_lens.validation import check_batch_size
 
 QUANTITIES = ("attn", "mlp", "q", "k", "v", "rot_q", "rot_k")
 _HOOKS = {
@@ -108,8 +109,7 @@ def layer_norms(
     fwd_hooks: Sequence[FwdHook] = (),
 ) -> LayerNorms:
     """Per-layer mean token norms of attention/MLP outputs and Q/K/V (see the module docstring)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     batch = to_batch(model, inputs, max_length=max_length)
     start = 1 if exclude_bos else 0
     if int(batch.lengths.min()) <= start:
@@ -133,10 +133,7 @@ def layer_norms(
     for li in range(L):
         for q, name in _HOOKS.items():
             hooks.append((f"blocks.{li}.{name}", functools.partial(collect, q=q)))
-    for idx, sub in batch.batches(batch_size):
-        state["idx"] = idx
-        with model.hooks(fwd_hooks=hooks):
-            forward_batch(model, sub, return_type=None)
+    hooked_passes(model, batch, hooks, state, batch_size=batch_size)
     return LayerNorms(
         model=model_label(model), norms=norms, options={"exclude_bos": exclude_bos, "max_length": max_length}
     )

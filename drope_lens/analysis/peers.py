@@ -20,8 +20,9 @@ import torch
 from jaxtyping import Float
 
 from drope_lens.analysis import sinks
+from drope_lens.frames import cell_frame
 from drope_lens.hooks.types import FwdHook
-from drope_lens.loading.forward import forward_batch, model_label, to_batch
+from drope_lens.loading.forward import hooked_passes, model_label, to_batch
 from drope_lens.options import DEFAULT_BATCH_SIZE
 
 
@@ -71,25 +72,9 @@ class KeyImportance:
 
     def to_dataframe(self):
         """One row per (layer, position): head-mean importance and the three norms."""
-        import pandas as pd
-
-        L, _, P = self.importance.shape
-        imp = np.nanmean(self.importance, 1)
-        return pd.DataFrame(
-            [
-                {
-                    "model": self.model,
-                    "layer": li,
-                    "position": p,
-                    "importance": imp[li, p],
-                    "resid_norm": self.resid_norm[li, p],
-                    "k_norm": self.k_norm[li, p],
-                    "v_norm": self.v_norm[li, p],
-                }
-                for li in range(L)
-                for p in range(P)
-            ]
-        )
+        columns = {"importance": np.nanmean(self.importance, 1)}
+        columns.update({k: getattr(self, k) for k in ("resid_norm", "k_norm", "v_norm")})
+        return cell_frame(self.model, ("layer", "position"), columns)
 
 
 @torch.no_grad()
@@ -137,10 +122,7 @@ def key_importance(
             (f"blocks.{li}.attn.hook_k", lambda x, hook: on_norm(x, hook, "k")),
             (f"blocks.{li}.attn.hook_v", lambda x, hook: on_norm(x, hook, "v")),
         ]
-    for idx, sub in batch.batches(batch_size):
-        state["idx"] = idx
-        with model.hooks(fwd_hooks=hooks):
-            forward_batch(model, sub, return_type=None)
+    hooked_passes(model, batch, hooks, state, batch_size=batch_size)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = {k: v / count for k, v in sums.items()}
     for v in mean.values():

@@ -18,10 +18,8 @@ import torch
 from jaxtyping import Float
 
 from drope_lens.analysis import bos_metrics, sinks
-from drope_lens.analysis.sinks import DEFAULT_GU_EPS, DEFAULT_TAU
 from drope_lens.options import LAST_LAYER_MODES, SINK_SOURCES, PhaseOptions  # noqa: E402,F401  (re-exported)
 
-#: Profile options and their defaults (see :func:`~drope_lens.analysis.profile_pass.phase_profile`).
 #: ``phase_profile``'s options and their defaults (:class:`~drope_lens.options.PhaseOptions`).
 PROFILE_DEFAULTS = PhaseOptions().profile_kwargs()
 
@@ -48,13 +46,14 @@ class PhaseProfile:
     entropy_norm_per_text: Float[np.ndarray, "text layer"]
     anisotropy_per_text: Float[np.ndarray, "text layer"]
     lengths: list[int]
-    tau: float = DEFAULT_TAU
-    gu_eps: float = DEFAULT_GU_EPS
-    include_bos_row: bool = False
-    last_layer: str = "resid"
-    attention: str = "native"
-    spike_threshold: float = 2.0
-    sinks_from: str = "stream"
+    # the profile options used (defaults: PhaseOptions's)
+    tau: float = PhaseOptions.tau
+    gu_eps: float = PhaseOptions.gu_eps
+    include_bos_row: bool = PhaseOptions.include_bos_row
+    last_layer: str = PhaseOptions.last_layer
+    attention: str = PhaseOptions.attention
+    spike_threshold: float = PhaseOptions.spike_threshold
+    sinks_from: str = PhaseOptions.sinks_from
     model: str = ""
     position_encoding: str = ""
     wall_s: float = 0.0

@@ -28,6 +28,7 @@ from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.forward import forward_batch
 from drope_lens.loading.tokens import TokenBatch, as_batch
 from drope_lens.options import DEFAULT_BATCH_SIZE, check_profile_options
+from drope_lens.validation import check_batch_size
 
 if TYPE_CHECKING:
     from drope_lens.analysis.perplexity import PerplexityResult
@@ -38,8 +39,7 @@ Inputs = Union[Sequence[str], TokenBatch, torch.Tensor]
 
 def _check_options(model, tau, gu_eps, last_layer, attention, batch_size, sinks_from="stream") -> None:
     check_profile_options(tau, gu_eps, last_layer, attention, sinks_from)
-    if batch_size < 1:
-        raise DropeLensInputError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     if last_layer == "final_norm" and not hasattr(model.ln_final, "w"):
         raise DropeLensInputError(
             "last_layer='final_norm' needs the final RMSNorm gain; it was folded away "

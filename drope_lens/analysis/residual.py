@@ -31,8 +31,9 @@ from drope_lens.analysis.perplexity import PerplexityResult, perplexity
 from drope_lens.errors import NonFiniteError
 from drope_lens.hooks.mask import current_real_mask
 from drope_lens.hooks.types import FwdHook, FwdHooks
-from drope_lens.loading.forward import forward_batch, model_label, to_batch
+from drope_lens.loading.forward import hooked_passes, model_label, to_batch
 from drope_lens.options import DEFAULT_BATCH_SIZE
+from drope_lens.validation import check_batch_size
 
 DEFAULT_RATIOS = (100.0, 1000.0)
 DEFAULT_DELIMITERS = (".", "\n")
@@ -258,8 +259,7 @@ def _check(model, top_k: int, ratios: Sequence[float], batch_size: int) -> None:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
     if any(not float(r) > 0 for r in ratios):
         raise ValueError(f"ratios must be > 0, got {list(ratios)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
 
 
 @torch.no_grad()
@@ -314,12 +314,7 @@ def residual_massive_activations(
             n_over[text, layer] = counts.cpu().numpy()
 
     hooks = list(fwd_hooks) + [(f"blocks.{li}.hook_resid_post", collect) for li in range(L)]
-    from tqdm.auto import tqdm
-
-    for idx, sub in tqdm(list(batch.batches(batch_size)), desc="residual", disable=not progress, leave=False):
-        state["idx"] = idx
-        with model.hooks(fwd_hooks=hooks):
-            forward_batch(model, sub, return_type=None)
+    hooked_passes(model, batch, hooks, state, batch_size=batch_size, desc="residual", progress=progress)
     token = [[[token_str[t][p] if p >= 0 else "" for p in position[t, li]] for li in range(L)] for t in range(n)]
     return ResidualMassive(
         model=model_label(model),

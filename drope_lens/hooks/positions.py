@@ -9,6 +9,9 @@ positions), which fire before any MLP or later attention, so hooks can act on ab
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Optional
+
 import torch
 
 from drope_lens.hooks.types import FwdHooks
@@ -42,3 +45,18 @@ class PositionTracker:
     def positions(self, n: int, device=None) -> torch.Tensor:
         """Absolute positions of the ``n`` positions in the current pass."""
         return torch.arange(self.offset, self.offset + n, device=device)
+
+
+def zero_bos_hooks(names: Sequence[str]) -> FwdHooks:
+    """Hooks setting absolute position 0 of each named activation to 0 on full passes; KV-cache decode
+    steps are left alone (their index 0 is a generated token). Includes the :class:`PositionTracker`."""
+    tracker = PositionTracker()
+
+    def zero_bos(x: torch.Tensor, hook) -> Optional[torch.Tensor]:
+        if tracker.offset != 0:
+            return None
+        x = x.clone()
+        x[:, 0] = 0
+        return x
+
+    return tracker.hooks() + [(name, zero_bos) for name in names]

@@ -1,12 +1,15 @@
-"""Inputs to a right-padded batch, one forward pass with its real-token mask declared, a model's label."""
+"""Inputs to a right-padded batch, one forward pass with its real-token mask declared, hooked passes over
+chunks of a batch, a model's label."""
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 
 from drope_lens.hooks.mask import real_token_mask
+from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.tokens import TokenBatch, as_batch
 
 
@@ -45,3 +48,27 @@ def forward_batch(model, batch: TokenBatch, *, return_type: Optional[str] = "log
         kwargs["attention_mask"] = mask.long()
     with real_token_mask(mask):
         return model(tokens, return_type=return_type, **kwargs)
+
+
+def hooked_passes(
+    model,
+    batch: TokenBatch,
+    fwd_hooks: Sequence[FwdHook],
+    state: dict[str, Any],
+    *,
+    batch_size: int,
+    desc: str = "",
+    progress: bool = False,
+) -> None:
+    """Forward passes (no output) over ``batch`` in chunks of ``batch_size``, each under ``fwd_hooks``
+    (removed after every pass, also on errors), for hooks that stream their statistics. Before each
+    pass ``state["idx"]`` holds the chunk's row indices in ``batch`` and ``state["batch"]`` the chunk."""
+    parts = list(batch.batches(batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+
+        parts = tqdm(parts, desc=desc, leave=False)
+    for idx, sub in parts:
+        state["idx"], state["batch"] = idx, sub
+        with model.hooks(fwd_hooks=list(fwd_hooks)):
+            forward_batch(model, sub, return_type=None)

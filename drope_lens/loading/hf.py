@@ -318,49 +318,32 @@ def load_hooked(
         if is_drope
         else ("zero-shot NoPE (RoPE removed, not recalibrated)" if use_nope else None)
     )
-    folder = checkpoint_folder(source) if lean and not process_weights else None
-    if folder is not None:
-        check_supported(hf_config)
-        cfg = config_from_hf(
-            hf_config,
-            model_name=model_name or str(source),
-            dtype=dtype,
-            device=device,
-            position_encoding="nope" if use_nope else "rope",
-            n_ctx=n_ctx,
-            nope_origin=origin,
-            source=str(source),
-            drope_attention_type=attention_type,
-            softmax_scale=softmax_scale,
-            n_devices=n_devices,
-        )
-        model = lean_hooked(folder, cfg, tokenizer, tied=bool(getattr(hf_config, "tie_word_embeddings", False)))
-        linear_layout(model)
-        install_attention_numerics(model)
-        if attention_type not in (None, "nope"):
-            q_w, k_w = _qk_norm_weights(source, model.cfg.n_layers, attention_type)
-            install_qk_norm(model, q_w, k_w)
-        return model
-    hf_model = LlamaForCausalLM.from_pretrained(str(source), config=hf_config, dtype=dtype)
-    model = hooked_from_hf(
-        hf_model,
-        tokenizer,
+    common: dict[str, Any] = dict(
         model_name=model_name or str(source),
-        position_encoding="nope" if use_nope else "rope",
-        nope_origin=origin,
         dtype=dtype,
         device=device,
-        process_weights=process_weights,
+        position_encoding="nope" if use_nope else "rope",
         n_ctx=n_ctx,
+        nope_origin=origin,
         source=str(source),
         drope_attention_type=attention_type,
         softmax_scale=softmax_scale,
         n_devices=n_devices,
     )
+    folder = checkpoint_folder(source) if lean and not process_weights else None
+    if folder is not None:
+        check_supported(hf_config)
+        cfg = config_from_hf(hf_config, **common)
+        model = lean_hooked(folder, cfg, tokenizer, tied=bool(getattr(hf_config, "tie_word_embeddings", False)))
+        linear_layout(model)
+        install_attention_numerics(model)
+    else:
+        hf_model = LlamaForCausalLM.from_pretrained(str(source), config=hf_config, dtype=dtype)
+        model = hooked_from_hf(hf_model, tokenizer, process_weights=process_weights, **common)
+        del hf_model
     if attention_type not in (None, "nope"):
         q_w, k_w = _qk_norm_weights(source, model.cfg.n_layers, attention_type)
         install_qk_norm(model, q_w, k_w)
-    del hf_model
     return model
 
 

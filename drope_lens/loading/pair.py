@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -162,12 +163,13 @@ def load_pair(
     from drope_lens.loading.hf import load_hooked
     from drope_lens.loading.nope import to_nope
 
+    load = functools.partial(
+        load_hooked, dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices, lean=lean
+    )
     if rope is None:
         rope_model = load_embedded(dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices)
     else:
-        rope_model = load_hooked(
-            rope, dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices, lean=lean
-        )
+        rope_model = load(rope)
     if getattr(rope_model.cfg, "is_nope", False):
         raise ValueError(f"{rope} has no RoPE; pass it as --drope and a RoPE model as --rope.")
     if drope is None:
@@ -176,19 +178,9 @@ def load_pair(
         from drope_lens.loading.embedded import EMBEDDED_NAME
         from drope_lens.recalibrate.checkpoint import cached_recalibrated
 
-        drope_model = load_hooked(
-            cached_recalibrated(),
-            dtype=dtype,
-            device=device,
-            process_weights=process_weights,
-            n_devices=n_devices,
-            lean=lean,
-            model_name=EMBEDDED_NAME,
-        )
+        drope_model = load(cached_recalibrated(), model_name=EMBEDDED_NAME)
     else:
-        drope_model = load_hooked(
-            drope, dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices, lean=lean
-        )
+        drope_model = load(drope)
         if not getattr(drope_model.cfg, "is_nope", False):
             raise ValueError(
                 f"{drope} still uses RoPE. Pass a DroPE checkpoint (model_type llama_drope), "

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Bool, Int
 
 from drope_lens.errors import DropeLensInputError, InputTooLongError
+from drope_lens.validation import check_batch_size
 
 
 @dataclass
@@ -43,8 +44,7 @@ class TokenBatch:
 
     def batches(self, batch_size: int, *, sort: bool = True) -> Iterator[tuple[list[int], "TokenBatch"]]:
         """Yield ``(indices, sub_batch)``; with ``sort`` similar lengths share a batch (less padding)."""
-        if batch_size < 1:
-            raise DropeLensInputError(f"batch_size must be >= 1, got {batch_size}")
+        check_batch_size(batch_size)
         order = list(range(len(self)))
         if sort:
             order.sort(key=lambda i: -int(self.lengths[i]))

@@ -63,6 +63,7 @@ from drope_lens.tasks.conditions import (
 from drope_lens.tasks.results import ItemResult, TaskComparison, TaskResults, TaskScore, wilson_interval
 from drope_lens.tasks.scoring import format_prompt, greedy_generate_batch, option_logprobs, option_token_ids
 from drope_lens.tasks.sizes import DEFAULT_N
+from drope_lens.validation import check_batch_size
 
 _D = TaskOptions.default  # run_tasks's defaults are TaskOptions' (drope_lens.options)
 STUDY_MAX_NEW_TOKENS = 20
@@ -338,8 +339,7 @@ def run_tasks(
             the call leaves out; keywords given override its fields.
     """
     check_task_protocol(scoring, n_shot, task_format)
-    if batch_size < 1:
-        raise DropeLensInputError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     if model.tokenizer is None:
         raise DropeLensInputError("The model needs a tokenizer.")
     t0 = time.perf_counter()

@@ -8,56 +8,15 @@
 * ``plot_*`` and :func:`save_figure`: matplotlib figures from plain numbers.
 """
 
-from drope_lens.views.attention import (
-    attention_heads_view,
-    attention_patterns,
-    display_tokens,
-    pair_attention_view,
-)
-from drope_lens.views.figures import (
-    plot_disruption_ppl,
-    plot_interventions,
-    plot_layer_counts,
-    plot_layer_metric,
-    plot_mr,
-    plot_qkv_totals,
-    plot_sink_heatmap,
-    plot_task_degradation,
-    save_figure,
-    short_label,
-)
-from drope_lens.views.html import (
-    HtmlView,
-    ViewGroup,
-    check_offline,
-    save_html,
-    to_offline_fragment,
-    to_offline_html,
-)
-from drope_lens.views.maps import heatmap_view, massive_channel_map, sink_score_map
+from drope_lens.views import attention, figures, html, maps
+from drope_lens.views.attention import *  # noqa: F403
+from drope_lens.views.figures import *  # noqa: F403
+from drope_lens.views.html import *  # noqa: F403
+from drope_lens.views.maps import *  # noqa: F403
 
-__all__ = [
-    "attention_patterns",
-    "attention_heads_view",
-    "pair_attention_view",
-    "display_tokens",
-    "sink_score_map",
-    "massive_channel_map",
-    "heatmap_view",
-    "HtmlView",
-    "ViewGroup",
-    "to_offline_html",
-    "to_offline_fragment",
-    "save_html",
-    "check_offline",
-    "short_label",
-    "save_figure",
-    "plot_qkv_totals",
-    "plot_layer_counts",
-    "plot_disruption_ppl",
-    "plot_mr",
-    "plot_task_degradation",
-    "plot_layer_metric",
-    "plot_interventions",
-    "plot_sink_heatmap",
-]
+# Each module's own ``__all__`` is the list (the forms type checkers read, typing spec "Library interface").
+__all__: list[str] = []
+__all__ += attention.__all__
+__all__ += figures.__all__
+__all__ += html.__all__
+__all__ += maps.__all__
