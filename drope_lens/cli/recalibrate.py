@@ -28,6 +28,7 @@ examples:
 
 def add_parser(sub) -> None:
     from drope_lens.cli.fields import add_option
+    from drope_lens.cli.lists import add_list_argument
     from drope_lens.recalibrate.recipe import DTYPES, SCHEDULES, VARIANTS, Recipe
 
     d = Recipe()
@@ -51,11 +52,11 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--rope", metavar="ID_OR_DIR", help="RoPE model to recalibrate (default: embedded SmolLM2-135M)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: the drope_lens cache, for the embedded model)")
-    p.add_argument(
+    add_list_argument(
+        p,
         "--data",
-        nargs="+",
         metavar="PATH",
-        help="training text: .txt/.jsonl files or folders, or hf:NAME[:CONFIG][@SPLIT] "
+        help="training text, comma-separated: .txt/.jsonl files or folders, or hf:NAME[:CONFIG][@SPLIT] "
         "(default: the built-in offline corpus)",
     )
     R = Recipe

@@ -88,8 +88,9 @@ def test_cli_bad_options_refused_before_loading(argv, match, tmp_path, monkeypat
     def boom(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr("drope_lens.recalibrate.train.recalibrate", boom)
+    # the lazy package attribute first: patched after train's, it would cache (and so keep) boom
     monkeypatch.setattr("drope_lens.recalibrate.recalibrate", boom)
+    monkeypatch.setattr("drope_lens.recalibrate.train.recalibrate", boom)
     monkeypatch.setattr("drope_lens.analysis.track.track", boom)
     monkeypatch.setattr("drope_lens.loading.hf.load_hooked", boom)
     argv = [str(tmp_path) if a == "OUT" else a for a in argv]
