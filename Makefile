@@ -44,7 +44,7 @@ report: setup
 quick-report: setup
 	$(VENV)/bin/drope-lens report --quick $(ARGS)
 
-# ruff (lint + format check) and mypy (the public API, see [tool.mypy] in pyproject.toml), before the tests
+# ruff (lint + format check) and mypy (the whole package, see [tool.mypy] in pyproject.toml), before the tests
 lint: setup
 	$(VENV)/bin/ruff check
 	$(VENV)/bin/ruff format --check

@@ -28,10 +28,12 @@ from drope_lens.analysis import sinks
 from drope_lens.frames import cell_frame
 from drope_lens.hooks.types import FwdHook
 from drope_lens.loading.forward import hooked_passes, model_label, to_batch
-from drope_lens.options import DEFAULT_BATCH_SIZE
+from drope_lens.options import DEFAULT_BATCH_SIZE, DEFAULT_TAU
 from drope_lens.validation import check_batch_size
 
 CLASSES = ("sink", "local", "distributed", "mixed")
+#: The study's local-head threshold (attention share within the window); sink heads use τ (DEFAULT_TAU).
+LOCAL_THRESHOLD = 0.3
 
 
 def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
@@ -80,8 +82,8 @@ def classify_heads(
     local: Float[torch.Tensor, "layer head"],
     entropy: Float[torch.Tensor, "layer head"],
     *,
-    sink_threshold: float = 0.3,
-    local_threshold: float = 0.3,
+    sink_threshold: float = DEFAULT_TAU,
+    local_threshold: float = LOCAL_THRESHOLD,
 ) -> Int[torch.Tensor, "layer head"]:
     """Class index into :data:`CLASSES` per head (the study's rule; median = the layer's heads)."""
     bos, local, entropy = (torch.as_tensor(x, dtype=torch.float64) for x in (bos, local, entropy))
@@ -153,8 +155,8 @@ def head_classes(
     model,
     inputs,
     *,
-    sink_threshold: float = 0.3,
-    local_threshold: float = 0.3,
+    sink_threshold: float = DEFAULT_TAU,
+    local_threshold: float = LOCAL_THRESHOLD,
     window: int = 5,
     max_distance: int = 50,
     include_bos_row: bool = False,

@@ -40,7 +40,7 @@ def _finite(x: Any) -> bool:
 
 def build_outputs(pair, out: Path, options, outcomes: dict) -> dict:
     experiments = {step: o.result for step, o in outcomes.items()}
-    results = {
+    results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "provenance": provenance(pair, options.to_dict()),
         "pair": {"rope": pair.labels["rope"], "drope": pair.labels["drope"], "study_pair": is_study_pair(pair)},
@@ -68,7 +68,7 @@ def build_outputs(pair, out: Path, options, outcomes: dict) -> dict:
 def write_figures(pair, fig_dir: Path, exp: dict, written: Optional[list] = None) -> list[str]:
     from drope_lens.views import figures as F
 
-    lab = {role: F.short_label(pair.labels[role]) for role in ("rope", "drope")}
+    lab: dict[str, str] = {role: F.short_label(pair.labels[role]) for role in ("rope", "drope")}
     written = [] if written is None else written
 
     def save(fig, name: str) -> None:
@@ -143,11 +143,11 @@ def write_figures(pair, fig_dir: Path, exp: dict, written: Optional[list] = None
         from drope_lens.views.context_figure import plot_context
 
         save(plot_context({pair.labels[r]: c[r] for r in lab}), "context_length.png")
-    t = exp.get("tasks")
-    if t:
-        acc = {}
+    tasks = exp.get("tasks")
+    if tasks:
+        acc: dict[str, dict[str, dict[str, tuple]]] = {}
         for r in lab:
-            for sc in t[r]["scores"]:
+            for sc in tasks[r]["scores"]:
                 acc.setdefault(lab[r], {}).setdefault(sc["task"], {})[sc["condition"]] = (
                     sc["accuracy"],
                     sc["ci_low"],

@@ -81,7 +81,7 @@ def write_extended_figures(lab: dict, exp: dict, save) -> None:
             "residual_massive.png",
         )
 
-    def layer_figure(part: str, key: str, name: str, **labels: str) -> None:
+    def layer_figure(part: str, key: str, name: str, **labels: Any) -> None:
         per = {lab[r]: e[r][part][key] for r in roles if e[r].get(part)}
         if per:
             save(plot_layer_metric(per, **labels), name)

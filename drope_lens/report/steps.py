@@ -8,7 +8,7 @@ running those passes again. Without them (``--steps disruption``) it measures th
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from drope_lens.jsonio import plain
 
@@ -45,7 +45,7 @@ def run_massive(pair, options, context, *, progress: bool = True) -> dict:
 
     sets = text_sets(options)
     idx = _positions(sets["identify"], sets["massive"])
-    out = {"n_texts": len(sets["massive"])}
+    out: dict[str, Any] = {"n_texts": len(sets["massive"])}
     for role, model in pair.items():
         res = detect_massive(
             model,
@@ -73,7 +73,7 @@ def run_phase(pair, options, context, *, progress: bool = True) -> dict:
     from drope_lens.analysis.interventions import phase_experiment
 
     texts = text_sets(options)["eval"]
-    out = {"n_texts": len(texts)}
+    out: dict[str, Any] = {"n_texts": len(texts)}
     for role, model in pair.items():
         exp = phase_experiment(
             model,
@@ -131,7 +131,7 @@ def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
     results = {}
     for role, model in pair.items():
         bos_layer = (phase.get(role) or {}).get("bos_layer")
-        results[role] = run_tasks(
+        results[role] = run_tasks(  # type: ignore[call-arg]  # options= comes from takes_options
             model,
             bos_layer=bos_layer,
             batch_size=options.batch_size,

@@ -426,6 +426,7 @@ def plot_sink_heatmap(
         ax.set_ylabel("layer")
         if label:
             ax.set_title(_tick(label, 26), fontsize=9)
+    assert im is not None  # arrays is non-empty
     fig.colorbar(im, ax=list(axes), shrink=0.8, label="sink score")
     fig.suptitle(title)
     return fig

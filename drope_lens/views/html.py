@@ -233,6 +233,7 @@ def _figure_html(fig: Any, dpi: int = 110) -> str:
 
 
 def _sections(view_or_views: Any) -> list[tuple[Optional[str], View]]:
+    items: list[tuple[Optional[str], Any]]
     if isinstance(view_or_views, Mapping):
         items = [(str(k), v) for k, v in view_or_views.items()]
     elif isinstance(view_or_views, (list, tuple)) and not isinstance(view_or_views, str):
