@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Optional, Sequence, TypeVar, Union
 
 from drope_lens.errors import DropeLensInputError
-from drope_lens.validation import check_choice, check_layer, check_tau, check_threshold
+from drope_lens.validation import check_batch_size, check_choice, check_layer, check_tau, check_threshold
 
 TensorName = Literal["q", "k", "v"]
 Scope = Literal["layer", "head"]
@@ -554,9 +554,9 @@ class ReportOptions(Options):
         self._set("threshold", check_threshold(self.threshold, "threshold"))
         if self.n_seeds < 2:
             raise DropeLensInputError(f"n_seeds must be >= 2, got {self.n_seeds}")
-        for name in ("max_length", "batch_size"):
-            if getattr(self, name) < 1:
-                raise DropeLensInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_length < 1:
+            raise DropeLensInputError(f"max_length must be >= 1, got {self.max_length}")
+        check_batch_size(self.batch_size)
         if self.task_n is not None and self.task_n < 1:
             raise DropeLensInputError(f"task_n must be >= 1, got {self.task_n}")
         check_task_protocol(self.task_scoring, self.n_shot, self.task_format, prefix="task_")
