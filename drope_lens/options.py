@@ -55,7 +55,7 @@ SINK_SOURCES: tuple[str, ...] = typing.get_args(SinkSource)
 #: Mean replacement on KV-cache decode steps: leave generated tokens alone (the study's, Jin's) or refuse.
 DECODE_MODES: tuple[str, ...] = typing.get_args(DecodeMode)
 
-#: What :func:`~drope_lens.analysis.track.track` can measure per checkpoint, and its default.
+#: What :func:`~drope_lens.track.pipeline.track` can measure per checkpoint, and its default.
 MetricGroup = Literal["ppl", "massive", "sinks", "bos", "disruption", "passkey"]
 METRIC_GROUPS: tuple[str, ...] = typing.get_args(MetricGroup)
 DEFAULT_METRICS = METRIC_GROUPS
@@ -469,7 +469,7 @@ def check_metrics(metrics: Union[str, Sequence[str]]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class TrackSizes(Options):
-    """How much each :func:`~drope_lens.analysis.track.track` metric group measures per checkpoint --
+    """How much each :func:`~drope_lens.track.pipeline.track` metric group measures per checkpoint --
     the one place these sizes live (defaults of ``track`` and ``drope-lens track``). Sized so that
     every group on the embedded model takes well under 2 min per checkpoint on 2 idle CPU cores."""
 
@@ -499,7 +499,7 @@ SIZES = TRACK_SIZES = TrackSizes()
 
 @dataclass(frozen=True)
 class TrackOptions(TrackSizes):
-    """:func:`~drope_lens.analysis.track.track` / ``drope-lens track``: the :class:`TrackSizes`,
+    """:func:`~drope_lens.track.pipeline.track` / ``drope-lens track``: the :class:`TrackSizes`,
     the metric groups (comma-separated or a sequence of :data:`METRIC_GROUPS`) and whether a run
     folder's RoPE source is measured as the reference."""
 

@@ -193,9 +193,9 @@ def test_run_tasks_options_object_and_keywords_give_the_same_result(tokenizer):
 
 
 def test_track_options_frozen_validated_and_sizes_shared():
-    from drope_lens.analysis import track as track_mod
     from drope_lens.cli import build_parser
     from drope_lens.options import METRIC_GROUPS, SIZES, TrackOptions, TrackSizes
+    from drope_lens.track import pipeline as track_mod
 
     o = TrackOptions(metrics="ppl, bos,ppl", n_seeds=3)
     assert o.metrics == ("ppl", "bos") and o.n_seeds == 3 and o.include_rope is True
@@ -222,11 +222,11 @@ def test_track_options_frozen_validated_and_sizes_shared():
 
 
 def test_track_options_object_and_keywords_give_the_same_parts(tokenizer, tmp_path, monkeypatch):
-    from drope_lens.analysis import track as track_mod
-    from drope_lens.analysis.track import TrackPoint, track
     from drope_lens.loading import hooked_from_hf
     from drope_lens.options import TrackOptions, TrackSizes
     from drope_lens.testing import TINY_TEXTS, tiny_llama
+    from drope_lens.track import pipeline as track_mod
+    from drope_lens.track.pipeline import TrackPoint, track
 
     monkeypatch.setattr(track_mod, "_load", lambda pt, dtype, device: hooked_from_hf(tiny_llama(seed=3), tokenizer))
     pts = [TrackPoint(name="a", path=str(tmp_path), role="drope", step=0, tokens=0)]

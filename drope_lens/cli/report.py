@@ -88,7 +88,7 @@ def build_options(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from drope_lens.cli.common import check_model_args, check_out_dir
-    from drope_lens.report.store import ResultsLock
+    from drope_lens.runs.store import ResultsLock
 
     options = command_options(args)
     out = check_out_dir(args.out)

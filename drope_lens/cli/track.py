@@ -59,9 +59,9 @@ def build_options(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from drope_lens.analysis.track import checkpoint_points, track
     from drope_lens.cli.common import check_out_dir, emit_json
     from drope_lens.errors import DropeLensInputError
+    from drope_lens.track.pipeline import checkpoint_points, track
 
     opts = command_options(args)
     if args.figure and not Path(args.figure).parent.resolve().is_dir():

@@ -13,7 +13,7 @@ from drope_lens.atomic import atomic_write_text
 from drope_lens.jsonio import atomic_write_json
 from drope_lens.options import DEFAULT_TAU
 from drope_lens.report.markdown import render_report
-from drope_lens.report.provenance import provenance
+from drope_lens.runs.provenance import provenance
 
 SCHEMA_VERSION = 1
 STUDY_ROPE = "llama-2-7b-hf"

@@ -21,7 +21,7 @@ from drope_lens.options import (
     REPORT_STEPS,
     ReportOptions,
 )
-from drope_lens.report.store import PartStore
+from drope_lens.runs.store import PartStore
 
 STEPS = REPORT_STEPS  # the name the report modules and older callers use
 
@@ -48,8 +48,8 @@ def run_report(pair, out_dir, options: Optional[ReportOptions] = None, *, progre
     options = options or ReportOptions()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from drope_lens.report.provenance import pair_identity
-    from drope_lens.report.store import ResultsLock
+    from drope_lens.runs.provenance import pair_identity
+    from drope_lens.runs.store import ResultsLock
 
     with ResultsLock(out, say=_say):
         return _run_locked(pair, out, options, progress, pair_identity(pair), step_impl, build_outputs)

@@ -27,7 +27,7 @@ TRACK_PANELS = (
 
 
 def plot_track(result, panels: Optional[Sequence[tuple[str, str, bool]]] = None) -> Figure:
-    """One panel per metric present in ``result`` (a :class:`~drope_lens.analysis.track.TrackResult`):
+    """One panel per metric present in ``result`` (a :class:`~drope_lens.track.pipeline.TrackResult`):
     the DroPE checkpoints against tokens seen, the RoPE original as a dashed horizontal line."""
     have = set(result.to_dataframe().get("metric", []))
     panels = [p for p in (panels or TRACK_PANELS) if p[0] in have]

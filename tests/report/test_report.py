@@ -8,7 +8,7 @@ from drope_lens.loading import ModelPair, hooked_from_hf, to_nope
 from drope_lens.report import steps as report_steps
 from drope_lens.report.runner import ReportOptions, run_report
 from drope_lens.report.schema import validate_results
-from drope_lens.report.store import PartStore, fingerprint
+from drope_lens.runs.store import PartStore, fingerprint
 from drope_lens.testing import plant_channels, tiny_llama
 
 STEPS = ("massive", "phase", "disruption")  # run order

@@ -14,9 +14,9 @@ from drope_lens.errors import ReportLockedError
 from drope_lens.loading import ModelPair, hooked_from_hf, to_nope
 from drope_lens.report import build as report_build
 from drope_lens.report import steps as report_steps
-from drope_lens.report.provenance import pair_identity, weights_hash
 from drope_lens.report.runner import ReportOptions, run_report
-from drope_lens.report.store import PartStore, ResultsLock
+from drope_lens.runs.provenance import pair_identity, weights_hash
+from drope_lens.runs.store import PartStore, ResultsLock
 from drope_lens.testing import tiny_llama
 
 STEPS = ("massive", "phase")
@@ -129,7 +129,7 @@ def test_two_concurrent_reports_one_refuses(tokenizer, tmp_path):
     pair = _pair(tokenizer)
     # a real second process holds the folder's lock while we try to report into it
     code = (
-        "import sys, time; from drope_lens.report.store import ResultsLock; "
+        "import sys, time; from drope_lens.runs.store import ResultsLock; "
         "l = ResultsLock(sys.argv[1]); l.acquire(); print('locked', flush=True); time.sleep(60)"
     )
     other = subprocess.Popen(
@@ -221,7 +221,7 @@ def test_gini_on_input_device_and_known_values():
 def test_weights_hash_sample_index_exact_past_float32_range():
     """The embedded model's 49152 x 576 embedding (28311552 elements) made a float32 linspace point
     one past the end; the indices are exact integers now."""
-    from drope_lens.report.provenance import sample_index
+    from drope_lens.runs.provenance import sample_index
 
     for n in (1, 2, 63, 64, 65, 28311552, 2**24 + 3):
         idx = sample_index(n, 64)
@@ -237,7 +237,7 @@ def test_weights_hash_samples_a_large_tensor_within_bounds():
     """28,311,552 elements (SmolLM2's embedding): a float32 linspace put the last index past the end."""
     import torch
 
-    from drope_lens.report.provenance import weights_hash
+    from drope_lens.runs.provenance import weights_hash
 
     m = torch.nn.Module()
     m.register_buffer("big", torch.zeros(28311552, dtype=torch.uint8))

@@ -24,8 +24,8 @@ def run_dir(rope_dir, toy_data, tmp_path_factory):  # noqa: F811
 def test_track_three_checkpoints_one_row_per_checkpoint_and_metric(run_dir, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from drope_lens.analysis import track as track_mod
     from drope_lens.recalibrate.model import drope_training_model, load_weights
+    from drope_lens.track import pipeline as track_mod
 
     ckpts = [str(run_dir / f"checkpoint-00000{i}") for i in range(3)]
     res = track_mod.track(ckpts, "ppl,massive,sinks,bos", out=tmp_path / "t", progress=False)
@@ -54,9 +54,9 @@ def test_track_three_checkpoints_one_row_per_checkpoint_and_metric(run_dir, tmp_
 
 def test_track_run_folder_includes_rope_reference_and_figure(run_dir, tmp_path):
     from drope_lens.analysis.massive import detect_massive
-    from drope_lens.analysis.track import track
     from drope_lens.data.texts import builtin_texts
     from drope_lens.loading import load_hooked
+    from drope_lens.track.pipeline import track
     from drope_lens.views.track_figure import plot_track
 
     res = track([run_dir], ("massive",), max_length=64, progress=False)
@@ -91,7 +91,7 @@ def test_cli_bad_options_refused_before_loading(argv, match, tmp_path, monkeypat
     # the lazy package attribute first: patched after train's, it would cache (and so keep) boom
     monkeypatch.setattr("drope_lens.recalibrate.recalibrate", boom)
     monkeypatch.setattr("drope_lens.recalibrate.train.recalibrate", boom)
-    monkeypatch.setattr("drope_lens.analysis.track.track", boom)
+    monkeypatch.setattr("drope_lens.track.pipeline.track", boom)
     monkeypatch.setattr("drope_lens.loading.hf.load_hooked", boom)
     argv = [str(tmp_path) if a == "OUT" else a for a in argv]
     assert main(argv) == 1
@@ -205,8 +205,8 @@ def test_cache_key_is_the_budget_and_the_default_run_is_preferred(rope_dir, toy_
 
 def test_cli_track_default_metrics_cover_every_group_on_every_checkpoint(run_dir, tmp_path):
     """`drope-lens track RUN` with the default --metrics (the full set) over RoPE + 3 checkpoints."""
-    from drope_lens.analysis.track import DEFAULT_METRICS, METRIC_GROUPS
     from drope_lens.cli import main
+    from drope_lens.track.pipeline import DEFAULT_METRICS, METRIC_GROUPS
 
     assert DEFAULT_METRICS == METRIC_GROUPS
     j = tmp_path / "t.json"

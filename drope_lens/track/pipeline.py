@@ -19,7 +19,7 @@ Metric groups (``metrics=``):
 
 Resumable checkpoint by checkpoint: with ``out`` set, each (checkpoint, group) result is saved
 atomically under ``out/parts/`` keyed (like the report) by the options and the loaded model's
-identity (:func:`~drope_lens.report.provenance.model_identity`: config and weights hash), and reused
+identity (:func:`~drope_lens.runs.provenance.model_identity`: config and weights hash), and reused
 when both match.
 """
 
@@ -291,8 +291,8 @@ def track(
     if not points:
         raise DropeLensInputError("no checkpoints to track")
     from drope_lens.data.texts import builtin_texts
-    from drope_lens.report.provenance import model_identity
-    from drope_lens.report.store import PartStore, fingerprint
+    from drope_lens.runs.provenance import model_identity
+    from drope_lens.runs.store import PartStore, fingerprint
 
     texts = list(texts) if texts is not None else builtin_texts()
     keyed = {**o.sizes().to_dict(), "n_texts": len(texts), "texts_hash": fingerprint({"texts": texts})}

@@ -19,7 +19,7 @@ def fingerprint(options: dict) -> str:
 class PartStore:
     """One JSON file per finished step under ``<out>/parts/``, keyed by a fingerprint of the step's
     options *and* the identity of both models and the drope_lens version (see
-    :func:`drope_lens.report.provenance.pair_identity`)."""
+    :func:`drope_lens.runs.provenance.pair_identity`)."""
 
     def __init__(self, out_dir: Path):
         self.dir = Path(out_dir) / "parts"
@@ -30,7 +30,7 @@ class PartStore:
     def check(self, step: str, options: dict, identity: Optional[dict] = None) -> tuple[Optional[dict], str]:
         """``(result, "")`` if ``step`` finished with these options on these models, else
         ``(None, why)``; ``why`` is '' when there is no saved part at all."""
-        from drope_lens.report.provenance import describe_difference
+        from drope_lens.runs.provenance import describe_difference
 
         path = self.path(step)
         if not path.exists():
