@@ -9,8 +9,8 @@ Use them in your own tests the way drope_lens's tests do::
     assert detect_massive(model, list(TINY_TEXTS)).top_channels("q", n=1)[0]["dim"] == 5
 
 * :func:`tiny_tokenizer`, :func:`tiny_config`, :func:`tiny_llama` (HF ``LlamaForCausalLM``, GQA by
-  default, ``gqa=False`` for MHA), :func:`tiny_hooked` (the same as a drope_lens ``HookedTransformer``,
-  RoPE or NoPE);
+  default, ``gqa=False`` for MHA), :func:`tiny_hooked` (the same as a drope_lens model, RoPE or NoPE,
+  on either backend);
 * :func:`save_drope_checkpoint` / :func:`tiny_drope_checkpoint`: a folder in SakanaAI's DroPE format
   (``model_type: llama_drope``, ``attention_type``, ``softmax_scale``, q/k norm gains), what
   ``load_hooked`` reads; :func:`hf_nope_reference` is the matching plain-HF reference;
@@ -113,12 +113,20 @@ def tiny_llama(seed: int = 0, *, gqa: bool = True, **kw: Any) -> Any:
     return model
 
 
-def tiny_hooked(seed: int = 0, *, position_encoding: str = "rope", tokenizer: Any = None, **kw: Any) -> Any:
-    """:func:`tiny_llama` as a drope_lens ``HookedTransformer`` (``position_encoding`` ``"rope"`` or ``"nope"``)."""
+def tiny_hooked(
+    seed: int = 0,
+    *,
+    position_encoding: str = "rope",
+    tokenizer: Any = None,
+    backend: Optional[str] = None,
+    **kw: Any,
+) -> Any:
+    """:func:`tiny_llama` as a drope_lens model (``position_encoding`` ``"rope"`` or ``"nope"``) of ``backend``
+    (default: :func:`~drope_lens.loading.backend.default_backend`)."""
     from drope_lens.loading import hooked_from_hf
 
     tok = tiny_tokenizer() if tokenizer is None else tokenizer
-    return hooked_from_hf(tiny_llama(seed, **kw), tok, position_encoding=position_encoding)
+    return hooked_from_hf(tiny_llama(seed, **kw), tok, position_encoding=position_encoding, backend=backend)
 
 
 def hf_nope_reference(
@@ -160,43 +168,45 @@ def save_drope_checkpoint(hf_model: Any, tokenizer: Any, path: Path, **drope_fie
 
 
 def analytic_sink_model(
-    tokenizer: Any, bos_logits: Sequence[Sequence[float]], *, bos_scale: float = 3.0
+    tokenizer: Any, bos_logits: Sequence[Sequence[float]], *, bos_scale: float = 3.0, backend: Optional[str] = None
 ) -> tuple[Any, int]:
-    """A NoPE HookedTransformer whose attention to position 0 is known in closed form.
+    """A NoPE model whose attention to position 0 is known in closed form.
 
     ``bos_logits[layer][head] = b``: every query's score for the BOS key is ``b`` and for any other
     key 0, so ``A[q, 0] = e^b / (e^b + q)``. The residual stream stays the embedding in every layer
-    (W_O = 0, MLP out = 0): BOS = ``bos_scale · e_0``, every other token = ``e_1``.
-    Returns ``(model, bos_id)``.
+    (W_O = 0, MLP out = 0): BOS = ``bos_scale · e_0``, every other token = ``e_1``. The weights are set
+    on the HF model before conversion, so every backend gets the same model. Returns ``(model, bos_id)``.
     """
     from drope_lens.loading import hooked_from_hf
 
-    model = hooked_from_hf(tiny_llama(), tokenizer, position_encoding="nope")
-    cfg = model.cfg
+    hf = tiny_llama()
+    c = hf.config
+    d_model, d_head, eps = c.hidden_size, c.head_dim, c.rms_norm_eps
+    n_heads, n_kv = c.num_attention_heads, c.num_key_value_heads
     bos = tokenizer.bos_token_id
-    # RMSNorm maps a·e_i to a / sqrt(a²/d + eps) · e_i
-    s_other = 1.0 / (1.0 / cfg.d_model + cfg.eps) ** 0.5
-    s_bos = bos_scale / (bos_scale**2 / cfg.d_model + cfg.eps) ** 0.5
-    n_kv = cfg.n_key_value_heads or cfg.n_heads
-    group = cfg.n_heads // n_kv
+    # RMSNorm (gain 1) maps a·e_i to a / sqrt(a²/d + eps) · e_i
+    s_other = 1.0 / (1.0 / d_model + eps) ** 0.5
+    s_bos = bos_scale / (bos_scale**2 / d_model + eps) ** 0.5
     with torch.no_grad():
-        model.W_E.zero_()
-        model.W_E[:, 1] = 1.0
-        model.W_E[bos, 1] = 0.0
-        model.W_E[bos, 0] = bos_scale
+        embed = hf.model.embed_tokens.weight
+        embed.zero_()
+        embed[:, 1] = 1.0
+        embed[bos, 1] = 0.0
+        embed[bos, 0] = bos_scale
         for layer, logits in enumerate(bos_logits):
-            attn: Any = model.blocks[layer].attn
-            attn.W_Q.zero_()
-            attn._W_K.zero_()
-            attn.W_O.zero_()
-            model.blocks[layer].mlp.W_out.zero_()
-            for g in range(n_kv):
-                attn._W_K[g, 0, 0] = 1.0
-            for h, b in enumerate(logits):
-                c = b * cfg.attn_scale / (s_other * s_bos)
-                attn.W_Q[h, 0, 0] = c
-                attn.W_Q[h, 1, 0] = c
-            assert len(logits) == cfg.n_heads and group >= 1
+            assert len(logits) == n_heads
+            block = hf.model.layers[layer]
+            for norm in (block.input_layernorm, block.post_attention_layernorm):
+                norm.weight.fill_(1.0)
+            attn = block.self_attn
+            for proj in (attn.q_proj, attn.k_proj, attn.o_proj, block.mlp.down_proj):
+                proj.weight.zero_()
+            for g in range(n_kv):  # k = e_0 component of the input, in dim 0 of every KV head
+                attn.k_proj.weight[g * d_head, 0] = 1.0
+            for h, b in enumerate(logits):  # q·k / sqrt(d_head) = b exactly when the key is BOS
+                q_row = attn.q_proj.weight[h * d_head]
+                q_row[0] = q_row[1] = b * d_head**0.5 / (s_other * s_bos)
+    model = hooked_from_hf(hf, tokenizer, position_encoding="nope", backend=backend)
     return model, bos
 
 
@@ -219,15 +229,21 @@ TINY_TEXTS = (  # five texts in :func:`tiny_tokenizer`'s vocabulary
 
 
 def plant_channels(model: Any, plants: Mapping[str, Sequence[tuple[int, int, int]]], scale: float = 40.0) -> Any:
-    """Scale the projection columns of the given ``{tensor: [(layer, head, dim), ...]}`` channels.
+    """Scale the projection weights of the given ``{tensor: [(layer, head, dim), ...]}`` channels, in place.
 
-    Q uses ``W_Q[head]``; K and V use the KV-head weights ``_W_K`` / ``_W_V`` when the model has GQA.
-    The planted channels' activations become ``scale`` times larger at every token.
+    Q uses query head ``head``; K and V use KV head ``head`` when the model has GQA. The planted
+    channels' activations become ``scale`` times larger at every token. Works on either backend.
     """
+    from drope_lens.loading.backend import is_bridge
+
+    d_head = model.cfg.d_head
     with torch.no_grad():
         for tensor, channels in plants.items():
             for layer, head, dim in channels:
                 attn = model.blocks[layer].attn
+                if is_bridge(model):  # the HF projection: rows are (head, d_head) outputs
+                    getattr(attn, tensor).original_component.weight[head * d_head + dim] *= scale
+                    continue
                 name = {"q": "W_Q", "k": "_W_K", "v": "_W_V"}[tensor]
                 weight = getattr(attn, name) if hasattr(attn, name) else getattr(attn, name.lstrip("_"))
                 weight[head, :, dim] *= scale
@@ -273,8 +289,8 @@ def tiny_drope_checkpoint(
     return path
 
 
-def qk_norm_drope_model(tokenizer: Any, path: Path, *, gain_seed: int) -> Any:
+def qk_norm_drope_model(tokenizer: Any, path: Path, *, gain_seed: int, backend: Optional[str] = None) -> Any:
     """A tiny ``qk_norm_nope`` DroPE checkpoint (softmax_scale 0.07) with random q/k norm gains, loaded."""
     from drope_lens.loading import load_hooked
 
-    return load_hooked(tiny_drope_checkpoint(path, gain_seed=gain_seed, tokenizer=tokenizer))
+    return load_hooked(tiny_drope_checkpoint(path, gain_seed=gain_seed, tokenizer=tokenizer), backend=backend)

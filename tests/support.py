@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from drope_lens.errors import NonFiniteError
-from drope_lens.loading import fast_attention as fa
 from drope_lens.loading import hooked_from_hf
+from drope_lens.loading.hooked import fast_attention as fa
 from drope_lens.testing import hf_nope_reference, qk_norm_drope_model, tiny_llama
 
 EMBEDDED_TEXTS = (

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
-from transformer_lens import HookedTransformer
 
+from drope_lens.loading.backend import Model
 from drope_lens.options import ContextOptions
 from drope_lens.validation import check_batch_size
 
@@ -34,7 +34,7 @@ DEFAULT_DEPTHS = ContextOptions.default("depths")
 METRICS = ("passkey_accuracy", "ppl", "sink_rate", "gu_sink", "max_bos_ratio", "massive_q", "massive_k")
 
 
-def training_context(model: HookedTransformer) -> int:
+def training_context(model: Model) -> int:
     """The context length the model was trained for, from its config.
 
     Llama-3 rope scaling: ``original_max_position_embeddings``; otherwise ``n_ctx``
@@ -198,7 +198,7 @@ def _passkey(model, length: int, depths: Sequence[float], n: int, seed: int, bat
 
 @torch.no_grad()
 def context_experiment(
-    model: HookedTransformer,
+    model: Model,
     lengths: Optional[Sequence[int]] = None,
     options: Optional[ContextOptions] = None,
     *,
@@ -223,8 +223,8 @@ def context_experiment(
     """
     from drope_lens.analysis.massive import detect_massive
     from drope_lens.analysis.profile_pass import measure
-    from drope_lens.loading.fast_attention import attention_path
     from drope_lens.loading.forward import model_label
+    from drope_lens.loading.surface import attention_path
     from drope_lens.loading.tokens import TokenBatch
 
     o = ContextOptions.resolve(options, {**overrides, **({} if lengths is None else {"lengths": lengths})})

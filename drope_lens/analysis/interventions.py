@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-from transformer_lens import HookedTransformer
 
 from drope_lens.analysis.perplexity import perplexity
 from drope_lens.analysis.profile import PhaseProfile
@@ -21,6 +20,7 @@ from drope_lens.analysis.profile_pass import Inputs, measure, phase_profile
 from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.bos import mlp_out_mean
 from drope_lens.hooks.conditions import NEEDS_BOS, QkSettings, condition_hooks, qk_settings
+from drope_lens.loading.backend import Model
 from drope_lens.options import DEFAULT_BATCH_SIZE, PhaseOptions
 
 
@@ -86,7 +86,7 @@ class PhaseExperiment:
 
 @torch.no_grad()
 def phase_experiment(
-    model: HookedTransformer,
+    model: Model,
     inputs: Inputs,
     options: Optional[PhaseOptions] = None,
     *,

@@ -12,10 +12,11 @@ from typing import Optional
 
 import numpy as np
 import torch
-from transformer_lens import HookedTransformer
 
 from drope_lens.analysis import bos_metrics, entropy, sinks
 from drope_lens.hooks.types import FwdHooks
+from drope_lens.loading.backend import Model
+from drope_lens.loading.surface import attention_scale, final_norm_gain
 
 
 class ProfileCollector:
@@ -23,7 +24,7 @@ class ProfileCollector:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model: Model,
         n_texts: int,
         *,
         include_bos_row: bool,
@@ -51,7 +52,7 @@ class ProfileCollector:
         self.lengths = torch.zeros(0, dtype=torch.long)
         self._qk: dict[str, torch.Tensor] = {}
         if attention == "pre_rope_manual":
-            self.attn_scale = float(cfg.attn_scale) if cfg.use_attn_scale else 1.0
+            self.attn_scale = attention_scale(model, 0)
 
     def set_batch(self, idx: list[int], lengths: torch.Tensor) -> None:
         self.idx, self.lengths = idx, lengths.cpu()
@@ -86,7 +87,9 @@ class ProfileCollector:
         if layer is None:
             layer = hook.layer()
         if hook.name == "ln_final.hook_normalized":
-            resid = resid.to(self.model.cfg.dtype) * self.model.ln_final.w  # type: ignore[operator]  # ln_final: nn.Module in TL
+            gain = final_norm_gain(self.model)
+            assert gain is not None  # refused before the pass (profile_pass._check_options)
+            resid = resid.to(self.model.cfg.dtype) * gain
         lengths = self.lengths.to(resid.device)
         bos, other = bos_metrics.bos_norms(resid, lengths)
         self.bos_norm[self.idx, layer] = bos.cpu().numpy()

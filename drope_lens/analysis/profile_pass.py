@@ -17,7 +17,6 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import torch
-from transformer_lens import HookedTransformer
 
 from drope_lens.analysis.perplexity import NLLAccumulator
 from drope_lens.analysis.profile import PROFILE_DEFAULTS, PhaseProfile
@@ -25,7 +24,9 @@ from drope_lens.analysis.profile_collector import ProfileCollector
 from drope_lens.analysis.sinks import DEFAULT_GU_EPS, DEFAULT_TAU
 from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.types import FwdHook
+from drope_lens.loading.backend import Model
 from drope_lens.loading.forward import forward_batch
+from drope_lens.loading.surface import final_norm_gain
 from drope_lens.loading.tokens import TokenBatch, as_batch
 from drope_lens.options import DEFAULT_BATCH_SIZE, check_profile_options
 from drope_lens.validation import check_batch_size
@@ -40,7 +41,7 @@ Inputs = Union[Sequence[str], TokenBatch, torch.Tensor]
 def _check_options(model, tau, gu_eps, last_layer, attention, batch_size, sinks_from="stream") -> None:
     check_profile_options(tau, gu_eps, last_layer, attention, sinks_from)
     check_batch_size(batch_size)
-    if last_layer == "final_norm" and not hasattr(model.ln_final, "w"):
+    if last_layer == "final_norm" and final_norm_gain(model) is None:
         raise DropeLensInputError(
             "last_layer='final_norm' needs the final RMSNorm gain; it was folded away "
             "(process_weights=True). Load with process_weights=False."
@@ -49,7 +50,7 @@ def _check_options(model, tau, gu_eps, last_layer, attention, batch_size, sinks_
 
 @torch.no_grad()
 def phase_profile(
-    model: HookedTransformer,
+    model: Model,
     inputs: Inputs,
     *,
     tau: float = DEFAULT_TAU,
@@ -101,7 +102,7 @@ def phase_profile(
 
 @torch.no_grad()
 def measure(
-    model: HookedTransformer,
+    model: Model,
     inputs: Inputs,
     *,
     profile: bool,

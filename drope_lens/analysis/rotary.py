@@ -27,6 +27,8 @@ from typing import Optional
 import torch
 from jaxtyping import Float
 
+from drope_lens.loading import surface
+
 #: Turns over the context above which a pair is "high" frequency.
 HIGH_TURNS = 32.0
 
@@ -55,15 +57,7 @@ def is_rotary(model) -> bool:
 
 def rotary_frequencies(model) -> Optional[Float[torch.Tensor, " d_head"]]:
     """Angular frequency (radians/token) of every head dim, 0 for unrotated dims; None for NoPE."""
-    if not is_rotary(model):
-        return None
-    attn = model.blocks[0].attn
-    rot = int(model.cfg.rotary_dim)
-    sin = attn.rotary_sin[1, :rot].double()
-    cos = attn.rotary_cos[1, :rot].double()
-    freqs = torch.zeros(model.cfg.d_head, dtype=torch.float64)
-    freqs[:rot] = torch.atan2(sin, cos).cpu()
-    return freqs
+    return surface.rotary_frequencies(model) if is_rotary(model) else None
 
 
 def band_of(wavelength: float, context_length: int) -> str:

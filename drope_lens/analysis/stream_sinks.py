@@ -8,7 +8,7 @@ tensors the attention itself uses; the hooks run after any intervention on those
 computes the fp32 scores ``q·k / attn_scale`` for ``chunk`` query rows at a time with the causal
 mask and the text's length (right padding), repeats K heads for GQA, and keeps ``A[:, :, q, 0]``:
 memory O(batch × head × chunk × T) per layer instead of O(T²), and the model itself runs the fast
-attention path (:mod:`drope_lens.loading.fast_attention`) because nobody hooks ``hook_pattern``.
+attention path (:mod:`drope_lens.loading.surface`) because nobody hooks ``hook_pattern``.
 Scores with NaN/inf raise :class:`~drope_lens.errors.NonFiniteError` naming the layer.
 """
 
@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float, Int
 
 from drope_lens.errors import NonFiniteError
+from drope_lens.loading.surface import attention_scale
 
 #: Scores held at once per layer (elements of ``[batch, head, chunk, T]`` fp32): 64 MiB.
 DEFAULT_BUDGET = 1 << 24
@@ -93,7 +94,7 @@ class SinkStream:
             raise RuntimeError("SinkStream.set_lengths must be called before the forward pass.")
         if q.shape[1] != k.shape[1]:
             raise ValueError("Streaming sink scores need a full forward pass (no KV cache).")
-        scale = float(getattr(self.model.blocks[layer].attn, "attn_scale", 1.0))
+        scale = attention_scale(self.model, layer)
         col = first_column(q, k.detach(), self.lengths, scale, layer=layer, chunk=self.chunk)
         self.sink(col, layer)
 

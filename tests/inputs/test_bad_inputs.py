@@ -20,7 +20,7 @@ import torch
 
 import drope_lens.loading
 import drope_lens.loading.embedded
-import drope_lens.loading.hf
+import drope_lens.loading.load
 import drope_lens.loading.pair
 from drope_lens.atomic import atomic_write_text, unwritable_reason
 from drope_lens.cli import main
@@ -90,7 +90,7 @@ def no_loading(monkeypatch):
         (drope_lens.loading, "load_pair"),
         (drope_lens.loading.pair, "load_pair"),
         (drope_lens.loading, "load_hooked"),
-        (drope_lens.loading.hf, "load_hooked"),
+        (drope_lens.loading.load, "load_hooked"),
         (drope_lens.loading.embedded, "load_embedded"),
     ):
         monkeypatch.setattr(mod, name, boom)

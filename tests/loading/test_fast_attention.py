@@ -10,7 +10,7 @@ import torch
 import drope_lens as dl
 from drope_lens.errors import NonFiniteError
 from drope_lens.loading import encode, hooked_from_hf
-from drope_lens.loading import fast_attention as fa
+from drope_lens.loading.hooked import fast_attention as fa
 from drope_lens.testing import tiny_llama, tiny_tokenizer
 from tests.support import SdpaSpy, assert_non_finite_refused, attention_layouts
 

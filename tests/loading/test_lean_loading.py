@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from drope_lens.loading import load_hooked, load_pair, to_nope
-from drope_lens.loading.layout import _RULES
+from drope_lens.loading.hooked.layout import _RULES
 from drope_lens.testing import save_drope_checkpoint, tiny_llama, tiny_tokenizer
 
 
@@ -157,7 +157,8 @@ def test_offloaded_pair_same_numbers_and_one_model_on_device(planted_models, tmp
     """CPU-only emulation: device 'cpu:0' vs offload 'cpu' are distinct names for one memory, so the
     test records where each model was *sent* and checks, at every forward pass, that the running
     model was last sent to the device and the idle one to the offload device."""
-    from drope_lens.loading import ModelPair, devices
+    from drope_lens.loading import ModelPair
+    from drope_lens.loading.hooked import devices
 
     rope, nope = planted_models
     steps = ("massive", "phase", "disruption", "tasks")
@@ -236,7 +237,7 @@ def test_two_device_split_keeps_hooks_working(tmp_path, monkeypatch):
     from transformer_lens.utilities import multi_gpu
 
     from drope_lens.analysis.massive import detect_massive
-    from drope_lens.loading import lean as lean_mod
+    from drope_lens.loading.hooked import lean as lean_mod
 
     path = _save(tiny_llama(seed=8), tmp_path / "m")
     one = load_hooked(path)

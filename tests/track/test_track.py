@@ -92,7 +92,7 @@ def test_cli_bad_options_refused_before_loading(argv, match, tmp_path, monkeypat
     monkeypatch.setattr("drope_lens.recalibrate.recalibrate", boom)
     monkeypatch.setattr("drope_lens.recalibrate.train.recalibrate", boom)
     monkeypatch.setattr("drope_lens.track.pipeline.track", boom)
-    monkeypatch.setattr("drope_lens.loading.hf.load_hooked", boom)
+    monkeypatch.setattr("drope_lens.loading.load.load_hooked", boom)
     argv = [str(tmp_path) if a == "OUT" else a for a in argv]
     assert main(argv) == 1
     assert match in capsys.readouterr().err

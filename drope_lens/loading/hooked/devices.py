@@ -36,8 +36,3 @@ def place(model: HookedTransformer, device: Union[str, torch.device, None] = Non
 def nn_to(module: torch.nn.Module, device: torch.device) -> None:
     """``nn.Module.to`` (not TransformerLens's override, which also rewrites ``cfg.device``)."""
     torch.nn.Module.to(module, device)
-
-
-def devices_of(model: HookedTransformer) -> set[torch.device]:
-    """Every device holding one of ``model``'s parameters."""
-    return {p.device for p in model.parameters()}

@@ -13,41 +13,28 @@ float32 for the kernel and ``z`` is cast back to the value dtype (as the explici
 pattern). Non-finite q/k/z raise :class:`~drope_lens.errors.NonFiniteError` naming the layer.
 
 Switch it off with ``model.cfg.fast_attention = False`` or, temporarily, with
-:func:`explicit_attention`. Configurations the fast path does not cover (ALiBi, soft-capping,
-attention sinks, local attention, 4-bit weights, ``use_attn_result``, additive masks …) always take
-the explicit path.
+:func:`~drope_lens.loading.surface.explicit_attention`. Configurations the fast path does not cover
+(ALiBi, soft-capping, attention sinks, local attention, 4-bit weights, ``use_attn_result``, additive
+masks …) always take the explicit path.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Optional, Union
+from typing import Optional
 
 import einops
 import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 from transformer_lens.components.abstract_attention import AbstractAttention
-from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities.activation_functions import softcap_enabled
 
-from drope_lens.errors import NonFiniteError
-from drope_lens.loading.patching import patch_method
-from drope_lens.loading.zero_bias import bias_or_none
+from drope_lens.loading.hooked.patching import patch_method
+from drope_lens.loading.hooked.zero_bias import bias_or_none
+from drope_lens.loading.numerics import causal_mask, check_finite, sdpa_attention
+from drope_lens.loading.surface import observed
 
 _FAST = "_drope_lens_fast_attention"
-
-
-def _hooked(hp: HookPoint) -> bool:
-    """Whether anything observes this hook point (TransformerLens handles or raw torch hooks)."""
-    return bool(
-        hp.fwd_hooks
-        or hp.bwd_hooks
-        or hp._forward_hooks
-        or hp._forward_pre_hooks
-        or hp._backward_hooks
-        or getattr(hp, "_backward_pre_hooks", None)
-    )
 
 
 def fast_path_applies(attn: AbstractAttention) -> bool:
@@ -55,7 +42,7 @@ def fast_path_applies(attn: AbstractAttention) -> bool:
     cfg = attn.cfg
     if not getattr(cfg, "fast_attention", True):
         return False
-    if _hooked(attn.hook_attn_scores) or _hooked(attn.hook_pattern):
+    if observed(attn.hook_attn_scores) or observed(attn.hook_pattern):
         return False
     if getattr(attn, "_attention_dir_override", None) or cfg.attention_dir != "causal":
         return False
@@ -74,19 +61,6 @@ def fast_path_applies(attn: AbstractAttention) -> bool:
     return True
 
 
-def _raise_non_finite(attn, q: torch.Tensor, k: torch.Tensor, z: torch.Tensor) -> None:
-    qk_bad = not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(k).all()))
-    n_nan = int(torch.isnan(z).sum())
-    n_inf = int(torch.isinf(z).sum())
-    where = "q/k themselves (see hook_q/hook_k)" if qk_bad else "the attention (q·k or softmax)"
-    raise NonFiniteError(
-        f"Layer {attn.layer_id}: attention output contains {n_nan} NaN and {n_inf} inf values, "
-        f"coming from {where}. Model dtype {attn.cfg.dtype}, fp32_attention="
-        f"{attn.cfg.fp32_attention}. Load the model in float32 or bfloat16 (fp16 overflows on "
-        "DroPE's large Q/K), keep fp32_attention=True, and check any hook you added."
-    )
-
-
 def _sdpa_z(
     attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int, attention_mask: Optional[torch.Tensor]
 ) -> torch.Tensor:
@@ -97,32 +71,18 @@ def _sdpa_z(
         q, k, v = q.float(), k.float(), v.float()
     else:  # the explicit path's pattern is cast to v's dtype; give the kernel one dtype
         q, k = q.to(v.dtype), k.to(v.dtype)
-    if k.shape[2] != q.shape[2]:  # GQA: KV head g serves query heads g*rep … (g+1)*rep-1
-        rep = q.shape[2] // k.shape[2]
-        k = torch.repeat_interleave(k, dim=2, repeats=rep)
-        v = torch.repeat_interleave(v, dim=2, repeats=rep)
     q_len, k_len = q.shape[1], k.shape[1]
     if q_len + offset != k_len:
         raise ValueError(f"query length {q_len} + cache offset {offset} != key length {k_len}")
-    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, pos, d_head]
-    scale = 1.0 / float(attn.attn_scale)
-    dead = None
-    if attention_mask is None and offset == 0:
-        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
-    else:
-        mask = attn._make_causal_mask(q_len, k_len, offset, q.device)  # [1, 1, q, k]
+    allowed = None
+    if attention_mask is not None or offset:
+        allowed = causal_mask(q_len, k_len, q.device)[None, None]  # [1, 1, q, k]
         if attention_mask is not None:
-            mask = mask & attention_mask.to(q.device).bool()[:, None, None, :]
-            dead = ~mask.any(-1)  # [batch, 1, q]: rows with no key (left-padding pads)
-        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
-    if dead is not None and bool(dead.any()):  # the explicit path zeroes these rows' NaN pattern
-        out = out.masked_fill(dead[..., None], 0.0)
-    z = out.transpose(1, 2)
+            allowed = allowed & attention_mask.to(q.device).bool()[:, None, None, :]
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, pos, d_head]
+    z = sdpa_attention(qh, kh, vh, scale=1.0 / float(attn.attn_scale), allowed=allowed).transpose(1, 2)
     if cfg.check_finite:
-        total = q.sum() + k.sum() + z.sum()
-        if not bool(torch.isfinite(total)):
-            if not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(k).all()) and bool(torch.isfinite(z).all())):
-                _raise_non_finite(attn, q, k, z)
+        check_finite(attn.layer_id, "attention output", z, q, k, dtype=cfg.dtype, fp32=cfg.fp32_attention)
     return z.to(out_dtype)
 
 
@@ -178,32 +138,6 @@ def install_fast_attention(model: HookedTransformer) -> HookedTransformer:
     return model
 
 
-@contextlib.contextmanager
-def explicit_attention(*models: Union[HookedTransformer, object]) -> Iterator[None]:
-    """Use TransformerLens's explicit attention (scores, softmax, pattern) inside the block.
-
-    Accepts models or a :class:`~drope_lens.loading.pair.ModelPair`. The previous setting of
-    ``cfg.fast_attention`` is restored on exit, also after an exception::
-
-        with dl.explicit_attention(model):
-            logits = model(tokens)   # every layer materialises its pattern
-    """
-    flat: list[Any] = []
-    for m in models:
-        flat.extend([m.rope, m.drope] if hasattr(m, "rope") and hasattr(m, "drope") else [m])
-    saved = [(m.cfg, getattr(m.cfg, "fast_attention", True)) for m in flat]
-    try:
-        for cfg, _ in saved:
-            cfg.fast_attention = False
-        yield
-    finally:
-        for cfg, value in saved:
-            cfg.fast_attention = value
-
-
-def attention_path(model: HookedTransformer) -> str:
-    """``"fast (sdpa when no pattern/scores hook)"`` or ``"explicit"`` — for labels and reports."""
-    installed = all(getattr(b.attn, _FAST, False) for b in model.blocks)
-    if installed and getattr(model.cfg, "fast_attention", True):
-        return "fast (sdpa when no pattern/scores hook)"
-    return "explicit"
+def fast_path_installed(model: HookedTransformer) -> bool:
+    """Whether every attention module of ``model`` has the fast path installed."""
+    return all(getattr(b.attn, _FAST, False) for b in model.blocks)

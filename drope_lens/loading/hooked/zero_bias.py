@@ -22,7 +22,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.components import GroupedQueryAttention
 from transformer_lens.components.mlps.gated_mlp import GatedMLP
 
-from drope_lens.loading.patching import patch_method
+from drope_lens.loading.hooked.patching import patch_method
 
 _SKIP = "_drope_lens_zero_bias_skip"
 

@@ -28,7 +28,7 @@ from torch import nn
 from transformer_lens import HookedTransformer
 from transformer_lens.utilities.multi_gpu import get_device_for_block_index
 
-from drope_lens.loading.config import DropeLensConfig
+from drope_lens.loading.hooked.config import DropeLensConfig
 
 
 def checkpoint_folder(source: Union[str, os.PathLike]) -> Optional[Path]:

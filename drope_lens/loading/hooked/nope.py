@@ -5,9 +5,10 @@ from __future__ import annotations
 from torch import nn
 from transformer_lens import HookedTransformer
 
-from drope_lens.loading.config import ZERO_SHOT_NOPE, DropeLensConfig
-from drope_lens.loading.layout import linear_layout
-from drope_lens.loading.numerics import install_attention_numerics
+from drope_lens.loading.facts import ZERO_SHOT_NOPE
+from drope_lens.loading.hooked.attention import install_attention_numerics
+from drope_lens.loading.hooked.config import DropeLensConfig
+from drope_lens.loading.hooked.layout import linear_layout
 
 
 def as_drope_lens_config(cfg) -> DropeLensConfig:
