@@ -10,6 +10,8 @@ from drope_lens.loading import hooked_from_hf, linear_layout, to_nope
 from drope_lens.tasks.scoring import greedy_generate_batch
 from drope_lens.testing import TINY_TEXTS, tiny_llama
 
+pytestmark = pytest.mark.hooked  # HookedTransformer internals
+
 
 def _contiguous_copy(model):
     twin = copy.deepcopy(model)

@@ -9,6 +9,8 @@ from transformer_lens.components.mlps.gated_mlp import GatedMLP
 from drope_lens.loading import explicit_attention, hooked_from_hf
 from drope_lens.testing import TINY_TEXTS, tiny_llama
 
+pytestmark = pytest.mark.hooked  # HookedTransformer internals
+
 
 @pytest.fixture(scope="module", params=[4, 2], ids=["mha", "gqa"])
 def model(request, tokenizer):
