@@ -174,8 +174,9 @@ def load_pair(
         lean=lean,
     )
     if rope is None:
-        options = dict(dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices)
-        rope_model = load_embedded(backend=backend, **options)
+        rope_model = load_embedded(
+            dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices, backend=backend
+        )
     else:
         rope_model = load(rope)
     if getattr(rope_model.cfg, "is_nope", False):
