@@ -8,6 +8,7 @@ from drope_lens.loading.backend import hooked_available
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.both_backends,
     pytest.mark.skipif(not hooked_available(), reason="comparing with HookedTransformer needs TransformerLens < 4"),
 ]
 
