@@ -3,7 +3,8 @@ bare HF sdpa forward, on the embedded RoPE model.
 
 ``python -m benchmarks.backends [--lengths 256,4096] [--repeat 3] [--json PATH]``: for each length (one text of
 built-in prose, filler past it), the sections run interleaved — HF sdpa forward, then for each backend a forward
-with logits, ``detect_massive`` and ``phase_profile`` — one untimed warm-up round, then ``--repeat`` rounds, the best time and the largest peak
+with logits, ``detect_massive`` and ``phase_profile`` — one untimed warm-up round, then ``--repeat`` rounds,
+the best time and the largest peak
 memory above what the process held (:class:`benchmarks.run.PeakMeter`) kept per section. Take the figures on a
 quiet machine: every section is a ratio against the HF forward measured in the same rounds.
 """
@@ -81,9 +82,8 @@ def markdown(rows: Sequence[dict]) -> str:
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['tokens']} | {r['section']} | {r['time_s']:.2f} | {r['vs_hf_forward']:.2f} | {r['peak_delta_mb']:.0f} |"
-        )
+        ratio, peak = r["vs_hf_forward"], r["peak_delta_mb"]
+        lines.append(f"| {r['tokens']} | {r['section']} | {r['time_s']:.2f} | {ratio:.2f} | {peak:.0f} |")
     return "\n".join(lines)
 
 

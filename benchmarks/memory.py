@@ -120,14 +120,12 @@ def write_checkpoint(folder: Path, shape: dict, seed: int = 0) -> int:
 def child(folder: str, kind: str, kwargs: dict, device: str) -> dict:
     """Runs in a fresh process: import, measure, load, measure."""
     import torch
-
     import transformer_lens.model_bridge  # noqa: F401  (imports count as imports, not as loading)
 
     import drope_lens  # noqa: F401
     from drope_lens.loading import load_hooked, load_pair
     from drope_lens.loading.backend import check_backend
 
-    check_backend(kwargs.get("backend"))
     if check_backend(kwargs.get("backend")) == "hooked":
         import drope_lens.loading.hooked.load  # noqa: F401
 
