@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
-from drope_lens.loading.backend import backend_of, check_backend
+from drope_lens.loading.backend import BACKENDS, backend_of, check_backend
 from drope_lens.loading.facts import ZERO_SHOT_NOPE
 from drope_lens.loading.source import as_dtype, read_source
 
@@ -150,16 +150,26 @@ def hooked_from_hf(
     return convert(hf_model, tokenizer, process_weights=process_weights, **common)
 
 
-def to_nope(model: Any, *, origin: str = ZERO_SHOT_NOPE, inplace: bool = False) -> Any:
+def to_nope(model: Any, *, origin: str = ZERO_SHOT_NOPE, inplace: bool = False, backend: Optional[str] = None) -> Any:
     """The model with the identity rotation in every layer (zero-shot NoPE, no recalibration), same backend.
 
     ``inplace=False`` (default): a new model with copied weights; the source model is left
     untouched, and memory doubles. ``inplace=True``: ``model`` itself becomes the NoPE model and is
     returned; no weight is copied, and the RoPE original is gone. Either way the config says
     ``position_encoding='nope'`` and ``nope_origin`` (default: "zero-shot NoPE (RoPE removed, not
-    recalibrated)").
+    recalibrated)"). ``backend``, if given, must be the model's own (the twin is built in the same class).
     """
-    if backend_of(model) == "bridge":
+    own = backend_of(model)
+    if backend is not None and backend != own:
+        from drope_lens.errors import DropeLensInputError
+
+        if backend not in BACKENDS:
+            check_backend(backend)  # names the known ones
+        raise DropeLensInputError(
+            f"to_nope keeps the model's backend ({own!r}); load the RoPE model with backend={backend!r} "
+            "(load_hooked / load_pair) and drop RoPE from that one."
+        )
+    if own == "bridge":
         from drope_lens.loading.bridge.load import to_nope as bridge_to_nope
 
         return bridge_to_nope(model, origin=origin, inplace=inplace)

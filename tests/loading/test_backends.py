@@ -255,3 +255,10 @@ def test_loading_a_sakana_folder_never_prompts_nor_imports_its_code(tokenizer, t
     assert model.cfg.drope_attention_type == "qk_norm_nope"
     assert not marker.exists()
     assert not [m for m in set(sys.modules) - before if "drope" in m.split(".")[-1] and "drope_lens" not in m]
+
+
+def test_to_nope_keeps_the_backend(tokenizer):
+    bridge = hooked_from_hf(tiny_llama(seed=1), tokenizer, backend="bridge")
+    assert backend_of(to_nope(bridge, backend="bridge")) == "bridge"
+    with pytest.raises(DropeLensInputError, match="keeps the model's backend \\('bridge'\\).*backend='hooked'"):
+        to_nope(bridge, backend="hooked")
