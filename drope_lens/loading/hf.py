@@ -349,7 +349,7 @@ def load_hooked(
 
 def _recalibrated_origin(source) -> Optional[str]:
     """ "RoPE removed, recalibrated on N tokens (recipe)" for a drope_lens recalibration checkpoint."""
-    from drope_lens.recalibrate.checkpoint import read_meta
+    from drope_lens.loading.drope_format import read_meta
 
     path = Path(os.path.expanduser(str(source)))
     meta = read_meta(path) if path.is_dir() else None
