@@ -346,6 +346,7 @@ def recalibrate(
     source = str(source)
     run_dir = Path(out) if out is not None else default_run_dir(recipe.variant, recipe)
     attention = attention_implementation(recipe, device)
+    _check_launch_precision(recipe)
     args = training_arguments(recipe, run_dir, device, tracking=track_every > 0)
     if args.world_size != recipe.world_size:
         raise RuntimeError(f"WORLD_SIZE says {recipe.world_size} processes, the Trainer sees {args.world_size}")
@@ -412,6 +413,7 @@ def recalibrate(
 
     for printer in (PrinterCallback, ProgressCallback):  # the recorder draws the bar and writes the log
         trainer.remove_callback(printer)
+    _check_sharded_saving(trainer)
     recorder.trainer = trainer
     if tracker is not None:
         tracker.trainer = trainer
@@ -450,6 +452,35 @@ def recalibrate(
     result.tracked = tracker.result if tracker is not None else None
     result.trained = trainer.model.eval()
     return result
+
+
+def _check_launch_precision(recipe: Recipe) -> None:
+    """The accelerate config's ``mixed_precision`` must agree with ``--dtype`` (the recipe says what was trained)."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    wanted = "bf16" if recipe.dtype == "bfloat16" else "no"
+    if launched not in ("no", wanted):
+        raise DropeLensInputError(
+            f"the accelerate config asks for mixed_precision {launched!r} but --dtype is {recipe.dtype}: pass "
+            "--dtype bfloat16 for bf16 (fp16 is refused), or set mixed_precision: 'no' in the config"
+        )
+
+
+def _check_sharded_saving(trainer: Any) -> None:
+    """Sharded runs must save whole models: each checkpoint is a DroPE checkpoint that track and load_hooked read."""
+    if trainer.is_fsdp_enabled:
+        kind = str(trainer.accelerator.state.fsdp_plugin.state_dict_type)
+        if "FULL_STATE_DICT" not in kind:
+            raise DropeLensInputError(
+                f"FSDP state_dict_type is {kind}: set fsdp_state_dict_type: FULL_STATE_DICT in the accelerate "
+                "config (examples/accelerate/fsdp.yaml), so every checkpoint holds the whole model"
+            )
+    if trainer.is_deepspeed_enabled:
+        plugin = trainer.accelerator.state.deepspeed_plugin
+        if plugin.zero_stage == 3 and not plugin.zero3_save_16bit_model:
+            raise DropeLensInputError(
+                "DeepSpeed ZeRO-3 needs zero3_save_16bit_model: true in the accelerate config "
+                "(examples/accelerate/deepspeed_zero3.yaml), so every checkpoint holds the whole model"
+            )
 
 
 @contextlib.contextmanager
