@@ -118,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = options_from_args(Recipe, args, world_size=launch_world_size())
     from drope_lens.recalibrate import recalibrate
-    from drope_lens.recalibrate.train import check_device
+    from drope_lens.recalibrate.train import attention_implementation, check_device
 
-    check_device(args.device)
+    attention_implementation(recipe, check_device(args.device))
     check_model_path(args.rope, "--rope")
     if args.track_every < 0:
         raise DropeLensInputError(f"--track-every must be >= 0, got {args.track_every}")

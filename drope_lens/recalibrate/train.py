@@ -215,8 +215,8 @@ def training_arguments(recipe: Recipe, run_dir: Path, device: torch.device, *, t
         remove_unused_columns=False,
         ddp_find_unused_parameters=False,
         ddp_timeout=4 * 3600 if tracking else 1800,  # the other processes wait while the main one tracks
-        log_level="warning",
-        log_level_replica="error",
+        log_level="passive",  # keep the process's transformers verbosity (the Trainer would set it globally)
+        log_level_replica="passive",
     )
 
 

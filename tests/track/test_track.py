@@ -75,6 +75,9 @@ def test_track_run_folder_includes_rope_reference_and_figure(run_dir, tmp_path):
         (["recalibrate", "--data", "/no/such/file.txt", "--out", "OUT"], "--data"),
         (["recalibrate", "--rope", "/no/such/folder", "--out", "OUT"], "--rope"),
         (["recalibrate", "--device", "nonsense"], "--device"),
+        (["recalibrate", "--track-every", "2", "--track-metrics", "ppl,bogus"], "--metrics"),
+        (["recalibrate", "--attention", "flash_attention_2", "--out", "OUT"], "flash-attn"),
+        (["track", "OUT", "--global-batch", "4"], "--seq-len"),
         (["track", "OUT", "--metrics", "ppl,bogus"], "--metrics"),
         (["track", "/no/such/run"], "not a folder"),
     ],
@@ -128,11 +131,19 @@ def test_cli_recalibrate_and_track_end_to_end(rope_dir, toy_data, tmp_path, caps
                 "4",
                 "--lr",
                 "3e-3",
+                "--track-every",
+                "1",
+                "--track-metrics",
+                "ppl",
             ]
         )
         == 0
     )
     assert "2 steps, 256 tokens" in capsys.readouterr().out
+    live = json.loads((out / "track" / "during_training.json").read_text())["rows"]
+    assert [(r["checkpoint"], r["metric"]) for r in live] == [
+        (n, "ppl_heldout") for n in ("rope", "step-0", "step-1", "step-2")
+    ]
     j = tmp_path / "t.json"
     assert main(["track", str(out), "--metrics", "ppl,bos", "--json", str(j), "--figure", str(tmp_path / "t.png")]) == 0
     rows = json.loads(j.read_text())["rows"]
