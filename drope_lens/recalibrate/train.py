@@ -185,6 +185,13 @@ def training_arguments(recipe: Recipe, run_dir: Path, device: torch.device, *, t
     recipe's in :class:`RecalibrationTrainer`)."""
     from transformers import TrainingArguments
 
+    # transformers 5 renamed gradient_checkpointing (kept as a deprecated alias) to activation_checkpointing
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
+    ckpt_args: dict[str, Any] = {
+        ckpt: recipe.grad_checkpointing,
+        f"{ckpt}_kwargs": {"use_reentrant": False} if recipe.grad_checkpointing else None,
+    }
     return TrainingArguments(
         output_dir=str(run_dir),
         per_device_train_batch_size=recipe.batch_size,
@@ -200,13 +207,12 @@ def training_arguments(recipe: Recipe, run_dir: Path, device: torch.device, *, t
         lr_scheduler_type="constant",  # replaced by Recipe.lr_at (create_scheduler)
         bf16=recipe.dtype == "bfloat16",
         use_cpu=device.type == "cpu",
-        activation_checkpointing=recipe.grad_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if recipe.grad_checkpointing else None,
+        **ckpt_args,
         save_strategy="steps",
         save_steps=recipe.save_every,
         logging_strategy="steps",
         logging_steps=1,
-        include_num_input_tokens_seen="all",
+        include_num_input_tokens_seen=True,  # trainer_state.json records the tokens seen (any reader can use it)
         seed=recipe.seed,
         report_to="none",
         disable_tqdm=True,
@@ -371,7 +377,7 @@ def recalibrate(
     check_disjoint(split)
     manifest = _run_manifest(source, recipe, split, documents_fingerprint(docs), len(docs), data)
     _check_same_run(run_dir, manifest)
-    resume = _resume_point(run_dir, stop_after)
+    resume = _resume_point(run_dir)
 
     teacher = None
     if recipe.kl_weight > 0:  # not part of DroPE's recipe
@@ -432,12 +438,13 @@ def recalibrate(
     result = RecalibrationResult(str(run_dir), recipe, source, launch=launch)
     result.resumed_from = resume[1] if resume else None
     t0 = time.perf_counter()
-    if not (resume and stop_after is not None and resume[1] >= stop_after):
+    trains = not (resume and stop_after is not None and resume[1] >= stop_after)
+    if trains:
         with _quiet_hf():
             trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     result.wall_s = time.perf_counter() - t0
     state.wait_for_everyone()
-    step = trainer.state.global_step
+    step = trainer.state.global_step if trains else resume[1] if resume else 0
     result.steps_done = step
     result.tokens_seen = step * recipe.tokens_per_step
     result.losses = recorder.losses
@@ -497,7 +504,7 @@ def _quiet_hf():
             hf_logging.enable_progress_bar()
 
 
-def _resume_point(run_dir: Path, stop_after: Optional[int]) -> Optional[tuple[Path, int]]:
+def _resume_point(run_dir: Path) -> Optional[tuple[Path, int]]:
     from drope_lens.recalibrate.checkpoint import latest_resumable
 
     found = latest_resumable(run_dir)

@@ -1,7 +1,10 @@
 """Track analyses over the checkpoints of a recalibration: RoPE original, step 0, every saved one.
 
-:func:`track` loads each checkpoint in turn, runs the chosen metric groups with drope_lens's own
-analyses (nothing is re-implemented here) and returns a :class:`TrackResult` whose
+The checkpoints come from a drope_lens run folder, from any HF Trainer output folder (``checkpoint-N/``
+with ``trainer_state.json``, e.g. a SakanaAI/DroPE run; :func:`checkpoint_points`) or from a list of
+folders. :func:`track` loads each checkpoint in turn, runs the chosen metric groups (:func:`measure`,
+which the training callback :class:`~drope_lens.track.callback.TrackCallback` also runs on the weights
+being trained) with drope_lens's own analyses (nothing is re-implemented here) and returns a :class:`TrackResult` whose
 ``to_dataframe()`` has one row per checkpoint × metric (``checkpoint``, ``role``, ``step``,
 ``tokens``, ``group``, ``metric``, ``value``; ``tokens`` is None for the RoPE reference).
 
