@@ -190,14 +190,17 @@ class TrackCallback(TrainerCallback):
             from drope_lens.loading.drope_format import recalibration_label
 
             assert sd is not None
-
             tokens = self._tokens(state)
             point = TrackPoint(
                 f"step-{state.global_step}", "in-memory", "drope", state.global_step, tokens, self.heldout
             )
             origin = f"{recalibration_label(tokens)} (in training, step {state.global_step})"
             loaded = hooked_from_weights(
-                config, sd, self.tokenizer or tokenizer, device=self.device or args.device, origin=origin
+                config,
+                sd,
+                self.tokenizer if self.tokenizer is not None else tokenizer,
+                device=self.device or args.device,
+                origin=origin,
             )
             del sd
             self._measure(args, point, loaded)
