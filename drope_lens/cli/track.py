@@ -11,13 +11,16 @@ from drope_lens.cli.fields import add_option, options_from_args
 HELP = "track massive values, sinks, BOS, perplexity (...) over recalibration checkpoints"
 
 EPILOG = """\
-Give a recalibration run folder (its RoPE source, step 0 and every checkpoint are measured) or
-checkpoint folders. Each (checkpoint, metric group) is saved under --out/parts as it finishes;
-rerun the same command and finished ones are reused (keyed by options and model identity).
+Give a recalibration run folder (its RoPE source, step 0 and every checkpoint are measured), any
+HF Trainer output folder (checkpoint-N/ folders, e.g. a SakanaAI/DroPE run; --rope adds the RoPE
+reference, tokens seen come from trainer_state.json or --global-batch x --seq-len), or checkpoint
+folders. Each (checkpoint, metric group) is saved under --out/parts as it finishes; rerun the same
+command and finished ones are reused (keyed by options and model identity).
 
 examples:
   drope-lens track --json track.json --figure track.png     # the cached default run
   drope-lens track runs/qk --metrics ppl,massive,sinks,bos
+  drope-lens track sakana_out/ --rope HuggingFaceTB/SmolLM-360M --global-batch 64 --seq-len 2048
 """
 
 
@@ -43,6 +46,21 @@ def add_parser(sub) -> None:
     add_option(p, O, "n_seeds", "random controls for disruption")
     add_option(p, O, "passkey_n", "passkey prompts")
     p.add_argument("--no-rope", action="store_true", help="leave out the RoPE reference of a run folder")
+    p.add_argument(
+        "--rope",
+        metavar="ID_OR_DIR",
+        help="the RoPE model a Trainer run started from: measured as the reference, and its tokenizer used "
+        "for checkpoints saved without one",
+    )
+    p.add_argument("--tokenizer", metavar="ID_OR_DIR", help="tokenizer for checkpoints saved without one")
+    p.add_argument(
+        "--global-batch",
+        type=int,
+        metavar="N",
+        help="a Trainer run's sequences per optimizer step, all processes (with --seq-len: tokens seen = "
+        "step x N x seq-len when trainer_state.json does not record them)",
+    )
+    p.add_argument("--seq-len", type=int, metavar="N", help="a Trainer run's sequence length (with --global-batch)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="recompute saved parts")
@@ -66,14 +84,26 @@ def run(args: argparse.Namespace) -> int:
     opts = command_options(args)
     if args.figure and not Path(args.figure).parent.resolve().is_dir():
         raise DropeLensInputError(f"--figure {args.figure}: its folder does not exist")
+    if (args.global_batch is None) != (args.seq_len is None):
+        raise DropeLensInputError("--global-batch and --seq-len go together (tokens per step = their product)")
+    for flag, v in (("--global-batch", args.global_batch), ("--seq-len", args.seq_len)):
+        if v is not None and v < 1:
+            raise DropeLensInputError(f"{flag} must be >= 1, got {v}")
+    tokens_per_step = args.global_batch * args.seq_len if args.global_batch else None
     folders = list(args.checkpoints)
-    if not folders:
-        from drope_lens.recalibrate.checkpoint import cached_recalibrated
+    from drope_lens.loading import drope_format as fmt
 
-        folders = [str(cached_recalibrated().parent)]
-    points = checkpoint_points(folders, include_rope=opts.include_rope)  # bad folders fail before loading
+    if not folders:
+        folders = [str(fmt.cached_recalibrated().parent)]
+    points = checkpoint_points(  # bad folders fail before loading
+        folders,
+        include_rope=opts.include_rope,
+        rope=args.rope,
+        tokenizer=args.tokenizer,
+        tokens_per_step=tokens_per_step,
+    )
     out = args.out
-    if out is None and len(folders) == 1 and (Path(folders[0]) / "recalibrate.json").is_file():
+    if out is None and len(folders) == 1 and fmt.read_run(folders[0]) is not None:
         out = str(Path(folders[0]) / "track")
     if out is not None:
         check_out_dir(out)

@@ -9,7 +9,7 @@ TransformerBridge (``backend="bridge"``) with the same hook names, shapes, numbe
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import torch
 
@@ -116,6 +116,10 @@ def hooked_from_hf(
     n_ctx: Optional[int] = None,
     source: Optional[str] = None,
     n_devices: int = 1,
+    drope_attention_type: Optional[str] = None,
+    softmax_scale: Optional[float] = None,
+    q_norms: Optional[Sequence[torch.Tensor]] = None,
+    k_norms: Optional[Sequence[torch.Tensor]] = None,
 ) -> Any:
     """An in-memory HF ``LlamaForCausalLM`` as a drope_lens model of ``backend``.
 
@@ -127,6 +131,8 @@ def hooked_from_hf(
         dtype: model dtype; defaults to the HF model's.
         process_weights: hooked backend: apply TransformerLens's fold_ln / centring.
         n_ctx: context window; defaults to ``max_position_embeddings``.
+        drope_attention_type, softmax_scale, q_norms, k_norms: a DroPE model's variant, logit
+            multiplier and per-layer full-width q/k RMSNorm gains (``None``: that side unnormed).
     """
     backend = check_backend(backend)
     _check_options(backend, process_weights=process_weights, n_devices=n_devices)
@@ -138,16 +144,22 @@ def hooked_from_hf(
         device=device,
         n_ctx=n_ctx,
         source=source,
+        drope_attention_type=drope_attention_type,
+        softmax_scale=softmax_scale,
     )
     if backend == "bridge":
         from drope_lens.loading.bridge.load import bridge_from_hf
 
-        return bridge_from_hf(hf_model, tokenizer, **common)
+        return bridge_from_hf(hf_model, tokenizer, q_norms=q_norms, k_norms=k_norms, **common)
+    from drope_lens.loading.hooked.attention import install_qk_norm
     from drope_lens.loading.hooked.load import hooked_from_hf as convert
 
     if n_devices > 1:
         common["n_devices"] = n_devices
-    return convert(hf_model, tokenizer, process_weights=process_weights, **common)
+    model = convert(hf_model, tokenizer, process_weights=process_weights, **common)
+    if q_norms is not None or k_norms is not None:
+        install_qk_norm(model, q_norms, k_norms)
+    return model
 
 
 def to_nope(model: Any, *, origin: str = ZERO_SHOT_NOPE, inplace: bool = False, backend: Optional[str] = None) -> Any:

@@ -151,7 +151,7 @@ def load_pair(
             "out, or pass your own recalibrated checkpoint folder as --drope"
         )
     if drope == RECALIBRATED:
-        from drope_lens.recalibrate.checkpoint import cached_recalibrated
+        from drope_lens.loading.drope_format import cached_recalibrated
 
         cached_recalibrated()  # a missing cache fails here, before any model is loaded
     if offload is not None:
@@ -184,7 +184,7 @@ def load_pair(
     if drope is None:
         drope_model = to_nope(rope_model)
     elif drope == RECALIBRATED:
-        from drope_lens.recalibrate.checkpoint import cached_recalibrated
+        from drope_lens.loading.drope_format import cached_recalibrated
 
         drope_model = load(cached_recalibrated(), model_name=EMBEDDED_NAME)
     else:

@@ -19,13 +19,12 @@ from typing import Any, Optional, Union
 import torch
 
 from drope_lens.errors import CorruptFileError, MissingFileError, UnsupportedModelError
+from drope_lens.loading.drope_format import drope_facts, read_meta
 from drope_lens.loading.facts import DROPE_CHECKPOINT, ZERO_SHOT_NOPE
 
 #: HF ``architectures`` / ``model_type`` values drope_lens can load.
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 SUPPORTED_MODEL_TYPES = ("llama", "llama_drope", "smollm", "smollm2")
-#: DroPE ``attention_type`` values (SakanaAI/DroPE ``custom_models/attention.py``).
-DROPE_ATTENTION_TYPES = ("nope", "qk_norm_nope", "q_norm_nope", "k_norm_nope")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 DTYPES = {
@@ -134,20 +133,6 @@ def read_config_dict(source: Union[str, os.PathLike]) -> dict:
             "Check the name, your network and `huggingface-cli login` for gated models, or "
             "download the checkpoint and pass its local folder."
         ) from exc
-
-
-def drope_facts(raw: dict) -> tuple[Optional[str], Optional[float]]:
-    """(attention_type, softmax_scale) for a SakanaAI DroPE config, (None, None) otherwise."""
-    if raw.get("model_type") != "llama_drope" and "attention_type" not in raw:
-        return None, None
-    attention_type = raw.get("attention_type", "nope")
-    if attention_type not in DROPE_ATTENTION_TYPES:
-        raise UnsupportedModelError(
-            f"Unknown DroPE attention_type {attention_type!r}. drope_lens implements "
-            f"{DROPE_ATTENTION_TYPES} (SakanaAI/DroPE custom_models/attention.py)."
-        )
-    scale = raw.get("softmax_scale")
-    return attention_type, (float(scale) if scale is not None else None)
 
 
 def check_model_folder(path: Path, raw: dict, *, flag: str = "model folder", tokenizer: bool = True) -> None:
@@ -313,8 +298,6 @@ def read_source(source: Union[str, os.PathLike], *, tokenizer: Any = None, nope:
 
 def recalibrated_origin(source: Union[str, os.PathLike]) -> Optional[str]:
     """ "RoPE removed, recalibrated on N tokens (recipe)" for a drope_lens recalibration checkpoint."""
-    from drope_lens.recalibrate.checkpoint import read_meta
-
     path = Path(os.path.expanduser(str(source)))
     meta = read_meta(path) if path.is_dir() else None
     if not meta:

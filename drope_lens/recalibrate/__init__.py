@@ -9,8 +9,10 @@ _EXPORTS = {
         n: "drope_lens.recalibrate.blocks"
         for n in ("BlockSplit", "check_disjoint", "make_split", "pack_blocks", "split_blocks")
     },
-    **{n: "drope_lens.recalibrate.checkpoint" for n in ("list_checkpoints", "read_meta", "recalibration_label")},
+    # the checkpoint format lives with loading (loading never imports recalibrate)
+    **{n: "drope_lens.loading.drope_format" for n in ("list_checkpoints", "read_meta", "recalibration_label")},
     **{n: "drope_lens.recalibrate.corpus" for n in ("Document", "builtin_documents", "load_documents")},
+    "DroPELlamaForCausalLM": "drope_lens.recalibrate.model",
     "Recipe": "drope_lens.recalibrate.recipe",
     **{n: "drope_lens.recalibrate.train" for n in ("RecalibrationResult", "default_run_dir", "recalibrate")},
 }
@@ -18,6 +20,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 __all__ = [
     "BlockSplit",
+    "DroPELlamaForCausalLM",
     "Document",
     "Recipe",
     "RecalibrationResult",

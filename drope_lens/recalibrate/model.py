@@ -1,8 +1,11 @@
 """The module that is trained: the HF ``LlamaForCausalLM`` with RoPE replaced by the identity rotation.
 
-This is what SakanaAI's DroPE does (HF causal attention kept, cos = 1, sin = 0 in every layer), and
-it saves straight into their checkpoint format. ``qk_norm_nope`` adds a new full-width RMSNorm on
-the q and k projections (over all heads, before the head split; gains initialised to 1), stored as
+This is what SakanaAI's DroPE does (HF causal attention kept, cos = 1, sin = 0 in every layer).
+:class:`DroPELlamaForCausalLM` is that ``LlamaForCausalLM`` with a
+:class:`~drope_lens.loading.drope_format.DropeLlamaConfig`, so ``save_pretrained`` -- and so every
+checkpoint the HF Trainer writes, under DDP, FSDP or DeepSpeed alike -- is in their checkpoint format,
+and ``from_pretrained`` reads it back (resume). ``qk_norm_nope`` adds a new full-width RMSNorm on the
+q and k projections (over all heads, before the head split; gains initialised to 1), stored as
 ``model.layers.N.self_attn.{q,k}_norm.weight`` -- the same norm drope_lens's loader applies
 (:class:`~drope_lens.loading.numerics.FullWidthRMSNorm`).
 """
@@ -10,12 +13,12 @@ the q and k projections (over all heads, before the head split; gains initialise
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Union
+from typing import Any, Optional, Union
 
-import torch
 from torch import nn
+from transformers import LlamaForCausalLM
 
+from drope_lens.loading.drope_format import NORM_SIDES, DropeLlamaConfig, drope_config
 from drope_lens.loading.numerics import FullWidthRMSNorm
 from drope_lens.loading.parity import IdentityRotary
 
@@ -45,32 +48,46 @@ def add_qk_norms(hf_model, sides: tuple[str, ...] = ("q", "k")) -> None:
             proj.register_forward_hook(_norm_hook(norm))
 
 
-def drope_training_model(source: Union[str, os.PathLike], variant: str, *, device: str = "cpu"):
-    """``(hf_model, tokenizer)``: ``source`` (a RoPE Llama folder or hub id) in fp32 with RoPE removed
-    and, for ``qk_norm_nope``, the new q/k norms. sdpa attention, causal, no cache."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
+class DroPELlamaForCausalLM(LlamaForCausalLM):
+    """``LlamaForCausalLM`` without RoPE (identity rotary), with the q/k norms and ``softmax_scale``
+    its :class:`DropeLlamaConfig` asks for."""
 
-    hf = LlamaForCausalLM.from_pretrained(str(source), dtype=torch.float32, attn_implementation="sdpa")
-    hf.config.use_cache = False
-    remove_rope(hf)
-    if variant == "qk_norm_nope":
-        add_qk_norms(hf)
-    tok = AutoTokenizer.from_pretrained(str(source))
-    # transformers types PreTrainedModel.to's wrapper as taking the model first
-    return hf.to(device), tok  # type: ignore[arg-type]
+    config_class = DropeLlamaConfig
+
+    def __init__(self, config: DropeLlamaConfig):
+        super().__init__(config)
+        remove_rope(self)
+        sides = NORM_SIDES[config.attention_type]
+        if sides:
+            add_qk_norms(self, sides)
+        scale = getattr(config, "softmax_scale", None)
+        if scale is not None:
+            for layer in self.model.layers:
+                layer.self_attn.scaling = float(scale)
 
 
-def load_weights(hf_model, folder: Union[str, os.PathLike]) -> None:
-    """Load a saved checkpoint's safetensors into ``hf_model`` (only tied ``lm_head`` may be absent)."""
-    from safetensors.torch import load_file
+def drope_training_model(
+    source: Union[str, os.PathLike],
+    variant: str,
+    *,
+    device: Optional[str] = None,
+    attn_implementation: str = "sdpa",
+    tokenizer: Any = None,
+):
+    """``(model, tokenizer)``: ``source`` (a RoPE Llama folder or hub id) as a
+    :class:`DroPELlamaForCausalLM` of attention type ``variant`` in fp32 (new q/k norm gains 1),
+    ``attn_implementation`` attention (sdpa, or flash_attention_2 where installed), causal, no cache.
+    ``device=None`` leaves it where ``from_pretrained`` puts it (the Trainer places it)."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
 
-    sd = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        sd.update(load_file(str(f)))
-    missing, unexpected = hf_model.load_state_dict(sd, strict=False)
-    tied = bool(getattr(hf_model.config, "tie_word_embeddings", False))
-    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise RuntimeError(
-            f"{folder}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
+    cfg = drope_config(AutoConfig.from_pretrained(str(source)), variant)
+    cfg.use_cache = False
+    model = DroPELlamaForCausalLM.from_pretrained(
+        str(source), config=cfg, dtype=torch.float32, attn_implementation=attn_implementation
+    )
+    tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(source))
+    if device is not None:
+        # transformers types PreTrainedModel.to's wrapper as taking the model first
+        model = model.to(device)  # type: ignore[arg-type]
+    return model, tok

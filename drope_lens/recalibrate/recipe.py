@@ -7,12 +7,18 @@ embedded SmolLM2-135M on a 2-core CPU: 175 steps of 4 × 256 tokens = 179,200 to
 the ~125 tokens/s measured on 2 idle cores, a checkpoint every 25 steps (8 with step 0).
 ``kl_weight`` (a KL term to the frozen RoPE teacher) is **not part of DroPE's recipe**; it is off
 by default.
+
+``batch_size`` is the micro-batch of one process (HF's ``per_device_train_batch_size``); one optimizer
+step sees ``batch_size × grad_accum × world_size`` blocks (:attr:`Recipe.global_batch`), where
+``world_size`` is the number of training processes (``torchrun`` / ``accelerate launch``), filled in
+by :func:`~drope_lens.recalibrate.train.recalibrate` from the launch, never a command-line option.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -22,17 +28,32 @@ VARIANTS = ("nope", "qk_norm_nope")
 SCHEDULES = ("constant", "cosine")
 CACHE_PREFIX = "smollm2-135m-instruct-"  # cached runs of the embedded model
 DTYPES = ("float32", "bfloat16")  # fp16 would need loss scaling; DroPE trains in bf16
+#: HF attention implementations; ``auto``: flash_attention_2 on CUDA in bf16 when flash-attn is installed, else sdpa.
+ATTENTIONS = ("auto", "sdpa", "flash_attention_2", "eager")
+#: What ``--track-every`` measures during training by default: every track group but the slow ``disruption``.
+TRACK_METRICS = "ppl,massive,sinks,bos,passkey"
+#: Recipe fields that change how a run is computed but not what it trains on or towards (a resumed run
+#: may change them); the global batch (batch x grad-accum x processes) stands for the three batch fields.
+LAUNCH_FIELDS = ("save_every", "device", "grad_checkpointing", "attention", "batch_size", "grad_accum", "world_size")
+
+
+def launch_world_size() -> int:
+    """Training processes of this launch (``WORLD_SIZE``, set by torchrun and accelerate launch; 1 alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 @dataclass(frozen=True)
 class Recipe:
     """Options of one recalibration run (see the module docstring for their provenance).
 
-    ``dtype``: ``float32`` trains in fp32; ``bfloat16`` keeps fp32 master weights (and optimizer
-    state, and saved checkpoints) and runs the forward/backward under ``torch.autocast`` on the
-    run's device (DroPE trains in bf16). ``float16`` is refused: it would need loss scaling.
-    ``grad_checkpointing``: HF gradient checkpointing (recompute activations in the backward). ``max_tokens`` (if set)
-    overrides ``max_steps`` with ``ceil(max_tokens / tokens_per_step)``.
+    ``dtype``: ``float32`` trains in fp32; ``bfloat16`` is HF Trainer's ``bf16`` mixed precision: fp32
+    master weights (and optimizer state, and saved checkpoints) with the forward/backward under
+    autocast (DroPE trains in bf16). ``float16`` is refused: it would need loss scaling.
+    ``device``: ``auto`` (CUDA when this torch sees a GPU, else CPU), ``cpu``, ``cuda``, ``mps``; under
+    ``torchrun`` / ``accelerate launch`` each process takes its own GPU.
+    ``grad_checkpointing``: HF gradient checkpointing (recompute activations in the backward).
+    ``attention``: see :data:`ATTENTIONS`. ``max_tokens`` (if set) overrides ``max_steps`` with
+    ``ceil(max_tokens / tokens_per_step)``.
     """
 
     variant: str = "nope"
@@ -49,15 +70,17 @@ class Recipe:
     heldout_blocks: int = 32
     bos: bool = True
     dtype: str = "float32"
-    device: str = "cpu"
+    device: str = "auto"
     seed: int = 0
     grad_checkpointing: bool = False
+    attention: str = "auto"
     kl_weight: float = 0.0  # NOT part of DroPE's recipe
     kl_temperature: float = 1.0
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
     clip_grad: float = 1.0
+    world_size: int = 1  # training processes; set from the launch by recalibrate(), not an option
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -65,6 +88,8 @@ class Recipe:
 
         if self.variant not in VARIANTS:
             bad(f"--variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.attention not in ATTENTIONS:
+            bad(f"--attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.schedule not in SCHEDULES:
             bad(f"--schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.dtype not in DTYPES:
@@ -82,6 +107,7 @@ class Recipe:
             ("save_every", 1),
             ("heldout_blocks", 1),
             ("warmup_steps", 0),
+            ("world_size", 1),
         ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
@@ -99,8 +125,13 @@ class Recipe:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
     @property
+    def global_batch(self) -> int:
+        """Blocks per optimizer step, all processes together."""
+        return self.batch_size * self.grad_accum * self.world_size
+
+    @property
     def tokens_per_step(self) -> int:
-        return self.seq_len * self.batch_size * self.grad_accum
+        return self.seq_len * self.global_batch
 
     @property
     def total_steps(self) -> int:
@@ -131,9 +162,11 @@ class Recipe:
         return cls(**kwargs)
 
     def training_identity(self) -> dict:
-        """The fields a resumed run must share with the saved one (all but ``save_every``)."""
-        d = self.to_dict()
-        d.pop("save_every")
+        """What a resumed run must share with the saved one: every field but the
+        :data:`LAUNCH_FIELDS`, and the global batch (so a run may resume with another micro-batch,
+        accumulation or number of processes that keep it)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in LAUNCH_FIELDS}
+        d["global_batch"] = self.global_batch
         return d
 
     def cache_name(self) -> str:
@@ -141,10 +174,12 @@ class Recipe:
         return f"{CACHE_PREFIX}{self.variant}-{self.total_steps * self.tokens_per_step}tok"
 
     def describe(self) -> str:
-        """Short label, e.g. ``nope, lr 1e-04 cosine, 256x4x1 tokens/step, seed 0``."""
+        """Short label, e.g. ``nope, lr 1e-04 cosine (warm-up 10), 256x4x1 tokens/step, float32, seed 0``
+        (``256x4x1x8 tokens/step`` with 8 processes)."""
+        procs = f"x{self.world_size}" if self.world_size > 1 else ""
         s = (
             f"{self.variant}, lr {self.lr:.0e} {self.schedule} (warm-up {self.warmup_steps}), "
-            f"{self.seq_len}x{self.batch_size}x{self.grad_accum} tokens/step, {self.dtype}, seed {self.seed}"
+            f"{self.seq_len}x{self.batch_size}x{self.grad_accum}{procs} tokens/step, {self.dtype}, seed {self.seed}"
         )
         if self.kl_weight:
             s += f", KL-to-RoPE {self.kl_weight:g} (not DroPE's recipe)"

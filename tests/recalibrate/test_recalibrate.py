@@ -1,4 +1,4 @@
-"""Recalibration on tiny random Llama models: loss, RoPE off, checkpoint round trips, resume, splits."""
+"""Recalibration (HF Trainer) on tiny random Llama models: loss, RoPE off, checkpoint round trips, resume, splits."""
 
 from __future__ import annotations
 
@@ -85,8 +85,7 @@ def test_rope_is_off_in_training_and_in_the_saved_checkpoint(rope_dir, toy_data,
     model = dl.load_hooked(r.final)
     assert (
         model.cfg.is_nope
-        and json.loads((tmp_path / "run" / "checkpoint-000002" / "config.json").read_text())["model_type"]
-        == "llama_drope"
+        and json.loads((tmp_path / "run" / "checkpoint-2" / "config.json").read_text())["model_type"] == "llama_drope"
     )
     assert "recalibrated on 256 tokens" in model.cfg.describe()
     _, cache = model.run_with_cache(_ids())
@@ -124,34 +123,48 @@ def test_qk_norm_nope_round_trip(rope_dir, toy_data, tmp_path):
 
 
 def test_resume_equals_uninterrupted(rope_dir, toy_data, tmp_path):
+    """Interrupted after step 3 and rerun: Trainer.resume_from_checkpoint restores weights, AdamW,
+    scheduler, RNG and the data position; on CPU the result is bit-identical (weights, optimizer state,
+    every logged loss, LR and gradient norm)."""
     from safetensors.torch import load_file
 
     from drope_lens.recalibrate import recalibrate
 
-    recipe = _recipe(max_steps=5, save_every=2, schedule="cosine")
+    recipe = _recipe(max_steps=5, save_every=2, schedule="cosine", grad_accum=2, batch_size=2)
     full = recalibrate(rope_dir, recipe, tmp_path / "a", data=toy_data, progress=False)
     part = recalibrate(rope_dir, recipe, tmp_path / "b", data=toy_data, progress=False, stop_after=3)
     assert not part.finished and part.steps_done == 3
-    assert not (tmp_path / "b" / "checkpoint-000002" / "trainer_state.pt").exists()  # only the latest keeps it
+    assert [c["step"] for c in part.checkpoints] == [0, 2, 3]
+    assert not (tmp_path / "b" / "checkpoint-2" / "optimizer.pt").exists()  # only the latest keeps its state
+    assert (tmp_path / "b" / "checkpoint-3" / "optimizer.pt").exists()
     rest = recalibrate(rope_dir, recipe, tmp_path / "b", data=toy_data, progress=False)
     assert rest.resumed_from == 3 and rest.finished and rest.tokens_seen == full.tokens_seen
-    a = load_file(str(tmp_path / "a" / "checkpoint-000005" / "model.safetensors"))
-    b = load_file(str(tmp_path / "b" / "checkpoint-000005" / "model.safetensors"))
+    assert [c["step"] for c in rest.checkpoints] == [0, 2, 3, 4, 5]
+    a = load_file(str(tmp_path / "a" / "checkpoint-5" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoint-5" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    opt_a = torch.load(tmp_path / "a" / "checkpoint-5" / "optimizer.pt", weights_only=False)["state"]
+    opt_b = torch.load(tmp_path / "b" / "checkpoint-5" / "optimizer.pt", weights_only=False)["state"]
+    assert all(torch.equal(opt_a[i][k], opt_b[i][k]) for i in opt_a for k in ("exp_avg", "exp_avg_sq"))
     log_a = (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()
     log_b = (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
 
     def strip(lines):
         return [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "wall_s")} for line in lines]
 
-    assert strip(log_a) == strip(log_b)
+    assert strip(log_a) == strip(log_b) and len(log_b) == 5
+    assert [round(e["lr"], 12) for e in strip(log_a)] == [round(recipe.lr_at(s), 12) for s in range(5)]
     with pytest.raises(Exception, match="different recipe.lr"):
         recalibrate(
             rope_dir,
-            _recipe(max_steps=5, save_every=2, schedule="cosine", lr=1e-3),
+            _recipe(max_steps=5, save_every=2, schedule="cosine", grad_accum=2, batch_size=2, lr=1e-3),
             tmp_path / "b",
             data=toy_data,
             progress=False,
+        )
+    with pytest.raises(Exception, match="different recipe.global_batch"):
+        recalibrate(
+            rope_dir, _recipe(max_steps=5, save_every=2, schedule="cosine", grad_accum=2), tmp_path / "b", data=toy_data
         )
 
 
@@ -212,6 +225,22 @@ def test_recipe_schedule_and_bad_values():
     assert [round(r.lr_at(s), 8) for s in range(4)] == [2.5e-4, 5e-4, 7.5e-4, 1e-3]
     assert r.lr_at(4) == pytest.approx(1e-3) and r.lr_at(13) == pytest.approx(1e-4)
     assert Recipe(max_tokens=1000, seq_len=10, batch_size=3, grad_accum=2).total_steps == 17
+    # the embedded default run: its budget, label and cache folder are what they were before the Trainer
+    d = Recipe()
+    assert (d.total_steps, d.tokens_per_step, d.save_every) == (175, 1024, 25)
+    assert d.describe() == "nope, lr 1e-04 cosine (warm-up 10), 256x4x1 tokens/step, float32, seed 0"
+    assert d.cache_name() == "smollm2-135m-instruct-nope-179200tok"
+    # several processes: batch_size is each one's micro-batch; the global batch sets steps and tokens
+    w = Recipe(batch_size=2, grad_accum=3, world_size=4, seq_len=10, max_tokens=1000)
+    assert (w.global_batch, w.tokens_per_step, w.total_steps) == (24, 240, 5)
+    assert "10x2x3x4 tokens/step" in w.describe()
+    same = (
+        Recipe(batch_size=2, grad_accum=2),
+        Recipe(batch_size=2, world_size=2),
+        Recipe(batch_size=1, grad_accum=2, world_size=2),
+    )
+    assert all(r.training_identity() == d.training_identity() for r in same)  # global batch 4: may resume
+    assert Recipe(world_size=2).training_identity() != d.training_identity()
     for bad in (
         dict(variant="rope"),
         dict(lr=0.0),
@@ -219,6 +248,8 @@ def test_recipe_schedule_and_bad_values():
         dict(schedule="linear"),
         dict(kl_weight=-1.0),
         dict(dtype="int8"),
+        dict(attention="flash"),
+        dict(world_size=0),
     ):
         with pytest.raises(DropeLensInputError):
             Recipe(**bad)
@@ -251,17 +282,18 @@ def test_bf16_autocast_and_gradient_checkpointing_on_cpu(rope_dir, toy_data, tmp
     fp32, ckpt, bf16 = (runs[k] for k in ("fp32", "ckpt", "bf16"))
     assert ckpt.trained.is_gradient_checkpointing and not fp32.trained.is_gradient_checkpointing
     assert ckpt.losses == pytest.approx(fp32.losses, rel=1e-6, abs=1e-6)
-    w = {k: load_file(str(tmp_path / k / "checkpoint-000003" / "model.safetensors")) for k in runs}
+    w = {k: load_file(str(tmp_path / k / "checkpoint-3" / "model.safetensors")) for k in runs}
     for name, t in w["fp32"].items():
         torch.testing.assert_close(w["ckpt"][name], t, rtol=1e-5, atol=1e-6)
     assert all(math.isfinite(v) for v in bf16.losses) and bf16.losses != fp32.losses
     assert bf16.losses == pytest.approx(fp32.losses, rel=0.05)
     assert {t.dtype for t in w["bf16"].values()} == {torch.float32}
-    model = dl.load_hooked(str(tmp_path / "bf16" / "checkpoint-000003"))
+    assert json.loads((tmp_path / "bf16" / "recalibrate.json").read_text())["launch"]["mixed_precision"] == "bf16"
+    model = dl.load_hooked(str(tmp_path / "bf16" / "checkpoint-3"))
     assert torch.isfinite(model(_ids())).all()
 
 
-def test_float16_and_unusable_devices_are_refused_before_loading():
+def test_float16_and_unusable_devices_are_refused_before_loading(monkeypatch):
     from drope_lens.errors import DropeLensInputError
     from drope_lens.recalibrate import Recipe
     from drope_lens.recalibrate.train import check_device
@@ -269,8 +301,15 @@ def test_float16_and_unusable_devices_are_refused_before_loading():
     with pytest.raises(DropeLensInputError, match="loss scaling"):
         Recipe(dtype="float16")
     assert check_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert check_device("auto").type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check_device("auto").type == "cpu"
     with pytest.raises(DropeLensInputError, match="--device nonsense"):
         check_device("nonsense")
+    with pytest.raises(DropeLensInputError, match="cpu, cuda or mps"):
+        check_device("meta")
     if not torch.cuda.is_available():
         with pytest.raises(DropeLensInputError, match="no CUDA GPU"):
             check_device("cuda")

@@ -65,7 +65,7 @@ def test_report_labels_the_recalibrated_twin_and_never_mixes_it_with_the_zero_sh
     assert res["pair"]["drope"].endswith(f"({LABEL}; {recipe_label})")
     drope_prov = res["provenance"]["models"]["drope"]
     assert drope_prov["nope_origin"] == f"{LABEL}; {recipe_label}"
-    assert drope_prov["source"].endswith("checkpoint-000002")
+    assert drope_prov["source"].endswith("checkpoint-2")
     md = (out / "report.md").read_text()
     assert LABEL in md and recipe_label in md and "zero-shot" not in md.split("DroPE/NoPE model:")[1].split("\n")[0]
     assert any(t.endswith(f"({LABEL})") for t in legends), legends

@@ -24,26 +24,23 @@ def run_dir(rope_dir, toy_data, tmp_path_factory):  # noqa: F811
 def test_track_three_checkpoints_one_row_per_checkpoint_and_metric(run_dir, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from drope_lens.recalibrate.model import drope_training_model, load_weights
+    from drope_lens.recalibrate.model import DroPELlamaForCausalLM
     from drope_lens.track import pipeline as track_mod
 
-    ckpts = [str(run_dir / f"checkpoint-00000{i}") for i in range(3)]
+    ckpts = [str(run_dir / f"checkpoint-{i}") for i in range(3)]
     res = track_mod.track(ckpts, "ppl,massive,sinks,bos", out=tmp_path / "t", progress=False)
     df = res.to_dataframe()
     per_group = {"ppl": 1, "massive": 9, "sinks": 2, "bos": 4}
     assert len(df) == 3 * sum(per_group.values())
     assert not df.duplicated(["checkpoint", "metric"]).any()
-    assert set(df.checkpoint) == {"checkpoint-000000", "checkpoint-000001", "checkpoint-000002"}
+    assert set(df.checkpoint) == {"checkpoint-0", "checkpoint-1", "checkpoint-2"}
     assert sorted(set(df.tokens)) == [0, 128, 256] and set(df.role) == {"drope"}
     # held-out ppl of the last checkpoint against a plain HF forward (identity rotary, HF loss)
     held = load_file(str(run_dir / "heldout.safetensors"))["tokens"]
-    run = json.loads((run_dir / "recalibrate.json").read_text())
-    hf, _ = drope_training_model(run["source"], "nope")
-    load_weights(hf, ckpts[2])
-    hf.eval()
+    hf = DroPELlamaForCausalLM.from_pretrained(ckpts[2]).eval()
     with torch.no_grad():
         ref = math.exp(float(hf(input_ids=held, labels=held).loss))
-    got = df[(df.checkpoint == "checkpoint-000002") & (df.metric == "ppl_heldout")].value.item()
+    got = df[(df.checkpoint == "checkpoint-2") & (df.metric == "ppl_heldout")].value.item()
     assert got == pytest.approx(ref, rel=1e-4)
     # resume: every part is reused, no analysis runs again
     for mod, name in (("massive", "detect_massive"), ("profile_pass", "phase_profile"), ("perplexity", "perplexity")):
@@ -60,7 +57,7 @@ def test_track_run_folder_includes_rope_reference_and_figure(run_dir, tmp_path):
     from drope_lens.views.track_figure import plot_track
 
     res = track([run_dir], ("massive",), max_length=64, progress=False)
-    assert [p.name for p in res.points] == ["rope", "checkpoint-000000", "checkpoint-000001", "checkpoint-000002"]
+    assert [p.name for p in res.points] == ["rope", "checkpoint-0", "checkpoint-1", "checkpoint-2"]
     tokens, values, rope = res.series("massive_q_total")
     assert tokens == [0, 128, 256] and len(values) == 3
     ref = detect_massive(load_hooked(res.points[0].path), builtin_texts(), max_length=64).total_mean("q")
@@ -78,6 +75,9 @@ def test_track_run_folder_includes_rope_reference_and_figure(run_dir, tmp_path):
         (["recalibrate", "--data", "/no/such/file.txt", "--out", "OUT"], "--data"),
         (["recalibrate", "--rope", "/no/such/folder", "--out", "OUT"], "--rope"),
         (["recalibrate", "--device", "nonsense"], "--device"),
+        (["recalibrate", "--track-every", "2", "--track-metrics", "ppl,bogus"], "--metrics"),
+        (["recalibrate", "--attention", "flash_attention_2", "--out", "OUT"], "flash-attn"),
+        (["track", "OUT", "--global-batch", "4"], "--seq-len"),
         (["track", "OUT", "--metrics", "ppl,bogus"], "--metrics"),
         (["track", "/no/such/run"], "not a folder"),
     ],
@@ -131,11 +131,19 @@ def test_cli_recalibrate_and_track_end_to_end(rope_dir, toy_data, tmp_path, caps
                 "4",
                 "--lr",
                 "3e-3",
+                "--track-every",
+                "1",
+                "--track-metrics",
+                "ppl",
             ]
         )
         == 0
     )
     assert "2 steps, 256 tokens" in capsys.readouterr().out
+    live = json.loads((out / "track" / "during_training.json").read_text())["rows"]
+    assert [(r["checkpoint"], r["metric"]) for r in live] == [
+        (n, "ppl_heldout") for n in ("rope", "step-0", "step-1", "step-2")
+    ]
     j = tmp_path / "t.json"
     assert main(["track", str(out), "--metrics", "ppl,bos", "--json", str(j), "--figure", str(tmp_path / "t.png")]) == 0
     rows = json.loads(j.read_text())["rows"]
@@ -166,10 +174,10 @@ def test_load_pair_recalibrated_uses_the_cached_default_run(rope_dir, toy_data, 
     )
     recalibrate(rope_dir, _recipe(max_steps=2, save_every=1), default_run_dir("nope"), data=toy_data, progress=False)
     pair = load_pair(drope="recalibrated")
-    assert pair.drope.cfg.source == str(default_run_dir("nope") / "checkpoint-000002")
+    assert pair.drope.cfg.source == str(default_run_dir("nope") / "checkpoint-2")
     assert "RoPE removed, recalibrated on 256 tokens" in pair.labels["drope"]
     assert main(["track", "--metrics", "bos", "--no-rope"]) == 0  # no folder: the cached run
-    assert "checkpoint-000002" in capsys.readouterr().out
+    assert "checkpoint-2" in capsys.readouterr().out
 
 
 def test_summary_single_text_with_spaces_is_not_called_empty(capsys):
@@ -186,8 +194,8 @@ def test_summary_single_text_with_spaces_is_not_called_empty(capsys):
 
 
 def test_cache_key_is_the_budget_and_the_default_run_is_preferred(rope_dir, toy_data, tmp_path, monkeypatch):  # noqa: F811
+    from drope_lens.loading.drope_format import cached_recalibrated
     from drope_lens.recalibrate import Recipe, default_run_dir, recalibrate
-    from drope_lens.recalibrate.checkpoint import cached_recalibrated
 
     monkeypatch.setenv("DROPE_LENS_CACHE", str(tmp_path))
     d = Recipe()
@@ -200,7 +208,7 @@ def test_cache_key_is_the_budget_and_the_default_run_is_preferred(rope_dir, toy_
     default = default_run_dir("nope")
     r = _recipe(max_steps=1, save_every=1)
     recalibrate(rope_dir, r, default, data=toy_data, progress=False)  # stands in for the default run
-    assert cached_recalibrated() == default / "checkpoint-000001"
+    assert cached_recalibrated() == default / "checkpoint-1"
 
 
 def test_cli_track_default_metrics_cover_every_group_on_every_checkpoint(run_dir, tmp_path):
@@ -231,7 +239,7 @@ def test_cli_track_default_metrics_cover_every_group_on_every_checkpoint(run_dir
     )
     rows = json.loads(j.read_text())["rows"]
     got = {(r["checkpoint"], r["group"]) for r in rows}
-    names = ["rope", "checkpoint-000000", "checkpoint-000001", "checkpoint-000002"]
+    names = ["rope", "checkpoint-0", "checkpoint-1", "checkpoint-2"]
     assert got == {(n, g) for n in names for g in METRIC_GROUPS}
     by = {(r["checkpoint"], r["metric"]): r["value"] for r in rows}
     for n in names:

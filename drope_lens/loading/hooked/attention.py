@@ -14,7 +14,7 @@ These are installed per attention module by :func:`install_attention_numerics`; 
 from __future__ import annotations
 
 import types
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from transformer_lens import HookedTransformer
@@ -62,8 +62,8 @@ def install_attention_numerics(model: HookedTransformer) -> HookedTransformer:
 
 def install_qk_norm(
     model: HookedTransformer,
-    q_weights: Optional[list[torch.Tensor]],
-    k_weights: Optional[list[torch.Tensor]],
+    q_weights: Optional[Sequence[torch.Tensor]],
+    k_weights: Optional[Sequence[torch.Tensor]],
 ) -> HookedTransformer:
     """Attach DroPE's full-width q/k RMSNorms (one weight per layer; ``None`` = that side unnormed)."""
     for layer, block in enumerate(model.blocks):
