@@ -17,13 +17,28 @@ _EXPORTS = {
     **{n: "drope_lens.loading.pair" for n in ("ModelPair", "check_same_tokenizer", "load_pair")},
     **{n: "drope_lens.loading.surface" for n in ("KVCache", "attention_scale", "explicit_attention")},
     **{n: "drope_lens.loading.tokens" for n in ("TokenBatch", "as_batch", "encode")},
-    # the hooked backend (HookedTransformer, TransformerLens < 4)
+    "DropeLensBridgeConfig": "drope_lens.loading.bridge.config",
+}
+#: The hooked backend's own names (HookedTransformer, TransformerLens < 4).
+_HOOKED = {
     **{n: "drope_lens.loading.hooked.config" for n in ("DropeLensConfig", "config_from_hf")},
     "linear_layout": "drope_lens.loading.hooked.layout",
     "install_attention_numerics": "drope_lens.loading.hooked.attention",
     "install_fast_attention": "drope_lens.loading.hooked.fast_attention",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = [*_EXPORTS, *_HOOKED]
 
-__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+_getattr, __dir__ = lazy_exports(__name__, globals(), {**_EXPORTS, **_HOOKED})
+
+
+def __getattr__(name: str):
+    if name in _HOOKED:
+        from drope_lens.loading.backend import hooked_available
+
+        if not hooked_available():
+            raise ImportError(
+                f"drope_lens.loading.{name} belongs to the hooked backend (HookedTransformer), which TransformerLens 4 "
+                "no longer has; on TransformerBridge the config is DropeLensBridgeConfig (docs/backends.md)."
+            )
+    return _getattr(name)

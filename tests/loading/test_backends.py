@@ -262,3 +262,12 @@ def test_to_nope_keeps_the_backend(tokenizer):
     assert backend_of(to_nope(bridge, backend="bridge")) == "bridge"
     with pytest.raises(DropeLensInputError, match="keeps the model's backend \\('bridge'\\).*backend='hooked'"):
         to_nope(bridge, backend="hooked")
+
+
+def test_hooked_only_names_say_what_to_use_on_transformer_lens_4(monkeypatch):
+    import drope_lens.loading as loading
+
+    monkeypatch.setattr(backend_mod, "tl_version", lambda: (4, 3, 0))
+    monkeypatch.delitem(loading.__dict__, "DropeLensConfig", raising=False)
+    with pytest.raises(ImportError, match="hooked backend.*DropeLensBridgeConfig"):
+        loading.DropeLensConfig  # noqa: B018
