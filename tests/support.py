@@ -7,10 +7,10 @@ from typing import Any, Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from drope_lens.errors import NonFiniteError
 from drope_lens.loading import hooked_from_hf
-from drope_lens.loading.hooked import fast_attention as fa
 from drope_lens.testing import hf_nope_reference, qk_norm_drope_model, tiny_llama
 
 EMBEDDED_TEXTS = (
@@ -102,13 +102,13 @@ class SdpaSpy:
 
     def __init__(self, monkeypatch):
         self.calls = 0
-        real = fa.F.scaled_dot_product_attention
+        real = F.scaled_dot_product_attention
 
         def spy(*a, **kw):
             self.calls += 1
             return real(*a, **kw)
 
-        monkeypatch.setattr(fa.F, "scaled_dot_product_attention", spy)
+        monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
 
 
 def attention_layouts(*, drope_gain_seed: int = 0) -> dict[str, Callable[[Any, Any], Any]]:

@@ -10,7 +10,6 @@ import torch
 import drope_lens as dl
 from drope_lens.errors import NonFiniteError
 from drope_lens.loading import encode, hooked_from_hf
-from drope_lens.loading.hooked import fast_attention as fa
 from drope_lens.testing import scale_projection, tiny_llama, tiny_tokenizer
 from tests.support import SdpaSpy, assert_non_finite_refused, attention_layouts, legacy_names
 
@@ -100,6 +99,8 @@ def test_kv_cache_greedy_generation_is_identical(kind, tokenizer, tmp_path, monk
 
 @pytest.mark.hooked
 def test_pattern_hook_switches_only_that_layer_back(tokenizer, monkeypatch):
+    from drope_lens.loading.hooked.fast_attention import fast_path_applies
+
     model = hooked_from_hf(tiny_llama(seed=1, num_hidden_layers=3), tokenizer)
     ids = _ids(21, model.cfg.d_vocab)
     spy = SdpaSpy(monkeypatch)
@@ -113,10 +114,10 @@ def test_pattern_hook_switches_only_that_layer_back(tokenizer, monkeypatch):
         assert spy.calls == 3
         for name in ("blocks.1.attn.hook_pattern", "blocks.1.attn.hook_attn_scores"):
             spy.calls = 0
-            assert fa.fast_path_applies(model.blocks[1].attn)
+            assert fast_path_applies(model.blocks[1].attn)
             with model.hooks(fwd_hooks=[(name, grab)]):
-                assert not fa.fast_path_applies(model.blocks[1].attn)
-                assert fa.fast_path_applies(model.blocks[0].attn)
+                assert not fast_path_applies(model.blocks[1].attn)
+                assert fast_path_applies(model.blocks[0].attn)
                 out = model(ids)
             assert spy.calls == 2 and name in seen  # layers 0 and 2 fast, layer 1 explicit
             assert (out - ref).abs().max() <= LOGIT_TOL
@@ -128,7 +129,7 @@ def test_pattern_hook_switches_only_that_layer_back(tokenizer, monkeypatch):
         rows = cache["pattern", 2].sum(-1)
         assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5)
     # the hooks are gone again: the fast path is back
-    assert all(fa.fast_path_applies(b.attn) for b in model.blocks)
+    assert all(fast_path_applies(b.attn) for b in model.blocks)
 
 
 def test_config_flag_and_context_manager(tokenizer, monkeypatch):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from drope_lens.loading import load_hooked, load_pair, to_nope
-from drope_lens.loading.hooked.layout import _RULES
 from drope_lens.testing import save_drope_checkpoint, tiny_llama, tiny_tokenizer
 
 
@@ -26,6 +25,8 @@ def _save(hf, path, dtype=None):
 
 
 def _assert_linear_layout(model):
+    from drope_lens.loading.hooked.layout import _RULES
+
     for name, p in model.named_parameters():
         rule = _RULES.get(name.rsplit(".", 1)[-1])
         if rule is None:
