@@ -371,9 +371,9 @@ def run_tasks(
     label = label or model_label(model)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from drope_lens.progress import progress_bar
 
-        bar = tqdm(total=len(conds) * sum(len(d) for d in datasets), desc=f"tasks {label[:40]}", leave=False)
+        bar = progress_bar(what="tasks", model=model, total=len(conds) * sum(len(d) for d in datasets))
     tick = (lambda k: bar.update(k)) if bar is not None else (lambda k: None)
     scores: list[TaskScore] = []
     items: list[ItemResult] = []
