@@ -829,18 +829,20 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def findings_summary(findings: Sequence[Finding], results: dict) -> str:
-    """One sentence: the verdict counts and what the study's numbers are."""
+def verdict_counts(findings: Sequence[Finding]) -> str:
+    """``"2 confirmed, 1 contradicted, 10 not testable here"``."""
     counts = {v: sum(f.verdict == v for f in findings) for v in VERDICTS}
+    return f"{counts[CONFIRMED]} confirmed, {counts[CONTRADICTED]} contradicted, {counts[NOT_TESTABLE]} {NOT_TESTABLE}"
+
+
+def findings_summary(findings: Sequence[Finding], results: dict) -> str:
+    """Two sentences: the verdict counts and what the study's numbers are."""
     where = (
         "The study's numbers are its Llama-2-7B pair's, with their provenance flags (STUDY_SPEC §11)."
         if results.get("study")
         else "The study's numbers are for Llama-2-7B and its DroPE, not this pair: compare directions, not sizes."
     )
-    return (
-        f"{counts[CONFIRMED]} confirmed, {counts[CONTRADICTED]} contradicted, {counts[NOT_TESTABLE]} not testable "
-        f"here. {where}"
-    )
+    return f"{verdict_counts(findings)}. {where}"
 
 
 def findings_markdown(findings: Sequence[Finding], results: dict) -> str:
@@ -869,7 +871,7 @@ def findings_text(findings: Sequence[Finding], results: dict) -> str:
     twin = twin_status(results)
     twin_why = _why_twin(twin) if not twin.recalibrated else None
     only_twin = [f for f in findings if f.verdict == NOT_TESTABLE and twin_why is not None and f.why == twin_why]
-    out = [f"findings: {findings_summary(findings, results).split('. ')[0]}"]
+    out = [f"findings: {verdict_counts(findings)} (the study's claims on this pair; report.html has the numbers)"]
     for f in findings:
         if f in only_twin:
             continue

@@ -31,10 +31,12 @@ from drope_lens.report.findings import (
 )
 from drope_lens.report.markdown import Section, header_lines, report_sections
 
-__all__ = ["render_html", "markdown_to_html", "LONG_TABLE_ROWS", "INLINE_VIEW_BYTES"]
+__all__ = ["render_html", "markdown_to_html", "LONG_TABLE_ROWS", "FOLD_ANY_ROWS", "INLINE_VIEW_BYTES"]
 
-#: Tables with more body rows than this are folded (``<details>``) under their section.
+#: Per-layer tables (first column ``layer``) longer than this are folded (``<details>``) under their
+#: section, and any table longer than ``FOLD_ANY_ROWS``; the headline tables stay open.
 LONG_TABLE_ROWS = 12
+FOLD_ANY_ROWS = 48
 #: A view whose HTML (the shared circuitsvis bundle aside) is larger than this is linked, not inlined:
 #: the channel maps of a 30-layer model are ~5 MB of SVG. Its own page (views/) opens offline too.
 INLINE_VIEW_BYTES = 1_500_000
@@ -108,11 +110,10 @@ def _section_text_html(markdown: str) -> str:
     """A section's Markdown as HTML, with long tables folded under the line that introduces them."""
     blocks = _blocks(markdown)
     out: list[str] = []
-    i = 0
-    while i < len(blocks):
-        block = blocks[i]
+    for block in blocks:
         rows = _table_rows(block)
-        if rows > LONG_TABLE_ROWS:
+        per_layer = block.lstrip("| ").lower().startswith("layer ")
+        if (per_layer and rows > LONG_TABLE_ROWS) or rows > FOLD_ANY_ROWS:
             label = "table"
             if out and out[-1].startswith("<p>") and out[-1].rstrip().endswith(":</p>"):
                 label = re.sub(r"<[^>]+>", "", out.pop()).strip().rstrip(":")
@@ -121,7 +122,6 @@ def _section_text_html(markdown: str) -> str:
             )
         else:
             out.append(markdown_to_html(block).strip())
-        i += 1
     return "\n".join(out)
 
 

@@ -120,3 +120,28 @@ def test_the_browser_check_sees_network_requests_and_broken_images(tmp_path):
     assert "https://example.com/a.png" in page.external_requests
     assert [i["naturalWidth"] for i in page.images] == [0, 0]
     assert any("boom" in e for e in page.console_errors)
+
+
+def test_per_layer_tables_fold_headline_tables_stay_open():
+    from drope_lens.report.html import _section_text_html
+
+    layer_table = "Per layer:\n\n| layer | a | b |\n|---|---|---|\n" + "".join(f"| {i} | 1 | 2 |\n" for i in range(30))
+    task_table = "| model | task | acc |\n|---|---|---|\n" + "".join(f"| m | t{i} | 0.5 |\n" for i in range(32))
+    html = _section_text_html(layer_table + "\n" + task_table)
+    assert html.count("<details>") == 1 and "<summary>Per layer (30 rows)</summary>" in html
+    assert html.index("</details>") < html.index("t31")  # the task table is after the fold, open
+
+
+def test_a_large_view_is_linked_not_inlined(report_dir, monkeypatch):
+    from drope_lens.report import html as H
+    from drope_lens.report.findings import evaluate_findings
+    from drope_lens.views import HtmlView
+
+    results = json.loads((report_dir / "results.json").read_text())
+    big = HtmlView("<div>" + "<span>x</span>" * 500 + "</div>")
+    small = HtmlView("<div>small map</div>")
+    views = {"views/massive_channels.html": [("big", big)], "views/sink_scores.html": [("small", small)]}
+    monkeypatch.setattr(H, "INLINE_VIEW_BYTES", 1000)
+    page = H.render_html(results, report_dir, evaluate_findings(results), views)
+    assert "small map" in page and "<span>x</span>" not in page
+    assert 'class="view-link">View: <a href="views/massive_channels.html">' in page
