@@ -88,8 +88,10 @@ def _fmt(x: Optional[float], unit: str = "") -> str:
         return "–"
     if unit == "%":
         return f"{x:+.1f} %"
-    if unit == "pts":
+    if unit == "pts":  # a difference of two accuracies (fractions), in percentage points
         return f"{x * 100:+.0f} pts"
+    if unit == "pp":  # a difference of two percentages, in percentage points
+        return f"{x:+.1f} pts"
     if unit == "x":
         return f"×{_num(x)}"
     return _num(x)
@@ -114,12 +116,12 @@ def directional(est: Interval, sign: int, negligible: float, unit: str = "") -> 
     _, lo, hi = est
     s_lo, s_hi = sorted((sign * lo, sign * hi))
     if s_lo > 0:
-        return CONFIRMED, f"95 % CI {_ci(est, unit)} excludes no effect"
+        return CONFIRMED, "the 95 % CI excludes no effect"
     if s_hi < 0:
-        return CONTRADICTED, f"95 % CI {_ci(est, unit)} lies on the other side of no effect"
+        return CONTRADICTED, "the 95 % CI lies on the other side of no effect"
     if -negligible < lo and hi < negligible:
-        return CONTRADICTED, f"95 % CI {_ci(est, unit)} lies inside the negligible band ±{_fmt(negligible, unit)}"
-    return None, f"95 % CI {_ci(est, unit)} includes no effect: too few texts or items to tell"
+        return CONTRADICTED, f"the 95 % CI lies inside the negligible band ±{_fmt(negligible, unit)}"
+    return None, "the 95 % CI includes no effect: too few texts or items to tell"
 
 
 def ratio_directional(est: Interval, negligible: float) -> Rule:
@@ -130,15 +132,14 @@ def ratio_directional(est: Interval, negligible: float) -> Rule:
     """
     _, lo, hi = est
     if lo > 1:
-        return CONFIRMED, f"95 % CI {_ci(est, 'x')} lies above ×1"
+        return CONFIRMED, "the 95 % CI lies above ×1"
     if hi < 1:
-        return CONTRADICTED, f"95 % CI {_ci(est, 'x')} lies below ×1"
+        return CONTRADICTED, "the 95 % CI lies below ×1"
     if 1 / negligible < lo and hi < negligible:
         return CONTRADICTED, (
-            f"95 % CI {_ci(est, 'x')} lies inside the negligible band "
-            f"{_fmt(1 / negligible, 'x')}–{_fmt(negligible, 'x')}"
+            f"the 95 % CI lies inside the negligible band {_fmt(1 / negligible, 'x')}–{_fmt(negligible, 'x')}"
         )
-    return None, f"95 % CI {_ci(est, 'x')} includes ×1: too few texts to tell"
+    return None, "the 95 % CI includes ×1: too few texts to tell"
 
 
 def equivalence(est: Interval, band: tuple[float, float], unit: str = "") -> Rule:
@@ -151,10 +152,10 @@ def equivalence(est: Interval, band: tuple[float, float], unit: str = "") -> Rul
     b_lo, b_hi = band
     shown = f"[{_fmt(b_lo, unit)}, {_fmt(b_hi, unit)}]"
     if b_lo < lo and hi < b_hi:
-        return CONFIRMED, f"95 % CI {_ci(est, unit)} lies inside the band {shown}"
+        return CONFIRMED, f"the 95 % CI lies inside the band {shown}"
     if lo > b_hi or hi < b_lo:
-        return CONTRADICTED, f"95 % CI {_ci(est, unit)} lies outside the band {shown}"
-    return None, f"95 % CI {_ci(est, unit)} is too wide for the band {shown}: too few texts or items to tell"
+        return CONTRADICTED, f"the 95 % CI lies outside the band {shown}"
+    return None, f"the 95 % CI is too wide for the band {shown}: too few texts or items to tell"
 
 
 def threshold(est: Interval, at: float, unit: str = "") -> Rule:
@@ -165,10 +166,10 @@ def threshold(est: Interval, at: float, unit: str = "") -> Rule:
     """
     _, lo, hi = est
     if lo > at:
-        return CONFIRMED, f"95 % CI {_ci(est, unit)} lies above {_fmt(at, unit)}"
+        return CONFIRMED, f"the 95 % CI lies above {_fmt(at, unit)}"
     if hi < at:
-        return CONTRADICTED, f"95 % CI {_ci(est, unit)} lies below {_fmt(at, unit)}"
-    return None, f"95 % CI {_ci(est, unit)} includes {_fmt(at, unit)}: too few texts or items to tell"
+        return CONTRADICTED, f"the 95 % CI lies below {_fmt(at, unit)}"
+    return None, f"the 95 % CI includes {_fmt(at, unit)}: too few texts or items to tell"
 
 
 # ======================================================================================= statistics
@@ -474,11 +475,11 @@ def _jin_rope(exp: dict) -> Measured:
         return Measured(here, blockers=why_p + why_c)
     data = {t: (_task_items(res, t, "baseline"), _task_items(res, t, "qk")) for t in param + ctx}
     est = bootstrap_degradation(data, groups={**{t: "a" for t in ctx}, **{t: "b" for t in param}})
-    here += f" ({', '.join(ctx)} | {', '.join(param)})"
+    here += f" (contextual: {', '.join(ctx)}; parametric: {', '.join(param)})"
     if est is None:
         return Measured(here, blockers=["too few items (the bootstrap has no baseline above 0)"])
-    here += f"; contextual − parametric {_ci(est, '%')} points"
-    verdict, why = directional(est, +1, 5.0, "%")
+    here += f"; contextual − parametric {_ci(est, 'pp')}"
+    verdict, why = directional(est, +1, 5.0, "pp")
     return Measured(here, verdict, why)
 
 
@@ -502,8 +503,8 @@ def _ctx_drope(exp: dict) -> Measured:
     )
     if est is None:
         return Measured(here, blockers=["too few items (the bootstrap has no baseline above 0)"])
-    here += f"; RoPE − DroPE side {_ci(est, '%')} points ({', '.join(both)})"
-    verdict, why = directional(est, +1, 5.0, "%")
+    here += f"; RoPE − DroPE side {_ci(est, 'pp')} ({', '.join(both)})"
+    verdict, why = directional(est, +1, 5.0, "pp")
     return Measured(here, verdict, why)
 
 
