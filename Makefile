@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make report   set up .venv if needed, then run the main job on the embedded default pair
-#   make test     set up .venv if needed, then run the test suite (`make lint`: ruff + mypy; CI runs both)
+#   make test     set up .venv (and headless Chromium, see `browser`) if needed, then run the test suite
+#                 (`make lint`: ruff + mypy; CI runs both)
 # GPU users: create .venv with your own torch first (or set TORCH_SPEC=skip) and it is kept.
 # TransformerLens: .venv has 3.9 (HookedTransformer, SAELens); `make test-tl4` runs the suite in .venv-tl4 on
 # TransformerLens 4 (TransformerBridge only); `make test-bridge` runs it in .venv with the bridge as default backend.
@@ -16,7 +17,7 @@ STAMP       := $(VENV)/.drope-lens-installed
 CONSTRAINTS := $(VENV)/constraints.txt
 ARGS        ?=
 
-.PHONY: setup lint format report test test-bridge test-tl4 quick-report benchmark clean-venv corpus recalibrate notebooks
+.PHONY: setup lint format report test test-bridge test-tl4 quick-report benchmark clean-venv corpus recalibrate notebooks browser
 
 setup: $(STAMP)
 
@@ -58,17 +59,30 @@ format: setup
 	$(VENV)/bin/ruff check --fix
 	$(VENV)/bin/ruff format
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q $(ARGS)
 
 # the whole suite with TransformerBridge as the default backend (TransformerLens 3.9)
 # (tests that compare both backends explicitly already ran in `make test`: deselected here)
-test-bridge: setup
+test-bridge: setup browser
 	DROPE_LENS_BACKEND=bridge $(PY) -m pytest -q -m "not both_backends" $(ARGS)
 
 # the whole suite on TransformerLens 4 (TransformerBridge; HookedTransformer-only tests skip), in .venv-tl4
 test-tl4:
 	$(MAKE) test VENV=.venv-tl4 TL_SPEC="transformer-lens>=4.3,<5"
+
+# headless Chromium for tests/report/test_report_html.py (report.html opened with the network off).
+# Installed with apt-get when missing and this is root on Debian/Ubuntu; otherwise that test skips and says
+# why, except where DROPE_LENS_REQUIRE_BROWSER=1 (.ci/run sets it): there a missing browser fails the test.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium (apt-get) for the report.html browser test ..."; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	      echo "WARNING: apt-get could not install chromium; the browser test of report.html cannot run"; \
+	  else \
+	    echo "note: no chromium (and no root apt-get): the browser test of report.html will skip; apt-get install -y chromium"; \
+	  fi
 
 # the notebooks' single source is notebooks/*.py (jupytext percent scripts); this writes .ipynb beside them (not committed)
 notebooks: setup

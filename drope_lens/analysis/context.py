@@ -245,9 +245,9 @@ def context_experiment(
     try:
         it = lengths
         if progress:
-            from tqdm.auto import tqdm
+            from drope_lens.progress import progress_bar
 
-            it = tqdm(lengths, desc=f"context {getattr(model.cfg, 'position_encoding', '')}", leave=False)
+            it = progress_bar(lengths, what="context", model=model)
         for length in it:
             t1 = time.perf_counter()
             by_depth = (

@@ -259,9 +259,8 @@ def run_disruption(
     ``options``: :class:`~drope_lens.options.DisruptionOptions` (λ, scope, rotary, tensors,
     aggregate, seeds, overlap, bootstrap); keyword arguments override its fields.
     """
-    from tqdm.auto import tqdm
-
     from drope_lens.data.texts import builtin_split
+    from drope_lens.progress import progress_bar
 
     o = DisruptionOptions.resolve(options, overrides)
     threshold, scope, rotary, tensors, aggregate = o.threshold, o.scope, o.rotary, o.tensors, o.aggregate
@@ -302,7 +301,7 @@ def run_disruption(
         base = _checked_baseline(model, baseline, eval_texts, max_length)
     zeroed = perplexity(model, eval_texts, fwd_hooks=zero_channel_hooks(massive), **ppl_kw)
     random_ppls, overlap = [], []
-    for seed in tqdm(seeds, desc=f"random controls ({model_label(model)})", disable=not progress, leave=False):
+    for seed in progress_bar(seeds, what="random controls", model=model, enabled=progress):
         control = random_control(massive, seed=seed, exclude_selected=exclude_massive)
         overlap.append(control.overlap(massive))
         random_ppls.append(perplexity(model, eval_texts, fwd_hooks=zero_channel_hooks(control), **ppl_kw).ppl)

@@ -333,10 +333,10 @@ def detect_massive(
         return hook
 
     hooks = [(hook_name(li, t, rotary), make_hook(li, t)) for li in range(cfg.n_layers) for t in tensors]
-    from tqdm.auto import tqdm
+    from drope_lens.progress import progress_bar
 
     parts = list(batch.batches(batch_size))
-    for idx, sub in tqdm(parts, desc="massive values", disable=not progress, leave=False):
+    for idx, sub in progress_bar(parts, what="massive values", model=model, enabled=progress):
         padded = not bool(sub.mask.all())
         current.update(
             lengths=sub.lengths.tolist() if padded else None, out={t: [None] * cfg.n_layers for t in tensors}

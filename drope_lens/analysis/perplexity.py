@@ -160,10 +160,10 @@ def perplexity(
     if int(batch.lengths.min()) < 2:
         raise DropeLensInputError("Every text needs at least 2 tokens (BOS + one target) for perplexity.")
     acc = NLLAccumulator(len(batch))
-    from tqdm.auto import tqdm
+    from drope_lens.progress import progress_bar
 
     parts = list(batch.batches(batch_size))
-    for idx, sub in tqdm(parts, desc="perplexity", disable=not progress, leave=False):
+    for idx, sub in progress_bar(parts, what="perplexity", model=model, enabled=progress):
         with model.hooks(fwd_hooks=list(fwd_hooks)):
             logits = forward_batch(model, sub)
         acc.add(idx, logits, sub)

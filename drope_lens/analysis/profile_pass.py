@@ -142,9 +142,9 @@ def measure(
     acc = NLLAccumulator(len(batch)) if ppl else None
     parts = list(batch.batches(batch_size))
     if progress:
-        from tqdm.auto import tqdm
+        from drope_lens.progress import progress_bar
 
-        parts = tqdm(parts, desc=f"phase {getattr(model.cfg, 'position_encoding', '')}", leave=False)
+        parts = progress_bar(parts, what="phase", model=model)
     with model.hooks(fwd_hooks=list(fwd_hooks) + (col.hooks() if col else [])):
         for idx, sub in parts:
             if col is not None:

@@ -60,10 +60,21 @@ def _is_input_error(exc: BaseException) -> bool:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]
+    from drope_lens.cli import quiet
+
+    quiet.install(verbose=verbose)  # before any model code is imported
     parser = build_parser()
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for every error")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show third-party messages and progress bars drope-lens hides (bitsandbytes, transformers, "
+        "TransformerLens deprecation warnings) and a line as each step starts",
+    )
     args = parser.parse_args(argv)
+    args.verbose = verbose
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -6,6 +6,7 @@ import argparse
 import shutil
 import sys
 import time
+from pathlib import Path
 
 from drope_lens.cli.common import add_model_args, command_options, pair_from_args
 from drope_lens.cli.fields import add_option, options_from_args
@@ -13,9 +14,12 @@ from drope_lens.cli.fields import add_option, options_from_args
 HELP = "run every experiment on a RoPE/DroPE pair and write report.md, results.json, figures, views"
 
 EPILOG = """\
-The folder gets report.md, results.json (every number with provenance), figures/*.png and
-views/*.html (open offline). Each experiment is saved to parts/ as soon as it finishes: rerun the
-same command after an interruption and finished experiments are reused (--force reruns them).
+The folder gets report.html (the whole report on one page: the study's claims with this pair's
+verdicts, tables, figures and views; opens offline), report.md (the same, figures inline),
+results.json (every number with provenance), figures/*.png and views/*.html. Each experiment is
+saved to parts/ as soon as it finishes: rerun the same command after an interruption and finished
+experiments are reused (--force reruns them). The last line is the page's file:// address;
+--open opens it in a browser.
 
 examples:
   drope-lens report                          # embedded SmolLM2-135M and its zero-shot NoPE twin (~8 min)
@@ -71,6 +75,7 @@ def add_parser(sub) -> None:
     add_option(p, R, "batch_size", "texts per forward pass")
     add_option(p, R, "seed", "seed for datasets and controls")
     p.add_argument("--force", action="store_true", help="discard saved parts and rerun everything")
+    p.add_argument("--open", action="store_true", help="open report.html in a web browser when done")
     p.add_argument(
         "--allow-partial",
         action="store_true",
@@ -102,14 +107,26 @@ def run(args: argparse.Namespace) -> int:
     from drope_lens.report.runner import run_report
 
     t0 = time.perf_counter()
+    verbose = bool(getattr(args, "verbose", False))
+    _announce_conversion(args)
     pair = pair_from_args(args)
-    print(f"pair: {pair.labels['rope']}  vs  {pair.labels['drope']}", file=sys.stderr)
-    results = run_report(pair, out, options)
+    print(f"rope:  {pair.labels['rope']}\ndrope: {pair.labels['drope']}", file=sys.stderr)
+    progress = verbose or sys.stderr.isatty()  # bars on a terminal; a log gets one line per step
+    results = run_report(pair, out, options, progress=progress, verbose=verbose)
+    from drope_lens.report.findings import Finding, findings_text
+
+    findings = [Finding(**f) for f in results.get("findings") or []]
+    print("\n" + findings_text(findings, results))
+    page = (out / "report.html").resolve()
     print(
-        f"\nreport written to {out / 'report.md'} in {time.perf_counter() - t0:.0f} s "
-        f"(results.json, figures/, views/ beside it)"
+        f"\nreport written in {time.perf_counter() - t0:.0f} s to {out}/ "
+        "(report.html, report.md, results.json, figures/, views/)"
     )
     missing = results["files"].get("missing") or []
+    if page.exists():
+        print(page.as_uri())
+        if args.open:
+            open_page(page)
     if missing and not args.allow_partial:
         print(
             f"drope-lens report: error: {len(missing)} output group(s) not written (listed in report.md); "
@@ -118,3 +135,29 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _announce_conversion(args: argparse.Namespace) -> None:
+    """One line before the embedded model's one-time conversion (its own bars are hidden)."""
+    if args.rope is not None:
+        return
+    from drope_lens.loading.embedded import embedded_checkpoint_cached
+
+    if not embedded_checkpoint_cached():
+        print(
+            "converting the embedded model once (GGUF → safetensors, ~45 s; cached for later runs) ...",
+            file=sys.stderr,
+        )
+
+
+def open_page(page: Path) -> bool:
+    """Open ``page`` in the default web browser; say so (and what to do) when there is none."""
+    import webbrowser
+
+    try:
+        opened = webbrowser.open(page.as_uri())
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        print(f"no web browser found to open the page; open {page.as_uri()} yourself", file=sys.stderr)
+    return opened

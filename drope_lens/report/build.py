@@ -2,36 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
 from drope_lens.atomic import atomic_write_text
 from drope_lens.jsonio import atomic_write_json
 from drope_lens.options import DEFAULT_TAU
+from drope_lens.report.findings import evaluate_findings
 from drope_lens.report.markdown import render_report
+from drope_lens.report.study import STUDY_DROPE, STUDY_ROPE, is_study_pair, study_numbers
 from drope_lens.runs.provenance import provenance
 
+__all__ = [
+    "build_outputs",
+    "write_figures",
+    "write_views",
+    "study_numbers",
+    "is_study_pair",
+    "STUDY_ROPE",
+    "STUDY_DROPE",
+]
+
 SCHEMA_VERSION = 1
-STUDY_ROPE = "llama-2-7b-hf"
-STUDY_DROPE = "llama-2-7b-hf-drope"
-
-
-def study_numbers() -> dict:
-    return json.loads((resources.files("drope_lens") / "report" / "study_numbers.json").read_text())
-
-
-def is_study_pair(pair) -> bool:
-    """True when the pair is Llama-2-7B and SakanaAI's DroPE of it (by source id or folder name)."""
-
-    def name(model) -> str:
-        src = str(getattr(model.cfg, "source", "") or model.cfg.model_name)
-        return src.rstrip("/").split("/")[-1].lower()
-
-    return name(pair.rope) == STUDY_ROPE and name(pair.drope) == STUDY_DROPE
 
 
 def _finite(x: Any) -> bool:
@@ -50,17 +44,36 @@ def build_outputs(pair, out: Path, options, outcomes: dict) -> dict:
         "files": {"report": "report.md", "figures": [], "views": []},
     }
     missing: list[str] = []
-    for kind, writer in (("figures", write_figures), ("views", write_views)):
+    collected: dict[str, list] = {}  # the views, for report.html
+    for kind, writer, extra in (("figures", write_figures, {}), ("views", write_views, {"collected": collected})):
         written: list[str] = results["files"][kind]
         try:  # a failing figure must never lose the numbers, nor go unnoticed
-            writer(pair, out / kind, experiments, written)
+            writer(pair, out / kind, experiments, written, **extra)
         except Exception as exc:
             why = f"{kind} after {len(written)} written not written: {type(exc).__name__}: {exc}"
             missing.append(why)
             print(f"[{kind}] {why}", file=sys.stderr)
+    findings: list = []
+    try:
+        findings = evaluate_findings(results)
+    except Exception as exc:  # a claim that cannot be read must not lose the numbers either
+        missing.append(f"findings not evaluated: {type(exc).__name__}: {exc}")
+        print(f"[findings] {missing[-1]}", file=sys.stderr)
+    results["findings"] = [f.to_dict() for f in findings]
+    results["files"]["html"] = "report.html"
+    page = None
+    try:
+        from drope_lens.report.html import render_html
+
+        page = render_html(results, out, findings, collected)
+    except Exception as exc:
+        missing.append(f"report.html not written: {type(exc).__name__}: {exc}")
+        print(f"[report.html] {missing[-1]}", file=sys.stderr)
     results["files"]["missing"] = missing
     atomic_write_json(out / "results.json", results)
-    atomic_write_text(out / "report.md", render_report(results))
+    atomic_write_text(out / "report.md", render_report(results, findings))
+    if page is not None:
+        atomic_write_text(out / "report.html", page)
     return results
 
 
@@ -166,7 +179,11 @@ def _std(xs) -> float:
     return (sum((x - mu) ** 2 for x in xs) / len(xs)) ** 0.5
 
 
-def write_views(pair, view_dir: Path, exp: dict, written: Optional[list] = None) -> list[str]:
+def write_views(
+    pair, view_dir: Path, exp: dict, written: Optional[list] = None, *, collected: Optional[dict] = None
+) -> list[str]:
+    """Write views/*.html (each opens offline); ``collected`` gets ``{"views/<file>": [(title, view), ...]}``
+    for report.html, which renders the same views inline."""
     from drope_lens.data.texts import builtin_texts
     from drope_lens.views import (
         massive_channel_map,
@@ -177,6 +194,7 @@ def write_views(pair, view_dir: Path, exp: dict, written: Optional[list] = None)
     )
 
     written = [] if written is None else written
+    collected = {} if collected is None else collected
     text = builtin_texts("factual")[0]
     words = text.split()
     text = " ".join(words[:40])
@@ -198,6 +216,7 @@ def write_views(pair, view_dir: Path, exp: dict, written: Optional[list] = None)
         ),
     )
     written.append("views/attention.html")
+    collected["views/attention.html"] = sections
     if p:
         maps = [
             (pair.labels[r], sink_score_map(p[r]["baseline"]["sink_score"], title=f"Sink scores: {pair.labels[r]}"))
@@ -205,6 +224,7 @@ def write_views(pair, view_dir: Path, exp: dict, written: Optional[list] = None)
         ]
         save_html(view_dir / "sink_scores.html", to_offline_html(maps, title="Sink-score maps (layers × heads)"))
         written.append("views/sink_scores.html")
+        collected["views/sink_scores.html"] = maps
     m = exp.get("massive")
     if m:
         maps = []
@@ -226,4 +246,5 @@ def write_views(pair, view_dir: Path, exp: dict, written: Optional[list] = None)
             view_dir / "massive_channels.html", to_offline_html(maps, title="Massive-channel maps (layers × head·dim)")
         )
         written.append("views/massive_channels.html")
+        collected["views/massive_channels.html"] = maps
     return written

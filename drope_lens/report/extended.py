@@ -34,7 +34,7 @@ STUDY_PROVENANCE = (
 
 
 def extended_texts(options) -> tuple[list[str], list[str], int]:
-    from drope_lens.report.steps import text_sets
+    from drope_lens.report.texts import text_sets
 
     sets = text_sets(options)
     n = 3 if options.quick else 5
@@ -45,11 +45,12 @@ def run_extended(pair, options, context, *, progress: bool = True) -> dict:
     """Both models: residual massive activations (+ set to zero / mean), Exp 5–9."""
     from drope_lens.analysis.extended import run_extended as run
     from drope_lens.jsonio import plain
+    from drope_lens.report.texts import each_model
 
     texts, ppl_texts, max_length = extended_texts(options)
     out: dict[str, Any] = {"n_texts": len(texts), "n_ppl_texts": len(ppl_texts), "max_length": max_length}
     results = {}
-    for role, model in pair.items():
+    for role, model in each_model(pair):
         results[role] = run(model, texts, ppl_texts, batch_size=options.batch_size, max_length=max_length)
         out[role] = results[role].to_dict()
         out[role]["summary"] = results[role].summary()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
 from drope_lens.options import DEFAULT_GU_EPS, DEFAULT_TAU
@@ -41,13 +43,11 @@ def _pct_change(a: float, b: float) -> Optional[float]:
     return None if not a else (b - a) / a * 100
 
 
-def render_report(results: dict) -> str:
+def header_lines(results: dict) -> list[str]:
+    """The pair, provenance and step timings under the title (report.md; report.html shows them too)."""
     pair = results["pair"]
     prov = results["provenance"]
-    exp = results["experiments"]
-    out = [
-        "# drope_lens report",
-        "",
+    return [
         f"* **RoPE model:** {pair['rope']}",
         f"* **DroPE/NoPE model:** {pair['drope']}",
         f"* created {prov['created']}; drope_lens {prov['packages'].get('drope_lens')}, torch "
@@ -57,17 +57,106 @@ def render_report(results: dict) -> str:
         "",
         "drope_lens computes the corrected quantities by default (real post-RoPE attention, no "
         "padding rows, BOS-only ablation under KV cache, one accuracy denominator). Every study "
-        "quirk is an explicit option; see the README's *Differences from the study*.",
+        "quirk is an explicit option; see `docs/differences.md`.",
         "",
         "Step timings: " + ", ".join(f"{s} {v['seconds']:.1f} s ({v['status']})" for s, v in results["steps"].items()),
     ]
-    from drope_lens.report.extended import render_extended
 
-    for section in (_massive, _disruption, _phase, _tasks, render_extended, _context, _study, _files):
-        text = section(results, exp)
+
+def render_report(results: dict, findings: Optional[Sequence[Any]] = None) -> str:
+    """report.md: the findings in words, then each step's tables with its figures inline (relative
+    image links) and links to its views, then the study's numbers and the file list."""
+    from drope_lens.report.findings import evaluate_findings, findings_markdown
+
+    findings = evaluate_findings(results) if findings is None else findings
+    out = ["# drope_lens report", "", *header_lines(results), "", findings_markdown(findings, results)]
+    for section in report_sections():
+        text = section.render(results, results["experiments"])
         if text:
             out += ["", text]
+            media = section_media(section, results)
+            if media:
+                out += ["", *media]
     return "\n".join(out) + "\n"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the report: its Markdown, and the figures and views that show its numbers."""
+
+    key: str
+    render: Callable[[dict, dict], str]
+    figures: tuple[tuple[str, str], ...] = ()  # (file in figures/, caption)
+    views: tuple[tuple[str, str], ...] = ()  # (file in views/, caption)
+
+
+def section_media(section: Section, results: dict) -> list[str]:
+    """report.md's inline images (relative links) and view links for ``section`` (files that exist only)."""
+    files = results.get("files") or {}
+    figs, views = set(files.get("figures") or []), set(files.get("views") or [])
+    lines = [f"![{cap}](figures/{name})" for name, cap in section.figures if f"figures/{name}" in figs]
+    lines += [
+        f"* View: [{cap}](views/{name}) (opens offline)" for name, cap in section.views if f"views/{name}" in views
+    ]
+    return lines
+
+
+def report_sections() -> list[Section]:
+    """The report's parts in order, each with its figures and views (report.md and report.html share it)."""
+    from drope_lens.report.extended import render_extended
+
+    return [
+        Section(
+            "massive",
+            _massive,
+            (
+                ("qkv_totals.png", "Massive Q/K/V channels per text, both models (mean ± std over texts)"),
+                ("layer_counts_q.png", "Massive Q channels by layer"),
+                ("layer_counts_k.png", "Massive K channels by layer"),
+            ),
+            (("massive_channels.html", "channel norm maps, layers × head·dim"),),
+        ),
+        Section(
+            "disruption",
+            _disruption,
+            (
+                ("disruption_ppl.png", "Perplexity: baseline, massive channels zeroed, random channels zeroed"),
+                ("m_minus_r.png", "M−R (massive % − random %) with its bootstrap 95 % CI"),
+            ),
+        ),
+        Section(
+            "phase",
+            _phase,
+            (
+                ("layer_sink_rate.png", "Sink rate by layer"),
+                ("layer_bos_ratio.png", "BOS norm / mean other-token norm by layer"),
+                ("layer_bos_norm.png", "BOS norm by layer"),
+                ("interventions_bos_ratio.png", "BOS ratio by layer under each intervention"),
+                ("layer_entropy_sq.png", "Representation entropy (σ², unnormalised) by layer"),
+                ("layer_entropy_norm.png", "Representation entropy (σ, normalised) by layer"),
+                ("sink_heatmap.png", "Sink score per head (layers × heads)"),
+            ),
+            (
+                ("attention.html", "attention heads of both models (circuitsvis)"),
+                ("sink_scores.html", "sink-score maps"),
+            ),
+        ),
+        Section("tasks", _tasks, (("task_accuracy.png", "Task accuracy under each condition (Wilson 95 % CI)"),)),
+        Section(
+            "extended",
+            lambda results, exp: render_extended(results, exp),
+            (
+                ("residual_massive.png", "Residual-stream top-1 |h| and median by layer"),
+                ("bos_write.png", "BOS write by layer"),
+                ("head_classes.png", "Head classes by layer"),
+                ("attention_fraction.png", "Attention fraction of the block output by layer"),
+                ("extended_ppl.png", "Perplexity under the extended interventions"),
+            ),
+        ),
+        Section("context", _context, (("context_length.png", "Passkey, perplexity and sinks against length"),)),
+        Section("study", _study),
+        Section("files", _files),
+    ]
 
 
 def _options_line(opts: dict) -> str:
@@ -442,7 +531,8 @@ def _study(results: dict, exp: dict) -> str:
 
 def _files(results: dict, exp: dict) -> str:
     f = results["files"]
-    lines = ["## Files", "", "* `results.json` — every number above, with provenance"]
+    lines = ["## Files", "", "* `report.html` — this report as one page (figures and views inside, opens offline)"]
+    lines += ["* `results.json` — every number above, with provenance"]
     lines += [f"* `{p}`" for p in f.get("figures", [])]
     lines += [f"* `{p}` (opens offline)" for p in f.get("views", [])]
     lines += [f"* **NOT WRITTEN** — {m}" for m in f.get("missing", [])]

@@ -2,8 +2,12 @@
 
 Each step's result is written atomically to ``<out>/parts/<step>.json`` as soon as it finishes,
 with a fingerprint of its options. A rerun with the same options skips finished steps, so an
-interrupted report resumes where it stopped. ``results.json``, ``report.md``, ``figures/`` and
-``views/`` are (re)built from the parts at the end.
+interrupted report resumes where it stopped. ``results.json``, ``report.md``, ``report.html``,
+``figures/`` and ``views/`` are (re)built from the parts at the end.
+
+What it prints (stderr): one line per finished step (``✓ massive  41 s``, or ``reused`` for a
+step resumed from its part), why a saved part is not reused, and ``verbose`` adds a line as each
+step starts.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from drope_lens.options import (
     DEFAULT_STEPS,
@@ -40,9 +44,15 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_report(pair, out_dir, options: Optional[ReportOptions] = None, *, progress: bool = True) -> dict:
+def step_line(step: str, detail: str) -> str:
+    """``✓ massive        41 s``: the one line a finished step prints."""
+    return f"✓ {step:<11} {detail}"
+
+
+def run_report(
+    pair, out_dir, options: Optional[ReportOptions] = None, *, progress: bool = True, verbose: bool = False
+) -> dict:
     """Run (or resume) every step on ``pair`` and write the results folder. Returns results.json's dict."""
-    from drope_lens.report import steps as step_impl
     from drope_lens.report.build import build_outputs
 
     options = options or ReportOptions()
@@ -52,36 +62,39 @@ def run_report(pair, out_dir, options: Optional[ReportOptions] = None, *, progre
     from drope_lens.runs.store import ResultsLock
 
     with ResultsLock(out, say=_say):
-        return _run_locked(pair, out, options, progress, pair_identity(pair), step_impl, build_outputs)
+        outcomes = _run_steps(pair, out, options, progress, verbose, pair_identity(pair))
+        t0 = time.perf_counter()
+        results = build_outputs(pair, out, options, outcomes)
+        _say(step_line("pages", f"{time.perf_counter() - t0:.0f} s (figures, views, report.md, report.html)"))
+        return results
 
 
-def _run_locked(
-    pair, out: Path, options: "ReportOptions", progress: bool, identity: dict, step_impl, build_outputs
-) -> dict:
+def _run_steps(pair, out: Path, options: ReportOptions, progress: bool, verbose: bool, identity: dict) -> dict:
+    from drope_lens.report.steps import planned_steps, step_function
+
     store = PartStore(out)
     outcomes: dict[str, StepOutcome] = {}
     context: dict = {}
-    optional = tuple(s for s in OPTIONAL_STEPS if s in options.steps and not (options.quick and s in NOT_IN_QUICK))
-    for step in STEPS + optional:
-        if step not in options.steps:
+    for step, runs in planned_steps(options):
+        if not runs:
             outcomes[step] = StepOutcome(step, "skipped", 0.0)
             continue
-        opts = step_options = options.step_options(step)
+        opts = options.step_options(step)
         saved, why = store.check(step, opts, identity)
         if why:
             _say(f"[{step}] not reused: {why}")
         if saved is not None:
-            _say(f"[{step}] already done, reusing {store.path(step)}")
+            _say(step_line(step, f"reused ({store.path(step).relative_to(out)})"))
             outcomes[step] = StepOutcome(step, "resumed", store.seconds(step) or 0.0, saved)
             context[step] = saved
             continue
-        _say(f"[{step}] running ...")
-        fn: Callable = getattr(step_impl, f"run_{step}")
+        if verbose:
+            _say(f"[{step}] running ...")
         t0 = time.perf_counter()
-        result = fn(pair, options, context, progress=progress)
+        result = step_function(step)(pair, options, context, progress=progress)
         seconds = time.perf_counter() - t0
-        store.save(step, step_options, result, seconds, identity)
-        _say(f"[{step}] done in {seconds:.1f} s")
+        store.save(step, opts, result, seconds, identity)
+        _say(step_line(step, f"{seconds:.0f} s"))
         outcomes[step] = StepOutcome(step, "ran", seconds, result)
         context[step] = result
-    return build_outputs(pair, out, options, outcomes)
+    return outcomes

@@ -8,35 +8,13 @@ running those passes again. Without them (``--steps disruption``) it measures th
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable
 
 from drope_lens.jsonio import plain
-
-
-def text_sets(options) -> dict[str, list[str]]:
-    """The built-in texts each step uses.
-
-    ``massive``: every built-in text (quick: the 5 identification texts); ``identify``: one text per
-    genre, where the channels to zero are found; ``eval``: the held-out texts of the phase profile
-    and its perplexities (quick: one per genre); ``disruption``: one held-out text per genre (a
-    subset of ``eval``: 2 + ``n_seeds`` perplexity passes are the report's largest cost).
-    """
-    from drope_lens.data.texts import builtin_split, builtin_texts
-
-    split = builtin_split()
-    return {
-        "massive": split["identify"] if options.quick else builtin_texts(),
-        "identify": split["identify"],
-        "eval": split["eval"][::2] if options.quick else split["eval"],
-        "disruption": split["eval"][::2],
-    }
-
-
-def _positions(sub: list[str], full: list[str]) -> Optional[list[int]]:
-    try:
-        return [full.index(t) for t in sub]
-    except ValueError:
-        return None
+from drope_lens.options import NOT_IN_QUICK, OPTIONAL_STEPS, REPORT_STEPS
+from drope_lens.report.extended import run_extended
+from drope_lens.report.texts import each_model, text_sets
+from drope_lens.report.texts import positions as _positions
 
 
 def run_massive(pair, options, context, *, progress: bool = True) -> dict:
@@ -46,7 +24,7 @@ def run_massive(pair, options, context, *, progress: bool = True) -> dict:
     sets = text_sets(options)
     idx = _positions(sets["identify"], sets["massive"])
     out: dict[str, Any] = {"n_texts": len(sets["massive"])}
-    for role, model in pair.items():
+    for role, model in each_model(pair):
         res = detect_massive(
             model,
             sets["massive"],
@@ -74,7 +52,7 @@ def run_phase(pair, options, context, *, progress: bool = True) -> dict:
 
     texts = text_sets(options)["eval"]
     out: dict[str, Any] = {"n_texts": len(texts)}
-    for role, model in pair.items():
+    for role, model in each_model(pair):
         exp = phase_experiment(
             model,
             texts,
@@ -109,7 +87,7 @@ def run_disruption(pair, options, context, *, progress: bool = True) -> dict:
 
     sets = text_sets(options)
     results = {}
-    for role, model in pair.items():
+    for role, model in each_model(pair):
         results[role] = run_disruption(
             model,
             options.analysis_options("disruption"),
@@ -129,7 +107,7 @@ def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
 
     phase = context.get("phase") or {}
     results = {}
-    for role, model in pair.items():
+    for role, model in each_model(pair):
         bos_layer = (phase.get(role) or {}).get("bos_layer")
         results[role] = run_tasks(  # type: ignore[call-arg]  # options= comes from takes_options
             model,
@@ -141,9 +119,6 @@ def run_tasks(pair, options, context, *, progress: bool = True) -> dict:
     return plain(compare_tasks(results["rope"], results["drope"]).to_dict())
 
 
-from drope_lens.report.extended import run_extended  # noqa: E402,F401  (optional step)
-
-
 def run_context(pair, options, context, *, progress: bool = True) -> dict:
     """The context-length experiment on both models (passkey by depth, PPL, sinks, BOS, massive)."""
     from drope_lens.analysis.context import pair_context_experiment
@@ -153,3 +128,41 @@ def run_context(pair, options, context, *, progress: bool = True) -> dict:
     lengths = [n for n in o.lengths if n <= n_ctx] or [n_ctx]
     res = pair_context_experiment(pair, lengths, o, batch_size=min(options.batch_size, 3), progress=progress)
     return plain(res.to_dict())
+
+
+# ---------------------------------------------------------------------------------------------- the step list
+#: Every step of the report, in run order: the core steps, then the optional ones (names from
+#: :mod:`drope_lens.options`). This module owns the list; each step is ``run_<name>`` above.
+STEP_ORDER: tuple[str, ...] = REPORT_STEPS + OPTIONAL_STEPS
+
+
+def step_function(step: str) -> Callable[..., dict]:
+    """``run_<step>`` of this module, looked up when called (so a test can replace one)."""
+    if step not in STEP_ORDER:
+        raise KeyError(f"not a report step: {step!r}; the steps are {STEP_ORDER}")
+    return globals()[f"run_{step}"]
+
+
+def planned_steps(options) -> list[tuple[str, bool]]:
+    """``(step, runs)`` for every step the report lists, in run order: the core steps always (skipped
+    ones too, so results.json names them), an optional step only when named (never ``context`` with ``quick``)."""
+    out = []
+    for step in STEP_ORDER:
+        runs = step in options.steps and not (options.quick and step in NOT_IN_QUICK)
+        if step in REPORT_STEPS or runs:
+            out.append((step, runs))
+    return out
+
+
+__all__ = [
+    "STEP_ORDER",
+    "planned_steps",
+    "step_function",
+    "text_sets",
+    "run_massive",
+    "run_phase",
+    "run_disruption",
+    "run_tasks",
+    "run_extended",
+    "run_context",
+]

@@ -2,16 +2,24 @@
 
 * Demonstrations (:func:`draw_demonstrations`): ``k`` items balanced over the options, drawn with
   ``random.Random(seed)`` from the task's ``demo_pool`` (disjoint from the evaluated items), the
-  same for every item, condition and model. Plain prompts put them before the item as
-  ``<filled template> <answer>\\n\\n``; with the chat template each is a user turn + assistant turn.
+  same for every item, condition and model. A task without a pool (your own file loaded whole, a
+  :class:`TaskDataset` you built) gets **leave-one-out** demonstrations, as lm-eval draws few-shot
+  examples from the evaluated split when a task has no other: for item ``i``, ``k`` of the *other*
+  items, balanced over the options, drawn with ``random.Random(f"{seed}/{i}")`` — never item ``i``
+  itself nor an item with the same prompt text (:func:`leave_one_out_demonstrations`); the same for
+  every condition and model. :func:`item_demonstrations` gives either, one list per item. Plain
+  prompts put them before the item as ``<filled template> <answer>\\n\\n``; with the chat template
+  each is a user turn + assistant turn.
 * Contextual calibration: the option prior is measured on content-free prompts (the task's template,
   with the same demonstrations, whose content is each of :data:`CONTENT_FREE`), under the same hooks
-  as the items. Per filler the option probabilities are renormalised over the options, the
-  *probabilities* are averaged over the fillers, and ``log prior = log(mean)``. An item's calibrated
-  score is ``log p(option | item) − log prior(option)`` (the arg-max equals Zhao et al.'s
-  ``W = diag(p_cf)^-1``). No label is used. Completion items (each with its own continuations):
-  the content-free log-probs of every distinct continuation are measured once per filler, and each
-  item's prior is :func:`log_prior` of its own continuations' columns (:func:`item_log_priors`).
+  as the items (with leave-one-out demonstrations: once per distinct set of demonstrations, so each
+  item's prior is measured after its own demonstrations). Per filler the option probabilities are
+  renormalised over the options, the *probabilities* are averaged over the fillers, and ``log prior
+  = log(mean)``. An item's calibrated score is ``log p(option | item) − log prior(option)`` (the
+  arg-max equals Zhao et al.'s ``W = diag(p_cf)^-1``). No label is used. Completion items (each with
+  its own continuations): the content-free log-probs of every distinct continuation are measured
+  once per filler, and each item's prior is :func:`log_prior` of its own continuations' columns
+  (:func:`item_log_priors`).
 * AUROC (:func:`auroc`): for an option ``o``, the items whose answer is ``o`` are positives and the
   score is ``s(o) − max s(other)``; binary tasks use the first option (one-vs-rest macro average
   otherwise). A constant shift of the scores (calibration of a binary task) leaves it unchanged.
@@ -27,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
+from drope_lens.errors import DropeLensInputError
 from drope_lens.tasks.base import TaskDataset, TaskItem, sample_balanced
 from drope_lens.tasks.scoring import format_prompt
 
@@ -44,14 +53,51 @@ def draw_demonstrations(ds: TaskDataset, k: int, seed: int) -> list[TaskItem]:
         raise ValueError(f"Task {ds.name!r} ({ds.kind}): few-shot prompts are for choice tasks only.")
     if not ds.demo_pool:
         raise ValueError(
-            f"Task {ds.name!r} has no demo_pool to draw {k} demonstrations from; "
-            "pass one (items disjoint from the evaluated ones) or use n_shot=0."
+            f"Task {ds.name!r} has no demo_pool to draw {k} shared demonstrations from; "
+            "item_demonstrations() draws leave-one-out ones from the other items instead."
         )
     evaluated = {it.text for it in ds.items}
     pool = [it for it in ds.demo_pool if it.text not in evaluated]
     return sample_balanced(
         pool, k, random.Random(seed).randrange(2**31), what=f"the demo pool of {ds.name!r}", options=ds.options
     )
+
+
+def leave_one_out_demonstrations(ds: TaskDataset, k: int, seed: int) -> list[list[TaskItem]]:
+    """For each item ``i`` of ``ds``: ``k`` demonstrations drawn from the other items (see the module docstring)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"n_shot must be an int >= 0, got {k!r}")
+    if k == 0:
+        return [[] for _ in ds.items]
+    if ds.kind != "choice":
+        raise ValueError(f"Task {ds.name!r} ({ds.kind}): few-shot prompts are for choice tasks only.")
+    out = []
+    for i, item in enumerate(ds.items):
+        others = [it for j, it in enumerate(ds.items) if j != i and it.text != item.text]
+        try:
+            out.append(
+                sample_balanced(
+                    others,
+                    k,
+                    random.Random(f"{seed}/{i}").randrange(2**31),
+                    what=f"the other items of {ds.name!r} (leave-one-out, item {i})",
+                    options=ds.options,
+                )
+            )
+        except DropeLensInputError as exc:
+            raise DropeLensInputError(
+                f"Task {ds.name!r} has no demo_pool and too few items for {k}-shot leave-one-out "
+                f"demonstrations balanced over {ds.options}: {exc} Use fewer shots, more items, or a demo_pool."
+            ) from exc
+    return out
+
+
+def item_demonstrations(ds: TaskDataset, k: int, seed: int) -> list[list[TaskItem]]:
+    """One list of demonstrations per item of ``ds``: the pool's (the same for all) or leave-one-out ones."""
+    if k and ds.kind == "choice" and not ds.demo_pool:
+        return leave_one_out_demonstrations(ds, k, seed)
+    demos = draw_demonstrations(ds, k, seed)
+    return [demos for _ in ds.items]
 
 
 def build_prompt(tokenizer, ds: TaskDataset, text: str, demos: Sequence[TaskItem], *, chat: bool = False) -> str:

@@ -50,7 +50,7 @@ from drope_lens.tasks.calibration import (
     auroc,
     build_prompt,
     content_free_prompts,
-    draw_demonstrations,
+    item_demonstrations,
     item_log_priors,
     log_prior,
 )
@@ -162,12 +162,15 @@ def _score_dataset(
     chat: bool,
     batch_size: int,
     tick: Callable[[int], None],
-    demos: Sequence[TaskItem] = (),
+    demos: Optional[Sequence[Sequence[TaskItem]]] = None,
 ) -> tuple[list[ItemResult], Optional[np.ndarray]]:
-    """Item results and, for calibrated scoring, the log option prior (under the active hooks)."""
+    """Item results and, for calibrated scoring, the log option prior (under the active hooks).
+
+    ``demos``: one list of demonstrations per item (None: none)."""
     tok = model.tokenizer
+    per_item: list[Sequence[TaskItem]] = [list(d) for d in demos] if demos is not None else [[] for _ in ds.items]
     if ds.kind == "choice":
-        prompts = [build_prompt(tok, ds, it.text, demos, chat=chat) for it in ds.items]
+        prompts = [build_prompt(tok, ds, it.text, d, chat=chat) for it, d in zip(ds.items, per_item, strict=True)]
     else:
         prompts = [format_prompt(tok, it.text, chat=chat) for it in ds.items]
     batch = encode(tok, prompts, n_ctx=model.cfg.n_ctx)
@@ -178,21 +181,16 @@ def _score_dataset(
         row_ids = [option_token_ids(tok, ds.choices(it), prefix=prefix) for it in ds.items] if ds.choices_key else None
         prior = None
         if scoring == "calibrated":
-            cf = encode(tok, content_free_prompts(tok, ds, demos, chat=chat), n_ctx=model.cfg.n_ctx)
-            if ds.choices_key:  # every distinct continuation once per filler, then per item
-                conts = sorted({c for it in ds.items for c in ds.choices(it)})
-                cf_lp = option_logprobs(
-                    model,
-                    cf,
-                    option_token_ids(tok, conts, prefix=prefix),
-                    batch_size=batch_size,
-                    padded=cond.batch_safe,
-                ).numpy()
-                prior = item_log_priors(ds, cf_lp, conts)
-            else:
-                prior = log_prior(
-                    option_logprobs(model, cf, ids, batch_size=batch_size, padded=cond.batch_safe).numpy()
-                )
+            groups = _demo_groups(per_item)
+            if len(groups) == 1:  # the same demonstrations for every item (a pool, or none)
+                prior = _content_free_prior(model, ds, per_item[0], ids, prefix, cond, chat, batch_size)
+            else:  # leave-one-out: each item's prior after its own demonstrations
+                prior = np.empty((len(ds.items), len(ds.options)))
+                for rows in groups:
+                    part = TaskDataset(**{**vars(ds), "items": [ds.items[i] for i in rows], "demo_pool": []})
+                    got = _content_free_prior(model, part, per_item[rows[0]], ids, prefix, cond, chat, batch_size)
+                    prior[rows] = got
+
         logp = option_logprobs(
             model, batch, ids, batch_size=batch_size, padded=cond.batch_safe, on_batch=tick, row_option_ids=row_ids
         )
@@ -243,6 +241,34 @@ def _score_dataset(
             done[i] = ItemResult(ds.name, cond.name, i, it.answer, pred, bool(ok), output=text)
         tick(len(idx))
     return [done[i] for i in range(len(ds.items))], None
+
+
+def _demo_groups(per_item: Sequence[Sequence[TaskItem]]) -> list[list[int]]:
+    """Item indices grouped by identical demonstrations (first appearance order)."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, demos in enumerate(per_item):
+        groups.setdefault(tuple(d.text for d in demos), []).append(i)
+    return list(groups.values())
+
+
+def _content_free_prior(
+    model, ds: TaskDataset, demos: Sequence[TaskItem], ids, prefix: str, cond: Condition, chat: bool, batch_size: int
+) -> np.ndarray:
+    """The log option prior of ``ds``'s items after ``demos`` (under the active hooks): ``[n_options]``, or
+    ``[n_items, n_options]`` for completion items (each its own continuations)."""
+    tok = model.tokenizer
+    cf = encode(tok, content_free_prompts(tok, ds, demos, chat=chat), n_ctx=model.cfg.n_ctx)
+    if ds.choices_key:  # every distinct continuation once per filler, then per item
+        conts = sorted({c for it in ds.items for c in ds.choices(it)})
+        cf_lp = option_logprobs(
+            model,
+            cf,
+            option_token_ids(tok, conts, prefix=prefix),
+            batch_size=batch_size,
+            padded=cond.batch_safe,
+        ).numpy()
+        return item_log_priors(ds, cf_lp, conts)
+    return log_prior(option_logprobs(model, cf, ids, batch_size=batch_size, padded=cond.batch_safe).numpy())
 
 
 def _summarise(
@@ -367,13 +393,14 @@ def run_tasks(
         n_ctx=model.cfg.n_ctx,
         task_format=task_format,
     )
-    demos = {d.name: draw_demonstrations(d, n_shot, seed) if d.kind == "choice" else [] for d in datasets}
+    demos = {d.name: item_demonstrations(d, n_shot, seed) if d.kind == "choice" else None for d in datasets}
+    ds_by_name = {d.name: d for d in datasets}
     label = label or model_label(model)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from drope_lens.progress import progress_bar
 
-        bar = tqdm(total=len(conds) * sum(len(d) for d in datasets), desc=f"tasks {label[:40]}", leave=False)
+        bar = progress_bar(what="tasks", model=model, total=len(conds) * sum(len(d) for d in datasets))
     tick = (lambda k: bar.update(k)) if bar is not None else (lambda k: None)
     scores: list[TaskScore] = []
     items: list[ItemResult] = []
@@ -423,10 +450,19 @@ def run_tasks(
         condition_info={c.name: dict(c.info) for c in conds},
         n_shot=n_shot,
         task_format=task_format,
-        demonstrations={k: [d.to_dict() for d in v] for k, v in demos.items() if v},
+        demonstrations={k: _demonstrations_record(ds_by_name[k], v) for k, v in demos.items() if v and v[0]},
         content_free=list(CONTENT_FREE) if scoring == "calibrated" else [],
         wall_seconds=time.perf_counter() - t0,
     )
+
+
+def _demonstrations_record(ds: TaskDataset, per_item: list[list[TaskItem]]) -> list[dict[str, Any]]:
+    """What results record of a task's demonstrations: the shared ones (a pool) as items, or, for
+    leave-one-out ones, per evaluated item the indices of its demonstrations among the items."""
+    if all(d is per_item[0] for d in per_item):
+        return [d.to_dict() for d in per_item[0]]
+    index = {id(it): j for j, it in enumerate(ds.items)}
+    return [{"item": i, "demos": [index[id(d)] for d in demos]} for i, demos in enumerate(per_item)]
 
 
 def compare_tasks(rope_results: TaskResults, drope_results: TaskResults) -> TaskComparison:

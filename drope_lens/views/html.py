@@ -23,6 +23,7 @@ from typing import Any, Optional, Union
 __all__ = [
     "HtmlView",
     "ViewGroup",
+    "OfflinePage",
     "to_offline_html",
     "to_offline_fragment",
     "save_html",
@@ -161,8 +162,12 @@ def _split_circuitsvis(view: Any) -> Optional[tuple[str, str]]:
     return m.group(1), m.group(2)
 
 
-class _Page:
-    """Collects fragments; knows whether the circuitsvis bundle is needed."""
+class OfflinePage:
+    """Renders views into fragments of one page and knows whether the circuitsvis bundle is needed.
+
+    ``render(view)`` gives each view's HTML (circuitsvis views mount into their own ``<div>``);
+    ``bundle_script()`` is the one ``<script>`` (the inlined bundle) the page then needs, or ``""``.
+    """
 
     def __init__(self) -> None:
         self.needs_bundle = False
@@ -255,7 +260,7 @@ def _sections(view_or_views: Any) -> list[tuple[Optional[str], View]]:
 
 def to_offline_fragment(view_or_views: Any) -> str:
     """HTML fragment (no ``<html>`` wrapper) that renders offline; the bundle is inlined once."""
-    page = _Page()
+    page = OfflinePage()
     body = []
     for heading, view in _sections(view_or_views):
         if heading:
@@ -283,7 +288,7 @@ def to_offline_html(
 
     circuitsvis views are rendered from their inlined bundle (never the CDN ``str(view)``).
     """
-    page = _Page()
+    page = OfflinePage()
     body = [f"<h1>{_html.escape(title)}</h1>"]
     if description:
         body.append(f'<p class="dl-caption">{_html.escape(description)}</p>')

@@ -1,4 +1,4 @@
-"""The bad-input catalogue (README "Bad inputs and what you get"): one test row per bad input.
+"""The bad-input catalogue (docs/bad-inputs.md, "Bad inputs and what you get"): one test row per bad input.
 
 CLI rows run ``drope-lens`` in-process with every model loader patched to fail the test, so each
 is refused before any model is loaded, as one line on stderr with exit code 1 (argparse's own

@@ -154,3 +154,29 @@ def test_bad_report_options_are_refused():
             ReportOptions(**bad)
     quick = ReportOptions(quick=True, passkey_lengths=(256, 512))
     assert quick.max_length == 128 and quick.n_seeds == 3 and tuple(quick.passkey_lengths) == (128,)
+
+
+def test_steps_own_the_step_list_and_nothing_imports_steps_back():
+    """report/steps.py imports report/extended.py (the optional step), never the reverse (no import circle)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, drope_lens.report.extended, drope_lens.report.texts; "
+        "print('drope_lens.report.steps' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+    from drope_lens.options import OPTIONAL_STEPS, REPORT_STEPS
+
+    assert report_steps.STEP_ORDER == REPORT_STEPS + OPTIONAL_STEPS
+    assert all(report_steps.step_function(s).__name__ in (f"run_{s}",) for s in report_steps.STEP_ORDER)
+    quick = ReportOptions(quick=True, steps=("massive", "context"))
+    assert report_steps.planned_steps(quick) == [
+        ("massive", True),
+        ("phase", False),
+        ("disruption", False),
+        ("tasks", False),
+    ]  # context never with --quick; an optional step is listed only when it runs
+    with pytest.raises(KeyError, match="not a report step"):
+        report_steps.step_function("vibes")

@@ -339,3 +339,84 @@ def test_report_reading_names_above_chance_tasks_and_their_degradation_only(tiny
     rows = [line for line in text.splitlines() if line.startswith("| rope | ") and "| qk |" in line]
     assert any("| blind |" in row and AT_CHANCE in row for row in rows)
     assert any("| cue |" in row and AT_CHANCE not in row for row in rows)
+
+
+# ------------------------------------------------------------------- few-shot without a demo pool
+def no_pool_dataset(n=12):
+    ds = cue_dataset(n, pool=0)
+    assert ds.demo_pool == []
+    return ds
+
+
+def test_leave_one_out_demonstrations_never_show_the_item_and_are_balanced_and_seeded():
+    from drope_lens.tasks.calibration import item_demonstrations, leave_one_out_demonstrations
+
+    ds = no_pool_dataset(12)
+    ds.items.append(TaskItem(ds.items[0].text, ds.items[0].answer, dict(ds.items[0].meta)))  # a duplicate prompt
+    per_item = leave_one_out_demonstrations(ds, 4, seed=7)
+    assert len(per_item) == len(ds.items)
+    for i, demos in enumerate(per_item):
+        assert all(d is not ds.items[i] for d in demos)
+        assert ds.items[i].text not in {d.text for d in demos}  # nor a copy of its prompt
+        assert [d.answer for d in demos].count("yes") == 2 and len(demos) == 4  # balanced over the options
+        assert all(any(d is it for it in ds.items) for d in demos)  # drawn from the task's own items
+    again = leave_one_out_demonstrations(ds, 4, seed=7)
+    assert [[d.text for d in x] for x in again] == [[d.text for d in x] for x in per_item]  # seeded
+    other = leave_one_out_demonstrations(ds, 4, seed=8)
+    assert [[d.text for d in x] for x in other] != [[d.text for d in x] for x in per_item]
+    assert len({tuple(d.text for d in x) for x in per_item}) > 1  # each item its own draw
+    assert item_demonstrations(ds, 4, 7) == per_item  # no pool: leave-one-out
+    pooled = cue_dataset(6, pool=6)
+    shared = item_demonstrations(pooled, 2, 0)
+    assert all(x is shared[0] for x in shared) and shared[0] == draw_demonstrations(pooled, 2, 0)
+    assert leave_one_out_demonstrations(ds, 0, 7) == [[] for _ in ds.items]
+    with pytest.raises(ValueError, match="too few items for 6-shot leave-one-out"):
+        leave_one_out_demonstrations(no_pool_dataset(6), 6, 0)  # 3 'yes' in all: item i leaves 2 or 3
+
+
+def test_few_shot_on_a_task_without_pool_scores_each_item_after_its_own_demonstrations(tiny, tokenizer):
+    from drope_lens.loading import encode
+    from drope_lens.tasks.calibration import leave_one_out_demonstrations
+    from drope_lens.tasks.scoring import option_token_ids
+
+    ds = no_pool_dataset(8)
+    res = run_tasks(tiny, tasks=[ds], conditions=["baseline"], scoring="calibrated", n_shot=2, seed=4)
+    per_item = leave_one_out_demonstrations(ds, 2, 4)
+    rec = res.demonstrations["cue"]
+    assert [r["item"] for r in rec] == list(range(8))
+    assert all(r["item"] not in r["demos"] and len(r["demos"]) == 2 for r in rec)
+    assert [[ds.items[j].text for j in r["demos"]] for r in rec] == [[d.text for d in x] for x in per_item]
+    ids = [o[0] for o in option_token_ids(tokenizer, list(OPTS))]
+
+    @torch.no_grad()
+    def option_lp(prompt):  # independent: one plain forward of the prompt
+        p = encode(tokenizer, [prompt]).tokens[0]
+        logp = torch.log_softmax(tiny(p[None])[0, -1].double(), -1)
+        return [float(logp[t]) for t in ids]
+
+    for i, it in enumerate(ds.items):
+        raw = option_lp(build_prompt(tokenizer, ds, it.text, per_item[i]))
+        r = res.items[i]
+        assert [r.logprobs["yes"], r.logprobs["no"]] == pytest.approx(raw, abs=1e-4)
+        prior = log_prior(np.array([option_lp(p) for p in content_free_prompts(tokenizer, ds, per_item[i])]))
+        cal = np.array(raw) - prior
+        k = OPTS.index(it.answer)
+        assert r.margin == pytest.approx(cal[k] - cal[1 - k], abs=1e-4)
+
+
+def test_a_custom_file_loaded_whole_runs_few_shot(tiny, tmp_path):
+    import json
+
+    from drope_lens.tasks.custom import load_yes_no_file
+
+    rows = [
+        {"question": f"is {w} {i} a pet?", "answer": "yes" if w == "cat" else "no"}
+        for i in range(6)
+        for w in ("cat", "dog")
+    ]
+    path = tmp_path / "pets.json"
+    path.write_text(json.dumps(rows))
+    ds = load_yes_no_file(path)
+    assert ds.demo_pool == []
+    res = run_tasks(tiny, tasks=[ds], conditions=["baseline"], scoring="logprob", n_shot=2)
+    assert len(res.demonstrations["custom"]) == len(rows) and res.score("custom", "baseline").n == len(rows)
