@@ -77,7 +77,9 @@ def sample_index(n: int, k: int):
 def weights_hash(model: Any, sample: int = 64) -> str:
     """sha256 (first 16 hex) of every parameter and buffer's name, shape, dtype and a fixed sample of
     its values (``sample`` evenly spaced elements plus the sum), so changing any weight changes it in
-    practice while staying cheap for a 7B model (a few reads per tensor, no full copy)."""
+    practice while staying cheap for a 7B model (a few reads per tensor, no full copy). The sum is taken
+    in float64 and kept to 10 significant digits: its last bits depend on the summation order, i.e. on
+    torch's thread count, and the hash must not."""
     import torch
 
     h = hashlib.sha256()
@@ -90,9 +92,9 @@ def weights_hash(model: Any, sample: int = 64) -> str:
             flat = t.detach().reshape(-1)
             idx = sample_index(flat.numel(), sample).to(flat.device)
             vals = flat[idx].float()
-            total = flat.float().sum() if flat.is_floating_point() else flat.sum().float()
+            total = float(flat.double().sum())
             h.update(vals.cpu().numpy().tobytes())
-            h.update(total.cpu().numpy().tobytes())
+            h.update(f"{total:.10g}".encode())
     return h.hexdigest()[:16]
 
 

@@ -244,3 +244,20 @@ def test_weights_hash_samples_a_large_tensor_within_bounds():
     h0 = weights_hash(m)
     m.big[-1] = 1  # the last element is sampled
     assert weights_hash(m) != h0
+
+
+def test_weights_hash_does_not_depend_on_the_thread_count(tokenizer):
+    """The sum's last bits depend on the summation order (torch's threads); the hash must not."""
+    model = hooked_from_hf(tiny_llama(seed=4, hidden_size=256, intermediate_size=1024), tokenizer)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = weights_hash(model)
+        torch.set_num_threads(max(2, threads))
+        many = weights_hash(model)
+    finally:
+        torch.set_num_threads(threads)
+    assert one == many
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[1] += 1e-3  # one weight changes: the hash does
+    assert weights_hash(model) != one
