@@ -537,7 +537,7 @@ class ReportOptions(Options):
     batch_size: int = DEFAULT_BATCH_SIZE
     task_n: Optional[int] = None
     #: Choice-task protocol: contextual calibration, zero-shot, cities/sports as two-way completions
-    #: (measured on the embedded pair: see README and benchmarks/README.md).
+    #: (measured on the embedded pair: see docs/benchmarks.md and benchmarks/README.md).
     task_scoring: Scoring = "calibrated"
     n_shot: int = 0
     task_format: TaskFormat = "completion"

@@ -7,7 +7,7 @@ import sys
 
 HELP = "recalibrate a RoPE model into a DroPE model (RoPE removed, all parameters trained), with checkpoints"
 
-IDLE_TOKENS_PER_S = 125  # the default recipe on 2 idle CPU cores, measured (README)
+IDLE_TOKENS_PER_S = 125  # the default recipe on 2 idle CPU cores, measured (docs/recalibration.md)
 
 EPILOG = """\
 With no arguments: the embedded SmolLM2-135M on the built-in corpus (3.36 M tokens: Gutenberg

