@@ -43,6 +43,12 @@ def _pct_change(a: float, b: float) -> Optional[float]:
     return None if not a else (b - a) / a * 100
 
 
+def _backend_line(prov: dict) -> str:
+    """``HookedTransformer`` / ``TransformerBridge`` (saved results from before the bridge: hooked)."""
+    names = {"hooked": "HookedTransformer", "bridge": "TransformerBridge"}
+    return names.get(prov["models"]["rope"].get("backend") or "hooked", "HookedTransformer")
+
+
 def header_lines(results: dict) -> list[str]:
     """The pair, provenance and step timings under the title (report.md; report.html shows them too)."""
     pair = results["pair"]
@@ -51,8 +57,8 @@ def header_lines(results: dict) -> list[str]:
         f"* **RoPE model:** {pair['rope']}",
         f"* **DroPE/NoPE model:** {pair['drope']}",
         f"* created {prov['created']}; drope_lens {prov['packages'].get('drope_lens')}, torch "
-        f"{prov['packages'].get('torch')}, transformer-lens {prov['packages'].get('transformer-lens')}; "
-        f"dtype {prov['models']['rope']['dtype']} on {prov['models']['rope']['device']}; "
+        f"{prov['packages'].get('torch')}, transformer-lens {prov['packages'].get('transformer-lens')} "
+        f"({_backend_line(prov)}); dtype {prov['models']['rope']['dtype']} on {prov['models']['rope']['device']}; "
         f"attention scores in fp32; options `{_options_line(prov['options'])}`",
         "",
         "drope_lens computes the corrected quantities by default (real post-RoPE attention, no "
