@@ -62,6 +62,8 @@ def hooked_from_weights(config: Any, state_dict: dict, tokenizer: Any, *, device
     missing = [k for k in missing if "rotary" not in k]
     if missing or unexpected:
         raise RuntimeError(f"weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    # the rotary tables are buffers, not weights: built for real (a bridge moves the whole module)
+    skeleton.model.rotary_emb = type(skeleton.model.rotary_emb)(config=skeleton.config)
     n = skeleton.config.num_hidden_layers
     sides = NORM_SIDES[attention_type]
     gains = {s: [norms[f"model.layers.{i}.self_attn.{s}_norm.weight"] for i in range(n)] for s in sides}
