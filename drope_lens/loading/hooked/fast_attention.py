@@ -63,11 +63,14 @@ def fast_path_applies(attn: AbstractAttention) -> bool:
     A hook on ``hook_attn_scores``/``hook_pattern``, or any module spliced in place of either (e.g. an
     SAE attached by SAELens's ``HookedSAETransformer``), sends the layer down the explicit path.
     """
+    return _nobody_reads_the_pattern(attn) and explicit_path_covered(attn)
+
+
+def _nobody_reads_the_pattern(attn: AbstractAttention) -> bool:
+    """The flag is on and neither ``hook_attn_scores`` nor ``hook_pattern`` is observed or replaced."""
     if not getattr(attn.cfg, "fast_attention", True):
         return False
-    if observed(attn.hook_attn_scores) or observed(attn.hook_pattern):
-        return False
-    return explicit_path_covered(attn)
+    return not (observed(attn.hook_attn_scores) or observed(attn.hook_pattern))
 
 
 def _sdpa_z(
@@ -128,7 +131,7 @@ class FastAttention(Patched):
                 attention_mask,
                 position_bias,
             )
-        fast = fast_path_applies(attn)
+        fast = _nobody_reads_the_pattern(attn)  # the configuration is covered (checked above)
         q, k, v = attn.calculate_qkv_matrices(query_input, key_input, value_input)
         if past_kv_cache_entry is not None:
             offset = past_kv_cache_entry.past_keys.size(1)
