@@ -27,12 +27,14 @@ counts and decoded ids are compared with the first one's: they must be identical
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import os
 import platform
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -88,6 +90,21 @@ def _rows(model: Any, batch: Any, args: argparse.Namespace) -> dict[str, Callabl
     return {"forward": forward, "detection": detection, "decode": decode}
 
 
+@contextlib.contextmanager
+def _hooked_backend() -> Iterator[None]:
+    from drope_lens.loading.backend import ENV_VAR
+
+    saved = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = "hooked"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = saved
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
         return torch.equal(a, b)
@@ -99,7 +116,8 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = load_models(args.model)
+    with _hooked_backend():  # the layouts are HookedTransformer's, whatever $DROPE_LENS_BACKEND says
+        models = load_models(args.model)
     wl = make_workload(models, args.n_texts, args.seq_len, args.batch_size)
     variants = build_variants(models.tl["rope"])
     rows = {name: _rows(m, wl.batch, args) for name, m in variants.items()}

@@ -4,7 +4,8 @@ Saves a Llama-shaped random checkpoint (bf16 safetensors, ~0.55B parameters by d
 folder, then loads it in a fresh child process per configuration and reports, from
 ``/proc/self/status``: RSS after the imports, peak RSS (VmHWM) after loading, load seconds, the final
 model's bytes (parameters + buffers) and ``(peak - imports) / model bytes``. Old (HF model path,
-``lean=False``) vs new (lean) loader; pairs with and without ``offload='cpu'``.
+``lean=False``) vs new (lean) loader; pairs with and without ``offload='cpu'``; the bridge backend
+(the HF model wrapped, one copy of the weights).
 
     python benchmarks/memory.py                 # 0.55B shape, CPU, writes benchmarks/results-memory.json
     python benchmarks/memory.py --tiny          # seconds; what the tests run
@@ -49,6 +50,8 @@ CONFIGS = [  # (name, kind, kwargs)
     ("load_pair old", "pair", {"lean": False}),
     ("load_pair lean", "pair", {}),
     ("load_pair lean offload=cpu", "pair", {"offload": "cpu"}),
+    ("load_hooked backend=bridge", "hooked", {"backend": "bridge"}),
+    ("load_pair backend=bridge", "pair", {"backend": "bridge"}),
 ]
 
 
@@ -117,9 +120,14 @@ def write_checkpoint(folder: Path, shape: dict, seed: int = 0) -> int:
 def child(folder: str, kind: str, kwargs: dict, device: str) -> dict:
     """Runs in a fresh process: import, measure, load, measure."""
     import torch
+    import transformer_lens.model_bridge  # noqa: F401  (imports count as imports, not as loading)
 
     import drope_lens  # noqa: F401
     from drope_lens.loading import load_hooked, load_pair
+    from drope_lens.loading.backend import check_backend
+
+    if check_backend(kwargs.get("backend")) == "hooked":
+        import drope_lens.loading.hooked.load  # noqa: F401
 
     imports = _status("VmRSS")
     if device.startswith("cuda"):

@@ -294,3 +294,42 @@ def qk_norm_drope_model(tokenizer: Any, path: Path, *, gain_seed: int, backend: 
     from drope_lens.loading import load_hooked
 
     return load_hooked(tiny_drope_checkpoint(path, gain_seed=gain_seed, tokenizer=tokenizer), backend=backend)
+
+
+# --- weights on either backend ----------------------------------------------------------------
+def _bridge(model: Any) -> bool:
+    from drope_lens.loading.backend import is_bridge
+
+    return is_bridge(model)
+
+
+def projection_heads(model: Any, layer: int, which: str) -> torch.Tensor:
+    """A copy of ``layer``'s q/k/v projection as ``[head, d_model, d_head]`` (k, v: KV heads), either backend."""
+    attn = model.blocks[layer].attn
+    if _bridge(model):
+        w = getattr(attn, which).original_component.weight.detach()  # [(head d_head), d_model]
+        return w.reshape(-1, model.cfg.d_head, w.shape[1]).permute(0, 2, 1).clone()
+    name = {"q": "W_Q", "k": "_W_K", "v": "_W_V"}[which]
+    return (getattr(attn, name) if hasattr(attn, name) else getattr(attn, name.lstrip("_"))).detach().clone()
+
+
+def scale_projection(model: Any, layer: int, which: str, factor: float) -> None:
+    """Multiply ``layer``'s q/k/v/o projection weights by ``factor`` in place (0: zero them), either backend."""
+    attn = model.blocks[layer].attn
+    with torch.no_grad():
+        if _bridge(model):
+            getattr(attn, which).original_component.weight.mul_(factor)
+            return
+        name = {"q": "W_Q", "k": "_W_K", "v": "_W_V", "o": "W_O"}[which]
+        (getattr(attn, name) if hasattr(attn, name) else getattr(attn, name.lstrip("_"))).mul_(factor)
+
+
+def embedding_matrix(model: Any) -> torch.Tensor:
+    """The token embedding ``[d_vocab, d_model]`` (the parameter itself), either backend."""
+    return model.embed.original_component.weight if _bridge(model) else model.W_E
+
+
+def norm_gain(model: Any, layer: int, which: str = "ln1") -> torch.Tensor:
+    """The RMSNorm gain of ``blocks[layer].<which>`` (``ln1``/``ln2``; the parameter itself), either backend."""
+    norm = getattr(model.blocks[layer], which)
+    return norm.original_component.weight if _bridge(model) else norm.w

@@ -6,6 +6,21 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.hooked`` tests (HookedTransformer-only behaviour) run only when the suite's backend is
+    ``hooked`` (TransformerLens < 4 and no ``DROPE_LENS_BACKEND=bridge``)."""
+    from drope_lens.loading.backend import default_backend, tl_version
+
+    backend = default_backend()
+    if backend == "hooked":
+        return
+    version = ".".join(map(str, tl_version()))
+    skip = pytest.mark.skip(reason=f"HookedTransformer only; this run uses the {backend} (TransformerLens {version})")
+    for item in items:
+        if item.get_closest_marker("hooked") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -72,6 +72,12 @@ def hooks_left(model) -> list[str]:
     return [name for name, hp in model.hook_dict.items() if hp.fwd_hooks or hp._forward_hooks]
 
 
+def legacy_names(cache) -> list[str]:
+    """The HookedTransformer hook names of a cache (a bridge's also holds TransformerLens's aliases:
+    ``attn.q.hook_out`` for ``attn.hook_q``, ``blocks.L.hook_out`` for ``hook_resid_post`` …)."""
+    return [n for n in cache.keys() if not n.endswith((".hook_in", ".hook_out"))]
+
+
 def poison_hook(index, value: float = float("nan")):
     """A hook fn that writes ``value`` at ``index`` of a copy of its activation."""
 

@@ -28,6 +28,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="model dtype (attention scores are always computed in float32)",
     )
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    add_backend_arg(g)
     g.add_argument(
         "--offload",
         default=None,
@@ -40,6 +41,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help="split each model's layers over N devices (TransformerLens n_devices)",
+    )
+
+
+def add_backend_arg(parser: Any) -> None:
+    from drope_lens.loading.backend import BACKENDS
+
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="TransformerLens class the models live in: hooked (HookedTransformer, TransformerLens < 4; SAELens) "
+        "or bridge (TransformerBridge); default: hooked on TransformerLens 3.x, bridge on 4.x, or $DROPE_LENS_BACKEND",
     )
 
 
@@ -62,7 +75,8 @@ def load_pair_from_args(args: argparse.Namespace):
 
 
 def pair_from_args(args: argparse.Namespace):
-    """``load_pair`` with the model options of ``args`` (--rope/--drope/--dtype/--device/--offload/--n-devices)."""
+    """``load_pair`` with the model options of ``args`` (--rope/--drope/--dtype/--device/--offload/--n-devices/
+    --backend)."""
     from drope_lens.loading import load_pair
 
     return load_pair(
@@ -72,6 +86,7 @@ def pair_from_args(args: argparse.Namespace):
         device=args.device,
         offload=getattr(args, "offload", None),
         n_devices=getattr(args, "n_devices", 1),
+        backend=getattr(args, "backend", None),
     )
 
 
@@ -224,6 +239,9 @@ def check_model_path(value: "str | None", flag: str) -> None:
 
 
 def check_model_args(args: argparse.Namespace) -> None:
+    from drope_lens.loading.backend import check_backend
+
+    check_backend(getattr(args, "backend", None), what="--backend")
     check_model_path(getattr(args, "rope", None), "--rope")
     check_model_path(getattr(args, "drope", None), "--drope")
 

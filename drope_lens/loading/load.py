@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import torch
 
 from drope_lens.errors import DropeLensInputError
-from drope_lens.loading.backend import backend_of, check_backend
+from drope_lens.loading.backend import BACKENDS, backend_of, check_backend
 from drope_lens.loading.facts import ZERO_SHOT_NOPE
 from drope_lens.loading.source import as_dtype, read_source
 
@@ -167,7 +167,12 @@ def hooked_from_hf(
 
 
 def to_nope(
-    model: Any, *, origin: str = ZERO_SHOT_NOPE, inplace: bool = False, model_class: Optional[type] = None
+    model: Any,
+    *,
+    origin: str = ZERO_SHOT_NOPE,
+    inplace: bool = False,
+    backend: Optional[str] = None,
+    model_class: Optional[type] = None,
 ) -> Any:
     """The model with the identity rotation in every layer (zero-shot NoPE, no recalibration), same backend.
 
@@ -175,10 +180,19 @@ def to_nope(
     untouched, and memory doubles. ``inplace=True``: ``model`` itself becomes the NoPE model and is
     returned; no weight is copied, and the RoPE original is gone. Either way the config says
     ``position_encoding='nope'`` and ``nope_origin`` (default: "zero-shot NoPE (RoPE removed, not
-    recalibrated)"). Hooked backend: the twin has ``model``'s class (a HookedSAETransformer stays one), or
-    ``model_class`` (a HookedTransformer subclass).
+    recalibrated)"). ``backend``, if given, must be the model's own (the twin is built in the same class).
+    Hooked backend: the twin has ``model``'s class (a HookedSAETransformer stays one), or ``model_class``
+    (a HookedTransformer subclass).
     """
-    if backend_of(model) == "bridge":
+    own = backend_of(model)
+    if backend is not None and backend != own:
+        if backend not in BACKENDS:
+            check_backend(backend)  # names the known ones
+        raise DropeLensInputError(
+            f"to_nope keeps the model's backend ({own!r}); load the RoPE model with backend={backend!r} "
+            "(load_hooked / load_pair) and drop RoPE from that one."
+        )
+    if own == "bridge":
         _check_options("bridge", process_weights=False, n_devices=1, model_class=model_class)
         from drope_lens.loading.bridge.load import to_nope as bridge_to_nope
 

@@ -178,7 +178,7 @@ def load_pair(
     )
     if rope is None and model_class is None:
         rope_model = load_embedded(
-            backend=backend, dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices
+            dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices, backend=backend
         )
     elif rope is None:  # what load_embedded loads, as model_class
         from drope_lens.loading.embedded import embedded_checkpoint

@@ -30,9 +30,12 @@ def config_hash(cfg: Any) -> str:
 
 
 def model_provenance(model: Any, label: str) -> dict:
+    from drope_lens.loading.backend import backend_of
+
     cfg = model.cfg
     return {
         "label": label,
+        "backend": backend_of(model),
         "model_name": cfg.model_name,
         "source": getattr(cfg, "source", None),
         "position_encoding": getattr(cfg, "position_encoding", "rope"),
@@ -95,6 +98,7 @@ def weights_hash(model: Any, sample: int = 64) -> str:
 
 #: The model fields whose change invalidates a saved report part.
 IDENTITY_FIELDS = (
+    "backend",
     "model_name",
     "source",
     "config_hash",

@@ -70,6 +70,7 @@ def test_nan_in_last_residual_is_recorded_as_nan(tokenizer):
     assert np.isfinite(np.delete(prof.bos_ratio_per_text[:, 1], row)).all()
 
 
+@pytest.mark.hooked
 def test_final_norm_refused_when_gain_folded(tokenizer):
     model = hooked_from_hf(tiny_llama(), tokenizer, process_weights=True)
     with pytest.raises(ValueError, match="final_norm"):

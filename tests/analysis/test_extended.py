@@ -11,7 +11,15 @@ from drope_lens.analysis.head_classes import CLASSES, classify_heads, head_class
 from drope_lens.analysis.layer_ablation import layer_ablation, layer_ablation_hooks
 from drope_lens.analysis.layer_norms import layer_norms
 from drope_lens.loading import encode, hooked_from_hf
-from drope_lens.testing import TINY_TEXTS, analytic_bos_attention, analytic_sink_model, tiny_llama
+from drope_lens.testing import (
+    TINY_TEXTS,
+    analytic_bos_attention,
+    analytic_sink_model,
+    embedding_matrix,
+    norm_gain,
+    projection_heads,
+    tiny_llama,
+)
 from tests.support import EMBEDDED_TEXTS
 
 T = 12
@@ -129,14 +137,13 @@ def test_bos_write_analytic_model(tokenizer):
     m, bos, n = _analytic_case(tokenizer, text)
     res = bos_write(m, [text])
     cfg = m.cfg
-    x0 = m.W_E[bos].detach().double()
+    x0 = embedding_matrix(m)[bos].detach().double()
     for layer in range(cfg.n_layers):
-        ln = x0 / torch.sqrt((x0**2).mean() + cfg.eps) * m.blocks[layer].ln1.w.detach().double()
-        W_V = m.blocks[layer].attn._W_V.detach().double()  # [kv_head, d_model, d_head]
-        b_V = m.blocks[layer].attn._b_V.detach().double()
+        ln = x0 / torch.sqrt((x0**2).mean() + cfg.eps) * norm_gain(m, layer).detach().double()
+        W_V = projection_heads(m, layer, "v").double()  # [kv_head, d_model, d_head]; Llama: no bias
         for h in range(cfg.n_heads):
             g = h // (cfg.n_heads // cfg.n_key_value_heads)
-            vnorm = float((ln @ W_V[g] + b_V[g]).norm())
+            vnorm = float((ln @ W_V[g]).norm())
             attn = analytic_bos_attention(ANALYTIC_LOGITS[layer][h], n)
             assert res.v_norm[0, layer, h] == pytest.approx(vnorm, rel=1e-5)
             assert res.write[0, layer, h] == pytest.approx(vnorm * attn, rel=1e-5)

@@ -168,10 +168,12 @@ def test_hooks_removed_when_detection_raises(planted, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(planted.blocks[1].ln1, "forward", boom)
-    with pytest.raises(RuntimeError, match="boom"):
-        detect_massive(planted, list(TINY_TEXTS))
-    monkeypatch.undo()
+    handle = planted.blocks[1].register_forward_pre_hook(boom)  # a torch hook: no TransformerLens hook of its own
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            detect_massive(planted, list(TINY_TEXTS))
+    finally:
+        handle.remove()
     assert not hooks_left(planted)
     from drope_lens.hooks.mask import _REAL_MASK
 

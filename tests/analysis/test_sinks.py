@@ -9,7 +9,7 @@ import torch
 from drope_lens.analysis import sinks
 from drope_lens.analysis.profile_pass import phase_profile
 from drope_lens.loading import encode, hooked_from_hf
-from drope_lens.testing import analytic_bos_attention, analytic_sink_model, tiny_llama
+from drope_lens.testing import analytic_bos_attention, analytic_sink_model, scale_projection, tiny_llama
 from tests.support import assert_non_finite_refused, embedded_phase_case, hf_nope_twin
 
 TEXTS = ["the cat saw the dog", "a big red car went fast on the long road to rome", "yes no"]
@@ -42,9 +42,8 @@ def test_analytic_sink_scores_and_rates_are_exact(tokenizer, include_bos_row):
 
 def test_uniform_attention_on_rope_model_gives_harmonic_scores(tokenizer):
     model = hooked_from_hf(tiny_llama(seed=3), tokenizer)
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.W_Q.zero_()  # all scores 0 -> A[q, 0] = 1/(q+1), RoPE or not
+    for layer in range(model.cfg.n_layers):
+        scale_projection(model, layer, "q", 0.0)  # all scores 0 -> A[q, 0] = 1/(q+1), RoPE or not
     prof = phase_profile(model, TEXTS, batch_size=2)
     for i, n in enumerate(prof.lengths):
         assert np.abs(prof.sink_scores_per_text[i] - sinks.uniform_sink_score(n)).max() <= 1e-6
@@ -96,9 +95,8 @@ def test_pre_rope_manual_equals_native_for_nope_and_not_for_rope(tokenizer):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_nope_gives_finite_fp32_patterns(tokenizer, dtype):
     model = hooked_from_hf(tiny_llama(seed=6), tokenizer, position_encoding="nope", dtype=dtype)
-    with torch.no_grad():
-        model.blocks[0].attn.W_Q.mul_(200.0)
-        model.blocks[0].attn._W_K.mul_(200.0)
+    scale_projection(model, 0, "q", 200.0)
+    scale_projection(model, 0, "k", 200.0)
     seen = {}
 
     def record(p, hook):

@@ -13,7 +13,7 @@ from drope_lens.analysis.interventions import phase_experiment
 from drope_lens.analysis.profile_pass import phase_profile
 from drope_lens.analysis.stream_sinks import first_column
 from drope_lens.hooks.conditions import condition_hooks
-from drope_lens.loading import encode, hooked_from_hf
+from drope_lens.loading import attention_scale, encode, hooked_from_hf
 from drope_lens.testing import TINY_TEXTS, analytic_bos_attention, analytic_sink_model, tiny_llama
 from tests.support import SdpaSpy, assert_non_finite_refused, attention_layouts
 
@@ -37,7 +37,7 @@ def test_first_column_equals_hook_pattern(kind, chunk, tokenizer, tmp_path):
             cache["rot_q", layer],
             cache["rot_k", layer],
             batch.lengths,
-            model.blocks[layer].attn.attn_scale,
+            attention_scale(model, layer),
             chunk=chunk,
         )
         ref = cache["pattern", layer][..., 0]

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import layout_ab
+
+pytestmark = pytest.mark.hooked  # HookedTransformer only
 
 
 def test_tiny_run_times_every_row_and_variant_with_identical_outputs(tmp_path):

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from drope_lens.hooks.bos import bos_mlp_ablation_hooks, mlp_out_mean
-from drope_lens.loading import encode, hooked_from_hf
+from drope_lens.loading import KVCache, encode, hooked_from_hf
 from drope_lens.testing import tiny_llama
 from tests.support import hooks_left
 
@@ -28,15 +27,16 @@ def _recorder(store):
 @torch.no_grad()
 def _greedy_cached(model, prompt, n_new, hooks):
     """Greedy decoding on a KV cache; returns the ids and the logits of each step."""
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, prompt.shape[0])
+    b = prompt.shape[0]
+    cache = KVCache(model, b)
     steps, ids = [], prompt
     with model.hooks(fwd_hooks=hooks):
-        logits = model(prompt, past_kv_cache=cache)[:, -1]
+        logits = model(prompt, **cache.kwargs(prompt.shape[1], b))[:, -1]
         for _ in range(n_new):
             steps.append(logits)
             nxt = logits.argmax(-1, keepdim=True)
             ids = torch.cat([ids, nxt], dim=1)
-            logits = model(nxt, past_kv_cache=cache)[:, -1]
+            logits = model(nxt, **cache.kwargs(1, b))[:, -1]
     return ids, steps
 
 

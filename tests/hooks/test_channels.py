@@ -2,14 +2,13 @@
 
 import pytest
 import torch
-from transformer_lens import TransformerLensKeyValueCache
 
 from drope_lens.analysis.massive import detect_massive
 from drope_lens.analysis.perplexity import perplexity
 from drope_lens.hooks.mean_replacement import mean_replace, qk_mean_replacement_hooks
 from drope_lens.hooks.selection import ChannelSelection, random_control
 from drope_lens.hooks.zeroing import zero_channel_hooks
-from drope_lens.loading import hooked_from_hf, to_nope
+from drope_lens.loading import KVCache, hooked_from_hf, to_nope
 from drope_lens.testing import TINY_TEXTS, plant_channels, tiny_llama
 from tests.support import hooks_left
 
@@ -114,10 +113,11 @@ def test_mean_replace_function_by_hand():
 # ------------------------------------------------------------------ KV-cache decode steps
 def cached_logits(model, tokens, n_prompt):
     """Prefill ``tokens[:, :n_prompt]`` then decode the rest one token at a time on a KV cache."""
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, tokens.shape[0])
-    out = [model(tokens[:, :n_prompt], past_kv_cache=cache)]
+    b = tokens.shape[0]
+    cache = KVCache(model, b)
+    out = [model(tokens[:, :n_prompt], **cache.kwargs(n_prompt, b))]
     for t in range(n_prompt, tokens.shape[1]):
-        out.append(model(tokens[:, t : t + 1], past_kv_cache=cache))
+        out.append(model(tokens[:, t : t + 1], **cache.kwargs(1, b)))
     return torch.cat(out, dim=1)
 
 
@@ -207,9 +207,9 @@ def test_multi_token_cache_continuation_and_decode_raise(planted):
 
 
 def cached_logits_multi(model, tokens):
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
-    model(tokens[:, :4], past_kv_cache=cache)
-    return model(tokens[:, 4:7], past_kv_cache=cache)
+    cache = KVCache(model, 1)
+    model(tokens[:, :4], **cache.kwargs(4, 1))
+    return model(tokens[:, 4:7], **cache.kwargs(3, 1))
 
 
 def test_nope_model_mean_replacement_pre_equals_post(planted):

@@ -22,6 +22,7 @@ from drope_lens.loading.source import qk_norm_weights
 from drope_lens.testing import hf_nope_reference, tiny_drope_checkpoint, tiny_llama
 from tests.support import SdpaSpy, assert_non_finite_refused, hooks_left
 
+pytestmark = pytest.mark.both_backends  # builds the backends itself
 needs_hooked = pytest.mark.skipif(not hooked_available(), reason="HookedTransformer needs TransformerLens < 4")
 HOOKS = ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_attn_scores", "hook_pattern", "hook_z")
 BLOCK_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out")
@@ -254,3 +255,10 @@ def test_loading_a_sakana_folder_never_prompts_nor_imports_its_code(tokenizer, t
     assert model.cfg.drope_attention_type == "qk_norm_nope"
     assert not marker.exists()
     assert not [m for m in set(sys.modules) - before if "drope" in m.split(".")[-1] and "drope_lens" not in m]
+
+
+def test_to_nope_keeps_the_backend(tokenizer):
+    bridge = hooked_from_hf(tiny_llama(seed=1), tokenizer, backend="bridge")
+    assert backend_of(to_nope(bridge, backend="bridge")) == "bridge"
+    with pytest.raises(DropeLensInputError, match="keeps the model's backend \\('bridge'\\).*backend='hooked'"):
+        to_nope(bridge, backend="hooked")

@@ -23,6 +23,8 @@ from drope_lens.loading.hooked.weights import (
 from drope_lens.tasks.scoring import greedy_generate_batch
 from drope_lens.testing import TINY_TEXTS, tiny_llama
 
+pytestmark = pytest.mark.hooked  # HookedTransformer internals
+
 MATRICES = [("attn", "W_Q"), ("attn", "W_O"), ("mlp", "W_in"), ("mlp", "W_gate"), ("mlp", "W_out")]
 
 

@@ -41,6 +41,7 @@ def _same_model(a, b, ids):
     assert torch.equal(la, lb)  # bit-identical
 
 
+@pytest.mark.hooked
 @pytest.mark.parametrize(
     "kw,save_dtype,dtype",
     [
@@ -63,6 +64,7 @@ def test_lean_equals_old_loader(tmp_path, kw, save_dtype, dtype):
         assert lean.unembed.W_U.data_ptr() != lean.embed.W_E.data_ptr()
 
 
+@pytest.mark.hooked
 @pytest.mark.parametrize("attention_type", ["nope", "qk_norm_nope"])
 def test_lean_equals_old_loader_drope(tmp_path, attention_type):
     from safetensors.torch import load_file, save_file
@@ -80,6 +82,7 @@ def test_lean_equals_old_loader_drope(tmp_path, attention_type):
     _same_model(lean, old, _ids(19, hf.config.vocab_size))
 
 
+@pytest.mark.hooked
 def test_lean_weights_do_not_alias_the_file(tmp_path):
     path = _save(tiny_llama(seed=3), tmp_path / "m", torch.bfloat16)
     model = load_hooked(path, dtype=torch.bfloat16)
@@ -91,6 +94,7 @@ def test_lean_weights_do_not_alias_the_file(tmp_path):
         assert torch.equal(model(ids), before)
 
 
+@pytest.mark.hooked
 def test_lean_refuses_incomplete_checkpoint(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -102,6 +106,7 @@ def test_lean_refuses_incomplete_checkpoint(tmp_path):
         load_hooked(path)
 
 
+@pytest.mark.hooked
 def test_lean_refuses_shape_mismatch(tmp_path):
     path = _save(tiny_llama(), tmp_path / "m")
     cfg = json.loads((path / "config.json").read_text())
@@ -111,6 +116,7 @@ def test_lean_refuses_shape_mismatch(tmp_path):
         load_hooked(path)
 
 
+@pytest.mark.hooked
 def test_to_nope_inplace_equals_copy_and_shares_memory(tmp_path):
     path = _save(tiny_llama(seed=6), tmp_path / "m")
     ids = _ids(23, len(tiny_tokenizer()))
@@ -153,21 +159,20 @@ def test_offloaded_pair_same_numbers_and_one_model_on_device(planted_models, tmp
     """CPU-only emulation: device 'cpu:0' vs offload 'cpu' are distinct names for one memory, so the
     test records where each model was *sent* and checks, at every forward pass, that the running
     model was last sent to the device and the idle one to the offload device."""
-    from drope_lens.loading import ModelPair
-    from drope_lens.loading.hooked import devices
+    from drope_lens.loading import ModelPair, surface
 
     rope, nope = planted_models
     steps = ("massive", "phase", "disruption", "tasks")
     resident = _report_numbers(ModelPair(rope, nope), tmp_path / "a", steps)
 
     where: dict[int, str] = {id(rope): "cpu", id(nope): "cpu"}  # both built on the offload device
-    real_place = devices.place
+    real_place = surface.place
 
-    def spy(model, device=None):
+    def spy(model, device):
         where[id(model)] = str(device)
         return real_place(model, device)
 
-    monkeypatch.setattr(devices, "place", spy)
+    monkeypatch.setattr(surface, "place", spy)
     pair = ModelPair(rope, nope, device="cpu:0", offload="cpu")
     runs = []
 
@@ -227,6 +232,7 @@ def test_load_pair_offload_and_bad_names_fail_before_loading(tmp_path):
 # --------------------------------------------------------------------------- split over devices
 
 
+@pytest.mark.hooked
 def test_two_device_split_keeps_hooks_working(tmp_path, monkeypatch):
     """TransformerLens-style emulation: n_devices=2 on CPU, with the block->device map spied on so
     the loader's and forward pass's placement decisions are checked; activations still match."""
@@ -272,6 +278,7 @@ def _diff(a, b, path=""):
 # --------------------------------------------------------------------------- benchmarks
 
 
+@pytest.mark.hooked
 def test_memory_benchmark_tiny(tmp_path):
     import subprocess
     import sys

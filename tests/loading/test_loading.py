@@ -14,7 +14,7 @@ from drope_lens import (
     UnsupportedModelError,
 )
 from drope_lens.loading import ModelPair, encode, hooked_from_hf, load_hooked, to_nope
-from drope_lens.testing import hf_nope_reference, save_drope_checkpoint, tiny_llama, tiny_tokenizer
+from drope_lens.testing import hf_nope_reference, save_drope_checkpoint, scale_projection, tiny_llama, tiny_tokenizer
 from tests.support import assert_non_finite_refused
 
 TOL = 1e-4
@@ -90,6 +90,7 @@ def test_to_nope_copies_weights_and_leaves_source_alone(tokenizer):
         to_nope(twin)
 
 
+@pytest.mark.hooked
 def test_process_weights_keeps_hooks_and_log_probs(tokenizer):
     hf = tiny_llama(seed=4)
     raw = hooked_from_hf(copy.deepcopy(hf), tokenizer)
@@ -226,9 +227,8 @@ def test_right_padding_leaves_real_tokens_exact(tokenizer):
 
 
 def _blow_up_qk(model, factor: float):
-    with torch.no_grad():
-        model.blocks[0].attn.W_Q.mul_(factor)
-        model.blocks[0].attn._W_K.mul_(factor)
+    scale_projection(model, 0, "q", factor)
+    scale_projection(model, 0, "k", factor)
 
 
 def test_half_precision_nope_attention_is_fp32_and_finite(tokenizer):

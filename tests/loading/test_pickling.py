@@ -18,6 +18,8 @@ from drope_lens.loading.hooked.weights import WatchedParameter, kernel_weight_by
 from drope_lens.loading.hooked.zero_bias import ZeroBiasGatedMLP, ZeroBiasUnembed
 from tests.support import SdpaSpy, assert_non_finite_refused, attention_layouts
 
+pytestmark = pytest.mark.hooked  # HookedTransformer only
+
 MODELS = attention_layouts(drope_gain_seed=4)
 
 

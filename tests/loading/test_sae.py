@@ -29,6 +29,8 @@ from drope_lens.loading.hooked.fast_attention import fast_path_installed  # noqa
 from drope_lens.loading.hooked.zero_bias import ZeroBiasGatedMLP, ZeroBiasUnembed  # noqa: E402
 from tests.support import SdpaSpy  # noqa: E402
 
+pytestmark = pytest.mark.hooked  # HookedTransformer only
+
 T = 11  # sequence length of the test ids (an SAE at hook_pattern reads the key axis: d_in = T)
 TOL = 1e-4
 

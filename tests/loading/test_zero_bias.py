@@ -11,6 +11,8 @@ from drope_lens.loading.hooked.patching import base_class
 from drope_lens.loading.hooked.zero_bias import ZeroBiasGatedMLP
 from drope_lens.testing import TINY_TEXTS, tiny_llama
 
+pytestmark = pytest.mark.hooked  # HookedTransformer internals
+
 
 @pytest.fixture(scope="module", params=[4, 2], ids=["mha", "gqa"])
 def model(request, tokenizer):

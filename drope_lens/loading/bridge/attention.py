@@ -18,7 +18,9 @@ does:
   (:class:`~drope_lens.errors.NonFiniteError`, never zeroed); ``hook_attn_scores`` sees the masked
   scores, ``hook_pattern`` the softmax, as in HookedTransformer;
 * **fast path**: when neither ``hook_attn_scores`` nor ``hook_pattern`` has a hook at call time (and
-  ``cfg.fast_attention``), the layer calls sdpa instead of materialising ``[head, T, T]`` patterns.
+  ``cfg.fast_attention``), the layer calls sdpa instead of materialising ``[head, T, T]`` patterns (and
+  returns no attention weights to HF's ``output_attentions``, which the bridge sets on every
+  ``run_with_cache``).
 """
 
 from __future__ import annotations
@@ -80,8 +82,7 @@ class DropeLensAttention(PositionEmbeddingsAttentionBridge):
             bool(getattr(self.facts, "fast_attention", True))
             and not observed(self.hook_attn_scores)
             and not observed(self.hook_pattern)
-            and not kwargs.get("output_attentions", False)
-        )
+        )  # HF's output_attentions is not a reason: the bridge's run_with_cache always asks for it
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         hf_attn: Any = self.original_component

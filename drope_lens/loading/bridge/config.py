@@ -12,6 +12,10 @@ from drope_lens.loading.facts import FACT_DEFAULTS, PositionFacts, check_positio
 class DropeLensBridgeConfig(PositionFacts, TransformerBridgeConfig):
     """``TransformerBridgeConfig`` with drope_lens's facts (:mod:`drope_lens.loading.facts`) as attributes."""
 
+    def __repr__(self) -> str:
+        facts = ", ".join(f"{name}={getattr(self, name, None)!r}" for name in FACT_DEFAULTS)
+        return f"DropeLensBridgeConfig({facts})\n" + super().__repr__()
+
 
 def adopt_config(cfg: TransformerBridgeConfig, **facts: Any) -> DropeLensBridgeConfig:
     """Give the config a booted bridge made (in place) drope_lens's facts: their defaults, then ``facts``.

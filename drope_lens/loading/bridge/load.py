@@ -90,11 +90,14 @@ def bridge_from_hf(
     if q_norms is not None or k_norms is not None:
         attach_qk_norms(hf_model, q_norms, k_norms)
     name = str(model_name or getattr(hf_model.config, "_name_or_path", None) or "llama")
+    # Given no tokenizer, TransformerLens's boot would open one by the model's name (a hub download, or a
+    # folder's remote code): it gets a placeholder instead, and the bridge then has none, like the model.
+    boot_tokenizer = tokenizer_with_bos(tokenizer) if tokenizer is not None else _placeholder_tokenizer()
     with drope_lens_adapters(), _quiet():
-        bridge = TransformerBridge.boot_transformers(
-            name, hf_model=hf_model, tokenizer=tokenizer_with_bos(tokenizer), dtype=dtype
-        )
+        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=boot_tokenizer, dtype=dtype)
         bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    if tokenizer is None:
+        bridge.tokenizer = None
     theta = rope_theta_of(hf_model.config)
     cfg = adopt_config(
         bridge.cfg,
@@ -109,6 +112,8 @@ def bridge_from_hf(
     cfg.rotary_base = theta  # type: ignore[assignment]  # TransformerLens reads rope_theta from the 4.x layout only
     cfg.rotary_dim = 0 if cfg.is_nope else cfg.d_head
     cfg.device = str(torch.device(device))
+    cfg.use_attn_scale = True
+    cfg.attn_scale = 1.0 / float(hf_model.model.layers[0].self_attn.scaling)  # the divisor, as HookedTransformer
     for block in bridge.blocks:
         block.attn.model_cfg = cfg
     bridge.eval()
@@ -154,6 +159,18 @@ def to_nope(model: TransformerBridge, *, origin: str = ZERO_SHOT_NOPE, inplace: 
     for block in twin.blocks:
         block.attn.model_cfg = twin.cfg
     return twin
+
+
+def _placeholder_tokenizer() -> Any:
+    """A one-token-per-special tokenizer, only so that booting does not open one by name."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]
+    core = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(specials)}, unk_token="<unk>"))
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tok.init_kwargs.update(name_or_path="", add_bos_token=True)  # what TransformerLens reads to keep it as it is
+    return tok
 
 
 class _quiet:
