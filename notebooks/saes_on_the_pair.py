@@ -38,7 +38,7 @@ from drope_lens.recalibrate.blocks import pack_blocks, token_stream
 from drope_lens.recalibrate.corpus import Document, builtin_documents
 
 torch.manual_seed(0)
-pair = dl.load_pair(model_class=HookedSAETransformer)
+pair = dl.load_pair(model_class=HookedSAETransformer, backend="hooked")  # SAELens: the hooked backend
 print(type(pair.rope).__name__, "|", pair.labels["rope"], "|", pair.labels["drope"])
 
 # %% [markdown]

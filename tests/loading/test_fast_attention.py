@@ -190,6 +190,7 @@ def test_half_precision_fast_path_upcasts(tokenizer):
     assert (fl.float() - exact).abs().max() <= (sl.float() - exact).abs().max() * 1.5 + 1e-3
 
 
+@pytest.mark.hooked
 @pytest.mark.parametrize("kind", ["rope_gqa", "nope_mha", "drope_qk_norm"])
 def test_drope_lens_explicit_path_is_transformer_lens_forward_bit_for_bit(kind, tokenizer, tmp_path):
     """The explicit path runs TransformerLens's steps itself (to read W_O's cached layout): same bits."""
