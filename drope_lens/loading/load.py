@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import torch
 
+from drope_lens.errors import DropeLensInputError
 from drope_lens.loading.backend import BACKENDS, backend_of, check_backend
 from drope_lens.loading.facts import ZERO_SHOT_NOPE
 from drope_lens.loading.source import as_dtype, read_source
@@ -23,7 +24,14 @@ if TYPE_CHECKING:
 Source = Union[str, os.PathLike, "PreTrainedModel"]
 
 
-def _check_options(backend: str, *, process_weights: bool, n_devices: int) -> None:
+def _check_options(backend: str, *, process_weights: bool, n_devices: int, model_class: Any = None) -> None:
+    if backend == "bridge" and model_class is not None:
+        raise DropeLensInputError(
+            f"model_class={getattr(model_class, '__name__', model_class)!r} is a hooked-backend option: it names a "
+            "HookedTransformer subclass (e.g. SAELens's HookedSAETransformer, which needs TransformerLens < 4 and "
+            "the hooked backend). The bridge backend builds a TransformerBridge; use backend='hooked' on "
+            "TransformerLens 3.9 for SAELens."
+        )
     if n_devices < 1:
         raise ValueError(f"n_devices must be >= 1, got {n_devices}.")
     if backend == "bridge" and process_weights:
@@ -51,6 +59,7 @@ def load_hooked(
     model_name: Optional[str] = None,
     n_devices: int = 1,
     lean: bool = True,
+    model_class: Optional[type] = None,
 ) -> Any:
     """Load a Llama-family model (hub id, local folder, or in-memory HF model) into TransformerLens.
 
@@ -63,11 +72,13 @@ def load_hooked(
     Hooked backend only: folders with safetensors load *lean* (:mod:`drope_lens.loading.hooked.lean`,
     peak host memory about the model's size); ``lean=False`` (or ``process_weights=True``, or
     ``.bin``-only checkpoints) goes through an HF model (~2.2x); ``n_devices`` splits the blocks over
-    that many devices (TransformerLens's ``n_devices``; ``device`` then names the first). The bridge
-    wraps the HF model itself (one copy of the weights).
+    that many devices (TransformerLens's ``n_devices``; ``device`` then names the first);
+    ``model_class`` builds that HookedTransformer subclass instead, e.g.
+    ``model_class=sae_lens.HookedSAETransformer`` for ``run_with_saes`` (every drope_lens patch and DroPE
+    q/k norm included; see docs/composing.md). The bridge wraps the HF model itself (one copy of the weights).
     """
     backend = check_backend(backend)
-    _check_options(backend, process_weights=process_weights, n_devices=n_devices)
+    _check_options(backend, process_weights=process_weights, n_devices=n_devices, model_class=model_class)
     dtype = as_dtype(dtype)
     if not isinstance(source, (str, os.PathLike)):
         return hooked_from_hf(
@@ -82,6 +93,7 @@ def load_hooked(
             process_weights=process_weights,
             n_ctx=n_ctx,
             n_devices=n_devices,
+            model_class=model_class,
         )
     src = read_source(source, tokenizer=tokenizer, nope=nope)
     if backend == "bridge":
@@ -99,6 +111,7 @@ def load_hooked(
         model_name=model_name,
         n_devices=n_devices,
         lean=lean,
+        model_class=model_class,
     )
 
 
@@ -120,6 +133,7 @@ def hooked_from_hf(
     softmax_scale: Optional[float] = None,
     q_norms: Optional[Sequence[torch.Tensor]] = None,
     k_norms: Optional[Sequence[torch.Tensor]] = None,
+    model_class: Optional[type] = None,
 ) -> Any:
     """An in-memory HF ``LlamaForCausalLM`` as a drope_lens model of ``backend``.
 
@@ -133,9 +147,11 @@ def hooked_from_hf(
         n_ctx: context window; defaults to ``max_position_embeddings``.
         drope_attention_type, softmax_scale, q_norms, k_norms: a DroPE model's variant, logit
             multiplier and per-layer full-width q/k RMSNorm gains (``None``: that side unnormed).
+        model_class: hooked backend: a HookedTransformer subclass to build (e.g. SAELens's
+            ``HookedSAETransformer``); default HookedTransformer.
     """
     backend = check_backend(backend)
-    _check_options(backend, process_weights=process_weights, n_devices=n_devices)
+    _check_options(backend, process_weights=process_weights, n_devices=n_devices, model_class=model_class)
     common: dict[str, Any] = dict(
         model_name=model_name,
         position_encoding=position_encoding,
@@ -156,13 +172,20 @@ def hooked_from_hf(
 
     if n_devices > 1:
         common["n_devices"] = n_devices
-    model = convert(hf_model, tokenizer, process_weights=process_weights, **common)
+    model = convert(hf_model, tokenizer, process_weights=process_weights, model_class=model_class, **common)
     if q_norms is not None or k_norms is not None:
         install_qk_norm(model, q_norms, k_norms)
     return model
 
 
-def to_nope(model: Any, *, origin: str = ZERO_SHOT_NOPE, inplace: bool = False, backend: Optional[str] = None) -> Any:
+def to_nope(
+    model: Any,
+    *,
+    origin: str = ZERO_SHOT_NOPE,
+    inplace: bool = False,
+    backend: Optional[str] = None,
+    model_class: Optional[type] = None,
+) -> Any:
     """The model with the identity rotation in every layer (zero-shot NoPE, no recalibration), same backend.
 
     ``inplace=False`` (default): a new model with copied weights; the source model is left
@@ -170,11 +193,11 @@ def to_nope(model: Any, *, origin: str = ZERO_SHOT_NOPE, inplace: bool = False, 
     returned; no weight is copied, and the RoPE original is gone. Either way the config says
     ``position_encoding='nope'`` and ``nope_origin`` (default: "zero-shot NoPE (RoPE removed, not
     recalibrated)"). ``backend``, if given, must be the model's own (the twin is built in the same class).
+    Hooked backend: the twin has ``model``'s class (a HookedSAETransformer stays one), or ``model_class``
+    (a HookedTransformer subclass).
     """
     own = backend_of(model)
     if backend is not None and backend != own:
-        from drope_lens.errors import DropeLensInputError
-
         if backend not in BACKENDS:
             check_backend(backend)  # names the known ones
         raise DropeLensInputError(
@@ -182,9 +205,10 @@ def to_nope(model: Any, *, origin: str = ZERO_SHOT_NOPE, inplace: bool = False, 
             "(load_hooked / load_pair) and drop RoPE from that one."
         )
     if own == "bridge":
+        _check_options("bridge", process_weights=False, n_devices=1, model_class=model_class)
         from drope_lens.loading.bridge.load import to_nope as bridge_to_nope
 
         return bridge_to_nope(model, origin=origin, inplace=inplace)
     from drope_lens.loading.hooked.nope import to_nope as hooked_to_nope
 
-    return hooked_to_nope(model, origin=origin, inplace=inplace)
+    return hooked_to_nope(model, origin=origin, inplace=inplace, model_class=model_class)

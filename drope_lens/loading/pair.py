@@ -131,6 +131,7 @@ def load_pair(
     n_devices: int = 1,
     lean: bool = True,
     backend: Optional[str] = None,
+    model_class: Optional[type] = None,
 ) -> ModelPair:
     """Load a RoPE/DroPE pair. With no arguments: the embedded SmolLM2-135M and its zero-shot NoPE twin.
 
@@ -141,7 +142,8 @@ def load_pair(
 
     ``offload="cpu"``: the models load onto ``offload`` and only the one in use sits on ``device``
     (see :class:`ModelPair`), so a pair that does not fit the device together still runs.
-    ``backend``, ``n_devices``, ``lean``: as for :func:`~drope_lens.loading.load.load_hooked`.
+    ``backend``, ``n_devices``, ``lean``, ``model_class``: as for :func:`~drope_lens.loading.load.load_hooked`
+    (``model_class=sae_lens.HookedSAETransformer`` gives two HookedSAETransformers).
     """
     if drope == RECALIBRATED and rope is not None:
         from drope_lens.errors import DropeLensInputError
@@ -160,7 +162,7 @@ def load_pair(
     from drope_lens.loading.load import _check_options, load_hooked, to_nope
 
     backend = check_backend(backend)
-    _check_options(backend, process_weights=process_weights, n_devices=n_devices)
+    _check_options(backend, process_weights=process_weights, n_devices=n_devices, model_class=model_class)
     target, device = device, (offload if offload is not None else device)
     from drope_lens.loading.embedded import load_embedded
 
@@ -172,11 +174,16 @@ def load_pair(
         process_weights=process_weights,
         n_devices=n_devices,
         lean=lean,
+        model_class=model_class,
     )
-    if rope is None:
+    if rope is None and model_class is None:
         rope_model = load_embedded(
             dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices, backend=backend
         )
+    elif rope is None:  # what load_embedded loads, as model_class
+        from drope_lens.loading.embedded import embedded_checkpoint
+
+        rope_model = load(embedded_checkpoint(), model_name=EMBEDDED_NAME)
     else:
         rope_model = load(rope)
     if getattr(rope_model.cfg, "is_nope", False):

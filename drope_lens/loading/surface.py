@@ -17,7 +17,13 @@ from drope_lens.loading.backend import is_bridge
 
 
 def observed(hp: Any) -> bool:
-    """Whether anything observes this hook point (TransformerLens handles or raw torch hooks)."""
+    """Whether anything observes or replaces this hook point: TransformerLens handles, raw torch hooks, or a
+    module spliced in its place (anything but a plain :class:`~transformer_lens.hook_points.HookPoint`,
+    e.g. the SAE wrapper SAELens's ``HookedSAETransformer.add_sae`` puts there)."""
+    from transformer_lens.hook_points import HookPoint
+
+    if not isinstance(hp, HookPoint):
+        return True
     return bool(
         hp.fwd_hooks
         or hp.bwd_hooks

@@ -189,3 +189,27 @@ def test_half_precision_fast_path_upcasts(tokenizer):
         exact = ref(ids)
     # fast bf16 (fp32 kernel, z cast once) is at least as close to fp32 as explicit bf16
     assert (fl.float() - exact).abs().max() <= (sl.float() - exact).abs().max() * 1.5 + 1e-3
+
+
+@pytest.mark.hooked
+@pytest.mark.parametrize("kind", ["rope_gqa", "nope_mha", "drope_qk_norm"])
+def test_drope_lens_explicit_path_is_transformer_lens_forward_bit_for_bit(kind, tokenizer, tmp_path):
+    """The explicit path runs TransformerLens's steps itself (to read W_O's cached layout): same bits."""
+    from drope_lens.loading.hooked.patching import base_class
+
+    model = MODELS[kind](tokenizer, tmp_path)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 9, model.cfg.d_model, generator=g)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, :3] = 0  # left padding in row 1
+    seen = []
+    with torch.no_grad(), dl.explicit_attention(model):
+        for block in model.blocks:
+            attn = block.attn
+            for kw in ({}, {"attention_mask": mask}):
+                ours = attn(x, x, x, **kw)
+                theirs = base_class(attn).forward(attn, x, x, x, **kw)
+                assert torch.equal(ours, theirs)
+        with model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda p, hook: seen.append(p) or p)]):
+            model(_ids(9, model.cfg.d_vocab))
+    assert len(seen) == 1 and seen[0].shape[-1] == 9

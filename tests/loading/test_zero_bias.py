@@ -7,6 +7,8 @@ from transformer_lens.components import Unembed
 from transformer_lens.components.mlps.gated_mlp import GatedMLP
 
 from drope_lens.loading import explicit_attention, hooked_from_hf
+from drope_lens.loading.hooked.patching import base_class
+from drope_lens.loading.hooked.zero_bias import ZeroBiasGatedMLP
 from drope_lens.testing import TINY_TEXTS, tiny_llama
 
 pytestmark = pytest.mark.hooked  # HookedTransformer internals
@@ -53,10 +55,10 @@ def test_pieces_equal_transformer_lens_own_code(model, nonzero):
             for block in model.blocks:
                 attn = block.attn
                 ours = attn.calculate_qkv_matrices(x, x, x)
-                theirs = type(attn).calculate_qkv_matrices(attn, x, x, x)
+                theirs = base_class(attn).calculate_qkv_matrices(attn, x, x, x)
                 for a, b in zip(ours, theirs, strict=True):
                     assert torch.equal(a, b)
-                assert type(block.mlp) is GatedMLP
+                assert base_class(block.mlp) is GatedMLP and isinstance(block.mlp, ZeroBiasGatedMLP)
                 assert torch.equal(block.mlp(x), GatedMLP.forward(block.mlp, x))
             tokens = _tokens(model)
             assert torch.equal(model(tokens), _tl_logits(model, tokens))

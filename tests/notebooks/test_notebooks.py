@@ -13,11 +13,23 @@ def _read(path):
     return jupytext.read(path, fmt="py:percent")
 
 
+def _sae_lens_impossible(path) -> bool:
+    """A notebook using SAELens, where SAELens cannot be installed (TransformerLens >= 4). On TransformerLens 3.9
+    a missing sae_lens fails the run instead (`make setup` installs the `sae` extra)."""
+    import importlib.util
+
+    from drope_lens.loading import tl_version
+
+    return "sae_lens" in path.read_text() and importlib.util.find_spec("sae_lens") is None and tl_version() >= (4,)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path):
     from nbclient import NotebookClient
 
+    if _sae_lens_impossible(path):
+        pytest.skip("SAELens needs TransformerLens < 4")
     nb = _read(path)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]

@@ -8,52 +8,63 @@
   head split, applied after ``hook_q``/``hook_k`` (which therefore stay pre-norm, like the study's
   ``q_proj`` hooks) and before the rotation, so ``hook_rot_q``/``hook_rot_k`` show what attention uses.
 
-These are installed per attention module by :func:`install_attention_numerics`; the loaders call it.
+These are mixins (:mod:`drope_lens.loading.hooked.patching`) installed per attention module by
+:func:`install_attention_numerics` and :func:`install_qk_norm`; the loaders call them.
 """
 
 from __future__ import annotations
 
-import types
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from transformer_lens import HookedTransformer
 
-from drope_lens.loading.hooked.patching import patch_method
-from drope_lens.loading.hooked.zero_bias import project_qkv
+from drope_lens.loading.hooked.patching import Patched, patch_class
 from drope_lens.loading.numerics import FullWidthRMSNorm, check_finite
 
-_PATCHED = "_drope_lens_numerics"
+
+class NumericsAttention(Patched):
+    """Attention scores in fp32 (``cfg.fp32_attention``) and NaN/inf raised (``cfg.check_finite``)."""
+
+    ORDER = 40
+    __slots__ = ()
+
+    def calculate_attention_scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        attn: Any = self
+        cfg = attn.cfg
+        if cfg.fp32_attention:
+            q, k = q.float(), k.float()
+        scores = super().calculate_attention_scores(q, k)  # type: ignore[misc]
+        if cfg.check_finite:
+            check_finite(attn.layer_id, "attention scores", scores, q, k, dtype=cfg.dtype, fp32=cfg.fp32_attention)
+        return scores
 
 
-def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    if self.cfg.fp32_attention:
-        q, k = q.float(), k.float()
-    scores = type(self).calculate_attention_scores(self, q, k)
-    if self.cfg.check_finite:
-        check_finite(
-            self.layer_id, "attention scores", scores, q, k, dtype=self.cfg.dtype, fp32=self.cfg.fp32_attention
-        )
-    return scores
+class QKNormAttention(Patched):
+    """DroPE's full-width RMSNorm on q and/or k (``drope_q_norm`` / ``drope_k_norm``; None = unnormed)."""
 
+    ORDER = 20  # before the zero-bias projection, which it calls
+    __slots__ = ()
 
-def _qkv_with_norm(self, query_input, key_input, value_input):
-    q, k, v = project_qkv(self, query_input, key_input, value_input)
-    if getattr(self, "drope_q_norm", None) is not None:
-        q = self.drope_q_norm(q)
-    if getattr(self, "drope_k_norm", None) is not None:
-        k = self.drope_k_norm(k)
-    return q, k, v
+    def calculate_qkv_matrices(self, query_input, key_input, value_input):
+        attn: Any = self
+        q, k, v = super().calculate_qkv_matrices(query_input, key_input, value_input)  # type: ignore[misc]
+        if getattr(attn, "drope_q_norm", None) is not None:
+            q = attn.drope_q_norm(q)
+        if getattr(attn, "drope_k_norm", None) is not None:
+            k = attn.drope_k_norm(k)
+        return q, k, v
 
 
 def install_attention_numerics(model: HookedTransformer) -> HookedTransformer:
     """Route every attention module's score computation through fp32 + finiteness checks.
 
-    Idempotent. The behaviour is read from ``model.cfg.fp32_attention`` / ``check_finite`` at run
-    time, so flipping those flags on the config takes effect immediately.
+    Also installs the fast path and the zero-bias skip. Idempotent. The behaviour is read from
+    ``model.cfg.fp32_attention`` / ``check_finite`` at run time, so flipping those flags on the config
+    takes effect immediately.
     """
     for block in model.blocks:
-        patch_method(block.attn, "calculate_attention_scores", _scores, _PATCHED)
+        patch_class(block.attn, NumericsAttention)
     from drope_lens.loading.hooked.fast_attention import install_fast_attention
     from drope_lens.loading.hooked.zero_bias import install_zero_bias_skip
 
@@ -76,5 +87,5 @@ def install_qk_norm(
             norm = FullWidthRMSNorm(w.numel(), model.cfg.eps)
             norm.weight.data.copy_(w.to(torch.float32))
             setattr(attn, name, norm.to(attn.W_Q.device))  # the block's device (n_devices > 1)
-        attn.calculate_qkv_matrices = types.MethodType(_qkv_with_norm, attn)  # type: ignore[method-assign]
+        patch_class(attn, QKNormAttention)
     return model

@@ -7,13 +7,12 @@ converted state dict and the HookedTransformer at once (~2.2x the model's bytes 
   the CPU, whose pages are never touched (no resident memory) and are freed as each is replaced;
 * every checkpoint tensor is read on its own from the safetensors file (``safe_open``), cast to the
   model dtype, moved to the device of the block that owns it (so loading to a GPU stages one tensor
-  on the CPU, never the model) and installed directly in the ``nn.Linear`` layout of
-  :func:`~drope_lens.loading.layout.linear_layout` (the HF ``[out, in]`` weight *is* that layout,
-  so no copy is made for it);
+  on the CPU, never the model) and laid out as a contiguous TransformerLens parameter (one more
+  copy of that one tensor while it is rearranged);
 * tied embeddings get two tensors of their own (like the old path), read twice from the file;
 * biases (TransformerLens has them, Llama does not) are zeros on the target device.
 
-Peak host memory is then the final model plus one tensor (and the imports). Values are the very
+Peak host memory is then the final model plus one or two tensors (and the imports). Values are the very
 same bits as the old path's (a cast and a copy, no arithmetic), so logits are bit-identical (tested).
 """
 
@@ -126,10 +125,12 @@ def lean_hooked(
     tokenizer: Any,
     *,
     tied: bool,
+    model_class: type = HookedTransformer,
 ) -> HookedTransformer:
     """Build a HookedTransformer for ``cfg`` and fill it tensor by tensor from ``folder``'s safetensors.
 
-    ``cfg.device`` / ``cfg.n_devices`` say where each block's parameters go. Raises ``RuntimeError``
+    ``cfg.device`` / ``cfg.n_devices`` say where each block's parameters go; ``model_class`` is
+    HookedTransformer or a subclass (e.g. SAELens's HookedSAETransformer). Raises ``RuntimeError``
     naming the tensor when the checkpoint lacks one or its shape does not fit the config.
     """
     where = _index(folder)
@@ -142,7 +143,7 @@ def lean_hooked(
         )
     cfg.init_weights = False  # parameters stay torch.empty (untouched pages) until replaced below
     try:
-        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+        model = model_class(cfg, tokenizer=tokenizer, move_to_device=False)
     finally:
         cfg.init_weights = True
     # Buffers (rotary sin/cos, masks) are small; put them where their module's parameters go.
@@ -166,7 +167,7 @@ def lean_hooked(
                 f"{hf_name} has shape {tuple(tensor.shape)}, which does not fit {name} "
                 f"{tuple(param.shape)}: config.json and the weights disagree."
             )
-        _set_param(model, name, value)
+        _set_param(model, name, value.contiguous())
         del tensor, value
     model.eval()
     return model

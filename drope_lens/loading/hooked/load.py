@@ -3,8 +3,9 @@
 TransformerLens's ``from_pretrained`` only accepts names from its official list; drope_lens builds the
 config itself (:func:`~drope_lens.loading.hooked.config.config_from_hf`), converts the HF weights with
 TransformerLens's Llama weight conversion (or reads them straight from safetensors,
-:mod:`~drope_lens.loading.hooked.lean`) into a plain ``HookedTransformer``, so the result composes with
-every TransformerLens analysis (and SAELens).
+:mod:`~drope_lens.loading.hooked.lean`) into a plain ``HookedTransformer`` (or the subclass given as
+``model_class``, e.g. SAELens's ``HookedSAETransformer``), so the result composes with every
+TransformerLens analysis (and SAELens).
 
 Weight processing is off by default (``process_weights=False``): hooks and logits then equal the HF
 model's. With ``process_weights=True`` TransformerLens folds the RMSNorm gains into the following
@@ -24,11 +25,22 @@ from transformer_lens.pretrained.weight_conversions.llama import convert_llama_w
 
 from drope_lens.loading.hooked.attention import install_attention_numerics, install_qk_norm
 from drope_lens.loading.hooked.config import config_from_hf
-from drope_lens.loading.hooked.layout import linear_layout
 from drope_lens.loading.hooked.lean import checkpoint_folder, lean_hooked
 from drope_lens.loading.source import Source, as_dtype, check_supported, qk_norm_weights
 
 _BUFFERS = ("mask", "IGNORE", "rotary_sin", "rotary_cos")
+
+
+def check_model_class(model_class: Optional[type]) -> type:
+    """``model_class`` (default HookedTransformer), checked: HookedTransformer or a subclass of it."""
+    if model_class is None:
+        return HookedTransformer
+    if not (isinstance(model_class, type) and issubclass(model_class, HookedTransformer)):
+        raise TypeError(
+            f"model_class must be HookedTransformer or a subclass of it (e.g. sae_lens.HookedSAETransformer), "
+            f"got {model_class!r}."
+        )
+    return model_class
 
 
 def hooked_from_hf(
@@ -43,6 +55,7 @@ def hooked_from_hf(
     process_weights: bool = False,
     n_ctx: Optional[int] = None,
     source: Optional[str] = None,
+    model_class: Optional[type] = None,
     **cfg_overrides: Any,
 ) -> HookedTransformer:
     """Convert an in-memory HF ``LlamaForCausalLM`` into a HookedTransformer (see
@@ -63,7 +76,7 @@ def hooked_from_hf(
     )
     state_dict = {k: v.to(dtype) for k, v in convert_llama_weights(hf_model, cfg).items()}
     cfg.init_weights = False  # every parameter is overwritten below; random init costs seconds
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model = check_model_class(model_class)(cfg, tokenizer=tokenizer, move_to_device=False)
     cfg.init_weights = True
     if process_weights:
         model.load_and_process_state_dict(state_dict)
@@ -79,7 +92,6 @@ def hooked_from_hf(
     else:
         model.to(device)
     model.eval()
-    linear_layout(model)
     install_attention_numerics(model)
     return model
 
@@ -94,6 +106,7 @@ def load_source(
     model_name: Optional[str],
     n_devices: int,
     lean: bool,
+    model_class: Optional[type] = None,
 ) -> HookedTransformer:
     """A HookedTransformer of a checkpoint read by :func:`~drope_lens.loading.source.read_source`."""
     common: dict[str, Any] = dict(
@@ -112,14 +125,15 @@ def load_source(
     if folder is not None:
         cfg = config_from_hf(src.hf_config, **common)
         tied = bool(getattr(src.hf_config, "tie_word_embeddings", False))
-        model = lean_hooked(folder, cfg, src.tokenizer, tied=tied)
-        linear_layout(model)
+        model = lean_hooked(folder, cfg, src.tokenizer, tied=tied, model_class=check_model_class(model_class))
         install_attention_numerics(model)
     else:
         from transformers import LlamaForCausalLM
 
         hf_model = LlamaForCausalLM.from_pretrained(src.name, config=src.hf_config, dtype=dtype)
-        model = hooked_from_hf(hf_model, src.tokenizer, process_weights=process_weights, **common)
+        model = hooked_from_hf(
+            hf_model, src.tokenizer, process_weights=process_weights, model_class=model_class, **common
+        )
         del hf_model
     if src.attention_type not in (None, "nope"):
         q_w, k_w = qk_norm_weights(src.name, model.cfg.n_layers, src.attention_type)

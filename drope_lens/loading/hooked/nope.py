@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
 from torch import nn
 from transformer_lens import HookedTransformer
 
 from drope_lens.loading.facts import ZERO_SHOT_NOPE
 from drope_lens.loading.hooked.attention import install_attention_numerics
 from drope_lens.loading.hooked.config import DropeLensConfig
-from drope_lens.loading.hooked.layout import linear_layout
+from drope_lens.loading.hooked.load import check_model_class
 
 
 def as_drope_lens_config(cfg) -> DropeLensConfig:
@@ -24,7 +27,13 @@ def as_drope_lens_config(cfg) -> DropeLensConfig:
     return DropeLensConfig(**fields)
 
 
-def to_nope(model: HookedTransformer, *, origin: str = ZERO_SHOT_NOPE, inplace: bool = False) -> HookedTransformer:
+def to_nope(
+    model: HookedTransformer,
+    *,
+    origin: str = ZERO_SHOT_NOPE,
+    inplace: bool = False,
+    model_class: Optional[type] = None,
+) -> HookedTransformer:
     """The model with the identity rotation in every layer (zero-shot NoPE, no recalibration).
 
     ``inplace=False`` (default): a new HookedTransformer with copied weights; the source model is
@@ -32,27 +41,37 @@ def to_nope(model: HookedTransformer, *, origin: str = ZERO_SHOT_NOPE, inplace: 
     (its config is replaced, its rotary tables rebuilt for ``rotary_dim=0``) and is returned; no
     weight is copied, so memory does not grow, and the RoPE original is gone. Either way the
     config says ``position_encoding='nope'`` and ``nope_origin`` (default: "zero-shot NoPE (RoPE
-    removed, not recalibrated)").
+    removed, not recalibrated)"). The twin is of ``model``'s class (e.g. a HookedSAETransformer stays
+    one) unless ``model_class`` names another HookedTransformer subclass; in place, ``model`` must
+    already be an instance of it.
     """
     cfg = as_drope_lens_config(model.cfg)
     if cfg.is_nope:
         raise ValueError("This model already has no RoPE (position_encoding='nope').")
     nope_cfg = cfg.as_nope(origin)
     if inplace:
+        if model_class is not None and not isinstance(model, check_model_class(model_class)):
+            raise TypeError(
+                f"to_nope(inplace=True) keeps the model's class ({type(model).__name__}); it cannot become a "
+                f"{model_class.__name__}. Use inplace=False, or load the model with model_class= in the first place."
+            )
         return _to_nope_inplace(model, nope_cfg)
     nope_cfg.init_weights = False  # all weights are copied below
-    twin = HookedTransformer(nope_cfg, tokenizer=model.tokenizer, move_to_device=False)
+    cls = check_model_class(model_class) if model_class is not None else type(model)
+    twin = cls(nope_cfg, tokenizer=model.tokenizer, move_to_device=False)
     nope_cfg.init_weights = True
     source = dict(model.named_parameters())
     bad = sorted(set(source) ^ {n for n, _ in twin.named_parameters()})
     if bad:
         raise RuntimeError(f"NoPE twin could not take these weights: {bad[:5]}")
-    for name, param in list(twin.named_parameters()):  # one clone each, strides (layout) kept
+    for name, param in list(twin.named_parameters()):  # one contiguous clone each
         module_name, _, leaf = name.rpartition(".")
         setattr(
             twin.get_submodule(module_name) if module_name else twin,
             leaf,
-            nn.Parameter(source[name].detach().clone(), requires_grad=param.requires_grad),
+            nn.Parameter(
+                source[name].detach().clone(memory_format=torch.contiguous_format), requires_grad=param.requires_grad
+            ),
         )
     for name, buf in model.named_buffers():  # masks etc. on the source's devices
         if "rotary_" not in name:
@@ -64,7 +83,6 @@ def to_nope(model: HookedTransformer, *, origin: str = ZERO_SHOT_NOPE, inplace: 
             if table is not None:
                 block.attn._buffers[leaf] = table.to(src.attn.W_Q.device)
     twin.eval()
-    linear_layout(twin)
     return install_attention_numerics(twin)
 
 
