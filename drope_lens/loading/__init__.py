@@ -1,7 +1,7 @@
 """Loading RoPE models and their DroPE/NoPE twins into TransformerLens: HookedTransformer or TransformerBridge.
 
 Every name is imported on first use (PEP 562): ``drope_lens.loading.backend`` and the CLI's checks stay
-light, and the hooked backend's own names (``DropeLensConfig``, ``linear_layout`` …) import only where
+light, and the hooked backend's own names (``DropeLensConfig``, ``config_from_hf`` …) import only where
 HookedTransformer exists (TransformerLens < 4).
 """
 
@@ -22,7 +22,6 @@ _EXPORTS = {
 #: The hooked backend's own names (HookedTransformer, TransformerLens < 4).
 _HOOKED = {
     **{n: "drope_lens.loading.hooked.config" for n in ("DropeLensConfig", "config_from_hf")},
-    "linear_layout": "drope_lens.loading.hooked.layout",
     "install_attention_numerics": "drope_lens.loading.hooked.attention",
     "install_fast_attention": "drope_lens.loading.hooked.fast_attention",
 }

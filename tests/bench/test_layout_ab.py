@@ -1,4 +1,5 @@
-"""benchmarks/layout_ab.py: the three layouts run side by side in one process and give identical outputs."""
+"""benchmarks/layout_ab.py: the three layouts run side by side in one process; the old per-call kernels on plain
+weights are bit-identical to the strided layout, and today's kernels equal them to float rounding."""
 
 from __future__ import annotations
 
@@ -11,17 +12,17 @@ from benchmarks import layout_ab
 pytestmark = pytest.mark.hooked  # HookedTransformer only
 
 
-def test_tiny_run_times_every_row_and_variant_with_identical_outputs(tmp_path):
+def test_tiny_run_times_every_row_and_variant_with_equal_outputs(tmp_path):
     out = tmp_path / "ab.json"
     argv = ["--model", "tiny", "--repeat", "2", "--seq-len", "24", "--new-tokens", "3", "--prompt-len", "8"]
     assert layout_ab.main(argv + ["--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res["identical_outputs"] == {row: True for row in layout_ab.ROWS}
     for row in layout_ab.ROWS:
+        diff = res["difference_from_strided"][row]
+        assert diff["plain+copy"] == 0.0 and diff["plain"] <= 1e-4, (row, diff)
         for variant in layout_ab.VARIANTS:
             assert len(res["all_s"][row][variant]) == 2 and res["best_s"][row][variant] > 0
-    assert res["cache_mb"] > 0
-    assert "plain+cache / strided" in layout_ab.table(res)
+    assert "plain / strided" in layout_ab.table(res)
 
 
 def test_strided_variant_reproduces_the_old_layout(tokenizer):
@@ -35,4 +36,4 @@ def test_strided_variant_reproduces_the_old_layout(tokenizer):
     h, m, d = w_q.shape
     assert w_q.stride() == (d * m, 1, m)  # a view of a contiguous [(head d_head), d_model] tensor
     assert strided.unembed.W_U.stride() == (1, strided.cfg.d_model)
-    assert all(p.is_contiguous() for p in variants["plain+cache"].parameters())
+    assert all(p.is_contiguous() for p in variants["plain"].parameters())

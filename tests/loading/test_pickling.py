@@ -14,7 +14,6 @@ from drope_lens.loading import to_nope
 from drope_lens.loading.hooked.attention import NumericsAttention, QKNormAttention
 from drope_lens.loading.hooked.config import DropeLensConfig
 from drope_lens.loading.hooked.fast_attention import FastAttention, fast_path_installed
-from drope_lens.loading.hooked.weights import WatchedParameter, kernel_weight_bytes
 from drope_lens.loading.hooked.zero_bias import ZeroBiasGatedMLP, ZeroBiasUnembed
 from tests.support import SdpaSpy, assert_non_finite_refused, attention_layouts
 
@@ -47,16 +46,15 @@ def test_round_trip_keeps_logits_and_every_patch(kind, how, tokenizer, tmp_path,
     model = MODELS[kind](tokenizer, tmp_path)
     ids = _ids(model)
     with torch.no_grad():
-        ref = model(ids)  # fills the kernels' weight cache, which must not travel
-    assert kernel_weight_bytes(model) > 0
+        ref = model(ids)
     twin = ROUND_TRIPS[how](model)
-    assert twin is not model and kernel_weight_bytes(twin) == 0
+    assert twin is not model
     # every patch is there, as classes
     assert fast_path_installed(twin)
     for block in twin.blocks:
         assert isinstance(block.attn, (FastAttention, NumericsAttention))
         assert isinstance(block.mlp, ZeroBiasGatedMLP)
-        assert isinstance(block.attn.W_Q, WatchedParameter)
+        assert block.attn.W_Q.is_contiguous()
     assert isinstance(twin.unembed, ZeroBiasUnembed)
     assert isinstance(twin.cfg, DropeLensConfig) and twin.cfg.to_dict() == model.cfg.to_dict()
     # same logits through the fast path (one sdpa call per layer)

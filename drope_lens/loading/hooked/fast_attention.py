@@ -16,8 +16,8 @@ pattern). Non-finite q/k/z raise :class:`~drope_lens.errors.NonFiniteError` nami
 Switch it off with ``model.cfg.fast_attention = False`` or, temporarily, with
 :func:`~drope_lens.loading.surface.explicit_attention`. The explicit path is TransformerLens's own
 sequence of steps (scores, causal/padding mask, ``hook_attn_scores``, softmax, ``hook_pattern``, ``z``),
-run by :class:`FastAttention` so that both paths project the output with the cached nn.Linear layout of
-``W_O`` (:mod:`drope_lens.loading.hooked.weights`; bit-identical to TransformerLens's). Configurations
+run by :class:`FastAttention` so that both paths project the output with ``W_O`` as it is, never copied
+(:mod:`drope_lens.loading.hooked.weights`). Configurations
 drope_lens does not cover (ALiBi, soft-capping, attention sinks, local attention, 4-bit weights,
 ``use_attn_result``, additive masks …) go to TransformerLens's own forward.
 """
@@ -33,7 +33,7 @@ from transformer_lens.components.abstract_attention import AbstractAttention
 from transformer_lens.utilities.activation_functions import softcap_enabled
 
 from drope_lens.loading.hooked.patching import Patched, patch_class
-from drope_lens.loading.hooked.weights import kernel_weight
+from drope_lens.loading.hooked.weights import linear_view
 from drope_lens.loading.hooked.zero_bias import bias_or_none
 from drope_lens.loading.numerics import causal_mask, check_finite, sdpa_attention
 from drope_lens.loading.surface import observed
@@ -101,8 +101,8 @@ def _sdpa_z(
 class FastAttention(Patched):
     """The sdpa fast path when nobody reads scores or pattern; otherwise TransformerLens's explicit steps.
 
-    Both paths project the output with the cached nn.Linear layout of ``W_O``
-    (:func:`~drope_lens.loading.hooked.weights.kernel_weight`). Configurations drope_lens does not cover
+    Both paths project the output with ``W_O`` as it is (:func:`~drope_lens.loading.hooked.weights.linear_view`:
+    no per-call copy). Configurations drope_lens does not cover
     (:func:`explicit_path_covered`), ``additive_attention_mask`` and ``position_bias`` go to
     TransformerLens's own forward.
     """
@@ -153,8 +153,8 @@ class FastAttention(Patched):
 
 
 def _project_out(attn: Any, z: torch.Tensor) -> torch.Tensor:
-    """The output projection exactly as TransformerLens's (``use_attn_result`` off), W_O from the cache."""
-    w = kernel_weight(attn, "W_O")  # rearrange(W_O, "head d_head d_model -> d_model (head d_head)").contiguous()
+    """The output projection as TransformerLens's (``use_attn_result`` off), on a view of ``W_O``."""
+    w = linear_view(attn, "W_O")  # rearrange(W_O, "head d_head d_model -> d_model (head d_head)"), not copied
     b_O = bias_or_none(attn.b_O)
     if w.device != z.device:
         w, b_O = w.to(z.device), (None if b_O is None else b_O.to(z.device))

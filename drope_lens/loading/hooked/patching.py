@@ -1,4 +1,4 @@
-r"""How drope_lens changes TransformerLens components: by class, so patched models pickle and deep-copy.
+"""How drope_lens changes TransformerLens components: by class, so patched models pickle and deep-copy.
 
 Each change (fp32 scores and finiteness checks, the sdpa fast path, the zero-bias skip, DroPE's q/k norms)
 is a *mixin*: a small class whose methods override TransformerLens's and call ``super()`` for the rest.
@@ -11,11 +11,7 @@ Nothing is stored on the instance, so:
   the same class is rebuilt on load (an instance attribute bound as a method would be looked up by its
   function's name on load and fail);
 * the patch is visible: ``isinstance(model.blocks[0].attn, FastAttention)``; the class keeps its
-  TransformerLens name, and ``isinstance(..., GroupedQueryAttention)`` still holds;
-* the kernels' private weight copies (:mod:`drope_lens.loading.hooked.weights`) are dropped from the
-  pickled state, and on ``.to()``/``.half()`` (rebuilt on the next call); the module's matrix parameters
-  are kept :class:`~drope_lens.loading.hooked.weights.WatchedParameter`\ s (when patched, unpickled or
-  reassigned).
+  TransformerLens name, and ``isinstance(..., GroupedQueryAttention)`` still holds.
 """
 
 from __future__ import annotations
@@ -23,8 +19,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from torch import nn
-
-from drope_lens.loading.hooked.weights import KERNEL_WEIGHTS, RULES, watch_parameters
 
 
 class Patched:
@@ -41,25 +35,7 @@ class Patched:
 
     def __reduce_ex__(self, protocol):
         cls = type(self)
-        return (_rebuild, (cls._drope_lens_base, cls._drope_lens_mixins), self.__getstate__())
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())  # type: ignore[misc]  # nn.Module's (a copy of __dict__)
-        state.pop(KERNEL_WEIGHTS, None)  # a cache: rebuilt from the parameters on the next call
-        return state
-
-    def __setstate__(self, state):
-        super().__setstate__(state)  # type: ignore[misc]
-        watch_parameters(self)  # type: ignore[arg-type]  # pickled Parameters come back plain
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name in RULES and isinstance(value, nn.Parameter):
-            watch_parameters(self)  # type: ignore[arg-type]
-
-    def _apply(self, fn, recurse=True):
-        self.__dict__.pop(KERNEL_WEIGHTS, None)  # free it now (e.g. GPU memory when offloading)
-        return super()._apply(fn, recurse)  # type: ignore[misc]
+        return (_rebuild, (cls._drope_lens_base, cls._drope_lens_mixins), self.__getstate__())  # type: ignore[attr-defined]
 
 
 _CLASSES: dict[tuple[type, tuple[Any, ...]], type] = {}
@@ -131,5 +107,4 @@ def patch_class(module: nn.Module, mixin: type, *, base: Optional[type] = None) 
     if isinstance(module, mixin):
         return module
     module.__class__ = patched_class(base or base_class(module), (*mixins_of(module), mixin))
-    watch_parameters(module)
     return module

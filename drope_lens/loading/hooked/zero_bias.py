@@ -5,10 +5,9 @@ TransformerLens gives Llama-family models zero biases (``b_Q/b_K/b_V/b_O``, the 
 broadcast bias into its output, and ``b_in`` is a separate add. For the unembedding that is one
 extra pass over the logits; together ~4 % of a short perplexity pass on SmolLM2-135M. Installed
 by the loaders, the projections here pass no bias while it is exactly zero, checked at call time,
-so a bias that is later trained or edited is used as before. They multiply by the weights' cached
-``nn.Linear`` layout (:func:`~drope_lens.loading.hooked.weights.kernel_weight`), the tensor
-TransformerLens builds at every call, so every product is bit-identical to TransformerLens's. Every
-hook fires with the same tensor; configurations this does not cover (split q/k/v input,
+so a bias that is later trained or edited is used as before. They multiply by the parameters as they
+are (:mod:`~drope_lens.loading.hooked.weights`: no per-call copy of any matrix). Every hook fires at
+the same place; configurations this does not cover (split q/k/v input,
 ``use_attn_in``, 4-bit weights, TransformerLens's own q/k norm, solu/layer-norm activations) use
 TransformerLens's code.
 
@@ -29,25 +28,12 @@ from transformer_lens.components import GroupedQueryAttention
 from transformer_lens.components.mlps.gated_mlp import GatedMLP
 
 from drope_lens.loading.hooked.patching import Patched, base_class, patch_class
-from drope_lens.loading.hooked.weights import kernel_weight
+from drope_lens.loading.hooked.weights import heads_linear, linear_view
 
 
 def bias_or_none(bias: torch.Tensor) -> Optional[torch.Tensor]:
     """``bias``, or None when every entry is zero (the product is then the same without it)."""
     return bias if bool(bias.any()) else None
-
-
-def _heads_linear(
-    x: Float[torch.Tensor, "batch pos d_model"],
-    w2: Float[torch.Tensor, "head_d_head d_model"],
-    b: Float[torch.Tensor, "head d_head"],
-) -> Float[torch.Tensor, "batch pos head d_head"]:
-    """TransformerLens's ``simple_attn_linear`` (same layout and product), minus a zero bias."""
-    if x.device != w2.device:
-        x = x.to(w2.device)
-    bias = bias_or_none(b)
-    out = F.linear(x, w2, None if bias is None else bias.reshape(-1).to(w2.device))
-    return out.reshape(x.shape[0], x.shape[1], b.shape[0], b.shape[1])
 
 
 def project_qkv(attn: Any, query_input: torch.Tensor, key_input: torch.Tensor, value_input: torch.Tensor):
@@ -58,16 +44,17 @@ def project_qkv(attn: Any, query_input: torch.Tensor, key_input: torch.Tensor, v
     grouped = isinstance(attn, GroupedQueryAttention)
     if grouped and cfg.ungroup_grouped_query_attention:  # W_K/W_V are repeated views, not parameters
         return base_class(attn).calculate_qkv_matrices(attn, query_input, key_input, value_input)
-    k_name, v_name = ("_W_K", "_W_V") if grouped else ("W_K", "W_V")
-    b_k, b_v = (attn._b_K, attn._b_V) if grouped else (attn.b_K, attn.b_V)
-    q = attn.hook_q(_heads_linear(query_input, kernel_weight(attn, "W_Q"), attn.b_Q))
-    k = attn.hook_k(_heads_linear(key_input, kernel_weight(attn, k_name), b_k))
-    v = attn.hook_v(_heads_linear(value_input, kernel_weight(attn, v_name), b_v))
+    w_k, b_k, w_v, b_v = (
+        (attn._W_K, attn._b_K, attn._W_V, attn._b_V) if grouped else (attn.W_K, attn.b_K, attn.W_V, attn.b_V)
+    )
+    q = attn.hook_q(heads_linear(query_input, attn.W_Q, bias_or_none(attn.b_Q)))
+    k = attn.hook_k(heads_linear(key_input, w_k, bias_or_none(b_k)))
+    v = attn.hook_v(heads_linear(value_input, w_v, bias_or_none(b_v)))
     return q, k, v
 
 
 class ZeroBiasAttention(Patched):
-    """q/k/v projections from the cached nn.Linear layout, all-zero biases left out."""
+    """q/k/v projections on the parameters as they are, all-zero biases left out."""
 
     ORDER = 30
     __slots__ = ()
@@ -77,7 +64,7 @@ class ZeroBiasAttention(Patched):
 
 
 class ZeroBiasGatedMLP(Patched):
-    """TransformerLens's GatedMLP forward from the cached nn.Linear layout, all-zero biases left out."""
+    """TransformerLens's GatedMLP forward on the parameters as they are, all-zero biases left out."""
 
     ORDER = 30
     __slots__ = ()
@@ -89,19 +76,19 @@ class ZeroBiasGatedMLP(Patched):
             x = hook_in(x)
         if mlp.cfg.is_layer_norm_activation():
             return GatedMLP.forward(mlp, x)
-        w_gate = kernel_weight(mlp, "W_gate")
+        w_gate = linear_view(mlp, "W_gate")
         if w_gate.device != x.device:
             x = x.to(w_gate.device)
         pre_act = mlp.hook_pre(F.linear(x, w_gate))
-        pre_linear = mlp.hook_pre_linear(F.linear(x, kernel_weight(mlp, "W_in")))
+        pre_linear = mlp.hook_pre_linear(F.linear(x, linear_view(mlp, "W_in")))
         post = mlp.act_fn(pre_act) * pre_linear
         b_in = bias_or_none(mlp.b_in)
         post_act = mlp.hook_post(post if b_in is None else post + b_in)
-        return F.linear(post_act, kernel_weight(mlp, "W_out"), bias_or_none(mlp.b_out))
+        return F.linear(post_act, linear_view(mlp, "W_out"), bias_or_none(mlp.b_out))
 
 
 class ZeroBiasUnembed(Patched):
-    """TransformerLens's Unembed forward from the cached nn.Linear layout, an all-zero ``b_U`` left out."""
+    """TransformerLens's Unembed forward on ``W_U`` as it is, an all-zero ``b_U`` left out."""
 
     ORDER = 30
     __slots__ = ()
@@ -109,7 +96,7 @@ class ZeroBiasUnembed(Patched):
     def forward(self, residual: Float[torch.Tensor, "batch pos d_model"]) -> torch.Tensor:
         unembed: Any = self
         residual = unembed.hook_in(residual)
-        return unembed.hook_out(F.linear(residual, kernel_weight(unembed, "W_U"), bias_or_none(unembed.b_U)))
+        return unembed.hook_out(F.linear(residual, linear_view(unembed, "W_U"), bias_or_none(unembed.b_U)))
 
 
 def _is_saelens_hook_in(mlp: Any) -> bool:
