@@ -22,6 +22,7 @@ import pytest
 import torch
 from torch import nn
 
+from drope_lens.loading.parity import IdentityRotary
 from drope_lens.testing import tiny_llama, tiny_tokenizer
 from tests.recalibrate.test_recalibrate import _recipe, rope_dir, toy_data  # noqa: F401  (fixtures)
 
@@ -33,18 +34,6 @@ SAKANA_AUTO_MAP = {
 LLAMA_KEYS_DROPPED = ("model_type", "architectures", "auto_map", "attention_type", "softmax_scale")
 
 
-class _NoRotation(nn.Module):
-    """cos = 1, sin = 0 at every position, in the shapes HF's rotary module returns."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x, position_ids):
-        cos, sin = self.inner(x, position_ids)
-        return torch.ones_like(cos), torch.zeros_like(sin)
-
-
 def independent_forward(folder: Path):
     """The reference: SakanaAI's DroPE semantics rebuilt on a plain HF Llama from the folder's files."""
     from safetensors.torch import load_file
@@ -54,7 +43,7 @@ def independent_forward(folder: Path):
     attention_type = raw.get("attention_type", "nope")
     cfg = LlamaConfig(**{k: v for k, v in raw.items() if k not in LLAMA_KEYS_DROPPED})
     model = LlamaForCausalLM.from_pretrained(str(folder), config=cfg, dtype=torch.float32).eval()
-    model.model.rotary_emb = _NoRotation(model.model.rotary_emb)
+    model.model.rotary_emb = IdentityRotary(model.model.rotary_emb)  # cos = 1, sin = 0
     tensors = load_file(str(folder / "model.safetensors"))
     sides = {"nope": "", "qk_norm_nope": "qk", "q_norm_nope": "q", "k_norm_nope": "k"}[attention_type]
     for i, layer in enumerate(model.model.layers):
