@@ -77,6 +77,13 @@ def add_parser(sub) -> None:
     add_option(p, R, "grad_checkpointing", "trade compute for activation memory")
     add_option(p, R, "kl_weight", "weight of a KL term to the frozen RoPE teacher; NOT part of DroPE's recipe")
     p.add_argument("--force", action="store_true", help="delete the run's checkpoints and start over")
+    from drope_lens.cli.common import add_quantize_arg
+
+    add_quantize_arg(
+        p,
+        help="none only: recalibration trains every parameter, which quantized weights cannot be; measure the "
+        "checkpoints quantized instead (track/report --quantize)",
+    )
     p.set_defaults(func=run)
 
 
@@ -86,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
     from drope_lens.errors import DropeLensInputError
     from drope_lens.recalibrate import Recipe, recalibrate
 
+    if args.quantize not in (None, "none"):
+        raise DropeLensInputError(
+            f"--quantize {args.quantize}: recalibration trains every parameter (DroPE's recipe), which "
+            "bitsandbytes' quantized weights cannot be. Train in float32/bfloat16 and measure the checkpoints it "
+            f"writes quantized: drope-lens track RUN --quantize {args.quantize}, or report --drope CKPT --quantize "
+            f"{args.quantize}."
+        )
     recipe = options_from_args(Recipe, args)
     from drope_lens.recalibrate.train import check_device
 

@@ -175,12 +175,12 @@ class TrackResult:
         )
 
 
-def _load(pt: TrackPoint, dtype, device):
+def _load(pt: TrackPoint, dtype, device, quantize: Optional[str] = None):
     from drope_lens.loading.embedded import EMBEDDED_NAME, embedded_checkpoint
     from drope_lens.loading.load import load_hooked
 
     name = EMBEDDED_NAME if Path(pt.path) == embedded_checkpoint() else None
-    return load_hooked(pt.path, dtype=dtype, device=device, model_name=name)
+    return load_hooked(pt.path, dtype=dtype, device=device, model_name=name, quantize=quantize)
 
 
 def _heldout(pt: TrackPoint, n_blocks: int):
@@ -270,6 +270,7 @@ def track(
     device: str = "cpu",
     force: bool = False,
     progress: bool = True,
+    quantize: Optional[str] = None,
     **overrides: Any,
 ) -> TrackResult:
     """Run the metric groups on every checkpoint (see the module docstring); resumable with ``out``.
@@ -279,7 +280,8 @@ def track(
     :class:`~drope_lens.options.TrackOptions` (``metrics``, the :class:`TrackSizes`,
     ``include_rope``); ``metrics`` and keywords (``max_length=``, ``n_seeds=``, ...) override its
     fields. ``texts``: texts for massive/sinks/bos/disruption (default: the 15 built-in texts), cut
-    at ``max_length`` tokens.
+    at ``max_length`` tokens. ``quantize``: load every checkpoint quantized (``"nf4"``, ``"fp4"``, ``"int8"``;
+    bridge backend, see :func:`~drope_lens.loading.load.load_hooked`); saved parts key on it.
     """
     o = TrackOptions.resolve(options, {**overrides, **({} if metrics is None else {"metrics": metrics})})
     metrics = o.metrics
@@ -304,7 +306,7 @@ def track(
         if progress:
             what = "RoPE reference" if pt.tokens is None else f"{pt.tokens:,} tokens"
             print(f"[track {i + 1}/{len(points)}] {pt.name} ({what})", file=sys.stderr, flush=True)
-        model = _load(pt, dtype, device)
+        model = _load(pt, dtype, device, quantize)
         ident = model_identity(model)
         got: dict[str, dict] = {}
         profile = None

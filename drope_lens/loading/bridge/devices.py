@@ -100,7 +100,7 @@ def input_device(hf_model: Any) -> torch.device:
 
 def execution_device(module: torch.nn.Module) -> torch.device:
     """The device ``module`` computes on: accelerate's execution device if it has a hook, else its parameters'."""
-    hook = getattr(module, "_hf_hook", None)
+    hook = module.__dict__.get("_hf_hook") or getattr(module, "_hf_hook", None)
     device = getattr(hook, "execution_device", None)
     if device is not None:
         return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
@@ -110,39 +110,50 @@ def execution_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _hooked(hf_model: Any) -> list[torch.nn.Module]:
+    """Modules that carry an accelerate hook themselves (TransformerLens's wrappers only forward the attribute)."""
+    return [m for m in hf_model.modules() if "_hf_hook" in m.__dict__]
+
+
 def is_dispatched(hf_model: Any) -> bool:
     """Whether accelerate's hooks place this model's modules (a device map over several devices)."""
-    return any(hasattr(m, "_hf_hook") for m in hf_model.modules())
+    return bool(_hooked(hf_model))
 
 
 def place_bridge(model: Any, device: Union[str, torch.device]) -> Any:
     """Move a bridge onto ``device``; :data:`ON_ITS_MAP` puts it back on the devices of the map it loaded with.
 
-    A dispatched model leaves its map for one device by dropping accelerate's hooks first (they would
-    move inputs to the old devices); it returns to its map through ``accelerate.dispatch_model``.
+    A dispatched model leaves its map for one device with accelerate's hooks taken off its HF modules
+    (they would move inputs to the old devices) and kept; back on its map, the same hooks go back on the
+    same modules, and each hook moves its module's weights onto its device again. (TransformerLens wraps
+    the HF modules in place, so a fresh ``accelerate.dispatch_model`` would hook its wrappers instead.)
     """
     hf = model.original_model
     saved: Optional[dict] = getattr(hf, "drope_lens_device_map", None)
     if str(device) == ON_ITS_MAP:
         if not saved:
             raise DropeLensInputError("this model was not loaded with a device_map; give a device to place it on.")
-        devices = set(saved.values())
+        parked = hf.__dict__.pop("drope_lens_parked_hooks", None)
         model.cfg.n_devices = 1
-        if len(devices) == 1:
-            model.to(torch.device(_as_device(next(iter(devices)))))
-        else:
-            from accelerate import dispatch_model  # type: ignore[import-untyped]
+        if parked:
+            from accelerate.hooks import add_hook_to_module  # type: ignore[import-untyped]
 
-            dispatch_model(hf, device_map=saved)
-            model.cfg.n_devices = len(devices)
+            for module, hook in parked:
+                add_hook_to_module(module, hook)
+            model.cfg.n_devices = len(set(saved.values()))
+        elif not is_dispatched(hf):
+            model.to(torch.device(_as_device(next(iter(set(saved.values()))))), print_details=False)
         model.cfg.device = str(input_device(hf))
         return model
     if is_dispatched(hf):
-        from accelerate.hooks import remove_hook_from_submodules  # type: ignore[import-untyped]
+        from accelerate.hooks import remove_hook_from_module
 
-        remove_hook_from_submodules(hf)
+        parked = [(module, module.__dict__["_hf_hook"]) for module in _hooked(hf)]
+        for module, _ in parked:
+            remove_hook_from_module(module)
+        hf.drope_lens_parked_hooks = parked
     model.cfg.n_devices = 1  # TransformerBridge.to ignores device moves of a model it counts as split
-    model.to(torch.device(device))
+    model.to(torch.device(device), print_details=False)
     model.cfg.device = str(torch.device(device))
     return model
 
