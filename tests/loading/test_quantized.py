@@ -197,12 +197,16 @@ def test_hooked_backend_refuses_quantize_before_loading(llama_folder, monkeypatc
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(never))
-    with pytest.raises(DropeLensInputError, match=r"quantize='nf4' needs the bridge backend.*backend='bridge'"):
+    from drope_lens.loading.backend import hooked_available
+
+    # TransformerLens 4 has no hooked backend at all: refused too, with a message naming the bridge
+    why = r"quantize='nf4' needs the bridge backend.*backend='bridge'" if hooked_available() else "backend='bridge'"
+    with pytest.raises(DropeLensInputError, match=why):
         load_hooked(llama_folder, quantize="nf4", backend="hooked")
-    with pytest.raises(DropeLensInputError, match="needs the bridge backend"):
+    with pytest.raises(DropeLensInputError, match=why):
         load_pair(str(llama_folder), quantize="nf4", backend="hooked")
     monkeypatch.setenv("DROPE_LENS_BACKEND", "hooked")
-    with pytest.raises(DropeLensInputError, match="needs the bridge backend"):
+    with pytest.raises(DropeLensInputError, match=why):
         load_hooked(llama_folder, quantize="nf4")
     with pytest.raises(DropeLensInputError, match=r"quantize must be one of \('nf4', 'fp4', 'int8'\)"):
         load_hooked(llama_folder, quantize="nf3")
@@ -261,3 +265,19 @@ def test_embedded_nf4_perplexity_is_hf_nf4s(embedded_rope):
     assert quant == pytest.approx(math.exp(nll / n), rel=1e-5)
     full = perplexity(embedded_rope, texts, max_length=96).ppl
     assert 1.0 < quant / full < 1.0 + NF4_PPL_TOLERANCE  # the quantization's own effect, bounded
+
+
+def test_quantization_is_a_fact_of_both_configs():
+    """Every fact in FACT_DEFAULTS (``quantization`` included) is a field of the hooked config, with its default."""
+    from drope_lens.loading.backend import hooked_available
+    from drope_lens.loading.facts import FACT_DEFAULTS
+
+    assert FACT_DEFAULTS["quantization"] is None
+    if not hooked_available():
+        pytest.skip("HookedTransformer needs TransformerLens < 4")
+    import dataclasses
+
+    from drope_lens.loading.hooked.config import DropeLensConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(DropeLensConfig)}
+    assert {name: fields.get(name, "missing") for name in FACT_DEFAULTS} == FACT_DEFAULTS

@@ -29,6 +29,7 @@ from drope_lens.loading.bridge.quantize import (
     honour_compute_dtype,
     is_quantized_parameter,
     quantization_of,
+    release_freed_host_memory,
 )
 from drope_lens.loading.facts import ZERO_SHOT_NOPE
 from drope_lens.loading.numerics import FullWidthRMSNorm
@@ -181,6 +182,8 @@ def load_source(
         kwargs["device_map"] = {"": str(torch.device(device))}  # bitsandbytes quantizes as it places
     with _quiet():
         hf_model = src.family.model_class().from_pretrained(src.name, **kwargs)
+    if quantize is not None:
+        release_freed_host_memory()
     if device_map is not None:
         devices.check_realised(hf_model)
         realised = getattr(hf_model, "hf_device_map", None)
