@@ -128,7 +128,7 @@ def test_qwen2_biases_and_qwen3_norms_matter(tokenizer):
 
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3"])
-def test_qwen_nope_has_no_rope_past_2048(tokenizer, family):
+def test_qwen_nope_has_no_rope_past_2048_and_on_kv_cache_steps(tokenizer, family):
     hf = QWEN[family](seed=3)
     twin = hooked_from_hf(copy.deepcopy(hf), tokenizer, position_encoding="nope")
     ids = _ids(2200, twin.cfg.d_vocab, batch=1)
@@ -136,6 +136,16 @@ def test_qwen_nope_has_no_rope_past_2048(tokenizer, family):
         want, with_rope, got = _reference(hf, nope=True)(ids).logits, _reference(hf)(ids).logits, twin(ids)
     assert (got - want).abs().max() < TOL
     assert (with_rope - want).abs().max() > 1e-1  # the check can tell RoPE from NoPE at these positions
+    from drope_lens.tasks.scoring import greedy_generate
+
+    ref = _reference(hf, nope=True)
+    prompt = ids[0, :2100]
+    generated, _ = greedy_generate(twin, prompt, 4, stop_at_eos=False)  # KV-cache steps from position 2,100
+    seq = prompt.tolist()
+    for token in generated:  # each one the arg-max of a full, cache-free NoPE forward
+        with torch.no_grad():
+            assert int(ref(torch.tensor([seq])).logits[0, -1].argmax()) == token
+        seq.append(token)
 
 
 # ------------------------------------------------------------------------------------ qwen2_drope checkpoints
