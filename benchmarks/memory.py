@@ -5,11 +5,13 @@ folder, then loads it in a fresh child process per configuration and reports, fr
 ``/proc/self/status``: RSS after the imports, peak RSS (VmHWM) after loading, load seconds, the final
 model's bytes (parameters + buffers) and ``(peak - imports) / model bytes``. Old (HF model path,
 ``lean=False``) vs new (lean) loader; pairs with and without ``offload='cpu'``; the bridge backend
-(the HF model wrapped, one copy of the weights).
+(the HF model wrapped, one copy of the weights), in bf16 and in
+``quantize='nf4'`` (bitsandbytes; needs bitsandbytes and accelerate).
 
     python benchmarks/memory.py                 # 0.55B shape, CPU, writes benchmarks/results-memory.json
     python benchmarks/memory.py --tiny          # seconds; what the tests run
     python benchmarks/memory.py --device cuda   # also CUDA peak memory
+    python benchmarks/memory.py --configs "bridge bf16,bridge nf4" --out /tmp/nf4-memory.json
 
 Load times on a loaded machine are inflated; memory figures are not much affected.
 """
@@ -17,6 +19,7 @@ Load times on a loaded machine are inflated; memory figures are not much affecte
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -50,8 +53,9 @@ CONFIGS = [  # (name, kind, kwargs)
     ("load_pair old", "pair", {"lean": False}),
     ("load_pair lean", "pair", {}),
     ("load_pair lean offload=cpu", "pair", {"offload": "cpu"}),
-    ("load_hooked backend=bridge", "hooked", {"backend": "bridge"}),
-    ("load_pair backend=bridge", "pair", {"backend": "bridge"}),
+    ("load_hooked bridge bf16", "hooked", {"backend": "bridge"}),
+    ("load_pair bridge bf16", "pair", {"backend": "bridge"}),
+    ("load_hooked bridge nf4", "hooked", {"backend": "bridge", "quantize": "nf4"}),
 ]
 
 
@@ -148,7 +152,13 @@ def child(folder: str, kind: str, kwargs: dict, device: str) -> dict:
     model_bytes = sum(
         t.numel() * t.element_size() for mdl in models for t in list(mdl.parameters()) + list(mdl.buffers())
     )
+    import gc
+
+    gc.collect()
     out = dict(imports_rss=imports, peak_rss=_status("VmHWM"), load_s=round(seconds, 2), model_bytes=model_bytes)
+    out["rss_after"] = _status("VmRSS")  # resident once loaded (what stays), next to the load's peak
+    # of which: pages of the memory-mapped checkpoint (file-backed, reclaimable) and the process's own memory
+    out["rss_file_after"], out["rss_anon_after"] = _status("RssFile"), _status("RssAnon")
     out["ratio"] = round((out["peak_rss"] - imports) / model_bytes, 3)
     if device.startswith("cuda"):
         out["cuda_peak"] = torch.cuda.max_memory_allocated()
@@ -160,6 +170,11 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny shape (for tests)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results-memory.json"))
+    p.add_argument(
+        "--configs",
+        default=None,
+        help="comma-separated substrings of the configurations to run (default: all), e.g. 'bridge bf16,bridge nf4'",
+    )
     p.add_argument("--child", nargs=3, metavar=("FOLDER", "KIND", "KWARGS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -171,7 +186,13 @@ def main(argv=None) -> int:
         print(f"writing a random bf16 checkpoint {shape} ...", flush=True)
         n_params = write_checkpoint(Path(tmp) / "ckpt", shape)
         print(f"  {n_params / 1e6:.0f}M parameters", flush=True)
+        wanted = [w.strip() for w in args.configs.split(",")] if args.configs else None
         for name, kind, kwargs in CONFIGS:
+            if wanted is not None and not any(w in name for w in wanted):
+                continue
+            if kwargs.get("quantize") and importlib.util.find_spec("bitsandbytes") is None:
+                print(f"{name:30s} skipped: bitsandbytes is not installed", flush=True)
+                continue
             if "offload" in kwargs and not args.device.startswith("cuda"):
                 kwargs = dict(kwargs)  # on CPU, device and offload are the same memory
             cmd = [
@@ -200,7 +221,9 @@ def main(argv=None) -> int:
             gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
             print(
                 f"{name:30s} model {gb(row['model_bytes'])}  imports {gb(row['imports_rss'])}  "
-                f"peak RSS {gb(row['peak_rss'])}  (peak-imports)/model {row['ratio']:.2f}  "
+                f"peak RSS {gb(row['peak_rss'])}  after {gb(row['rss_after'])} "
+                f"(file {gb(row['rss_file_after'])}, anon {gb(row['rss_anon_after'])})  "
+                f"(peak-imports)/model {row['ratio']:.2f}  "
                 f"load {row['load_s']} s" + (f"  cuda peak {gb(row['cuda_peak'])}" if "cuda_peak" in row else ""),
                 flush=True,
             )

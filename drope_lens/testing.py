@@ -11,9 +11,14 @@ Use them in your own tests the way drope_lens's tests do::
 * :func:`tiny_tokenizer`, :func:`tiny_config`, :func:`tiny_llama` (HF ``LlamaForCausalLM``, GQA by
   default, ``gqa=False`` for MHA), :func:`tiny_hooked` (the same as a drope_lens model, RoPE or NoPE,
   on either backend);
+* :func:`tiny_qwen_tokenizer` (byte-level BPE built as Qwen's, no BOS), :func:`tiny_qwen2`,
+  :func:`tiny_qwen3` (HF ``Qwen2ForCausalLM`` with random q/k/v biases,
+  ``Qwen3ForCausalLM`` with random per-head q/k norm gains; same sizes), :func:`tiny_model` (any of
+  the three by family name);
 * :func:`save_drope_checkpoint` / :func:`tiny_drope_checkpoint`: a folder in SakanaAI's DroPE format
-  (``model_type: llama_drope``, ``attention_type``, ``softmax_scale``, q/k norm gains), what
-  ``load_hooked`` reads; :func:`hf_nope_reference` is the matching plain-HF reference;
+  (``model_type: llama_drope`` or ``qwen2_drope`` with ``family="qwen2"``, ``attention_type``,
+  ``softmax_scale``, q/k norm gains), what ``load_hooked`` reads; :func:`hf_nope_reference` is the
+  matching plain-HF reference (Llama and Qwen alike);
 * known answers: :func:`plant_channels` (massive channels where you put them),
   :func:`analytic_sink_model` (attention to BOS in closed form, its answer
   :func:`analytic_bos_attention`).
@@ -58,6 +63,37 @@ def tiny_tokenizer() -> Any:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
+    return round_trip_tokenizer(fast)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_qwen_tokenizer() -> Any:
+    """A byte-level BPE tokenizer the way Qwen2/Qwen3 build theirs (Qwen's pre-tokenizer regex, NFC, byte-level
+    BPE; ``<|endoftext|>`` as EOS/PAD/UNK and **no BOS**), trained offline on :data:`WORDS` and
+    :data:`TINY_TEXTS` (~420 tokens). transformers' ``Qwen2Tokenizer``, which ``AutoTokenizer`` picks for a
+    ``qwen2``/``qwen3`` folder, rebuilds it from its vocabulary and merges with the same ids."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    qwen_split = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501 (Qwen's own regex)
+    tk = Tokenizer(models.BPE())
+    tk.normalizer = normalizers.NFC()
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(qwen_split), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=420,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator([" ".join(WORDS), " ".join(reversed(WORDS)), *TINY_TEXTS], trainer)
+    end = "<|endoftext|>"
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=end, pad_token=end, unk_token=end)
     return round_trip_tokenizer(fast)
 
 
@@ -113,6 +149,80 @@ def tiny_llama(seed: int = 0, *, gqa: bool = True, **kw: Any) -> Any:
     return model
 
 
+def tiny_qwen_config(version: int = 2, *, gqa: bool = True, **kw: Any) -> Any:
+    """A 2-layer Qwen2 (``version=2``) or Qwen3 (``version=3``) config for :func:`tiny_qwen_tokenizer` with
+    :func:`tiny_config`'s sizes (``head_dim`` 24 != d_model / heads, GQA unless ``gqa=False``); ``kw``
+    overrides any field."""
+    import transformers
+
+    base = tiny_config(gqa=gqa).to_dict()
+    end = tiny_qwen_tokenizer().eos_token_id
+    fields: dict[str, Any] = {
+        k: base[k]
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "max_position_embeddings",
+            "rms_norm_eps",
+            "tie_word_embeddings",
+        )
+    }
+    fields.update(
+        vocab_size=len(tiny_qwen_tokenizer()),
+        bos_token_id=end,
+        eos_token_id=end,
+        pad_token_id=end,
+        rope_theta=10000.0,
+        use_sliding_window=False,
+    )
+    fields.update(kw)
+    config_class = {2: transformers.Qwen2Config, 3: transformers.Qwen3Config}[version]
+    return config_class(**fields)
+
+
+def _tiny_qwen(version: int, seed: int, gqa: bool, **kw: Any) -> Any:
+    import transformers
+
+    torch.manual_seed(seed)
+    model_class = {2: transformers.Qwen2ForCausalLM, 3: transformers.Qwen3ForCausalLM}[version]
+    model = model_class(tiny_qwen_config(version, gqa=gqa, **kw)).eval()
+    with torch.no_grad():  # as tiny_llama, and biases / per-head norm gains that are not their neutral init
+        for name, p in model.named_parameters():
+            if p.ndim == 2:
+                p.mul_(5.0)
+            elif name.endswith("_proj.bias"):
+                p.copy_(torch.randn_like(p))
+            elif name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.copy_(0.5 + 1.5 * torch.rand_like(p))
+    return model
+
+
+def tiny_qwen2(seed: int = 0, *, gqa: bool = True, **kw: Any) -> Any:
+    """A seeded random HF ``Qwen2ForCausalLM`` (eval mode, :func:`tiny_qwen_config`) whose q/k/v biases are
+    random (dropping them changes every logit)."""
+    return _tiny_qwen(2, seed, gqa, **kw)
+
+
+def tiny_qwen3(seed: int = 0, *, gqa: bool = True, **kw: Any) -> Any:
+    """A seeded random HF ``Qwen3ForCausalLM`` (eval mode, :func:`tiny_qwen_config`) whose per-head q/k norm
+    gains are random in [0.5, 2) (dropping the norms changes every logit)."""
+    return _tiny_qwen(3, seed, gqa, **kw)
+
+
+#: family name -> tiny HF model builder
+TINY_MODELS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "qwen3": tiny_qwen3}
+
+
+def tiny_model(family: str = "llama", seed: int = 0, **kw: Any) -> Any:
+    """:func:`tiny_llama`, :func:`tiny_qwen2` or :func:`tiny_qwen3` by family name."""
+    return TINY_MODELS[family](seed, **kw)
+
+
 def tiny_hooked(
     seed: int = 0,
     *,
@@ -152,15 +262,17 @@ def hf_nope_reference(
 
 
 def save_drope_checkpoint(hf_model: Any, tokenizer: Any, path: Path, **drope_fields: Any) -> Path:
-    """Save ``hf_model`` in SakanaAI's DroPE format: model_type llama_drope + remote-code auto_map."""
+    """Save ``hf_model`` (Llama or Qwen2) in SakanaAI's DroPE format: ``model_type`` ``llama_drope`` /
+    ``qwen2_drope``, ``DroPE<Arch>ForCausalLM`` and a remote-code ``auto_map``, as their classes write it."""
     hf_model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     cfg = json.loads((path / "config.json").read_text())
-    cfg["model_type"] = "llama_drope"
-    cfg["architectures"] = ["DroPELlamaForCausalLM"]
+    base = {"llama": "Llama", "qwen2": "Qwen2"}[cfg["model_type"]]
+    cfg["model_type"] = f"{cfg['model_type']}_drope"
+    cfg["architectures"] = [f"DroPE{base}ForCausalLM"]
     cfg["auto_map"] = {
-        "AutoConfig": "custom_models.drope.DroPELlamaConfig",
-        "AutoModelForCausalLM": "custom_models.drope.DroPELlamaForCausalLM",
+        "AutoConfig": f"custom_models.drope.DroPE{base}Config",
+        "AutoModelForCausalLM": f"custom_models.drope.DroPE{base}ForCausalLM",
     }
     cfg.update(drope_fields)
     (path / "config.json").write_text(json.dumps(cfg))
@@ -258,18 +370,21 @@ def tiny_drope_checkpoint(
     gain_seed: Optional[int] = 0,
     seed: int = 5,
     tokenizer: Any = None,
+    family: str = "llama",
     **kw: Any,
 ) -> Path:
     """Save a tiny random DroPE checkpoint in SakanaAI's format to ``path`` and return it.
 
     ``attention_type`` is any DroPE variant (``nope``, ``qk_norm_nope``, ``q_norm_nope``, ``k_norm_nope``);
     the q/k norm variants get RMSNorm gains drawn uniformly in [0, 3) from ``gain_seed`` (``None``: the
-    all-ones gains the variant starts from). ``kw`` goes to :func:`tiny_llama` (e.g. ``gqa=False``).
+    all-ones gains the variant starts from). ``family``: ``"llama"`` (``llama_drope``) or ``"qwen2"``
+    (``qwen2_drope``: :func:`tiny_qwen2`, q/k/v biases included). ``kw`` goes to the model builder
+    (e.g. ``gqa=False``).
     """
     from safetensors.torch import load_file, save_file
 
-    tok = tiny_tokenizer() if tokenizer is None else tokenizer
-    hf = tiny_llama(seed=seed, **kw)
+    tok = tokenizer if tokenizer is not None else tiny_qwen_tokenizer() if family != "llama" else tiny_tokenizer()
+    hf = tiny_model(family, seed, **kw)
     fields: dict = {"attention_type": attention_type}
     if softmax_scale is not None:
         fields["softmax_scale"] = softmax_scale
@@ -333,3 +448,49 @@ def norm_gain(model: Any, layer: int, which: str = "ln1") -> torch.Tensor:
     """The RMSNorm gain of ``blocks[layer].<which>`` (``ln1``/``ln2``; the parameter itself), either backend."""
     norm = getattr(model.blocks[layer], which)
     return norm.original_component.weight if _bridge(model) else norm.w
+
+
+# --- quantized models -------------------------------------------------------------------------
+def dequantized_hf(quantized: Any) -> Any:
+    """A float32 copy of a bitsandbytes-quantized HF causal LM whose linear weights are the dequantized ones.
+
+    The reference for "hooks see the dequantized activations": for NF4/FP4 (where bitsandbytes dequantizes
+    the weight and multiplies in the compute dtype) this plain model computes the very same function.
+    LLM.int8() also quantizes the activations, so for ``int8`` it is an approximation only. Accepts the HF
+    model inside a bridge too (``bridge.original_model``, whose modules TransformerLens wraps in place).
+    """
+    import bitsandbytes.functional as bnbf
+
+    model = type(quantized)(quantized.config).eval()
+    state = {}
+    with torch.no_grad():
+        for wrapped_name, module in quantized.named_modules():
+            if type(module).__module__.startswith("transformer_lens"):
+                continue  # a bridge component: its HF module is visited on its own
+            name = ".".join(part for part in wrapped_name.split(".") if part != "_original_component")
+            if name.rsplit(".", 1)[-1] in ("drope_q_norm", "drope_k_norm"):
+                continue  # drope_lens's DroPE norms: hf_nope_reference adds the reference's own
+            weight = getattr(module, "weight", None)
+            if weight is None:
+                continue
+            # LLM.int8()'s row scales sit on the weight until its first forward pass, then on the layer's state
+            scb = getattr(weight, "SCB", None)
+            scb = scb if scb is not None else getattr(getattr(module, "state", None), "SCB", None)
+            if getattr(weight, "quant_state", None) is not None:
+                state[f"{name}.weight"] = bnbf.dequantize_4bit(weight.data, weight.quant_state).float()
+            elif weight.dtype == torch.int8 and scb is not None:
+                state[f"{name}.weight"] = weight.data.float() * scb.float()[:, None] / 127.0
+            else:
+                state[f"{name}.weight"] = weight.detach().float()
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, torch.Tensor):
+                state[f"{name}.bias"] = bias.detach().float()
+    own = model.state_dict()
+    for key in [k for k in state if k not in own and not bool(state[k].any())]:
+        del state[key]  # zero biases TransformerLens adds to wrapped modules (the unembedding's)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if [k for k in missing if not k.endswith("lm_head.weight")] or unexpected:
+        raise RuntimeError(f"dequantized copy: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model.float()

@@ -344,7 +344,8 @@ def detect_massive(
         with model.hooks(fwd_hooks=hooks):
             forward_batch(model, sub, return_type=None)
         for t in tensors:
-            sumsq[t][idx] = torch.stack(current["out"][t], dim=1).double().cpu()
+            # one tensor per layer, each on its layer's device (device maps, n_devices): gathered on the CPU
+            sumsq[t][idx] = torch.stack([o.double().cpu() for o in current["out"][t]], dim=1)
     current.clear()
     context = int(context_length or cfg.n_ctx)
     return MassiveValues(

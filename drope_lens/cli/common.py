@@ -40,8 +40,86 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="split each model's layers over N devices (TransformerLens n_devices)",
+        help="split each model's layers over N devices (TransformerLens n_devices; hooked backend)",
     )
+    add_quantize_arg(g)
+    g.add_argument(
+        "--device-map",
+        default=None,
+        metavar="MAP",
+        help="place each model's layers over several devices with accelerate (bridge backend; replaces --device): "
+        "auto, balanced, balanced_low_0, sequential, a JSON object {module: device} or a .json file holding one; "
+        "with --offload, one model of the pair is on its map at a time",
+    )
+    g.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="BUDGETS",
+        help="per-device budgets for --device-map, e.g. 0=20GiB,1=20GiB (device index or name = size)",
+    )
+
+
+QUANTIZE_HELP = (
+    "load the linear weights quantized by bitsandbytes (bridge backend; hooks see dequantized activations, "
+    "attention stays float32): nf4 (4-bit NormalFloat, double quantization, as the study), fp4, int8 (LLM.int8()); "
+    "compute in --dtype (the study: float16)"
+)
+
+
+def add_quantize_arg(parser: Any, help: str = QUANTIZE_HELP) -> None:
+    from drope_lens.loading.facts import QUANTIZATIONS
+
+    parser.add_argument("--quantize", default=None, choices=("none", *QUANTIZATIONS), help=help)
+
+
+def parse_device_map(value: Optional[str]) -> Any:
+    """``--device-map``: a strategy name, a JSON object, or a .json file holding one."""
+    from drope_lens.errors import DropeLensInputError
+
+    if value is None:
+        return None
+    text = value.strip()
+    if text.endswith(".json") and not text.startswith("{"):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise DropeLensInputError(f"--device-map {value}: no such file")
+        text = path.read_text()
+    if not text.startswith("{"):
+        return text
+    try:
+        mapping = json.loads(text)
+    except ValueError as exc:
+        raise DropeLensInputError(f"--device-map is not a valid JSON object ({exc})") from exc
+    if not isinstance(mapping, dict):
+        raise DropeLensInputError("--device-map must be a JSON object {module: device}")
+    return mapping
+
+
+def parse_max_memory(value: Optional[str]) -> Optional[dict]:
+    """``--max-memory 0=20GiB,1=20GiB,cpu=64GiB`` -> ``{0: "20GiB", 1: "20GiB", "cpu": "64GiB"}``."""
+    from drope_lens.errors import DropeLensInputError
+
+    if value is None:
+        return None
+    budgets: dict = {}
+    for item in value.split(","):
+        device, sep, size = item.strip().partition("=")
+        if not sep or not device.strip() or not size.strip():
+            raise DropeLensInputError(f"--max-memory {value}: give DEVICE=SIZE pairs, e.g. 0=20GiB,1=20GiB")
+        key: Any = int(device) if device.strip().isdigit() else device.strip()
+        budgets[key] = size.strip()
+    return budgets
+
+
+def placement_kwargs(args: argparse.Namespace) -> dict:
+    """``quantize`` / ``device_map`` / ``max_memory`` keywords of ``load_pair`` from ``--quantize``,
+    ``--device-map``, ``--max-memory`` (absent options give none)."""
+    quantize = getattr(args, "quantize", None)
+    return {
+        "quantize": None if quantize in (None, "none") else quantize,
+        "device_map": parse_device_map(getattr(args, "device_map", None)),
+        "max_memory": parse_max_memory(getattr(args, "max_memory", None)),
+    }
 
 
 def add_backend_arg(parser: Any) -> None:
@@ -76,7 +154,7 @@ def load_pair_from_args(args: argparse.Namespace):
 
 def pair_from_args(args: argparse.Namespace):
     """``load_pair`` with the model options of ``args`` (--rope/--drope/--dtype/--device/--offload/--n-devices/
-    --backend)."""
+    --backend/--quantize/--device-map/--max-memory)."""
     from drope_lens.loading import load_pair
 
     return load_pair(
@@ -87,6 +165,7 @@ def pair_from_args(args: argparse.Namespace):
         offload=getattr(args, "offload", None),
         n_devices=getattr(args, "n_devices", 1),
         backend=getattr(args, "backend", None),
+        **placement_kwargs(args),
     )
 
 
@@ -239,11 +318,32 @@ def check_model_path(value: "str | None", flag: str) -> None:
 
 
 def check_model_args(args: argparse.Namespace) -> None:
+    """--backend, --rope/--drope folders, and what only the bridge can do (--quantize, --device-map, Qwen
+    models) against an explicit hooked backend, before anything is loaded."""
     from drope_lens.loading.backend import check_backend
 
     check_backend(getattr(args, "backend", None), what="--backend")
     check_model_path(getattr(args, "rope", None), "--rope")
     check_model_path(getattr(args, "drope", None), "--drope")
+    from drope_lens.errors import DropeLensInputError
+    from drope_lens.loading.load import bridge_reasons, resolve_backend
+    from drope_lens.loading.source import read_family
+
+    families = []
+    for flag in ("rope", "drope"):
+        value = getattr(args, flag, None)
+        if value is not None and value != "recalibrated" and Path(value).expanduser().is_dir():
+            families.append(read_family(value))
+    placement = placement_kwargs(args)
+    reasons = bridge_reasons(**placement, families=tuple(families))
+    backend = resolve_backend(getattr(args, "backend", None), reasons, what="--backend")
+    if placement["device_map"] is not None or placement["max_memory"] is not None:
+        from drope_lens.loading.bridge.devices import check_device_map
+
+        if getattr(args, "n_devices", 1) > 1:
+            raise DropeLensInputError("give --device-map or --n-devices, not both")
+        if backend == "bridge":
+            check_device_map(placement["device_map"], placement["max_memory"], what="--device-map")
 
 
 def validate_common_args(args: argparse.Namespace) -> None:

@@ -30,19 +30,20 @@ def add_massive_args(p: argparse.ArgumentParser, options: type[Options]) -> None
 
 def models_from_args(args):
     """``[(role, model)]`` for the pair, or for one member with ``--only``."""
+    from drope_lens.cli.common import placement_kwargs
+
+    common = dict(
+        dtype=args.dtype, device=args.device, backend=getattr(args, "backend", None), **placement_kwargs(args)
+    )
     if args.only == "rope":
         from drope_lens.loading import load_embedded, load_hooked
 
         print(f"Loading {'embedded RoPE model' if args.rope is None else args.rope} ...", file=sys.stderr)
-        model = (
-            load_embedded(dtype=args.dtype, device=args.device)
-            if args.rope is None
-            else load_hooked(args.rope, dtype=args.dtype, device=args.device)
-        )
+        model = load_embedded(**common) if args.rope is None else load_hooked(args.rope, **common)
         return [("rope", model)]
     if args.only == "drope" and args.drope is not None:
         from drope_lens.loading import load_hooked
 
-        return [("drope", load_hooked(args.drope, dtype=args.dtype, device=args.device))]
+        return [("drope", load_hooked(args.drope, **common))]
     pair = load_pair_from_args(args)
     return [(r, m) for r, m in pair.items() if args.only in (None, r)]

@@ -104,6 +104,13 @@ def add_parser(sub) -> None:
         help=f"with --track-every: comma-separated subset of {','.join(METRIC_GROUPS)} (default %(default)s)",
     )
     p.add_argument("--force", action="store_true", help="delete the run's checkpoints and start over")
+    from drope_lens.cli.common import add_quantize_arg
+
+    add_quantize_arg(
+        p,
+        help="none only: recalibration trains every parameter, which quantized weights cannot be; measure the "
+        "checkpoints quantized instead (track/report --quantize)",
+    )
     p.set_defaults(func=run)
 
 
@@ -116,6 +123,13 @@ def run(args: argparse.Namespace) -> int:
     from drope_lens.options import TrackOptions
     from drope_lens.recalibrate.recipe import Recipe, launch_world_size
 
+    if args.quantize not in (None, "none"):
+        raise DropeLensInputError(
+            f"--quantize {args.quantize}: recalibration trains every parameter (DroPE's recipe), which "
+            "bitsandbytes' quantized weights cannot be. Train in float32/bfloat16 and measure the checkpoints it "
+            f"writes quantized: drope-lens track RUN --quantize {args.quantize}, or report --drope CKPT --quantize "
+            f"{args.quantize}."
+        )
     recipe = options_from_args(Recipe, args, world_size=launch_world_size())
     from drope_lens.recalibrate import recalibrate
     from drope_lens.recalibrate.train import attention_implementation, check_device

@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from drope_lens.loading import embedded_checkpoint
     from drope_lens.loading.parity import logit_parity
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     pair = pair_from_args(args)
     load_s = time.perf_counter() - t0
-    tokens = pair.encode(args.text).tokens.to(args.device)
+    tokens = pair.encode(args.text).tokens
     out: dict[str, Any] = {"load_seconds": round(load_s, 2), "tokens": int(tokens.shape[1]), "models": {}}
     for role, model in pair.items():
         cfg = model.cfg
@@ -52,10 +52,11 @@ def run(args: argparse.Namespace) -> int:
         if role == "drope" and args.drope is None:
             src = str(embedded_checkpoint()) if args.rope is None else args.rope
         try:
-            hf = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32).to(args.device).eval()
+            hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, trust_remote_code=False)
+            hf = hf.to(args.device).eval()
             if cfg.drope_attention_type not in (None, "nope") or cfg.softmax_scale is not None:
                 raise ValueError("HF parity for DroPE q/k-norm or softmax_scale needs remote code")
-            entry["parity_vs_hf"] = logit_parity(model, hf, tokens).to_dict()
+            entry["parity_vs_hf"] = logit_parity(model, hf, tokens.to(cfg.device)).to_dict()
             del hf
         except Exception as exc:  # parity is informative; loading already succeeded
             entry["parity_vs_hf"] = f"skipped: {exc}"

@@ -63,6 +63,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seq-len", type=int, metavar="N", help="a Trainer run's sequence length (with --global-batch)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
+    from drope_lens.cli.common import add_quantize_arg
+
+    add_quantize_arg(p)
     p.add_argument("--force", action="store_true", help="recompute saved parts")
     p.set_defaults(func=run, build_options=build_options)
 
@@ -107,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
         out = str(Path(folders[0]) / "track")
     if out is not None:
         check_out_dir(out)
-    res = track(points, options=opts, out=out, dtype=args.dtype, device=args.device, force=args.force)
+    quantize = None if args.quantize in (None, "none") else args.quantize
+    res = track(
+        points, options=opts, out=out, dtype=args.dtype, device=args.device, force=args.force, quantize=quantize
+    )
     print(res.summary())
     if args.figure:
         from drope_lens.views.figures import save_figure

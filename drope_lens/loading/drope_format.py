@@ -39,6 +39,11 @@ PathLike = Union[str, os.PathLike]
 DROPE_ATTENTION_TYPES = ("nope", "qk_norm_nope", "q_norm_nope", "k_norm_nope")
 MODEL_TYPE = "llama_drope"
 ARCHITECTURE = "DroPELlamaForCausalLM"
+#: SakanaAI/DroPE's Qwen2 variant (same attention types, Qwen2's q/k/v biases kept).
+QWEN2_MODEL_TYPE = "qwen2_drope"
+QWEN2_ARCHITECTURE = "DroPEQwen2ForCausalLM"
+#: Every DroPE ``model_type`` (the architecture behind each: :data:`drope_lens.loading.source.FAMILIES`).
+DROPE_MODEL_TYPES = (MODEL_TYPE, QWEN2_MODEL_TYPE)
 META_FILE = "drope_lens_recalibration.json"
 RUN_FILE = "recalibrate.json"
 HELDOUT_FILE = "heldout.safetensors"
@@ -84,9 +89,10 @@ def drope_config(base: Any, attention_type: str, softmax_scale: Optional[float] 
 
 
 def drope_facts(raw: dict) -> tuple[Optional[str], Optional[float]]:
-    """``(attention_type, softmax_scale)`` of a DroPE ``config.json`` dict; ``(None, None)`` for any
-    other model."""
-    if raw.get("model_type") != MODEL_TYPE and "attention_type" not in raw:
+    """``(attention_type, softmax_scale)`` of a DroPE ``config.json`` dict (``model_type`` one of
+    :data:`DROPE_MODEL_TYPES`, or an ``attention_type``); ``(None, None)`` for any other model. Which
+    architecture it is comes from :func:`drope_lens.loading.source.family_of`, never from this."""
+    if raw.get("model_type") not in DROPE_MODEL_TYPES and "attention_type" not in raw:
         return None, None
     scale = raw.get("softmax_scale")
     return check_attention_type(raw.get("attention_type", "nope")), (float(scale) if scale is not None else None)

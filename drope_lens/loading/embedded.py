@@ -102,8 +102,15 @@ def load_embedded(
     process_weights: bool = False,
     n_devices: int = 1,
     backend: Optional[str] = None,
+    quantize: Optional[str] = None,
+    device_map: Any = None,
+    max_memory: Optional[dict] = None,
 ) -> Any:
-    """SmolLM2-135M-Instruct as a drope_lens model (``nope=True``: RoPE removed, not recalibrated)."""
+    """SmolLM2-135M-Instruct as a drope_lens model (``nope=True``: RoPE removed, not recalibrated).
+
+    ``quantize`` (``"nf4"``, ``"fp4"``, ``"int8"``), ``device_map`` and ``max_memory``: bridge backend, as for
+    :func:`~drope_lens.loading.load.load_hooked`.
+    """
     from drope_lens.loading.load import load_hooked
 
     return load_hooked(
@@ -115,4 +122,7 @@ def load_embedded(
         model_name=EMBEDDED_NAME,
         n_devices=n_devices,
         backend=backend,
+        quantize=quantize,
+        device_map=device_map,
+        max_memory=max_memory,
     )

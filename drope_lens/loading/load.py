@@ -4,6 +4,11 @@
 code, checks before any weight), :func:`hooked_from_hf` converts an in-memory HF model, :func:`to_nope`
 drops RoPE from a loaded model. Each returns a HookedTransformer (``backend="hooked"``) or a
 TransformerBridge (``backend="bridge"``) with the same hook names, shapes, numbers and config facts.
+
+Quantized weights (``quantize=``), device maps (``device_map=``, ``max_memory=``) and the Qwen2/Qwen3
+families exist on the bridge only. When ``backend`` is not given (and ``$DROPE_LENS_BACKEND`` not set)
+such a request gets the bridge; asking for the hooked backend with one of them is refused before
+anything is loaded, with a message naming the bridge (:func:`resolve_backend`).
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import torch
 
 from drope_lens.errors import DropeLensInputError
-from drope_lens.loading.backend import BACKENDS, backend_of, check_backend
-from drope_lens.loading.facts import ZERO_SHOT_NOPE
-from drope_lens.loading.source import as_dtype, read_source
+from drope_lens.loading.backend import BACKENDS, ENV_VAR, backend_of, check_backend
+from drope_lens.loading.facts import ZERO_SHOT_NOPE, check_quantization
+from drope_lens.loading.source import Family, as_dtype, check_backend_holds, family_of, read_family, read_source
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -24,7 +29,59 @@ if TYPE_CHECKING:
 Source = Union[str, os.PathLike, "PreTrainedModel"]
 
 
-def _check_options(backend: str, *, process_weights: bool, n_devices: int, model_class: Any = None) -> None:
+def bridge_reasons(
+    *,
+    quantize: Optional[str] = None,
+    device_map: Any = None,
+    max_memory: Any = None,
+    families: tuple[Family, ...] = (),
+) -> list[str]:
+    """What in a request only the bridge backend can do (empty: either backend)."""
+    reasons = []
+    if quantize is not None:
+        reasons.append(f"quantize={quantize!r}")
+    if device_map is not None or max_memory is not None:
+        reasons.append("device_map/max_memory")
+    reasons += [f"{f.title} ({f.architecture})" for f in families if "hooked" not in f.backends]
+    return reasons
+
+
+def resolve_backend(backend: Optional[str], reasons: list[str], *, what: str = "backend") -> str:
+    """The backend for a request: ``backend`` (checked), else the default, except that a request only the
+    bridge can serve (``reasons``, :func:`bridge_reasons`) gets the bridge when nobody chose the hooked
+    backend; choosing it (``backend='hooked'`` or ``$DROPE_LENS_BACKEND=hooked``) is refused, before loading."""
+    chosen = backend if backend is not None else (os.environ.get(ENV_VAR, "").strip() or None)
+    if not reasons:
+        return check_backend(backend, what=what)
+    if chosen is None:
+        return check_backend("bridge", what=what)
+    resolved = check_backend(backend, what=what)
+    if resolved == "hooked":
+        verb = "needs" if len(reasons) == 1 else "need"
+        raise DropeLensInputError(
+            f"{' and '.join(reasons)} {verb} the bridge backend (TransformerBridge): pass backend='bridge' "
+            f"(CLI: --backend bridge) or leave the backend unset. The hooked backend (HookedTransformer) converts "
+            "full-precision Llama weights into its own tensors, so it can hold no quantized weights, device map or "
+            "other architecture."
+        )
+    return resolved
+
+
+def _check_options(
+    backend: str,
+    *,
+    process_weights: bool,
+    n_devices: int,
+    device_map: Any = None,
+    max_memory: Any = None,
+    model_class: Any = None,
+) -> None:
+    if device_map is not None and n_devices > 1:
+        raise ValueError("Give device_map or n_devices, not both (n_devices is the hooked backend's block split).")
+    if backend == "bridge":
+        from drope_lens.loading.bridge.devices import check_device_map
+
+        check_device_map(device_map, max_memory)
     if backend == "bridge" and model_class is not None:
         raise DropeLensInputError(
             f"model_class={getattr(model_class, '__name__', model_class)!r} is a hooked-backend option: it names a "
@@ -41,8 +98,8 @@ def _check_options(backend: str, *, process_weights: bool, n_devices: int, model
         )
     if backend == "bridge" and n_devices > 1:
         raise ValueError(
-            "n_devices > 1 splits a HookedTransformer's blocks; on the bridge backend load one device, "
-            "or use backend='hooked'."
+            "n_devices > 1 splits a HookedTransformer's blocks; on the bridge backend give an accelerate "
+            "device_map instead (device_map='auto' or 'balanced', max_memory=...), or use backend='hooked'."
         )
 
 
@@ -60,14 +117,27 @@ def load_hooked(
     n_devices: int = 1,
     lean: bool = True,
     model_class: Optional[type] = None,
+    quantize: Optional[str] = None,
+    device_map: Any = None,
+    max_memory: Optional[dict] = None,
 ) -> Any:
-    """Load a Llama-family model (hub id, local folder, or in-memory HF model) into TransformerLens.
+    """Load a model (hub id, local folder, or in-memory HF model) into TransformerLens.
+
+    Supported: Llama-family causal LMs (both backends), Qwen2 and Qwen3 (bridge), and SakanaAI DroPE
+    checkpoints of Llama (``model_type: llama_drope``) and Qwen2 (``qwen2_drope``); anything else is
+    refused, listing what is supported, before any weight is read.
 
     ``backend``: ``"hooked"`` (HookedTransformer) or ``"bridge"`` (TransformerBridge); default
-    :func:`~drope_lens.loading.backend.default_backend`. SakanaAI DroPE checkpoints (``model_type:
-    llama_drope``) load without ``trust_remote_code`` and without ever asking: the config is read as
-    JSON, ``attention_type`` and ``softmax_scale`` are honoured, and the model gets the identity
-    rotation. ``nope=True`` drops RoPE from any other model (zero-shot NoPE).
+    :func:`~drope_lens.loading.backend.default_backend`, or the bridge for what only it can hold
+    (:func:`resolve_backend`). DroPE checkpoints load without ``trust_remote_code`` and without ever
+    asking: the config is read as JSON, ``attention_type`` and ``softmax_scale`` are honoured, and the
+    model gets the identity rotation. ``nope=True`` drops RoPE from any other model (zero-shot NoPE).
+
+    Bridge only: ``quantize`` (``"nf4"``: 4-bit NormalFloat with double quantization, as the study;
+    ``"fp4"``; ``"int8"``: LLM.int8(); bitsandbytes, computing in ``dtype``; hooks see dequantized
+    activations and attention stays float32), ``device_map`` (``"auto"``, ``"balanced"``,
+    ``"sequential"`` or a ``{module: device}`` dict; replaces ``device``) and ``max_memory``
+    (``{0: "20GiB", 1: "20GiB"}``). See docs/quantization-and-devices.md.
 
     Hooked backend only: folders with safetensors load *lean* (:mod:`drope_lens.loading.hooked.lean`,
     peak host memory about the model's size); ``lean=False`` (or ``process_weights=True``, or
@@ -77,10 +147,15 @@ def load_hooked(
     ``model_class=sae_lens.HookedSAETransformer`` for ``run_with_saes`` (every drope_lens patch and DroPE
     q/k norm included; see docs/composing.md). The bridge wraps the HF model itself (one copy of the weights).
     """
-    backend = check_backend(backend)
-    _check_options(backend, process_weights=process_weights, n_devices=n_devices, model_class=model_class)
+    quantize = check_quantization(quantize)
     dtype = as_dtype(dtype)
     if not isinstance(source, (str, os.PathLike)):
+        if quantize is not None or device_map is not None or max_memory is not None:
+            raise DropeLensInputError(
+                "quantize / device_map / max_memory apply when drope_lens loads the checkpoint; an in-memory HF "
+                "model is already loaded: quantize or place it with from_pretrained(quantization_config=..., "
+                "device_map=...) and pass it in (the bridge keeps it as it is)."
+            )
         return hooked_from_hf(
             source,
             tokenizer,
@@ -95,11 +170,31 @@ def load_hooked(
             n_devices=n_devices,
             model_class=model_class,
         )
-    src = read_source(source, tokenizer=tokenizer, nope=nope)
+    family = read_family(source)  # config.json only: an unsupported architecture stops here
+    reasons = bridge_reasons(quantize=quantize, device_map=device_map, max_memory=max_memory, families=(family,))
+    backend = resolve_backend(backend, reasons)
+    _check_options(
+        backend,
+        process_weights=process_weights,
+        n_devices=n_devices,
+        device_map=device_map,
+        max_memory=max_memory,
+        model_class=model_class,
+    )
+    src = read_source(source, tokenizer=tokenizer, nope=nope, backend=backend)
     if backend == "bridge":
         from drope_lens.loading.bridge.load import load_source as load_bridge
 
-        return load_bridge(src, dtype=dtype, device=device, n_ctx=n_ctx, model_name=model_name)
+        return load_bridge(
+            src,
+            dtype=dtype,
+            device=device,
+            n_ctx=n_ctx,
+            model_name=model_name,
+            quantize=quantize,
+            device_map=device_map,
+            max_memory=max_memory,
+        )
     from drope_lens.loading.hooked.load import load_source as load_hooked_source
 
     return load_hooked_source(
@@ -135,11 +230,12 @@ def hooked_from_hf(
     k_norms: Optional[Sequence[torch.Tensor]] = None,
     model_class: Optional[type] = None,
 ) -> Any:
-    """An in-memory HF ``LlamaForCausalLM`` as a drope_lens model of ``backend``.
+    """An in-memory HF causal LM (Llama-family; Qwen2/Qwen3 on the bridge) as a drope_lens model of ``backend``.
 
     Args:
-        hf_model: a loaded Llama-family HF causal LM. The hooked backend converts (copies) its
-            weights; the bridge wraps the model itself (it becomes part of the bridge).
+        hf_model: a loaded HF causal LM. The hooked backend converts (copies) its weights; the bridge
+            wraps the model itself (it becomes part of the bridge), also a bitsandbytes-quantized one or
+            one placed by a device map (both kept as they are; bridge only).
         tokenizer: its tokenizer (optional, but needed for text input).
         position_encoding: ``"rope"`` or ``"nope"`` (identity rotation, for DroPE or zero-shot NoPE).
         dtype: model dtype; defaults to the HF model's.
@@ -150,7 +246,16 @@ def hooked_from_hf(
         model_class: hooked backend: a HookedTransformer subclass to build (e.g. SAELens's
             ``HookedSAETransformer``); default HookedTransformer.
     """
-    backend = check_backend(backend)
+    family = family_of(hf_model.config)
+    from drope_lens.loading.bridge.quantize import quantization_of
+
+    reasons = bridge_reasons(
+        quantize=quantization_of(hf_model),
+        device_map=getattr(hf_model, "hf_device_map", None),
+        families=(family,),
+    )
+    backend = resolve_backend(backend, reasons)
+    check_backend_holds(family, backend)
     _check_options(backend, process_weights=process_weights, n_devices=n_devices, model_class=model_class)
     common: dict[str, Any] = dict(
         model_name=model_name,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 
 from drope_lens.errors import TokenizerMismatchError
-from drope_lens.loading.backend import Model, check_backend
+from drope_lens.loading.backend import Model
 from drope_lens.loading.embedded import EMBEDDED_NAME
 from drope_lens.loading.forward import model_label
 from drope_lens.loading.tokens import TokenBatch, encode
@@ -132,6 +131,9 @@ def load_pair(
     lean: bool = True,
     backend: Optional[str] = None,
     model_class: Optional[type] = None,
+    quantize: Optional[str] = None,
+    device_map: Any = None,
+    max_memory: Optional[dict] = None,
 ) -> ModelPair:
     """Load a RoPE/DroPE pair. With no arguments: the embedded SmolLM2-135M and its zero-shot NoPE twin.
 
@@ -142,6 +144,12 @@ def load_pair(
 
     ``offload="cpu"``: the models load onto ``offload`` and only the one in use sits on ``device``
     (see :class:`ModelPair`), so a pair that does not fit the device together still runs.
+    ``quantize``, ``device_map``, ``max_memory`` (bridge; see :func:`~drope_lens.loading.load.load_hooked`)
+    apply to both models. With ``device_map`` each model is placed by its own map (both sharded at once),
+    or, with ``offload`` too, each loads onto the devices of its map, is moved to ``offload`` and comes
+    back to that map when it is used: one model on the devices at a time. The zero-shot twin of a
+    quantized or device-mapped model is loaded a second time (bitsandbytes' quantization is
+    deterministic, so its weights are the RoPE model's) rather than deep-copied.
     ``backend``, ``n_devices``, ``lean``, ``model_class``: as for :func:`~drope_lens.loading.load.load_hooked`
     (``model_class=sae_lens.HookedSAETransformer`` gives two HookedSAETransformers).
     """
@@ -159,46 +167,93 @@ def load_pair(
     if offload is not None:
         torch.device(offload)  # a bad name fails here, before any model is loaded
     torch.device(device)
-    from drope_lens.loading.load import _check_options, load_hooked, to_nope
+    from drope_lens.loading.facts import check_quantization
+    from drope_lens.loading.load import _check_options, bridge_reasons, load_hooked, resolve_backend, to_nope
+    from drope_lens.loading.source import read_family
 
-    backend = check_backend(backend)
-    _check_options(backend, process_weights=process_weights, n_devices=n_devices, model_class=model_class)
-    target, device = device, (offload if offload is not None else device)
-    from drope_lens.loading.embedded import load_embedded
-
-    load = functools.partial(
-        load_hooked,
-        backend=backend,
-        dtype=dtype,
-        device=device,
+    quantize = check_quantization(quantize)
+    families = tuple(read_family(s) for s in (rope, drope) if s is not None and s != RECALIBRATED)
+    reasons = bridge_reasons(quantize=quantize, device_map=device_map, max_memory=max_memory, families=families)
+    backend = resolve_backend(backend, reasons)
+    _check_options(
+        backend,
         process_weights=process_weights,
         n_devices=n_devices,
-        lean=lean,
+        device_map=device_map,
+        max_memory=max_memory,
         model_class=model_class,
     )
-    if rope is None and model_class is None:
-        rope_model = load_embedded(
-            dtype=dtype, device=device, process_weights=process_weights, n_devices=n_devices, backend=backend
-        )
-    elif rope is None:  # what load_embedded loads, as model_class
-        from drope_lens.loading.embedded import embedded_checkpoint
+    mapped = device_map is not None
+    if mapped:
+        from drope_lens.loading.bridge.devices import ON_ITS_MAP
 
-        rope_model = load(embedded_checkpoint(), model_name=EMBEDDED_NAME)
+        target: Union[str, torch.device] = ON_ITS_MAP if offload is not None else "cpu"
     else:
-        rope_model = load(rope)
+        target, device = device, (offload if offload is not None else device)
+    from drope_lens.loading.embedded import load_embedded
+
+    extra: dict[str, Any] = {}
+    if quantize is not None:
+        extra["quantize"] = quantize
+    if mapped:
+        extra.update(device_map=device_map, max_memory=max_memory)
+
+    def settle(model: Model) -> Model:
+        """A device-mapped model of an offloaded pair goes to ``offload`` once loaded (its map is kept)."""
+        if mapped and offload is not None:
+            from drope_lens.loading.surface import place
+
+            place(model, offload)
+        return model
+
+    def load(source: Any, **kw: Any) -> Model:
+        return load_hooked(
+            source,
+            backend=backend,
+            dtype=dtype,
+            device=device,
+            process_weights=process_weights,
+            n_devices=n_devices,
+            lean=lean,
+            model_class=model_class,
+            **extra,
+            **kw,
+        )
+
+    def embedded(**kw: Any) -> Model:
+        if model_class is not None:  # what load_embedded loads, as model_class
+            from drope_lens.loading.embedded import embedded_checkpoint
+
+            return load(embedded_checkpoint(), model_name=EMBEDDED_NAME, **kw)
+        return load_embedded(
+            dtype=dtype,
+            device=device,
+            process_weights=process_weights,
+            n_devices=n_devices,
+            backend=backend,
+            **extra,
+            **kw,
+        )
+
+    rope_model = settle(embedded() if rope is None else load(rope))
     if getattr(rope_model.cfg, "is_nope", False):
         raise ValueError(f"{rope} has no RoPE; pass it as --drope and a RoPE model as --rope.")
-    if drope is None:
+    if drope is None and (quantize is not None or mapped):
+        drope_model = settle(embedded(nope=True) if rope is None else load(rope, nope=True))
+    elif drope is None:
         drope_model = to_nope(rope_model)
     elif drope == RECALIBRATED:
         from drope_lens.loading.drope_format import cached_recalibrated
 
-        drope_model = load(cached_recalibrated(), model_name=EMBEDDED_NAME)
+        drope_model = settle(load(cached_recalibrated(), model_name=EMBEDDED_NAME))
     else:
-        drope_model = load(drope)
+        drope_model = settle(load(drope))
         if not getattr(drope_model.cfg, "is_nope", False):
             raise ValueError(
-                f"{drope} still uses RoPE. Pass a DroPE checkpoint (model_type llama_drope), "
+                f"{drope} still uses RoPE. Pass a DroPE checkpoint (model_type llama_drope or qwen2_drope), "
                 "or leave --drope out to compare with the zero-shot NoPE twin."
             )
-    return ModelPair(rope_model, drope_model, device=str(target), offload=None if offload is None else str(offload))
+    pair = ModelPair(rope_model, drope_model, device=str(target), offload=None if offload is None else str(offload))
+    if mapped and offload is None:
+        pair.device = None  # each model stays on the devices of its own map
+    return pair

@@ -1,11 +1,13 @@
 """What a checkpoint says, read before any weight and without running any of its code.
 
 A source is a hub id or a local folder (``config.json``, ``*.safetensors``, tokenizer files) of a
-Llama-family causal LM, or a SakanaAI DroPE checkpoint (``model_type: llama_drope``, ``attention_type``,
-optional ``softmax_scale``, an ``auto_map`` pointing at their ``drope.py``). The config is read as JSON
-and tokenizers are opened with ``trust_remote_code=False``, so loading never asks "Do you wish to run
-the custom code?" and never imports a checkpoint's own code. :func:`read_source` gathers what both
-backends' loaders need into a :class:`Source`.
+supported causal LM (:data:`FAMILIES`: Llama-family, Qwen2, Qwen3), or a SakanaAI DroPE checkpoint
+(``model_type: llama_drope`` or ``qwen2_drope``, ``attention_type``, optional ``softmax_scale``, an
+``auto_map`` pointing at their ``drope.py``). The architecture is decided by the exact ``model_type``
+(:func:`family_of`); anything else is refused, listing what is supported, before any weight is read.
+The config is read as JSON and tokenizers are opened with ``trust_remote_code=False``, so loading never
+asks "Do you wish to run the custom code?" and never imports a checkpoint's own code.
+:func:`read_source` gathers what both backends' loaders need into a :class:`Source`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,68 @@ from typing import Any, Optional, Union
 import torch
 
 from drope_lens.errors import CorruptFileError, MissingFileError, UnsupportedModelError
+from drope_lens.loading import drope_format as fmt
 from drope_lens.loading.drope_format import drope_facts, read_meta
 from drope_lens.loading.facts import DROPE_CHECKPOINT, ZERO_SHOT_NOPE
 
-#: HF ``architectures`` / ``model_type`` values drope_lens can load.
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
-SUPPORTED_MODEL_TYPES = ("llama", "llama_drope", "smollm", "smollm2")
+
+@dataclass(frozen=True)
+class Family:
+    """An architecture drope_lens loads: its HF names, its DroPE format and the backends that hold it."""
+
+    name: str  # "llama", "qwen2", "qwen3"
+    title: str  # for messages
+    architecture: str  # the HF causal-LM class
+    config_class: str  # the HF config class
+    model_types: tuple[str, ...]  # HF ``model_type`` values of ordinary (RoPE) checkpoints
+    drope_model_type: Optional[str]  # SakanaAI/DroPE's ``model_type`` (None: no DroPE format)
+    drope_architecture: Optional[str]
+    backends: tuple[str, ...]
+
+    @property
+    def architectures(self) -> tuple[str, ...]:
+        return tuple(a for a in (self.architecture, self.drope_architecture) if a)
+
+    def model_class(self) -> Any:
+        import transformers
+
+        return getattr(transformers, self.architecture)
+
+    def hf_config_class(self) -> Any:
+        import transformers
+
+        return getattr(transformers, self.config_class)
+
+
+LLAMA = Family(
+    "llama",
+    "Llama",
+    "LlamaForCausalLM",
+    "LlamaConfig",
+    ("llama", "smollm", "smollm2"),
+    fmt.MODEL_TYPE,
+    fmt.ARCHITECTURE,
+    ("hooked", "bridge"),
+)
+QWEN2 = Family(
+    "qwen2",
+    "Qwen2",
+    "Qwen2ForCausalLM",
+    "Qwen2Config",
+    ("qwen2",),
+    fmt.QWEN2_MODEL_TYPE,
+    fmt.QWEN2_ARCHITECTURE,
+    ("bridge",),
+)
+QWEN3 = Family("qwen3", "Qwen3", "Qwen3ForCausalLM", "Qwen3Config", ("qwen3",), None, None, ("bridge",))
+#: Every architecture drope_lens loads, by name.
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, QWEN2, QWEN3)}
+
+#: HF ``architectures`` / ``model_type`` values drope_lens can load (anything else is refused before any weight).
+SUPPORTED_ARCHITECTURES = tuple(a for f in FAMILIES.values() for a in f.architectures)
+SUPPORTED_MODEL_TYPES = tuple(
+    t for f in FAMILIES.values() for t in (*f.model_types, f.drope_model_type) if t is not None
+)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 DTYPES = {
@@ -69,20 +127,82 @@ def rope_scaling_of(hf_config: Any) -> dict:
     return scaling if isinstance(scaling, dict) else {}
 
 
-def check_supported(hf_config: Any) -> None:
-    """Raise :class:`UnsupportedModelError` unless ``hf_config`` is a Llama-family causal LM."""
-    archs = list(config_get(hf_config, "architectures", []) or [])
-    model_type = config_get(hf_config, "model_type", "")
-    if model_type in SUPPORTED_MODEL_TYPES or any(a in SUPPORTED_ARCHITECTURES for a in archs):
+def _supported_list() -> str:
+    def one(f: Family) -> str:
+        types = ", ".join(t for t in (*f.model_types, f.drope_model_type) if t)
+        return f"{f.title} ({', '.join(f.architectures)}; model_type {types})"
+
+    return "; ".join(one(f) for f in FAMILIES.values())
+
+
+def _raw_names(hf_config: Any) -> tuple[str, list[str]]:
+    if isinstance(hf_config, dict):
+        return str(hf_config.get("model_type") or ""), list(hf_config.get("architectures") or [])
+    return str(config_get(hf_config, "model_type", "") or ""), list(config_get(hf_config, "architectures", []) or [])
+
+
+def family_of(hf_config: Any) -> Family:
+    """The :class:`Family` of a config (an HF config object or a raw ``config.json`` dict).
+
+    The ``model_type`` decides, exactly (no prefix or suffix matching: ``mistral_drope``, ``llama_foo``
+    and ``gemma2`` are refused); without one, the ``architectures`` entry does. Every ``architectures``
+    entry must belong to that family. Raises :class:`UnsupportedModelError` listing what is supported.
+    """
+    model_type, archs = _raw_names(hf_config)
+
+    def refuse(why: str) -> UnsupportedModelError:
+        return UnsupportedModelError(
+            f"drope_lens supports Llama-family causal LMs and Qwen2/Qwen3: {_supported_list()}. {why} "
+            f"(got model_type={model_type!r}, architectures={archs}). Use a checkpoint of a supported architecture."
+        )
+
+    if model_type:
+        found = [f for f in FAMILIES.values() if model_type in f.model_types or model_type == f.drope_model_type]
+        if not found:
+            raise refuse(f"model_type {model_type!r} is not one of them")
+    else:
+        found = [f for f in FAMILIES.values() if any(a in f.architectures for a in archs)]
+        if len(found) != 1:
+            raise refuse("The config has no model_type and its architectures name no single supported one")
+    family = found[0]
+    stray = [a for a in archs if a not in family.architectures]
+    if stray:
+        raise refuse(f"architectures {stray} do not belong to {family.title} ({', '.join(family.architectures)})")
+    return family
+
+
+def check_supported(hf_config: Any, *, backend: Optional[str] = None) -> Family:
+    """Raise :class:`UnsupportedModelError` unless ``hf_config`` (config object or raw dict) is a supported
+    architecture that ``backend`` can hold; return its :class:`Family`.
+
+    ``backend=None`` asks for an architecture every backend holds (Llama): the hooked backend's own
+    conversion calls it that way, so a Qwen config never reaches HookedTransformer.
+    """
+    family = family_of(hf_config)
+    check_backend_holds(family, backend)
+    return family
+
+
+def check_backend_holds(family: Family, backend: Optional[str]) -> None:
+    """Refuse a family the backend cannot hold (Qwen on HookedTransformer), naming the bridge."""
+    if backend is not None and backend in family.backends:
+        return
+    if backend is None and set(family.backends) >= {"hooked", "bridge"}:
         return
     raise UnsupportedModelError(
-        f"drope_lens supports Llama-family causal LMs ({', '.join(SUPPORTED_ARCHITECTURES)}; "
-        f"model_type in {SUPPORTED_MODEL_TYPES}: Llama-2/3, SmolLM/SmolLM2, SakanaAI DroPE), "
-        f"got model_type={model_type!r}, architectures={archs}. Use a Llama-architecture checkpoint."
+        f"{family.title} models load on the bridge backend only (TransformerBridge: backend='bridge', "
+        f"--backend bridge or DROPE_LENS_BACKEND=bridge); the hooked backend's HookedTransformer conversion "
+        "is Llama-only."
     )
 
 
 def check_no_bias(hf_config: Any) -> None:
+    """Refuse biases the architecture does not have everywhere: a Llama with ``attention_bias``/``mlp_bias``
+    (drope_lens does not convert them). Qwen2's q/k/v biases and Qwen3's ``attention_bias`` are kept by the
+    bridge (the HF modules themselves)."""
+    family = family_of(hf_config)
+    if family is not LLAMA:
+        return
     if config_get(hf_config, "attention_bias", False) or config_get(hf_config, "mlp_bias", False):
         raise UnsupportedModelError(
             "This Llama checkpoint uses attention/MLP biases, which drope_lens does not convert. "
@@ -90,11 +210,18 @@ def check_no_bias(hf_config: Any) -> None:
         )
 
 
-class RawConfig:
-    """Attribute view of a raw ``config.json`` dict, for :func:`check_supported`."""
-
-    def __init__(self, raw: dict):
-        self.__dict__.update(raw)
+def check_full_attention(hf_config: Any) -> None:
+    """Refuse sliding-window layers (Qwen2/Qwen3 ``use_sliding_window``): drope_lens's attention is full causal."""
+    layer_types = config_get(hf_config, "layer_types") or []
+    sliding = bool(config_get(hf_config, "use_sliding_window", False)) or any(
+        t == "sliding_attention" for t in layer_types
+    )
+    if sliding:
+        raise UnsupportedModelError(
+            "This checkpoint uses sliding-window attention (use_sliding_window / layer_types 'sliding_attention'); "
+            "drope_lens computes full causal attention only. Use a checkpoint with use_sliding_window=false "
+            "(as Qwen2.5/Qwen3 release theirs)."
+        )
 
 
 def _looks_local(source: str) -> bool:
@@ -135,15 +262,38 @@ def read_config_dict(source: Union[str, os.PathLike]) -> dict:
         ) from exc
 
 
+def check_config(raw: dict) -> tuple[Family, Optional[str], Optional[float]]:
+    """A raw ``config.json`` checked before any weight: its :class:`Family` (:func:`family_of`), and its
+    DroPE ``(attention_type, softmax_scale)`` (``None``s for an ordinary checkpoint). DroPE fields on an
+    architecture SakanaAI's format does not cover (Qwen3) are refused, and so are sliding-window layers."""
+    family = family_of(raw)
+    attention_type, scale = drope_facts(raw)
+    if attention_type is not None and family.drope_model_type is None:
+        raise UnsupportedModelError(
+            f"This {family.title} config carries DroPE fields (attention_type={attention_type!r}), but SakanaAI's "
+            f"DroPE format covers {', '.join(f.title for f in FAMILIES.values() if f.drope_model_type)} only, "
+            f"and {family.title}'s own q_norm/k_norm weights would be mistaken for DroPE's. "
+            f"Load the {family.title} RoPE model and use its zero-shot NoPE twin (nope=True)."
+        )
+    check_full_attention(_RawView(raw))
+    return family, attention_type, scale
+
+
+class _RawView:
+    """Attribute view of a raw ``config.json`` dict (for :func:`config_get`)."""
+
+    def __init__(self, raw: dict):
+        self.__dict__.update(raw)
+
+
 def check_model_folder(path: Path, raw: dict, *, flag: str = "model folder", tokenizer: bool = True) -> None:
-    """Cheap checks of a local model folder before any weight is read: a Llama-family (or DroPE)
+    """Cheap checks of a local model folder before any weight is read: a supported architecture (or DroPE)
     config, tokenizer files (unless ``tokenizer=False``), safetensors files whose headers parse."""
     from safetensors import safe_open
 
     name = f"{flag} {path}"
     try:
-        if drope_facts(raw)[0] is None:
-            check_supported(RawConfig(raw))
+        check_config(raw)
     except UnsupportedModelError as exc:
         raise UnsupportedModelError(f"{name}: {exc}") from exc
     if tokenizer and not any((path / f).exists() for f in TOKENIZER_FILES):
@@ -162,14 +312,21 @@ def check_model_folder(path: Path, raw: dict, *, flag: str = "model folder", tok
             ) from exc
 
 
+#: SakanaAI's DroPE config fields (and the remote-code pointers) that the plain HF config classes do not take.
+DROPE_FIELDS = ("auto_map", "model_type", "architectures", "attention_type", "softmax_scale")
+
+
+def plain_config_of(raw: dict, family: Family = LLAMA) -> Any:
+    """A plain HF config of ``family`` (``LlamaConfig``, ``Qwen2Config``) from a DroPE ``config.json``
+    (its own classes never imported)."""
+    cfg = family.hf_config_class()(**{k: v for k, v in raw.items() if k not in DROPE_FIELDS})
+    cfg.architectures = [family.architecture]
+    return cfg
+
+
 def llama_config_of(raw: dict) -> Any:
     """A plain HF ``LlamaConfig`` from a DroPE ``config.json`` (its own classes never imported)."""
-    from transformers import LlamaConfig
-
-    drop = ("auto_map", "model_type", "architectures", "attention_type", "softmax_scale")
-    cfg = LlamaConfig(**{k: v for k, v in raw.items() if k not in drop})
-    cfg.architectures = ["LlamaForCausalLM"]
-    return cfg
+    return plain_config_of(raw, LLAMA)
 
 
 def local_folder(source: Union[str, os.PathLike]) -> Path:
@@ -216,8 +373,27 @@ def qk_norm_weights(
     return result["q"], result["k"]
 
 
+#: The position-0 token drope_lens uses for tokenizers without a BOS (Qwen2/Qwen3): their document separator.
+BOS_FALLBACK = "<|endoftext|>"
+
+
+def ensure_bos(tokenizer: Any) -> Any:
+    """Give a tokenizer without a BOS token (Qwen2/Qwen3's) one: ``<|endoftext|>``, the document separator
+    Qwen was pretrained with, so that position 0 is a fixed token as for Llama's ``<s>`` (drope_lens
+    prepends BOS to every text, :mod:`drope_lens.loading.tokens`). Tokenizers with a BOS, and those
+    without ``<|endoftext|>`` in their vocabulary, are returned unchanged. In place; returns ``tokenizer``."""
+    if tokenizer is None or getattr(tokenizer, "bos_token", None) is not None:
+        return tokenizer
+    vocab = tokenizer.get_vocab()
+    if BOS_FALLBACK in vocab:
+        tokenizer.bos_token = BOS_FALLBACK
+        tokenizer.init_kwargs["bos_token"] = BOS_FALLBACK
+    return tokenizer
+
+
 def load_tokenizer(source: Union[str, os.PathLike]) -> Any:
-    """The checkpoint's tokenizer, opened without remote code and with ``add_bos_token=True``.
+    """The checkpoint's tokenizer, opened without remote code and with ``add_bos_token=True``
+    (and a BOS for tokenizers that have none, :func:`ensure_bos`).
 
     ``add_bos_token`` is what TransformerLens asks of a tokenizer; given one that lacks it,
     TransformerLens re-opens the tokenizer by its folder name through ``AutoConfig`` without
@@ -228,17 +404,19 @@ def load_tokenizer(source: Union[str, os.PathLike]) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False, add_bos_token=True)
+        tok = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False, add_bos_token=True)
     except (OSError, ValueError, TypeError) as exc:
         raise CorruptFileError(
             f"could not load the tokenizer of {source} ({type(exc).__name__}: {exc}); "
             "check the tokenizer files or pass tokenizer="
         ) from exc
+    return ensure_bos(tok)
 
 
 def tokenizer_with_bos(tokenizer: Any) -> Any:
     """``tokenizer`` as TransformerLens will keep it: one that has ``add_bos_token`` (see
     :func:`load_tokenizer`); others are re-opened here from their own folder, without remote code."""
+    tokenizer = ensure_bos(tokenizer)
     if tokenizer is None or getattr(tokenizer, "bos_token", None) is None:
         return tokenizer
     if tokenizer.init_kwargs.get("add_bos_token") or getattr(tokenizer, "add_bos_token", False):
@@ -264,28 +442,44 @@ class Source:
     softmax_scale: Optional[float]
     nope: bool
     origin: Optional[str]
+    family: Family = LLAMA
 
     @property
     def is_drope(self) -> bool:
         return self.attention_type is not None
 
 
-def read_source(source: Union[str, os.PathLike], *, tokenizer: Any = None, nope: Optional[bool] = None) -> Source:
-    """Read ``source``'s config (and tokenizer unless given), check it is supported; no weights."""
+def read_family(source: Union[str, os.PathLike]) -> Family:
+    """The :class:`Family` of ``source`` from its ``config.json`` alone (checked as :func:`check_config`)."""
+    return check_config(read_config_dict(source))[0]
+
+
+def read_source(
+    source: Union[str, os.PathLike],
+    *,
+    tokenizer: Any = None,
+    nope: Optional[bool] = None,
+    backend: Optional[str] = None,
+) -> Source:
+    """Read ``source``'s config (and tokenizer unless given), check it is supported (by ``backend``, if
+    given); no weights. An unsupported architecture is refused here, before any weight is read."""
     from transformers import AutoConfig
 
     raw = read_config_dict(source)
     local = Path(os.path.expanduser(str(source)))
     if local.is_dir():
         check_model_folder(local, raw, tokenizer=tokenizer is None)
-    attention_type, softmax_scale = drope_facts(raw)
+    family, attention_type, softmax_scale = check_config(raw)
+    if backend is not None:
+        check_backend_holds(family, backend)
     if attention_type is not None:
-        hf_config = llama_config_of(raw)
+        hf_config = plain_config_of(raw, family)
     else:
-        check_supported(RawConfig(raw))
         hf_config = AutoConfig.from_pretrained(str(source), trust_remote_code=False)
-    check_supported(hf_config)
+    if family_of(hf_config) is not family:
+        raise UnsupportedModelError(f"{source}: transformers reads its config as {type(hf_config).__name__}")
     check_no_bias(hf_config)
+    check_full_attention(hf_config)
     tok = load_tokenizer(source) if tokenizer is None else tokenizer_with_bos(tokenizer)
     is_drope = attention_type is not None
     use_nope = is_drope or bool(nope)
@@ -293,7 +487,7 @@ def read_source(source: Union[str, os.PathLike], *, tokenizer: Any = None, nope:
         origin: Optional[str] = recalibrated_origin(source) or DROPE_CHECKPOINT
     else:
         origin = ZERO_SHOT_NOPE if use_nope else None
-    return Source(str(source), raw, hf_config, tok, attention_type, softmax_scale, use_nope, origin)
+    return Source(str(source), raw, hf_config, tok, attention_type, softmax_scale, use_nope, origin, family)
 
 
 def recalibrated_origin(source: Union[str, os.PathLike]) -> Optional[str]:

@@ -74,11 +74,15 @@ def devices_of(model: Any) -> set[torch.device]:
 
 
 def place(model: Any, device: Union[str, torch.device]) -> Any:
-    """Move ``model`` to ``device`` (its layout and, on the hooked backend, its block split kept)."""
+    """Move ``model`` to ``device`` (its layout and, on the hooked backend, its block split kept).
+
+    A bridge loaded with a device map leaves it for ``device`` and returns to it when ``device`` is
+    ``"device_map"`` (:data:`drope_lens.loading.bridge.devices.ON_ITS_MAP`), as a pair's offload does.
+    """
     if is_bridge(model):
-        model.to(torch.device(device))
-        model.cfg.device = str(torch.device(device))
-        return model
+        from drope_lens.loading.bridge.devices import place_bridge
+
+        return place_bridge(model, device)
     from drope_lens.loading.hooked.devices import place as place_hooked
 
     return place_hooked(model, device)

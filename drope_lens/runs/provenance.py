@@ -10,7 +10,17 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
-PACKAGES = ("drope_lens", "torch", "transformer-lens", "transformers", "numpy", "scipy", "circuitsvis")
+PACKAGES = (
+    "drope_lens",
+    "torch",
+    "transformer-lens",
+    "transformers",
+    "numpy",
+    "scipy",
+    "circuitsvis",
+    "bitsandbytes",
+    "accelerate",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -44,7 +54,9 @@ def model_provenance(model: Any, label: str) -> dict:
         "softmax_scale": getattr(cfg, "softmax_scale", None),
         "config_hash": config_hash(cfg),
         "dtype": str(cfg.dtype),
+        "quantization": getattr(cfg, "quantization", None),
         "device": str(cfg.device),
+        "device_map": _device_map(model),
         "fp32_attention": getattr(cfg, "fp32_attention", None),
         "n_layers": cfg.n_layers,
         "n_heads": cfg.n_heads,
@@ -52,6 +64,13 @@ def model_provenance(model: Any, label: str) -> dict:
         "d_head": cfg.d_head,
         "n_ctx": cfg.n_ctx,
     }
+
+
+def _device_map(model: Any) -> Any:
+    """The accelerate device map a bridge's HF model was placed by (``{module: device}``), None if none."""
+    hf = getattr(model, "original_model", None)
+    placed = getattr(hf, "drope_lens_device_map", None) or getattr(hf, "hf_device_map", None)
+    return {str(k): str(v) for k, v in placed.items()} if placed else None
 
 
 def provenance(pair: Any, options: dict) -> dict:
@@ -106,6 +125,7 @@ IDENTITY_FIELDS = (
     "config_hash",
     "weights_hash",
     "dtype",
+    "quantization",
     "device",
     "position_encoding",
     "nope_origin",

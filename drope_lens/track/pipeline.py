@@ -235,7 +235,7 @@ class TrackResult:
         )
 
 
-def _load(pt: TrackPoint, dtype, device):
+def _load(pt: TrackPoint, dtype, device, quantize: Optional[str] = None):
     from drope_lens.loading.embedded import EMBEDDED_NAME, embedded_checkpoint
     from drope_lens.loading.load import load_hooked
 
@@ -245,7 +245,7 @@ def _load(pt: TrackPoint, dtype, device):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(pt.tokenizer)
-    return load_hooked(pt.path, dtype=dtype, device=device, model_name=name, tokenizer=tokenizer)
+    return load_hooked(pt.path, dtype=dtype, device=device, model_name=name, tokenizer=tokenizer, quantize=quantize)
 
 
 def _heldout(pt: TrackPoint, n_blocks: int):
@@ -401,6 +401,7 @@ def track(
     rope: Optional[str] = None,
     tokenizer: Optional[str] = None,
     tokens_per_step: Optional[int] = None,
+    quantize: Optional[str] = None,
     **overrides: Any,
 ) -> TrackResult:
     """Run the metric groups on every checkpoint (see the module docstring); resumable with ``out``.
@@ -412,7 +413,8 @@ def track(
     :class:`~drope_lens.options.TrackOptions` (``metrics``, the :class:`TrackSizes`,
     ``include_rope``); ``metrics`` and keywords (``max_length=``, ``n_seeds=``, ...) override its
     fields. ``texts``: texts for massive/sinks/bos/disruption (default: the 15 built-in texts), cut
-    at ``max_length`` tokens.
+    at ``max_length`` tokens. ``quantize``: load every checkpoint quantized (``"nf4"``, ``"fp4"``, ``"int8"``;
+    bridge backend, see :func:`~drope_lens.loading.load.load_hooked`); saved parts key on it.
     """
     o = TrackOptions.resolve(options, {**overrides, **({} if metrics is None else {"metrics": metrics})})
     points = [c for c in checkpoints if isinstance(c, TrackPoint)]
@@ -435,7 +437,7 @@ def track(
         if progress:
             what = "RoPE reference" if pt.tokens is None else f"{pt.tokens:,} tokens"
             print(f"[track {i + 1}/{len(points)}] {pt.name} ({what})", file=sys.stderr, flush=True)
-        model = _load(pt, dtype, device)
+        model = _load(pt, dtype, device, quantize)
         result.values[pt.name] = measure(model, pt, o.metrics, o, texts, store=store, keyed=keyed, force=force)
         del model
     result.wall_s = time.perf_counter() - t0

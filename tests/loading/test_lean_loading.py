@@ -319,7 +319,10 @@ def test_gpu_script_tiny_rehearsal(tmp_path):
         timeout=1500,
     )
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
-    assert "[2/2]" in proc.stdout
+    assert "[3/3]" in proc.stdout and "not complete" not in proc.stdout
+    nf4 = json.loads((tmp_path / "results-gpu-nf4.json").read_text())  # the study's NF4 setup beside bf16
+    assert nf4["model"] == "llama2-shaped-tiny" and set(nf4["rows"]) == {"bf16", "nf4"}
+    assert all(nf4["rows"][q][r]["massive"] for q in ("bf16", "nf4") for r in ("rope", "drope"))
     results = json.loads((tmp_path / "results-gpu.json").read_text())
     assert results["settings"]["model"] == "llama2-shaped-tiny"  # the GPU run's code path, tiny shape
     cases = {c.get("as", c["case"]) for c in results["cases"]} | {c["case"] for c in results["cases"]}

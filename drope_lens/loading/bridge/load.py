@@ -1,12 +1,13 @@
-"""Llama-family causal LMs (RoPE, zero-shot NoPE, SakanaAI DroPE) as TransformerBridges.
+"""Llama-family, Qwen2 and Qwen3 causal LMs (RoPE, zero-shot NoPE, SakanaAI DroPE) as TransformerBridges.
 
 The HF model is loaded once (``from_pretrained`` reads the safetensors straight into its parameters;
-no converted copy is made) and wrapped by ``TransformerBridge.boot_transformers(hf_model=...)`` with
-drope_lens's adapter (:mod:`.adapter`), in compatibility mode without weight processing: hook names
-and shapes are HookedTransformer's, and the numbers are the HF model's. DroPE's ``softmax_scale`` is
-written into each HF attention's ``scaling`` and its q/k norms are attached as ``drope_q_norm`` /
-``drope_k_norm``; the positional encoding is the config's ``position_encoding`` fact, read by every
-attention at run time (:mod:`.attention`).
+no converted copy is made), optionally quantized by bitsandbytes (:mod:`.quantize`) and placed by a
+device map (:mod:`.devices`), and wrapped by ``TransformerBridge.boot_transformers(hf_model=...)``
+with drope_lens's adapter (:mod:`.adapter`), in compatibility mode without weight processing: hook
+names and shapes are HookedTransformer's, and the numbers are the HF model's. DroPE's
+``softmax_scale`` is written into each HF attention's ``scaling`` and its q/k norms are attached as
+``drope_q_norm`` / ``drope_k_norm`` (float32, on the layer's device); the positional encoding is the
+config's ``position_encoding`` fact, read by every attention at run time (:mod:`.attention`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,23 @@ from typing import Any, Optional, Sequence
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from drope_lens.loading.bridge import devices
 from drope_lens.loading.bridge.adapter import drope_lens_adapters
 from drope_lens.loading.bridge.config import adopt_config
+from drope_lens.loading.bridge.quantize import (
+    bnb_config,
+    check_available,
+    honour_compute_dtype,
+    is_quantized_parameter,
+    quantization_of,
+    release_freed_host_memory,
+)
 from drope_lens.loading.facts import ZERO_SHOT_NOPE
 from drope_lens.loading.numerics import FullWidthRMSNorm
 from drope_lens.loading.source import (
     Source,
     as_dtype,
+    check_full_attention,
     check_no_bias,
     check_supported,
     config_get,
@@ -36,8 +47,12 @@ from drope_lens.loading.source import (
 
 
 def _cast_parameters(hf_model: Any, dtype: torch.dtype) -> None:
-    """Parameters to ``dtype``; buffers (the rotary ``inv_freq``) keep theirs, as HF loads them."""
+    """Parameters to ``dtype``; buffers (the rotary ``inv_freq``) keep theirs, as HF loads them, and so do
+    bitsandbytes' quantized weights (packed storage: casting would destroy them) and the meta placeholders
+    of offloaded modules."""
     for p in hf_model.parameters():
+        if is_quantized_parameter(p) or p.device.type == "meta":
+            continue
         if p.is_floating_point() and p.dtype != dtype:
             p.data = p.data.to(dtype)
 
@@ -49,7 +64,7 @@ def attach_qk_norms(
     eps = float(config_get(hf_model.config, "rms_norm_eps", 1e-6))
     for layer, block in enumerate(hf_model.model.layers):
         attn = block.self_attn
-        device = attn.q_proj.weight.device
+        device = devices.execution_device(block)
         for name, weights in (("drope_q_norm", q_norms), ("drope_k_norm", k_norms)):
             norm = None
             if weights is not None:
@@ -75,12 +90,27 @@ def bridge_from_hf(
     q_norms: Optional[Sequence[torch.Tensor]] = None,
     k_norms: Optional[Sequence[torch.Tensor]] = None,
 ) -> TransformerBridge:
-    """Wrap an in-memory HF Llama-family causal LM (taken over, not copied) as a drope_lens TransformerBridge."""
-    check_supported(hf_model.config)
+    """Wrap an in-memory HF causal LM (Llama-family, Qwen2, Qwen3; taken over, not copied) as a drope_lens
+    TransformerBridge.
+
+    A model quantized by bitsandbytes (``quantization_config``) keeps its quantized weights and says so in
+    ``cfg.quantization``; a model placed by a device map (``hf_device_map``) stays where it is (``device``
+    is then not used, and ``cfg.device`` is the embedding's device).
+    """
+    check_supported(hf_model.config, backend="bridge")
     check_no_bias(hf_model.config)
-    dtype = as_dtype(dtype) if dtype is not None else next(hf_model.parameters()).dtype
-    hf_model.to(torch.device(device))
+    check_full_attention(hf_model.config)
+    quantization = quantization_of(hf_model)
+    mapped = bool(getattr(hf_model, "hf_device_map", None))
+    if mapped:
+        devices.check_realised(hf_model)
+    floats = [p for p in hf_model.parameters() if p.is_floating_point() and not is_quantized_parameter(p)]
+    dtype = as_dtype(dtype) if dtype is not None else (floats[0].dtype if floats else torch.float32)
+    if not mapped:
+        hf_model.to(torch.device(device))
     _cast_parameters(hf_model, dtype)
+    if quantization is not None:
+        honour_compute_dtype(hf_model)
     hf_model.config._attn_implementation = "eager"  # the bridge's attention replaces it anyway
     if n_ctx is not None:
         hf_model.config.max_position_embeddings = int(n_ctx)
@@ -107,11 +137,13 @@ def bridge_from_hf(
         softmax_scale=softmax_scale,
         source=source or "in-memory",
         rope_theta=theta,
+        quantization=quantization,
     )
     cfg.model_name = name
     cfg.rotary_base = theta  # type: ignore[assignment]  # TransformerLens reads rope_theta from the 4.x layout only
     cfg.rotary_dim = 0 if cfg.is_nope else cfg.d_head
-    cfg.device = str(torch.device(device))
+    cfg.device = str(devices.input_device(hf_model) if mapped else torch.device(device))
+    cfg.dtype = dtype
     cfg.use_attn_scale = True
     cfg.attn_scale = 1.0 / float(hf_model.model.layers[0].self_attn.scaling)  # the divisor, as HookedTransformer
     for block in bridge.blocks:
@@ -121,13 +153,41 @@ def bridge_from_hf(
 
 
 def load_source(
-    src: Source, *, dtype: torch.dtype, device: Any, n_ctx: Optional[int], model_name: Optional[str]
+    src: Source,
+    *,
+    dtype: torch.dtype,
+    device: Any,
+    n_ctx: Optional[int],
+    model_name: Optional[str],
+    quantize: Optional[str] = None,
+    device_map: Optional[devices.DeviceMap] = None,
+    max_memory: Optional[dict] = None,
 ) -> TransformerBridge:
-    """A TransformerBridge of a checkpoint read by :func:`~drope_lens.loading.source.read_source`."""
-    from transformers import LlamaForCausalLM
+    """A TransformerBridge of a checkpoint read by :func:`~drope_lens.loading.source.read_source`.
 
+    ``quantize``: ``"nf4"``, ``"fp4"`` or ``"int8"`` (bitsandbytes, :mod:`.quantize`; compute in ``dtype``);
+    ``device_map`` / ``max_memory``: HF's placement over several devices (:mod:`.devices`), instead of
+    ``device``.
+    """
+    devices.check_device_map(device_map, max_memory)
+    kwargs: dict[str, Any] = {"config": src.hf_config, "dtype": dtype}
+    if quantize is not None:
+        check_available()
+        kwargs["quantization_config"] = bnb_config(quantize, dtype)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if max_memory is not None:
+            kwargs["max_memory"] = max_memory
+    elif quantize is not None:
+        kwargs["device_map"] = {"": str(torch.device(device))}  # bitsandbytes quantizes as it places
     with _quiet():
-        hf_model = LlamaForCausalLM.from_pretrained(src.name, config=src.hf_config, dtype=dtype)
+        hf_model = src.family.model_class().from_pretrained(src.name, **kwargs)
+    if quantize is not None:
+        release_freed_host_memory()
+    if device_map is not None:
+        devices.check_realised(hf_model)
+        realised = getattr(hf_model, "hf_device_map", None)
+        hf_model.drope_lens_device_map = dict(realised) if realised else {"": str(devices.input_device(hf_model))}
     q_norms, k_norms = (None, None)
     if src.attention_type not in (None, "nope"):
         q_norms, k_norms = qk_norm_weights(src.name, src.hf_config.num_hidden_layers, src.attention_type)
@@ -138,7 +198,7 @@ def load_source(
         position_encoding="nope" if src.nope else "rope",
         nope_origin=src.origin,
         dtype=dtype,
-        device=device,
+        device=devices.input_device(hf_model) if device_map is not None else device,
         n_ctx=n_ctx,
         source=src.name,
         drope_attention_type=src.attention_type,

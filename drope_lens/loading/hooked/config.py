@@ -39,6 +39,7 @@ class DropeLensConfig(PositionFacts, HookedTransformerConfig):
     check_finite: bool = True
     source: Optional[str] = None
     fast_attention: bool = True
+    quantization: Optional[str] = None  # always None here: the hooked backend loads no quantized weights
 
     def __post_init__(self) -> None:
         check_position_encoding(self.position_encoding)
