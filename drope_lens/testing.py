@@ -353,8 +353,11 @@ def plant_channels(model: Any, plants: Mapping[str, Sequence[tuple[int, int, int
         for tensor, channels in plants.items():
             for layer, head, dim in channels:
                 attn = model.blocks[layer].attn
-                if is_bridge(model):  # the HF projection: rows are (head, d_head) outputs
-                    getattr(attn, tensor).original_component.weight[head * d_head + dim] *= scale
+                if is_bridge(model):  # the HF projection: rows are (head, d_head) outputs (Qwen2: a bias too)
+                    proj = getattr(attn, tensor).original_component
+                    proj.weight[head * d_head + dim] *= scale
+                    if proj.bias is not None:
+                        proj.bias[head * d_head + dim] *= scale
                     continue
                 name = {"q": "W_Q", "k": "_W_K", "v": "_W_V"}[tensor]
                 weight = getattr(attn, name) if hasattr(attn, name) else getattr(attn, name.lstrip("_"))

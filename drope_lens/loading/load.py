@@ -103,6 +103,31 @@ def _check_options(
         )
 
 
+def choose_backend(
+    backend: Optional[str],
+    families: tuple[Family, ...],
+    *,
+    quantize: Optional[str],
+    device_map: Any,
+    max_memory: Any,
+    process_weights: bool,
+    n_devices: int,
+    model_class: Any,
+) -> str:
+    """The backend for a load request (:func:`resolve_backend`), with every option checked against it."""
+    reasons = bridge_reasons(quantize=quantize, device_map=device_map, max_memory=max_memory, families=families)
+    backend = resolve_backend(backend, reasons)
+    _check_options(
+        backend,
+        process_weights=process_weights,
+        n_devices=n_devices,
+        device_map=device_map,
+        max_memory=max_memory,
+        model_class=model_class,
+    )
+    return backend
+
+
 def load_hooked(
     source: Source,
     *,
@@ -171,14 +196,14 @@ def load_hooked(
             model_class=model_class,
         )
     family = read_family(source)  # config.json only: an unsupported architecture stops here
-    reasons = bridge_reasons(quantize=quantize, device_map=device_map, max_memory=max_memory, families=(family,))
-    backend = resolve_backend(backend, reasons)
-    _check_options(
+    backend = choose_backend(
         backend,
-        process_weights=process_weights,
-        n_devices=n_devices,
+        (family,),
+        quantize=quantize,
         device_map=device_map,
         max_memory=max_memory,
+        process_weights=process_weights,
+        n_devices=n_devices,
         model_class=model_class,
     )
     src = read_source(source, tokenizer=tokenizer, nope=nope, backend=backend)

@@ -168,19 +168,19 @@ def load_pair(
         torch.device(offload)  # a bad name fails here, before any model is loaded
     torch.device(device)
     from drope_lens.loading.facts import check_quantization
-    from drope_lens.loading.load import _check_options, bridge_reasons, load_hooked, resolve_backend, to_nope
+    from drope_lens.loading.load import choose_backend, load_hooked, to_nope
     from drope_lens.loading.source import read_family
 
     quantize = check_quantization(quantize)
     families = tuple(read_family(s) for s in (rope, drope) if s is not None and s != RECALIBRATED)
-    reasons = bridge_reasons(quantize=quantize, device_map=device_map, max_memory=max_memory, families=families)
-    backend = resolve_backend(backend, reasons)
-    _check_options(
+    backend = choose_backend(
         backend,
-        process_weights=process_weights,
-        n_devices=n_devices,
+        families,
+        quantize=quantize,
         device_map=device_map,
         max_memory=max_memory,
+        process_weights=process_weights,
+        n_devices=n_devices,
         model_class=model_class,
     )
     mapped = device_map is not None

@@ -347,10 +347,12 @@ def plot_layer_metric(
     _require(values, "values")
     fig = _fig(8.0, 4.2)
     ax = fig.add_subplot()
+    positive = False
     for i, (label, v) in enumerate(values.items()):
         arr = _array(v, f"values[{label!r}]")
         _model_line(ax, i, label, arr)
-    if log:
+        positive = positive or bool((arr > 0).any())
+    if log and positive:  # a log axis of no positive value is empty: keep the zeros visible on a linear one
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

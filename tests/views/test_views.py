@@ -294,6 +294,8 @@ def test_plot_disruption_mr_and_tasks():
 def test_plot_layer_metric_interventions_heatmap(tmp_path):
     fig = dv.plot_layer_metric({ROPE: [1, 10, 100], NOPE: [2, 3, 4]}, ylabel="BOS norm", title="t", log=True)
     assert len(fig.axes[0].lines) == 2 and fig.axes[0].get_yscale() == "log"
+    zeros = dv.plot_layer_metric({ROPE: [0, 0, 0], NOPE: [0, 0, 0]}, ylabel="BOS write", title="t", log=True)
+    assert zeros.axes[0].get_yscale() == "linear"  # no positive value: a log axis would be empty
     with pytest.raises(ValueError, match="1-D"):
         dv.plot_layer_metric({ROPE: [[1, 2]]}, ylabel="y", title="t")
 
