@@ -228,7 +228,9 @@ def test_track_options_object_and_keywords_give_the_same_parts(tokenizer, tmp_pa
     from drope_lens.track import pipeline as track_mod
     from drope_lens.track.pipeline import TrackPoint, track
 
-    monkeypatch.setattr(track_mod, "_load", lambda pt, dtype, device: hooked_from_hf(tiny_llama(seed=3), tokenizer))
+    monkeypatch.setattr(
+        track_mod, "_load", lambda pt, dtype, device, quantize=None: hooked_from_hf(tiny_llama(seed=3), tokenizer)
+    )
     pts = [TrackPoint(name="a", path=str(tmp_path), role="drope", step=0, tokens=0)]
     texts = list(TINY_TEXTS)
     a = track(pts, options=TrackOptions(metrics=("massive", "bos"), max_length=16), texts=texts, progress=False)
