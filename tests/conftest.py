@@ -13,7 +13,9 @@ def _hooked_available() -> bool:
 
 
 #: Test modules about HookedTransformer's internals: not importable where TransformerLens 4 removed it.
-collect_ignore = [] if _hooked_available() else ["loading/test_layout.py", "loading/test_zero_bias.py"]
+collect_ignore = (
+    [] if _hooked_available() else ["loading/test_layout.py", "loading/test_zero_bias.py", "loading/test_pickling.py"]
+)
 
 
 def pytest_collection_modifyitems(config, items):
