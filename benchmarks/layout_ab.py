@@ -202,7 +202,7 @@ def table(res: dict) -> str:
         f"{res['model']}: {res['workload']}; best of {res['repeat']}, {res['threads']} threads; {res['machine']}",
         "",
         "| row | " + " | ".join(VARIANTS) + " | plain / strided | plain vs strided | plain+copy vs strided |",
-        "|---|" + "---|" * (len(VARIANTS) + 2),
+        "|---|" + "---|" * (len(VARIANTS) + 3),
     ]
     for row in ROWS:
         best = res["best_s"][row]

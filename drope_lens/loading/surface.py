@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from typing import Any, Iterator, Optional, Union
 
 import torch
@@ -142,6 +143,9 @@ class KVCache:
             from transformers import DynamicCache
 
             self.inner: Any = DynamicCache()
+            # transformers >= 5.2x names the argument ``cache`` (``past_key_values`` is deprecated there)
+            forward = inspect.signature(type(model.original_model).forward).parameters
+            self.key = "cache" if "cache" in forward else "past_key_values"
         else:
             from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
@@ -153,7 +157,7 @@ class KVCache:
         if not is_bridge(self.model):
             return {"past_kv_cache": self.inner, "attention_mask": new.to(device)}
         self.mask = new.to(device) if self.mask is None else torch.cat([self.mask, new.to(self.mask.device)], 1)
-        return {"past_key_values": self.inner, "attention_mask": self.mask}
+        return {self.key: self.inner, "attention_mask": self.mask}
 
     def copy(self) -> "KVCache":
         twin = copy.copy(self)

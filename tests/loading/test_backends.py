@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import warnings
 
 import pytest
 import torch
@@ -167,11 +168,13 @@ def test_bridge_kv_cache_decoding_equals_full_passes_on_rope(tokenizer):
     bridge = hooked_from_hf(copy.deepcopy(hf), tokenizer, backend="bridge")
     ids = _ids(24, bridge.cfg.d_vocab, batch=1)
     cache = KVCache(bridge, 1)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the cache goes in under the name this transformers wants
         bridge(ids[:, :20], **cache.kwargs(20, 1))
         for pos in range(20, 24):
             step = bridge(ids[:, pos : pos + 1], **cache.kwargs(1, 1))[0, -1]
             assert (step - ref(ids[:, : pos + 1]).logits[0, -1]).abs().max() < 1e-4
+    assert cache.inner.get_seq_length() == 24  # the steps went through the cache, not around it
 
 
 # ------------------------------------------------------------------------------------ fast path and numerics
